@@ -1,0 +1,110 @@
+//! `POST /v1/embeddings` in the OpenAI request and response shape.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::extract::Json;
+use super::validate;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// The model name reported in responses.
+pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/embeddings", post(embeddings))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    input: Input,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Embedding {
+    object: &'static str,
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct EmbeddingsResponse {
+    object: &'static str,
+    data: Vec<Embedding>,
+    model: &'static str,
+    usage: Usage,
+}
+
+#[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
+async fn embeddings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(request): Json<EmbeddingsRequest>,
+) -> Result<axum::Json<EmbeddingsResponse>, ApiError> {
+    if let Some(model) = &request.model
+        && model != MODEL_NAME
+        && model != "sentence-transformers/all-MiniLM-L6-v2"
+    {
+        return Err(ApiError::validation(format!(
+            "model `{model}` is not served here; this server embeds with `{MODEL_NAME}`"
+        )));
+    }
+    if let Some(format) = &request.encoding_format
+        && format != "float"
+    {
+        return Err(ApiError::validation(
+            "only `encoding_format: \"float\"` is supported",
+        ));
+    }
+    let texts = match request.input {
+        Input::One(s) => vec![s],
+        Input::Many(v) => v,
+    };
+    let limits = &state.limits;
+    validate::count("input", texts.len(), limits)?;
+    for t in &texts {
+        validate::text("input", t, limits)?;
+    }
+    let encoded = state.embedder.embed(&caller.owner, texts).await?;
+    let tokens: usize = encoded.tokens.iter().sum();
+    let data = encoded
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| Embedding {
+            object: "embedding",
+            index,
+            embedding,
+        })
+        .collect();
+    Ok(axum::Json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: MODEL_NAME,
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
+}

@@ -1,0 +1,253 @@
+//! `/v1/memories`: store, search, get, delete, list, erase and export.
+//!
+//! Every handler takes a [`Caller`]; the owner comes from the token and from
+//! nowhere else. Request bodies are closed structs, so a field such as
+//! `user_id` or `owner` is simply not read.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::{Json, Path, Query};
+use super::validate;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::guard::Memory;
+use crate::store::{NewMemory, SearchQuery};
+
+/// Default page size for list.
+const DEFAULT_LIST_LIMIT: usize = 20;
+/// Default number of search results.
+const DEFAULT_SEARCH_LIMIT: usize = 10;
+/// Page size used internally by export.
+const EXPORT_PAGE: usize = 100;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/memories", post(store).get(list).delete(erase))
+        .route("/v1/memories/search", post(search))
+        .route("/v1/memories/export", get(export))
+        .route("/v1/memories/{id}", get(get_one).delete(delete_one))
+}
+
+/// One memory to store.
+#[derive(Debug, Deserialize)]
+struct MemoryInput {
+    text: String,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+/// Either one memory or a batch under `memories`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StoreRequest {
+    Many { memories: Vec<MemoryInput> },
+    One(MemoryInput),
+}
+
+#[derive(Debug, Serialize)]
+struct StoreResponse {
+    ids: Vec<Uuid>,
+}
+
+#[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
+async fn store(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(request): Json<StoreRequest>,
+) -> Result<(StatusCode, axum::Json<StoreResponse>), ApiError> {
+    let inputs = match request {
+        StoreRequest::Many { memories } => memories,
+        StoreRequest::One(one) => vec![one],
+    };
+    let limits = &state.limits;
+    validate::count("memories", inputs.len(), limits)?;
+    let mut texts = Vec::with_capacity(inputs.len());
+    let mut metas = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        validate::text("text", &input.text, limits)?;
+        metas.push(validate::metadata(input.metadata, limits)?);
+        texts.push(input.text);
+    }
+    let encoded = state.embedder.embed(&caller.owner, texts.clone()).await?;
+    let created_at = now_millis();
+    let memories: Vec<NewMemory> = texts
+        .into_iter()
+        .zip(metas)
+        .zip(encoded.vectors)
+        .map(|((text, metadata), vector)| NewMemory {
+            id: Uuid::now_v7(),
+            text,
+            metadata,
+            created_at,
+            vector,
+        })
+        .collect();
+    let ids = memories.iter().map(|m| m.id).collect();
+    let n = memories.len();
+    state.store.put(&caller.owner, memories).await?;
+    state.metrics.stored(n);
+    Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })))
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchRequest {
+    query: String,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    min_score: Option<f32>,
+    #[serde(default)]
+    filter: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Serialize)]
+struct SearchResponse {
+    results: Vec<Memory>,
+}
+
+#[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
+async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(request): Json<SearchRequest>,
+) -> Result<axum::Json<SearchResponse>, ApiError> {
+    let limits = &state.limits;
+    validate::text("query", &request.query, limits)?;
+    let limit = validate::page_limit(request.limit, DEFAULT_SEARCH_LIMIT, limits)?;
+    if let Some(s) = request.min_score
+        && !(-1.0..=1.0).contains(&s)
+    {
+        return Err(ApiError::validation("`min_score` must be between -1 and 1"));
+    }
+    let metadata = validate::metadata_filter(request.filter)?;
+    let mut encoded = state
+        .embedder
+        .embed(&caller.owner, vec![request.query])
+        .await?;
+    let vector = encoded.vectors.pop().ok_or(ApiError::Internal)?;
+    let results = state
+        .store
+        .search(
+            &caller.owner,
+            SearchQuery {
+                vector,
+                limit,
+                min_score: request.min_score,
+                metadata,
+            },
+        )
+        .await?;
+    state.metrics.searched();
+    Ok(axum::Json(SearchResponse { results }))
+}
+
+#[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
+async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Memory>, ApiError> {
+    match state.store.get(&caller.owner, id).await? {
+        Some(memory) => Ok(axum::Json(memory)),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
+async fn delete_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete(&caller.owner, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    cursor: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListResponse {
+    memories: Vec<Memory>,
+    next_cursor: Option<Uuid>,
+}
+
+#[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<ListResponse>, ApiError> {
+    let limit = validate::page_limit(params.limit, DEFAULT_LIST_LIMIT, &state.limits)?;
+    let page = state
+        .store
+        .list(&caller.owner, params.cursor, limit)
+        .await?;
+    Ok(axum::Json(ListResponse {
+        memories: page.memories,
+        next_cursor: page.next,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct EraseResponse {
+    deleted: usize,
+}
+
+#[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
+async fn erase(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<EraseResponse>, ApiError> {
+    let deleted = state.store.erase(&caller.owner).await?;
+    tracing::info!(deleted, "erased all memories of the caller");
+    Ok(axum::Json(EraseResponse { deleted }))
+}
+
+#[derive(Debug, Serialize)]
+struct ExportResponse {
+    memories: Vec<Memory>,
+}
+
+#[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
+async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<ExportResponse>, ApiError> {
+    let mut memories = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = state.store.list(&caller.owner, cursor, EXPORT_PAGE).await?;
+        memories.extend(page.memories);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(axum::Json(ExportResponse { memories }))
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

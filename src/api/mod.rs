@@ -1,0 +1,77 @@
+//! The HTTP API: routes, request limits and the application state.
+//!
+//! Each submodule owns a `router()`; [`router`] merges them and wraps them in
+//! the cross-cutting layers: a body size cap, a per-request timeout and a cap
+//! on requests in flight (shed with 503 and `Retry-After`, never queued
+//! without bound).
+
+mod embeddings;
+mod extract;
+mod health;
+mod memories;
+mod validate;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::AuthState;
+use crate::embed::Embedder;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::settings::Limits;
+use crate::store::Store;
+
+/// Shared state of every request.
+#[derive(Clone)]
+pub struct AppState {
+    /// Token verification and owner hashing.
+    pub auth: AuthState,
+    /// Owner-scoped, guarded storage.
+    pub store: Store,
+    /// The embedding worker.
+    pub embedder: Embedder,
+    /// Request limits.
+    pub limits: Arc<Limits>,
+    /// Process counters.
+    pub metrics: Arc<Metrics>,
+    /// Permits for requests in flight.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl FromRef<AppState> for AuthState {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// The complete router with its layers.
+pub fn router(state: AppState) -> Router {
+    let limits = state.limits.clone();
+    let api = Router::new()
+        .merge(memories::router())
+        .merge(embeddings::router())
+        .layer(middleware::from_fn_with_state(state.clone(), bounded));
+    Router::new()
+        .merge(health::router())
+        .merge(api)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Sheds load beyond the in-flight cap and bounds each request's time.
+async fn bounded(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return ApiError::Overloaded.into_response();
+    };
+    match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}

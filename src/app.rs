@@ -1,0 +1,161 @@
+//! Start-up and shutdown: from [`Settings`] to a listening server.
+//!
+//! [`Application::build`] loads keys, the model and the engine, and binds the
+//! listener (port 0 picks a free port, which the tests use). Failures are
+//! typed and name what is missing; nothing here panics on bad configuration.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::api::{self, AppState};
+use crate::auth::{AuthState, KeyError, Verifier, VerifierConfig, load_keys};
+use crate::embed::{EmbedError, Embedder};
+use crate::guard::Guard;
+use crate::metrics::Metrics;
+use crate::settings::{Settings, StoreKind};
+use crate::store::edge::{EdgeEngine, EdgeSettings};
+use crate::store::{Store, StoreError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// JWT keys are missing or unusable.
+    #[error("JWT keys: {0}")]
+    Keys(#[from] KeyError),
+    /// The embedding model could not be loaded.
+    #[error("embedding model: {0}")]
+    Embed(#[from] EmbedError),
+    /// The storage engine could not be opened.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Loads everything `settings` names and binds the listener.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let embedder = Embedder::start(&settings.embed)?;
+        Self::build_with_embedder(settings, embedder).await
+    }
+
+    /// Like [`Application::build`] with an already running embedder, so that
+    /// several servers in one process (the tests) share one model.
+    pub async fn build_with_embedder(
+        settings: Settings,
+        embedder: Embedder,
+    ) -> Result<Self, StartupError> {
+        let keys = load_keys(
+            settings.auth.hs256_secret.as_ref(),
+            settings.auth.public_key_pem.as_deref(),
+            settings.auth.jwks_file.as_deref(),
+        )?;
+        let verifier = Verifier::new(
+            keys,
+            VerifierConfig {
+                issuer: settings.auth.issuer.clone(),
+                audience: settings.auth.audience.clone(),
+                tenant_claim: settings.auth.tenant_claim.clone(),
+                leeway_secs: settings.auth.leeway_secs,
+                max_token_bytes: settings.auth.max_token_bytes,
+            },
+        );
+        let metrics = Arc::new(Metrics::default());
+        let engine = match settings.store.kind {
+            StoreKind::Edge => Arc::new(EdgeEngine::open(EdgeSettings {
+                data_dir: settings.data_dir.clone(),
+                name_hex_chars: settings.store.name_hex_chars,
+                max_open_shards: settings.store.max_open_shards,
+                sync_writes: settings.store.sync_writes,
+                drill_skip_read_filter: settings.store.collision_drill,
+            })?),
+        };
+        if settings.store.collision_drill {
+            tracing::warn!(
+                "COLLISION DRILL: engine reads skip the owner filter; only the guard separates users. Never run this in production."
+            );
+        }
+        let store = Store::new(Arc::new(engine), Guard::new(metrics.clone()));
+        let state = AppState {
+            auth: AuthState {
+                verifier: Arc::new(verifier),
+                server_secret: Arc::new(settings.server_secret.clone()),
+                metrics: metrics.clone(),
+            },
+            store,
+            embedder,
+            limits: Arc::new(settings.limits.clone()),
+            metrics,
+            in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
+        };
+        let listener =
+            TcpListener::bind(settings.bind)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.bind,
+                    source,
+                })?;
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown` resolves, finishes in-flight requests, then
+    /// flushes and closes the store.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let store = self.state.store.clone();
+        let router = api::router(self.state);
+        let result = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        store.shutdown().await;
+        result
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,42 @@
+//! Authentication: from a bearer token to the caller's owner hash.
+//!
+//! Identity comes from one place only, a verified JWT in the `Authorization`
+//! header. [`Caller`] is the extractor handlers take as an argument; it holds
+//! the caller's [`OwnerHash`] and nothing a client could have chosen.
+
+mod caller;
+mod keys;
+mod mint;
+mod verifier;
+
+pub use caller::{AuthState, Caller};
+pub use keys::{KeyError, load_keys};
+pub use mint::{MintError, mint_dev_token};
+pub use verifier::{Principal, Verifier, VerifierConfig};
+
+/// Why a token was refused. Logged with hashed identifiers only; every
+/// variant becomes the same 401 response.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("missing authorization header")]
+    Missing,
+    /// The header is not `Bearer <token>`.
+    #[error("authorization header is not a bearer token")]
+    NotBearer,
+    /// The token is larger than the configured cap.
+    #[error("token exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The token's header cannot be parsed (covers `alg: none`).
+    #[error("malformed token header: {0}")]
+    MalformedHeader(jsonwebtoken::errors::Error),
+    /// No configured key matches the token's algorithm and key id.
+    #[error("no configured key for this token's algorithm and kid")]
+    UnknownKey,
+    /// Signature, expiry, not-before, issuer or audience check failed.
+    #[error("token rejected: {0}")]
+    Rejected(jsonwebtoken::errors::Error),
+    /// A required identity claim is absent or not a usable string.
+    #[error("claim `{0}` is missing or malformed")]
+    BadClaim(String),
+}

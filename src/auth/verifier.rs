@@ -1,0 +1,149 @@
+//! JWT verification with algorithms pinned by configuration.
+//!
+//! Each configured key carries exactly one algorithm. A token's header only
+//! selects among configured keys (by `alg` and `kid`); it never widens the set
+//! of accepted algorithms, and nothing named in a token (`jku`, `x5u`, `jwk`)
+//! is ever fetched or trusted.
+
+use std::collections::HashSet;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde_json::{Map, Value};
+
+use super::AuthError;
+
+/// Longest `sub` or tenant value accepted, in bytes.
+const MAX_IDENTITY_BYTES: usize = 256;
+
+/// A verified identity: the token's subject and tenant claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The tenant claim.
+    pub tenant: String,
+    /// The `sub` claim.
+    pub subject: String,
+}
+
+/// One key the server accepts tokens from.
+#[derive(Clone)]
+pub struct ConfiguredKey {
+    /// Key id to match against a token's `kid`, when the key has one.
+    pub kid: Option<String>,
+    /// The only algorithm this key verifies.
+    pub alg: Algorithm,
+    /// The verification key itself.
+    pub key: DecodingKey,
+}
+
+/// Settings for claim validation.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Name of the claim that carries the tenant.
+    pub tenant_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most 30).
+    pub leeway_secs: u64,
+    /// Tokens longer than this are refused before parsing.
+    pub max_token_bytes: usize,
+}
+
+/// Verifies bearer tokens against the configured keys.
+pub struct Verifier {
+    keys: Vec<ConfiguredKey>,
+    config: VerifierConfig,
+}
+
+impl Verifier {
+    /// Builds a verifier; `keys` must not be empty (checked at start-up).
+    pub fn new(keys: Vec<ConfiguredKey>, mut config: VerifierConfig) -> Self {
+        config.leeway_secs = config.leeway_secs.min(30);
+        Self { keys, config }
+    }
+
+    /// The configured claim settings.
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// Verifies `token` and returns the identity it carries.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.len() > self.config.max_token_bytes {
+            return Err(AuthError::TooLarge(self.config.max_token_bytes));
+        }
+        let header = decode_header(token).map_err(AuthError::MalformedHeader)?;
+        let candidates = self.candidates(header.alg, header.kid.as_deref());
+        if candidates.is_empty() {
+            return Err(AuthError::UnknownKey);
+        }
+        let mut last_error = None;
+        for key in candidates {
+            match decode::<Map<String, Value>>(token, &key.key, &self.validation(key.alg)) {
+                Ok(data) => return self.principal(&data.claims),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(AuthError::Rejected(
+            last_error.expect("at least one candidate key was tried"),
+        ))
+    }
+
+    fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<&ConfiguredKey> {
+        let same_alg = self.keys.iter().filter(|k| k.alg == alg);
+        match kid {
+            // A kid that names a configured key selects exactly that key.
+            Some(kid) if self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) => {
+                same_alg.filter(|k| k.kid.as_deref() == Some(kid)).collect()
+            }
+            // Unknown kid: only keys configured without a kid may answer.
+            Some(_) => same_alg.filter(|k| k.kid.is_none()).collect(),
+            None => same_alg.collect(),
+        }
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.config.leeway_secs;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        let mut required = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        // A configured iss/aud must be present, not merely correct when present.
+        match &self.config.issuer {
+            Some(iss) => {
+                v.set_issuer(&[iss]);
+                required.insert("iss".to_owned());
+            }
+            None => v.iss = None,
+        }
+        match &self.config.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.insert("aud".to_owned());
+            }
+            None => v.validate_aud = false,
+        }
+        v.required_spec_claims = required;
+        v
+    }
+
+    fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
+        let subject = identity_claim(claims, "sub")?;
+        let tenant = identity_claim(claims, &self.config.tenant_claim)?;
+        Ok(Principal { tenant, subject })
+    }
+}
+
+fn identity_claim(claims: &Map<String, Value>, name: &str) -> Result<String, AuthError> {
+    match claims.get(name) {
+        Some(Value::String(s))
+            if !s.is_empty()
+                && s.len() <= MAX_IDENTITY_BYTES
+                && !s.chars().any(char::is_control) =>
+        {
+            Ok(s.clone())
+        }
+        _ => Err(AuthError::BadClaim(name.to_owned())),
+    }
+}

@@ -1,0 +1,153 @@
+//! The command line: `cordon serve` and `cordon token`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{Application, shutdown_signal};
+use crate::auth::mint_dev_token;
+use crate::secret::Secret;
+use crate::settings::ServeArgs;
+use crate::telemetry;
+
+/// Cordon: long-term memory for AI agents, one user at a time.
+#[derive(Debug, Parser)]
+#[command(name = "cordon", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(Box<ServeArgs>),
+    /// Print a development token signed with the HS256 secret.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Tenant claim value.
+    #[arg(long)]
+    tenant: String,
+    /// Subject (`sub`) claim value.
+    #[arg(long)]
+    sub: String,
+    /// Lifetime, e.g. `30m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+    /// HS256 secret to sign with.
+    #[arg(long, env = "CORDON_JWT_HS256_SECRET", hide_env_values = true)]
+    jwt_hs256_secret: String,
+    /// Name of the tenant claim.
+    #[arg(long, env = "CORDON_JWT_TENANT_CLAIM", default_value = "tenant")]
+    jwt_tenant_claim: String,
+    /// `iss` claim to include.
+    #[arg(long, env = "CORDON_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// `aud` claim to include.
+    #[arg(long, env = "CORDON_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit in `{s}`; use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token(args) => token(args),
+        Command::Serve(args) => serve(*args),
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let secret = Secret::new(args.jwt_hs256_secret.into_bytes());
+    match mint_dev_token(
+        &secret,
+        &args.jwt_tenant_claim,
+        &args.tenant,
+        &args.sub,
+        args.ttl,
+        args.jwt_issuer.as_deref(),
+        args.jwt_audience.as_deref(),
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cordon token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(std::env::var("CORDON_LOG_JSON").is_ok_and(|v| v == "1" || v == "true"));
+    let settings = match args.into_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("cordon serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cordon serve: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = match Application::build(settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("cordon serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(addr = %app.local_addr(), "cordon listening");
+        match app.run_until(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cordon serve: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units_parse() {
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_ttl("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}

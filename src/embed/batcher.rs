@@ -1,0 +1,118 @@
+//! Dynamic batching: one worker thread owns the model and drains the queue.
+
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread;
+
+use tokio::sync::oneshot;
+
+use super::model::{Encoded, Model};
+use super::{EmbedError, EmbedSettings};
+use crate::owner::OwnerHash;
+
+/// Texts to embed for one owner, with the channel its answer goes back on.
+struct Job {
+    // A job cannot exist without its owner: the worker logs by owner tag and a
+    // job is never answered on any channel but its own.
+    owner: OwnerHash,
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Encoded, EmbedError>>,
+}
+
+/// Handle to the embedding worker; clones share the worker.
+#[derive(Clone)]
+pub struct Embedder {
+    jobs: SyncSender<Job>,
+}
+
+impl Embedder {
+    /// Loads the model and starts the worker thread.
+    pub fn start(settings: &EmbedSettings) -> Result<Self, EmbedError> {
+        let model = Model::load(settings)?;
+        let (jobs, queue) = mpsc::sync_channel(settings.queue_capacity.max(1));
+        let max_batch = settings.max_batch.max(1);
+        thread::Builder::new()
+            .name("cordon-embed".into())
+            .spawn(move || worker(model, queue, max_batch))
+            .map_err(|e| EmbedError::Runtime(format!("cannot start embedding worker: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Embeds `texts` for `owner`; one vector per text, in order.
+    pub async fn embed(
+        &self,
+        owner: &OwnerHash,
+        texts: Vec<String>,
+    ) -> Result<Encoded, EmbedError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            owner: owner.clone(),
+            texts,
+            reply,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(EmbedError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => return Err(EmbedError::WorkerGone),
+        }
+        answer.await.map_err(|_| EmbedError::WorkerGone)?
+    }
+}
+
+fn worker(mut model: Model, queue: Receiver<Job>, max_batch: usize) {
+    // Ends when every Embedder handle is dropped.
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        let mut texts = jobs[0].texts.len();
+        // Take what is already waiting, up to one batch of texts: requests that
+        // arrived while the previous batch ran share the next model call.
+        while texts < max_batch {
+            match queue.try_recv() {
+                Ok(job) => {
+                    texts += job.texts.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut model, jobs, max_batch);
+    }
+}
+
+fn run_batch(model: &mut Model, jobs: Vec<Job>, max_batch: usize) {
+    // Jobs whose caller went away (timeout, disconnect) are not worth running.
+    let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    let all: Vec<&str> = jobs
+        .iter()
+        .flat_map(|j| j.texts.iter().map(String::as_str))
+        .collect();
+    let mut vectors = Vec::with_capacity(all.len());
+    let mut tokens = Vec::with_capacity(all.len());
+    for chunk in all.chunks(max_batch) {
+        match model.embed(chunk) {
+            Ok(encoded) => {
+                vectors.extend(encoded.vectors);
+                tokens.extend(encoded.tokens);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, jobs = jobs.len(), "embedding batch failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(EmbedError::Runtime(message.clone())));
+                }
+                return;
+            }
+        }
+    }
+    let mut vectors = vectors.into_iter();
+    let mut tokens = tokens.into_iter();
+    for job in jobs {
+        let n = job.texts.len();
+        let encoded = Encoded {
+            vectors: vectors.by_ref().take(n).collect(),
+            tokens: tokens.by_ref().take(n).collect(),
+        };
+        tracing::trace!(owner = %job.owner.log_tag(), texts = n, "embedded");
+        // The caller may have gone away meanwhile; nothing to do then.
+        let _ = job.reply.send(Ok(encoded));
+    }
+}

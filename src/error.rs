@@ -1,0 +1,218 @@
+//! The one place where an error becomes an HTTP status.
+//!
+//! Every handler returns `Result<_, ApiError>`; each module's typed error
+//! converts into [`ApiError`] here, and [`IntoResponse`] renders the single
+//! JSON shape `{"error": {"code": "...", "message": "..."}}`. Internals (paths,
+//! engine messages) go to the log, never into a response body.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::embed::EmbedError;
+use crate::store::StoreError;
+
+/// An error that a request can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Any authentication failure; the reason is logged, never returned.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The body is not valid JSON, or a path or query parameter is malformed.
+    #[error("{code}: {message}")]
+    BadRequest {
+        /// Machine-readable error code.
+        code: &'static str,
+        /// Human-readable explanation for the client.
+        message: String,
+    },
+    /// Well-formed JSON that breaks a documented limit or rule.
+    #[error("validation failed: {0}")]
+    Validation(String),
+    /// The body exceeds the configured size cap.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The body is not declared as JSON.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// No such memory for this caller (whether or not it exists for another).
+    #[error("not found")]
+    NotFound,
+    /// Too many requests in flight; the client should retry shortly.
+    #[error("overloaded")]
+    Overloaded,
+    /// The request took longer than the configured timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The storage engine cannot serve the request right now.
+    #[error("store unavailable")]
+    StoreUnavailable,
+    /// The embedding model cannot serve the request right now.
+    #[error("embedder unavailable")]
+    EmbedderUnavailable,
+    /// A bug or an unexpected failure; details are in the log only.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// Shorthand for a 422 with a message for the client.
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::Validation(message.into())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required".into(),
+            ),
+            Self::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone()),
+            Self::Validation(message) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                message.clone(),
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body exceeds the size limit".into(),
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json".into(),
+            ),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such memory".into()),
+            Self::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in flight; retry shortly".into(),
+            ),
+            Self::Timeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took too long; retry shortly".into(),
+            ),
+            Self::StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the memory store is unavailable; retry shortly".into(),
+            ),
+            Self::EmbedderUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "embedder_unavailable",
+                "the embedding model is unavailable; retry shortly".into(),
+            ),
+            Self::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        let body = Json(json!({ "error": { "code": code, "message": message } }));
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Overloaded
+            | Self::Timeout
+            | Self::StoreUnavailable
+            | Self::EmbedderUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        // The reason is logged where the token is verified; the client learns
+        // nothing beyond "unauthorized", so the response is no oracle.
+        let _ = err;
+        Self::Unauthorized
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "store unavailable");
+                Self::StoreUnavailable
+            }
+            StoreError::Engine(reason) => {
+                tracing::error!(%reason, "store engine error");
+                Self::StoreUnavailable
+            }
+            StoreError::Internal(reason) => {
+                tracing::error!(%reason, "store internal error");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(err: EmbedError) -> Self {
+        match err {
+            EmbedError::Overloaded => Self::Overloaded,
+            other => {
+                tracing::error!(error = %other, "embedding failed");
+                Self::EmbedderUnavailable
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonSyntaxError(e) => Self::BadRequest {
+                code: "invalid_json",
+                message: format!("body is not valid JSON: {}", e.body_text()),
+            },
+            JsonRejection::JsonDataError(e) => Self::validation(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge
+            }
+            other => Self::BadRequest {
+                code: "invalid_body",
+                message: other.body_text(),
+            },
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::BadRequest {
+            code: "invalid_path",
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest {
+            code: "invalid_query",
+            message: rejection.body_text(),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The last check before a memory leaves the process.
+//!
+//! Engines already filter on the owner hash, but a filter is a query detail
+//! that a bug, a truncated-name collision or a misconfigured engine can lose.
+//! [`Guard::admit`] re-reads the owner hash stored in each point's payload and
+//! compares it, in constant time, with the caller's. A mismatch is dropped,
+//! logged as `cross_tenant_leak_detected` (hashed identifiers only) and
+//! counted. [`Memory`] has no public constructor, so a handler cannot return
+//! a memory that did not pass here.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::owner::OwnerHash;
+use crate::store::{CREATED_FIELD, METADATA_FIELD, OWNER_FIELD, RawPoint, TEXT_FIELD};
+
+/// A memory verified to belong to the caller.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    id: Uuid,
+    text: String,
+    metadata: Map<String, Value>,
+    created_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<f32>,
+}
+
+impl Memory {
+    /// The memory's id.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The memory's text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The similarity score, for search results.
+    pub fn score(&self) -> Option<f32> {
+        self.score
+    }
+}
+
+/// Re-checks every point against its owner.
+#[derive(Clone)]
+pub struct Guard {
+    metrics: Arc<Metrics>,
+}
+
+impl Guard {
+    /// A guard that counts its drops in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+
+    /// Keeps the points whose stored owner is `owner`; drops and reports the rest.
+    pub fn admit(
+        &self,
+        owner: &OwnerHash,
+        points: Vec<RawPoint>,
+        path: &'static str,
+    ) -> Vec<Memory> {
+        points
+            .into_iter()
+            .filter_map(|point| self.check(owner, point, path))
+            .collect()
+    }
+
+    fn check(&self, owner: &OwnerHash, mut point: RawPoint, path: &'static str) -> Option<Memory> {
+        let stored = point.payload.get(OWNER_FIELD).and_then(Value::as_str);
+        if !stored.is_some_and(|s| owner.matches_hex(s)) {
+            self.metrics.guard_dropped(path);
+            tracing::error!(
+                event = "cross_tenant_leak_detected",
+                caller = %owner.log_tag(),
+                stored_owner = %stored.map(|s| s.get(..12).unwrap_or(s)).unwrap_or("<missing>"),
+                point = %point.id,
+                path,
+                "cross_tenant_leak_detected: dropped a point whose owner is not the caller"
+            );
+            return None;
+        }
+        let text = match point.payload.remove(TEXT_FIELD) {
+            Some(Value::String(s)) => s,
+            _ => {
+                tracing::error!(point = %point.id, "stored point has no text; skipped");
+                return None;
+            }
+        };
+        let metadata = match point.payload.remove(METADATA_FIELD) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let created_at = point
+            .payload
+            .get(CREATED_FIELD)
+            .and_then(Value::as_i64)
+            .unwrap_or_default();
+        Some(Memory {
+            id: point.id,
+            text,
+            metadata,
+            created_at,
+            score: point.score,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::secret::Secret;
+
+    fn point(owner: &OwnerHash, text: &str) -> RawPoint {
+        let payload =
+            json!({ "owner": owner.to_hex(), "text": text, "metadata": {}, "created_at": 1 });
+        RawPoint {
+            id: Uuid::now_v7(),
+            score: Some(0.5),
+            payload: payload.as_object().cloned().expect("literal is an object"),
+        }
+    }
+
+    #[test]
+    fn foreign_points_are_dropped_and_counted() {
+        let secret = Secret::new(vec![1u8; 32]);
+        let alice = OwnerHash::derive(&secret, "t", "alice");
+        let bob = OwnerHash::derive(&secret, "t", "bob");
+        let metrics = Arc::new(Metrics::default());
+        let guard = Guard::new(metrics.clone());
+        let out = guard.admit(
+            &alice,
+            vec![point(&alice, "mine"), point(&bob, "theirs")],
+            "search",
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].text(), "mine");
+        assert_eq!(metrics.guard_dropped_total(), 1);
+    }
+
+    #[test]
+    fn a_point_without_an_owner_is_dropped() {
+        let secret = Secret::new(vec![1u8; 32]);
+        let alice = OwnerHash::derive(&secret, "t", "alice");
+        let metrics = Arc::new(Metrics::default());
+        let mut p = point(&alice, "x");
+        p.payload.remove("owner");
+        assert!(
+            Guard::new(metrics.clone())
+                .admit(&alice, vec![p], "get")
+                .is_empty()
+        );
+        assert_eq!(metrics.guard_dropped_total(), 1);
+    }
+}

@@ -1,0 +1,20 @@
+//! Cordon: a memory server for AI agents with per-user isolation by construction.
+//!
+//! A request's identity comes from a verified JWT ([`auth`]), becomes a keyed
+//! [`owner::OwnerHash`], and selects one collection per user in the [`store`].
+//! Texts are embedded locally ([`embed`]); every point read back passes the
+//! [`guard`] before the [`api`] returns it.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod embed;
+pub mod error;
+pub mod guard;
+pub mod metrics;
+pub mod owner;
+pub mod secret;
+pub mod settings;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,91 @@
+//! Process counters, rendered in the Prometheus text format at `/metrics`.
+//!
+//! Counters only, no labels that carry identities: a metric must never become
+//! a side channel for who stored what.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters shared by the whole process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    guard_dropped_search: AtomicU64,
+    guard_dropped_get: AtomicU64,
+    guard_dropped_list: AtomicU64,
+    auth_failures: AtomicU64,
+    memories_stored: AtomicU64,
+    searches: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one point dropped by the guard on `path`.
+    pub fn guard_dropped(&self, path: &str) {
+        let counter = match path {
+            "search" => &self.guard_dropped_search,
+            "get" => &self.guard_dropped_get,
+            _ => &self.guard_dropped_list,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Points dropped by the guard since start.
+    pub fn guard_dropped_total(&self) -> u64 {
+        self.guard_dropped_search.load(Ordering::Relaxed)
+            + self.guard_dropped_get.load(Ordering::Relaxed)
+            + self.guard_dropped_list.load(Ordering::Relaxed)
+    }
+
+    /// Counts one refused token.
+    pub fn auth_failed(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts stored memories.
+    pub fn stored(&self, n: usize) {
+        self.memories_stored.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one search.
+    pub fn searched(&self) {
+        self.searches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str("# HELP cordon_guard_dropped_total Points dropped by the owner re-check (cross_tenant_leak_detected).\n");
+        out.push_str("# TYPE cordon_guard_dropped_total counter\n");
+        for (path, c) in [
+            ("search", &self.guard_dropped_search),
+            ("get", &self.guard_dropped_get),
+            ("list", &self.guard_dropped_list),
+        ] {
+            let _ = writeln!(
+                out,
+                "cordon_guard_dropped_total{{path=\"{path}\"}} {}",
+                get(c)
+            );
+        }
+        out.push_str(
+            "# HELP cordon_auth_failures_total Requests refused for a missing or invalid token.\n",
+        );
+        out.push_str("# TYPE cordon_auth_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "cordon_auth_failures_total {}",
+            get(&self.auth_failures)
+        );
+        out.push_str("# HELP cordon_memories_stored_total Memories written.\n");
+        out.push_str("# TYPE cordon_memories_stored_total counter\n");
+        let _ = writeln!(
+            out,
+            "cordon_memories_stored_total {}",
+            get(&self.memories_stored)
+        );
+        out.push_str("# HELP cordon_searches_total Searches served.\n");
+        out.push_str("# TYPE cordon_searches_total counter\n");
+        let _ = writeln!(out, "cordon_searches_total {}", get(&self.searches));
+        out
+    }
+}

@@ -1,0 +1,125 @@
+//! Owner hashes and the collection names derived from them.
+//!
+//! `OwnerHash = HMAC-SHA256(server_secret, tenant || 0x00 || subject)`. The key
+//! makes a user's collection name impossible to compute without the server
+//! secret; the separator keeps `("ab", "c")` and `("a", "bc")` apart. The full
+//! hash is stored in every point's payload, while the collection name carries
+//! only a prefix of it, so two users may in principle share a collection: the
+//! engine filter and the guard are what keep them apart, never the name.
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::secret::Secret;
+
+/// Fixed prefix of every collection (and shard directory) name.
+pub const COLLECTION_PREFIX: &str = "cordon_";
+
+/// Hex characters of the owner hash used in collection names by default
+/// (128 bits: a collision among a billion users has odds near 1e-21).
+pub const DEFAULT_NAME_HEX_CHARS: usize = 32;
+
+/// Hex length of a full owner hash.
+pub const OWNER_HEX_LEN: usize = 64;
+
+/// The keyed identity of one user: every store call takes one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct OwnerHash([u8; 32]);
+
+impl OwnerHash {
+    /// Derives the owner hash of `(tenant, subject)` under the server secret.
+    pub fn derive(secret: &Secret, tenant: &str, subject: &str) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
+            .expect("HMAC-SHA256 accepts keys of any length");
+        mac.update(tenant.as_bytes());
+        mac.update(&[0]);
+        mac.update(subject.as_bytes());
+        Self(mac.finalize().into_bytes().into())
+    }
+
+    /// Lowercase hex of the full hash, as stored in point payloads.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Constant-time comparison against a hex string read back from storage.
+    pub fn matches_hex(&self, stored: &str) -> bool {
+        let mut decoded = [0u8; 32];
+        if stored.len() != OWNER_HEX_LEN || hex::decode_to_slice(stored, &mut decoded).is_err() {
+            return false;
+        }
+        self.0.ct_eq(&decoded).into()
+    }
+
+    /// A short, non-reversible tag for logs: enough to correlate lines, too
+    /// short to serve as a collection name.
+    pub fn log_tag(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+
+    /// Collection (or shard directory) name holding this owner's memories.
+    pub fn collection_name(&self, hex_chars: usize) -> String {
+        let hex = self.to_hex();
+        let n = hex_chars.clamp(1, OWNER_HEX_LEN);
+        format!("{COLLECTION_PREFIX}{}", &hex[..n])
+    }
+}
+
+impl fmt::Debug for OwnerHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OwnerHash({}…)", self.log_tag())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new(vec![7u8; 32])
+    }
+
+    #[test]
+    fn the_separator_keeps_shifted_splits_apart() {
+        let a = OwnerHash::derive(&secret(), "ab", "c");
+        let b = OwnerHash::derive(&secret(), "a", "bc");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_hash_depends_on_the_server_secret() {
+        let a = OwnerHash::derive(&secret(), "t", "u");
+        let b = OwnerHash::derive(&Secret::new(vec![8u8; 32]), "t", "u");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_same_identity_always_maps_to_the_same_hash() {
+        assert_eq!(
+            OwnerHash::derive(&secret(), "t", "u"),
+            OwnerHash::derive(&secret(), "t", "u")
+        );
+    }
+
+    #[test]
+    fn matches_hex_accepts_only_the_exact_hash() {
+        let a = OwnerHash::derive(&secret(), "t", "u");
+        let b = OwnerHash::derive(&secret(), "t", "v");
+        assert!(a.matches_hex(&a.to_hex()));
+        assert!(!a.matches_hex(&b.to_hex()));
+        assert!(!a.matches_hex(&a.to_hex()[..63]));
+        assert!(!a.matches_hex("zz"));
+        assert!(!a.matches_hex(""));
+    }
+
+    #[test]
+    fn collection_names_use_a_prefix_of_the_hash() {
+        let a = OwnerHash::derive(&secret(), "t", "u");
+        let name = a.collection_name(DEFAULT_NAME_HEX_CHARS);
+        assert_eq!(name, format!("cordon_{}", &a.to_hex()[..32]));
+        assert_eq!(a.collection_name(1).len(), COLLECTION_PREFIX.len() + 1);
+    }
+}

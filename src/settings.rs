@@ -1,0 +1,355 @@
+//! Settings, loaded once at start-up into typed structs.
+//!
+//! Every setting is a `cordon serve` flag with an environment variable of the
+//! same meaning (`--bind` / `CORDON_BIND`, ...). Secrets are taken from the
+//! environment or from files and are wrapped in [`Secret`] immediately.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::embed::EmbedSettings;
+use crate::owner::DEFAULT_NAME_HEX_CHARS;
+use crate::secret::Secret;
+
+/// File name of the auto-created server secret inside the data directory.
+pub const SERVER_SECRET_FILE: &str = "server.secret";
+
+/// Shortest server secret accepted.
+pub const MIN_SERVER_SECRET_BYTES: usize = 32;
+
+/// Flags and environment variables of `cordon serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CORDON_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Directory for shards and the auto-created server secret.
+    #[arg(long, env = "CORDON_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// File holding the server secret (HMAC key for owner hashes); default: `<data-dir>/server.secret`, created on first start.
+    #[arg(long, env = "CORDON_SERVER_SECRET_FILE")]
+    pub server_secret_file: Option<PathBuf>,
+    /// Directory with model.onnx, tokenizer.json and libonnxruntime.so.
+    #[arg(long, env = "CORDON_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub jwt: JwtArgs,
+    /// Storage engine; `edge` is the embedded qdrant-edge engine.
+    #[arg(long, env = "CORDON_STORE", default_value = "edge")]
+    pub store: String,
+    /// Hex characters of the owner hash used in collection names.
+    #[arg(long, env = "CORDON_COLLECTION_HEX_CHARS", default_value_t = DEFAULT_NAME_HEX_CHARS)]
+    pub collection_hex_chars: usize,
+    /// Most user shards kept open at once.
+    #[arg(long, env = "CORDON_MAX_OPEN_SHARDS", default_value_t = 256)]
+    pub max_open_shards: usize,
+    /// Flush every write to disk before acknowledging it.
+    #[arg(long, env = "CORDON_SYNC_WRITES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sync_writes: bool,
+    /// Collision drill: drop the owner condition from engine read filters so
+    /// the guard alone separates users sharing a collection. Never in production.
+    #[arg(long, env = "CORDON_COLLISION_DRILL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub collision_drill: bool,
+    /// ONNX Runtime intra-op threads (default: available cores).
+    #[arg(long, env = "CORDON_EMBED_THREADS")]
+    pub embed_threads: Option<usize>,
+    /// Most texts per model call.
+    #[arg(long, env = "CORDON_EMBED_MAX_BATCH", default_value_t = 32)]
+    pub embed_max_batch: usize,
+    /// Most embedding jobs waiting; beyond this requests get 503.
+    #[arg(long, env = "CORDON_EMBED_QUEUE", default_value_t = 1024)]
+    pub embed_queue: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "CORDON_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest memory or query text in bytes.
+    #[arg(long, env = "CORDON_MAX_TEXT_BYTES", default_value_t = 8192)]
+    pub max_text_bytes: usize,
+    /// Most memories (or embedding inputs) in one request.
+    #[arg(long, env = "CORDON_MAX_ITEMS", default_value_t = 64)]
+    pub max_items: usize,
+    /// Largest metadata object per memory, in bytes of JSON.
+    #[arg(long, env = "CORDON_MAX_METADATA_BYTES", default_value_t = 4096)]
+    pub max_metadata_bytes: usize,
+    /// Per-request timeout in seconds.
+    #[arg(long, env = "CORDON_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Most requests in flight; beyond this requests get 503 with Retry-After.
+    #[arg(long, env = "CORDON_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+}
+
+/// JWT verification flags.
+#[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// HS256 secret (at least 32 bytes), for development or shared-secret setups.
+    #[arg(long, env = "CORDON_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM public key (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
+    #[arg(long, env = "CORDON_JWT_PUBLIC_KEY_PEM")]
+    pub jwt_public_key_pem: Option<PathBuf>,
+    /// JWKS file with one or more public keys, selected by `kid`.
+    #[arg(long, env = "CORDON_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "CORDON_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "CORDON_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Name of the claim that carries the tenant.
+    #[arg(long, env = "CORDON_JWT_TENANT_CLAIM", default_value = "tenant")]
+    pub jwt_tenant_claim: String,
+    /// Clock skew tolerated on exp/nbf, seconds (capped at 30).
+    #[arg(long, env = "CORDON_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+}
+
+/// Which storage engine to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Embedded qdrant-edge shards under the data directory.
+    Edge,
+}
+
+/// JWT verification settings.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// HS256 secret, when configured.
+    pub hs256_secret: Option<Secret>,
+    /// PEM public key file.
+    pub public_key_pem: Option<PathBuf>,
+    /// JWKS file.
+    pub jwks_file: Option<PathBuf>,
+    /// Required issuer.
+    pub issuer: Option<String>,
+    /// Required audience.
+    pub audience: Option<String>,
+    /// Tenant claim name.
+    pub tenant_claim: String,
+    /// Clock skew tolerance, seconds.
+    pub leeway_secs: u64,
+    /// Tokens longer than this are refused unparsed.
+    pub max_token_bytes: usize,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Engine to run.
+    pub kind: StoreKind,
+    /// Hex characters of the owner hash in collection names.
+    pub name_hex_chars: usize,
+    /// Most open shards (embedded engine).
+    pub max_open_shards: usize,
+    /// Flush each write before acknowledging it.
+    pub sync_writes: bool,
+    /// Collision drill mode (see [`ServeArgs::collision_drill`]).
+    pub collision_drill: bool,
+}
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest body.
+    pub max_body_bytes: usize,
+    /// Longest text.
+    pub max_text_bytes: usize,
+    /// Most items per request.
+    pub max_items: usize,
+    /// Largest metadata object.
+    pub max_metadata_bytes: usize,
+    /// Largest `limit` for search and list.
+    pub max_page: usize,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Most requests in flight.
+    pub max_in_flight: usize,
+}
+
+/// Everything `cordon serve` needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HMAC key for owner hashes.
+    pub server_secret: Secret,
+    /// Token verification.
+    pub auth: AuthSettings,
+    /// Embedding model.
+    pub embed: EmbedSettings,
+    /// Storage.
+    pub store: StoreSettings,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A secret file could not be read or created.
+    #[error("server secret {path}: {source}")]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The server secret is too short.
+    #[error("the server secret in {0} is shorter than {MIN_SERVER_SECRET_BYTES} bytes")]
+    ShortSecret(PathBuf),
+    /// A setting has an unusable value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServeArgs {
+    /// Resolves the flags into [`Settings`], creating the data directory and
+    /// the server secret when they do not exist yet.
+    pub fn into_settings(self) -> Result<Settings, SettingsError> {
+        let kind = match self.store.as_str() {
+            "edge" | "embedded" => StoreKind::Edge,
+            other => {
+                return Err(SettingsError::Invalid(format!(
+                    "CORDON_STORE={other} is not a known engine (expected `edge`)"
+                )));
+            }
+        };
+        if !(1..=64).contains(&self.collection_hex_chars) {
+            return Err(SettingsError::Invalid(
+                "CORDON_COLLECTION_HEX_CHARS must be between 1 and 64".into(),
+            ));
+        }
+        std::fs::create_dir_all(&self.data_dir).map_err(|source| SettingsError::SecretFile {
+            path: self.data_dir.clone(),
+            source,
+        })?;
+        let secret_path = self
+            .server_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(SERVER_SECRET_FILE));
+        let server_secret = load_or_create_secret(&secret_path)?;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Ok(Settings {
+            bind: self.bind,
+            data_dir: self.data_dir,
+            server_secret,
+            auth: AuthSettings {
+                hs256_secret: self
+                    .jwt
+                    .jwt_hs256_secret
+                    .map(|s| Secret::new(s.into_bytes())),
+                public_key_pem: self.jwt.jwt_public_key_pem,
+                jwks_file: self.jwt.jwt_jwks_file,
+                issuer: self.jwt.jwt_issuer,
+                audience: self.jwt.jwt_audience,
+                tenant_claim: self.jwt.jwt_tenant_claim,
+                leeway_secs: self.jwt.jwt_leeway_secs.min(30),
+                max_token_bytes: 8 * 1024,
+            },
+            embed: EmbedSettings {
+                model_dir: self.model_dir,
+                intra_threads: self.embed_threads.unwrap_or(cores),
+                max_batch: self.embed_max_batch.max(1),
+                queue_capacity: self.embed_queue.max(1),
+            },
+            store: StoreSettings {
+                kind,
+                name_hex_chars: self.collection_hex_chars,
+                max_open_shards: self.max_open_shards.max(1),
+                sync_writes: self.sync_writes,
+                collision_drill: self.collision_drill,
+            },
+            limits: Limits {
+                max_body_bytes: self.max_body_bytes,
+                max_text_bytes: self.max_text_bytes,
+                max_items: self.max_items.max(1),
+                max_metadata_bytes: self.max_metadata_bytes,
+                max_page: 100,
+                request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
+                max_in_flight: self.max_in_flight.max(1),
+            },
+        })
+    }
+}
+
+/// Reads the server secret at `path`, creating it (mode 0600, 32 random
+/// bytes as hex) when absent.
+pub fn load_or_create_secret(path: &Path) -> Result<Secret, SettingsError> {
+    let io = |source| SettingsError::SecretFile {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let trimmed = text.trim();
+            if trimmed.len() < MIN_SERVER_SECRET_BYTES {
+                return Err(SettingsError::ShortSecret(path.to_owned()));
+            }
+            Ok(Secret::new(trimmed.as_bytes().to_vec()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = hex::encode(rand::random::<[u8; 32]>());
+            // create_new: if another process created it meanwhile, use theirs.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    f.write_all(value.as_bytes()).map_err(io)?;
+                    f.sync_all().map_err(io)?;
+                    tracing::info!(path = %path.display(), "created a new server secret");
+                    Ok(Secret::new(value.into_bytes()))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_secret(path)
+                }
+                Err(e) => Err(io(e)),
+            }
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn the_server_secret_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("server.secret");
+        let first = load_or_create_secret(&path).expect("created");
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let second = load_or_create_secret(&path).expect("reused");
+        assert_eq!(first.expose(), second.expose());
+    }
+
+    #[test]
+    fn a_short_server_secret_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s");
+        std::fs::write(&path, "too short").expect("write");
+        assert!(matches!(
+            load_or_create_secret(&path),
+            Err(SettingsError::ShortSecret(_))
+        ));
+    }
+}

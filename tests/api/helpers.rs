@@ -1,0 +1,286 @@
+//! Spawning a real Cordon on port 0 and talking to it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cordon::app::Application;
+use cordon::embed::{EmbedSettings, Embedder};
+use cordon::secret::Secret;
+use cordon::settings::{AuthSettings, Limits, Settings, StoreKind, StoreSettings};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The HS256 secret every test server accepts.
+pub const HS_SECRET: &str = "test-hs256-secret-that-is-long-enough-0123456789";
+/// Required issuer and audience of the test servers.
+pub const ISSUER: &str = "cordon-tests";
+pub const AUDIENCE: &str = "cordon";
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn embed_settings() -> EmbedSettings {
+    EmbedSettings {
+        model_dir: repo_path("models"),
+        intra_threads: 2,
+        max_batch: 32,
+        queue_capacity: 1024,
+    }
+}
+
+/// One model for the whole test process: it holds no user state, so sharing
+/// it between test servers is what a real deployment does too.
+fn embedder() -> Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER
+        .get_or_init(|| {
+            Embedder::start(&embed_settings())
+                .expect("model assets present: run `python3 models/fetch.py`")
+        })
+        .clone()
+}
+
+/// Settings of a test server over `data_dir`.
+pub fn settings(data_dir: &Path) -> Settings {
+    Settings {
+        bind: "127.0.0.1:0".parse().expect("literal address"),
+        data_dir: data_dir.to_owned(),
+        server_secret: Secret::new(b"test-server-secret-0123456789abcdef".to_vec()),
+        auth: AuthSettings {
+            hs256_secret: Some(Secret::new(HS_SECRET.as_bytes().to_vec())),
+            public_key_pem: Some(repo_path("tests/fixtures/rsa-public.pem")),
+            jwks_file: None,
+            issuer: Some(ISSUER.into()),
+            audience: Some(AUDIENCE.into()),
+            tenant_claim: "tenant".into(),
+            leeway_secs: 5,
+            max_token_bytes: 8 * 1024,
+        },
+        embed: embed_settings(),
+        store: StoreSettings {
+            kind: StoreKind::Edge,
+            name_hex_chars: 32,
+            max_open_shards: 64,
+            sync_writes: true,
+            collision_drill: false,
+        },
+        limits: Limits {
+            max_body_bytes: 256 * 1024,
+            max_text_bytes: 2000,
+            max_items: 16,
+            max_metadata_bytes: 1024,
+            max_page: 100,
+            request_timeout: Duration::from_secs(60),
+            max_in_flight: 512,
+        },
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    _temp: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A test server on a fresh data directory.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A test server on a fresh data directory, with settings adjusted.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mut app = spawn_app_on(temp.path(), configure).await;
+    app._temp = Some(temp);
+    app
+}
+
+/// A test server over an existing data directory (kept after it stops).
+pub async fn spawn_app_on(data_dir: &Path, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut s = settings(data_dir);
+    configure(&mut s);
+    let app = Application::build_with_embedder(s, embedder())
+        .await
+        .expect("test server builds");
+    let address = format!("http://{}", app.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        data_dir: data_dir.to_owned(),
+        _temp: None,
+        stop: Some(stop),
+        handle: Some(handle),
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Claims of a valid token for `(tenant, sub)`.
+pub fn claims(tenant: &str, sub: &str) -> Value {
+    json!({
+        "sub": sub,
+        "tenant": tenant,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now(),
+        "exp": now() + 600,
+    })
+}
+
+/// Signs `claims` with HS256 and the test secret.
+pub fn hs256(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        claims,
+    )
+}
+
+pub fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).expect("test token signs")
+}
+
+/// A valid token for `(tenant, sub)`.
+pub fn token(tenant: &str, sub: &str) -> String {
+    hs256(&claims(tenant, sub))
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Stores `texts` and returns their ids; fails the test on any error.
+    pub async fn store_texts(&self, token: &str, texts: &[&str]) -> Vec<String> {
+        let memories: Vec<Value> = texts.iter().map(|t| json!({ "text": t })).collect();
+        let r = self
+            .post("/v1/memories", token, &json!({ "memories": memories }))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.expect("json body");
+        body["ids"]
+            .as_array()
+            .expect("ids array")
+            .iter()
+            .map(|v| v.as_str().expect("id string").to_owned())
+            .collect()
+    }
+
+    /// Texts of the search results for `query`, best first.
+    pub async fn search_texts(&self, token: &str, query: &str, limit: usize) -> Vec<String> {
+        let r = self
+            .post(
+                "/v1/memories/search",
+                token,
+                &json!({ "query": query, "limit": limit }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.expect("json body");
+        texts(&body["results"])
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("text body")
+    }
+
+    /// Stops the server gracefully (in-flight requests finish, shards flush).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("server task joins")
+                .expect("server stops cleanly");
+        }
+    }
+}
+
+/// The `text` fields of a JSON array of memories.
+pub fn texts(array: &Value) -> Vec<String> {
+    array
+        .as_array()
+        .expect("array of memories")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text string").to_owned())
+        .collect()
+}
+
+/// Asserts the uniform 401: JSON error shape and `WWW-Authenticate: Bearer`.
+pub async fn assert_unauthorized(r: Response) {
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap_or("")),
+        Some("Bearer")
+    );
+    let body: Value = r.json().await.expect("json error body");
+    assert_eq!(body["error"]["code"], "unauthorized");
+}
+
+/// Asserts a JSON error with `status` and `code`, returning the message.
+pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> String {
+    assert_eq!(r.status(), status);
+    let body: Value = r.json().await.expect("json error body");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}

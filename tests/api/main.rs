@@ -1,0 +1,10 @@
+//! End-to-end tests: each starts the real server (real model, real embedded
+//! engine) on a random loopback port and speaks HTTP to it.
+
+mod auth;
+mod embeddings;
+mod helpers;
+mod isolation;
+mod memories;
+mod restart;
+mod validation;
