@@ -47,7 +47,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CORDON_COLLECTION_HEX_CHARS", default_value_t = DEFAULT_NAME_HEX_CHARS)]
     pub collection_hex_chars: usize,
     /// Most user shards kept open at once.
-    #[arg(long, env = "CORDON_MAX_OPEN_SHARDS", default_value_t = 256)]
+    #[arg(long, env = "CORDON_MAX_OPEN_SHARDS", default_value_t = 1024)]
     pub max_open_shards: usize,
     /// Flush every write to disk before acknowledging it.
     #[arg(long, env = "CORDON_SYNC_WRITES", default_value_t = true, action = clap::ArgAction::Set)]

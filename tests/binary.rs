@@ -1,0 +1,172 @@
+//! The `cordon` binary as an operator runs it: `cordon token`, `cordon serve`,
+//! start-up errors, and a `kill -9` right after acknowledged writes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const SECRET: &str = "binary-test-hs256-secret-0123456789abcdef";
+
+fn cordon(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cordon"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CORDON_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("CORDON_BIND", "127.0.0.1:0")
+        .env("CORDON_DATA_DIR", data_dir)
+        .env(
+            "CORDON_MODEL_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+        )
+        .env("CORDON_JWT_HS256_SECRET", SECRET)
+        .env("CORDON_EMBED_THREADS", "1")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+/// Starts `cordon serve` and waits for its "listening" line.
+fn serve(data_dir: &Path) -> Server {
+    let mut child = cordon(data_dir)
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("cordon starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        assert!(
+            Instant::now() < deadline,
+            "server did not report its address"
+        );
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .expect("utf8 log line");
+        if let Some(rest) = line.split("cordon listening addr=").nth(1) {
+            break rest.split_whitespace().next().expect("address").to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Server {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+fn mint(data_dir: &Path, tenant: &str, sub: &str) -> String {
+    let out = cordon(data_dir)
+        .args(["token", "--tenant", tenant, "--sub", sub, "--ttl", "10m"])
+        .output()
+        .expect("cordon token runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_token_from_cordon_token_stores_and_recalls_and_acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let alice = mint(dir.path(), "acme", "alice");
+    let bob = mint(dir.path(), "acme", "bob");
+    let client = reqwest::Client::new();
+
+    let mut server = serve(dir.path());
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let text = format!("acknowledged memory number {i}");
+        let r = client
+            .post(format!("{}/v1/memories", server.base))
+            .bearer_auth(&alice)
+            .json(&json!({ "text": text }))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        acknowledged.push(text);
+    }
+    // SIGKILL: no graceful shutdown, no flush on drop.
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+
+    let mut server = serve(dir.path());
+    let body: Value = client
+        .get(format!("{}/v1/memories/export", server.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let mut recovered: Vec<String> = body["memories"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text").to_owned())
+        .collect();
+    recovered.sort();
+    acknowledged.sort();
+    assert_eq!(recovered, acknowledged, "acknowledged writes were lost");
+
+    let body: Value = client
+        .post(format!("{}/v1/memories/search", server.base))
+        .bearer_auth(&bob)
+        .json(&json!({ "query": "acknowledged memory" }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["results"].as_array().expect("array").len(), 0);
+
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
+fn start_failure(cmd: &mut Command) -> String {
+    let out = cmd.arg("serve").output().expect("cordon runs");
+    assert!(
+        !out.status.success(),
+        "cordon started when it should have refused"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_missing_model_file_names_the_file_and_the_fetch_command() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = tempfile::tempdir().expect("temp dir");
+    let err = start_failure(cordon(dir.path()).env("CORDON_MODEL_DIR", empty.path()));
+    assert!(err.contains("model.onnx"), "{err}");
+    assert!(err.contains("python3 models/fetch.py"), "{err}");
+}
+
+#[test]
+fn no_jwt_key_or_a_short_hs256_secret_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = start_failure(cordon(dir.path()).env_remove("CORDON_JWT_HS256_SECRET"));
+    assert!(err.contains("no JWT key configured"), "{err}");
+    let err = start_failure(cordon(dir.path()).env("CORDON_JWT_HS256_SECRET", "short"));
+    assert!(err.contains("at least 32"), "{err}");
+}
