@@ -66,6 +66,18 @@ impl Application {
             settings.auth.public_key_pem.as_deref(),
             settings.auth.jwks_file.as_deref(),
         )?;
+        let asymmetric =
+            settings.auth.public_key_pem.is_some() || settings.auth.jwks_file.is_some();
+        if asymmetric && settings.auth.audience.is_none() {
+            tracing::warn!(
+                "public keys are configured without CORDON_JWT_AUDIENCE: any token the issuer signs for any service, with a tenant claim, is accepted"
+            );
+        }
+        if asymmetric && settings.auth.hs256_secret.is_some() {
+            tracing::warn!(
+                "CORDON_JWT_HS256_SECRET is set next to public keys: whoever holds the HS256 secret can mint tokens for any user"
+            );
+        }
         let verifier = Verifier::new(
             keys,
             VerifierConfig {
@@ -82,7 +94,6 @@ impl Application {
                 data_dir: settings.data_dir.clone(),
                 name_hex_chars: settings.store.name_hex_chars,
                 max_open_shards: settings.store.max_open_shards,
-                sync_writes: settings.store.sync_writes,
                 drill_skip_read_filter: settings.store.collision_drill,
             })?),
         };

@@ -41,6 +41,12 @@ pub enum ApiError {
     /// No such memory for this caller (whether or not it exists for another).
     #[error("not found")]
     NotFound,
+    /// No such endpoint.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The endpoint exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// Too many requests in flight; the client should retry shortly.
     #[error("overloaded")]
     Overloaded,
@@ -88,6 +94,16 @@ impl ApiError {
                 "send the body as application/json".into(),
             ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such memory".into()),
+            Self::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint".into(),
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take this method".into(),
+            ),
             Self::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",

@@ -49,9 +49,6 @@ pub struct ServeArgs {
     /// Most user shards kept open at once.
     #[arg(long, env = "CORDON_MAX_OPEN_SHARDS", default_value_t = 1024)]
     pub max_open_shards: usize,
-    /// Flush every write to disk before acknowledging it.
-    #[arg(long, env = "CORDON_SYNC_WRITES", default_value_t = true, action = clap::ArgAction::Set)]
-    pub sync_writes: bool,
     /// Collision drill: drop the owner condition from engine read filters so
     /// the guard alone separates users sharing a collection. Never in production.
     #[arg(long, env = "CORDON_COLLISION_DRILL", default_value_t = false, action = clap::ArgAction::Set)]
@@ -148,8 +145,6 @@ pub struct StoreSettings {
     pub name_hex_chars: usize,
     /// Most open shards (embedded engine).
     pub max_open_shards: usize,
-    /// Flush each write before acknowledging it.
-    pub sync_writes: bool,
     /// Collision drill mode (see [`ServeArgs::collision_drill`]).
     pub collision_drill: bool,
 }
@@ -265,7 +260,6 @@ impl ServeArgs {
                 kind,
                 name_hex_chars: self.collection_hex_chars,
                 max_open_shards: self.max_open_shards.max(1),
-                sync_writes: self.sync_writes,
                 collision_drill: self.collision_drill,
             },
             limits: Limits {

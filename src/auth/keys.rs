@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::verifier::ConfiguredKey;
@@ -114,12 +114,18 @@ fn jwks_keys(path: &Path) -> Result<Vec<ConfiguredKey>, KeyError> {
         .map_err(|e| invalid(path, format!("not a JWKS document: {e}")))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
+        let kid = jwk.common.key_id.as_deref().unwrap_or("<no kid>");
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            tracing::warn!(kid, "skipped a JWK meant for encryption (`use: enc`)");
+            continue;
+        }
         let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
             (Some(KeyAlgorithm::RS256), _) => Algorithm::RS256,
             (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
             (Some(KeyAlgorithm::EdDSA), _) => Algorithm::EdDSA,
             (Some(other), _) => {
-                return Err(invalid(path, format!("unsupported JWK alg {other:?}")));
+                tracing::warn!(kid, alg = ?other, "skipped a JWK with an unsupported alg");
+                continue;
             }
             (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
             (None, AlgorithmParameters::EllipticCurve(p)) if p.curve == EllipticCurve::P256 => {
@@ -127,10 +133,11 @@ fn jwks_keys(path: &Path) -> Result<Vec<ConfiguredKey>, KeyError> {
             }
             (None, AlgorithmParameters::OctetKeyPair(_)) => Algorithm::EdDSA,
             (None, _) => {
-                return Err(invalid(
-                    path,
-                    "JWK without `alg` is neither RSA, P-256 nor Ed25519",
-                ));
+                tracing::warn!(
+                    kid,
+                    "skipped a JWK without `alg` that is neither RSA, P-256 nor Ed25519"
+                );
+                continue;
             }
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(path, format!("bad JWK: {e}")))?;
@@ -141,7 +148,10 @@ fn jwks_keys(path: &Path) -> Result<Vec<ConfiguredKey>, KeyError> {
         });
     }
     if keys.is_empty() {
-        return Err(invalid(path, "the JWKS holds no keys"));
+        return Err(invalid(
+            path,
+            "the JWKS holds no usable RS256, ES256 or EdDSA key",
+        ));
     }
     Ok(keys)
 }

@@ -1,5 +1,6 @@
 //! Dynamic batching: one worker thread owns the model and drains the queue.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread;
 
@@ -74,7 +75,14 @@ fn worker(mut model: Model, queue: Receiver<Job>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut model, jobs, max_batch);
+        // A panic inside the runtime must not take the worker down for good:
+        // the jobs of that batch see their reply channel close (503), and the
+        // next batch runs as usual.
+        let outcome =
+            panic::catch_unwind(AssertUnwindSafe(|| run_batch(&mut model, jobs, max_batch)));
+        if outcome.is_err() {
+            tracing::error!("embedding batch panicked; its requests failed, the worker continues");
+        }
     }
 }
 

@@ -76,7 +76,11 @@ impl Model {
             pad_token: "[PAD]".into(),
             ..Default::default()
         }));
-        Ok(Self { session, tokenizer })
+        let mut model = Self { session, tokenizer };
+        // Fail at start-up, not on the first request, if the files do not
+        // make a working model (wrong inputs, outputs or dimensions).
+        model.embed(&["warm-up"])?;
+        Ok(model)
     }
 
     /// Embeds `texts` in one model call.
@@ -111,9 +115,10 @@ impl Model {
                 "token_type_ids" => Tensor::from_array((shape, vec![0i64; batch * seq])).map_err(runtime)?,
             })
             .map_err(runtime)?;
-        let (out_shape, hidden) = outputs["last_hidden_state"]
-            .try_extract_tensor::<f32>()
-            .map_err(runtime)?;
+        let output = outputs.get("last_hidden_state").ok_or_else(|| {
+            EmbedError::Output("the model has no `last_hidden_state` output".into())
+        })?;
+        let (out_shape, hidden) = output.try_extract_tensor::<f32>().map_err(runtime)?;
         let dims: Vec<i64> = out_shape.iter().copied().collect();
         if dims != [batch as i64, seq as i64, DIMENSIONS as i64] {
             return Err(EmbedError::Output(format!(

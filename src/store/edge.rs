@@ -5,6 +5,11 @@
 //! because each holds file descriptors and memory maps. qdrant-edge is
 //! synchronous and does disk I/O, so every call runs on tokio's blocking pool.
 //!
+//! Durability: qdrant-edge 0.7 never replays its WAL when a shard is loaded
+//! (`EdgeShard::load` opens the WAL but does not read it), so a write is only
+//! durable once the segments are flushed. Every write is therefore flushed
+//! before it is acknowledged; there is no faster, weaker mode.
+//!
 //! Locking: each shard has one `RwLock`. Reads share it; writes, flushes and
 //! closes take it exclusively, because `EdgeShard::flush` (which `Drop` also
 //! runs) panics if an update holds the shard's internal locks. A shard leaves
@@ -78,8 +83,6 @@ pub struct EdgeSettings {
     pub name_hex_chars: usize,
     /// Most shards kept open at once (exceeded only while all are in use).
     pub max_open_shards: usize,
-    /// Flush (fsync) every write before acknowledging it.
-    pub sync_writes: bool,
     /// Collision drill only: leave the owner condition out of read filters
     /// so that the guard alone separates users who share a shard.
     pub drill_skip_read_filter: bool,
@@ -96,6 +99,8 @@ pub struct EdgeEngine {
     settings: EdgeSettings,
     root: PathBuf,
     pool: Mutex<LruCache<String, Arc<Slot>>>,
+    // Held for the engine's lifetime; the OS releases it if the process dies.
+    _lock: std::fs::File,
 }
 
 fn engine_err(e: impl std::fmt::Display) -> StoreError {
@@ -237,6 +242,16 @@ impl Slot {
         }
     }
 
+    /// Runs an update and flushes it while holding the shard exclusively.
+    fn update(&self, create: bool, op: UpdateOperation) -> Result<Option<()>, StoreError> {
+        self.write(create, |shard| {
+            shard.update(op).map_err(engine_err)?;
+            // Safe: we hold the slot exclusively, so no update is running.
+            shard.flush();
+            Ok(())
+        })
+    }
+
     fn write<R>(
         &self,
         create: bool,
@@ -273,11 +288,29 @@ impl EdgeEngine {
         std::fs::create_dir_all(&root).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", root.display()))
         })?;
+        // Two processes on one data directory would open the same shard twice.
+        let lock_path = settings.data_dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
+            })?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Unavailable(format!(
+                "{} is in use by another cordon process",
+                settings.data_dir.display()
+            ))
+        })?;
+        empty_trash(&root)?;
         let cap = NonZeroUsize::new(settings.max_open_shards.max(1)).expect("max(1) is non-zero");
         Ok(Self {
             settings,
             root,
             pool: Mutex::new(LruCache::new(cap)),
+            _lock: lock,
         })
     }
 
@@ -371,19 +404,12 @@ impl EdgeEngine {
                 }
             })
             .collect();
-        let sync = self.settings.sync_writes;
-        self.slot(owner).write(true, |shard| {
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
-                ))
-                .map_err(engine_err)?;
-            if sync {
-                // Safe: we hold the slot exclusively, so no update is running.
-                shard.flush();
-            }
-            Ok(())
-        })?;
+        self.slot(owner).update(
+            true,
+            UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                PointInsertOperations::PointsList(points),
+            )),
+        )?;
         Ok(())
     }
 
@@ -406,15 +432,20 @@ impl EdgeEngine {
                     order_by: None,
                 })
                 .map_err(engine_err)?;
-            let points: Vec<RawPoint> = records
+            let mut points: Vec<RawPoint> = records
                 .into_iter()
                 .filter(|r| after.is_none_or(|a| r.id != PointId::Uuid(a)))
                 .filter_map(|r| to_raw(r.id, None, r.payload))
-                .take(limit)
                 .collect();
-            let next = match next {
-                Some(_) => points.last().map(|p| p.id),
-                None => None,
+            // More remain if the engine says so, or if the cursor point is
+            // gone (deleted meanwhile) so that the extra record we asked for
+            // is a real one.
+            let more = next.is_some() || points.len() > limit;
+            points.truncate(limit);
+            let next = if more {
+                points.last().map(|p| p.id)
+            } else {
+                None
             };
             Ok(RawPage { points, next })
         })?;
@@ -485,18 +516,10 @@ impl Engine for Arc<EdgeEngine> {
         EdgeEngine::blocking(move || {
             // Deletes always carry the owner condition, drill or not.
             let filter = filter(vec![owner_condition(&owner), has_id(id)]).expect("two conditions");
-            let sync = this.settings.sync_writes;
-            this.slot(&owner).write(false, |shard| {
-                shard
-                    .update(UpdateOperation::PointOperation(
-                        PointOperations::DeletePointsByFilter(filter),
-                    ))
-                    .map_err(engine_err)?;
-                if sync {
-                    shard.flush();
-                }
-                Ok(())
-            })?;
+            this.slot(&owner).update(
+                false,
+                UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter)),
+            )?;
             Ok(())
         })
         .await
@@ -549,7 +572,7 @@ impl Engine for Arc<EdgeEngine> {
                 // Nobody else's points live here: remove the shard entirely.
                 // Dropping it flushes; we hold the slot exclusively.
                 drop(guard.take());
-                remove_dir(&slot.dir)?;
+                discard_dir(&this.root, &slot.dir)?;
             } else {
                 // A shared (collided) shard keeps the other owners' points.
                 shard.flush();
@@ -585,12 +608,36 @@ impl Engine for Arc<EdgeEngine> {
     }
 }
 
-fn remove_dir(dir: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(engine_err(format!("cannot remove {}: {e}", dir.display()))),
+/// Prefix of shard directories on their way out.
+const TRASH_PREFIX: &str = ".trash-";
+
+/// Removes a shard directory so that a crash midway cannot leave a
+/// half-deleted shard under a live name: rename first (atomic), then delete.
+fn discard_dir(root: &Path, dir: &Path) -> Result<(), StoreError> {
+    let trash = root.join(format!("{TRASH_PREFIX}{}", Uuid::new_v4()));
+    match std::fs::rename(dir, &trash) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(engine_err(format!("cannot remove {}: {e}", dir.display()))),
     }
+    std::fs::remove_dir_all(&trash)
+        .map_err(|e| engine_err(format!("cannot remove {}: {e}", trash.display())))
+}
+
+/// Finishes removals that a crash interrupted.
+fn empty_trash(root: &Path) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(root).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TRASH_PREFIX)
+        {
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

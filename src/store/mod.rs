@@ -191,14 +191,31 @@ impl Store {
     pub async fn list(
         &self,
         owner: &OwnerHash,
-        after: Option<Uuid>,
+        mut after: Option<Uuid>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let page = self.engine.scroll(owner, after, limit).await?;
-        Ok(Page {
-            memories: self.guard.admit(owner, page.points, "list"),
-            next: page.next,
-        })
+        loop {
+            let page = self.engine.scroll(owner, after, limit).await?;
+            let memories = self.guard.admit(owner, page.points, "list");
+            // The cursor handed out is always one of the caller's own ids; a
+            // page the guard emptied (possible only when the engine filter
+            // failed) is skipped rather than answered with a foreign cursor.
+            match (memories.last().map(Memory::id), page.next) {
+                (_, None) => {
+                    return Ok(Page {
+                        memories,
+                        next: None,
+                    });
+                }
+                (Some(last), Some(_)) => {
+                    return Ok(Page {
+                        memories,
+                        next: Some(last),
+                    });
+                }
+                (None, Some(next)) => after = Some(next),
+            }
+        }
     }
 
     /// Deletes all of `owner`'s memories.

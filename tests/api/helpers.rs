@@ -67,7 +67,6 @@ pub fn settings(data_dir: &Path) -> Settings {
             kind: StoreKind::Edge,
             name_hex_chars: 32,
             max_open_shards: 64,
-            sync_writes: true,
             collision_drill: false,
         },
         limits: Limits {

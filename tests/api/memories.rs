@@ -219,3 +219,43 @@ async fn export_returns_everything_and_erase_removes_everything() {
         .count();
     assert_eq!(shards, 0);
 }
+
+#[tokio::test]
+async fn paging_continues_past_a_cursor_whose_memory_was_deleted() {
+    let app = spawn_app().await;
+    let t = token("acme", "alice");
+    let all: Vec<String> = (0..5).map(|i| format!("entry {i}")).collect();
+    for text in &all {
+        app.store_texts(&t, &[text.as_str()]).await;
+    }
+    let first: Value = app
+        .get("/v1/memories?limit=2", &t)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(texts(&first["memories"]), all[..2]);
+    let cursor = first["next_cursor"].as_str().expect("a cursor").to_owned();
+
+    // The memory the cursor points at goes away before the next page.
+    assert_eq!(
+        app.delete(&format!("/v1/memories/{cursor}"), &t)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+
+    let mut seen = Vec::new();
+    let mut next = Some(cursor);
+    while let Some(c) = next {
+        let page: Value = app
+            .get(&format!("/v1/memories?limit=2&cursor={c}"), &t)
+            .await
+            .json()
+            .await
+            .expect("json");
+        seen.extend(texts(&page["memories"]));
+        next = page["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, all[2..]);
+}

@@ -2,7 +2,9 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app_on, token};
+use cordon::app::Application;
+
+use crate::helpers::{settings, spawn_app_on, token};
 
 #[tokio::test]
 async fn memories_survive_a_restart_on_the_same_data_dir() {
@@ -56,4 +58,20 @@ async fn a_small_shard_cache_evicts_and_reopens_without_losing_data() {
         assert_eq!(found, vec![format!("note of u{i}")]);
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(dir.path(), |_| {}).await;
+    let second = Application::build(settings(dir.path())).await;
+    let err = second
+        .err()
+        .expect("the second server must not start")
+        .to_string();
+    assert!(err.contains("in use by another cordon process"), "{err}");
+    app.stop().await;
+    // Once the first has stopped, the directory is free again.
+    let again = spawn_app_on(dir.path(), |_| {}).await;
+    again.stop().await;
 }

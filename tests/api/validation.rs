@@ -262,3 +262,23 @@ async fn health_and_readiness_answer_without_a_token() {
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["status"], "ready");
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_the_json_error_shape() {
+    let app = spawn_app().await;
+    let t = token("acme", "alice");
+    assert_error(
+        app.get("/v1/nothing-here", &t).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let r = app
+        .client
+        .put(app.url("/v1/memories"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("sent");
+    assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+}
