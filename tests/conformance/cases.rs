@@ -1,0 +1,262 @@
+//! The behaviours every engine must have.
+
+use cordon::store::{MetaValue, SearchQuery};
+use serde_json::json;
+
+use crate::harness::{Harness, memory, vector};
+
+fn texts(memories: &[cordon::guard::Memory]) -> Vec<&str> {
+    memories.iter().map(|m| m.text()).collect()
+}
+
+pub async fn put_then_get(h: &Harness) {
+    let (alice, bob) = (h.owner("alice"), h.owner("bob"));
+    let m = memory("alice fact", vector(0, 0.0), json!({ "k": "v" }));
+    let id = m.id;
+    h.store.put(&alice, vec![m]).await.expect("put");
+    let got = h.store.get(&alice, id).await.expect("get").expect("found");
+    assert_eq!(got.text(), "alice fact");
+    assert!(h.store.get(&bob, id).await.expect("get").is_none());
+    assert!(
+        h.store
+            .get(&alice, uuid::Uuid::now_v7())
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+pub async fn reads_of_an_unknown_user(h: &Harness) {
+    let nobody = h.owner("nobody");
+    let query = SearchQuery {
+        vector: vector(0, 0.0),
+        limit: 5,
+        min_score: None,
+        metadata: vec![],
+    };
+    assert!(
+        h.store
+            .search(&nobody, query)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+    let page = h.store.list(&nobody, None, 10).await.expect("list");
+    assert!(page.memories.is_empty() && page.next.is_none());
+    assert_eq!(h.store.erase(&nobody).await.expect("erase"), 0);
+    assert!(
+        !h.store
+            .delete(&nobody, uuid::Uuid::now_v7())
+            .await
+            .expect("delete")
+    );
+    if let Some(dir) = &h.data_dir {
+        let shards = std::fs::read_dir(dir.path().join("shards"))
+            .expect("dir")
+            .count();
+        assert_eq!(shards, 0, "a read created a collection");
+    }
+}
+
+pub async fn search(h: &Harness) {
+    let alice = h.owner("alice");
+    h.store
+        .put(
+            &alice,
+            vec![
+                memory(
+                    "near",
+                    vector(10, 0.1),
+                    json!({ "topic": "a", "n": 1, "flag": true }),
+                ),
+                memory(
+                    "nearer",
+                    vector(10, 0.0),
+                    json!({ "topic": "b", "n": 2, "flag": false }),
+                ),
+                memory("far", vector(200, 0.0), json!({ "topic": "a", "n": 3 })),
+            ],
+        )
+        .await
+        .expect("put");
+    let query = |min_score, metadata| SearchQuery {
+        vector: vector(10, 0.0),
+        limit: 10,
+        min_score,
+        metadata,
+    };
+    let all = h
+        .store
+        .search(&alice, query(None, vec![]))
+        .await
+        .expect("search");
+    assert_eq!(texts(&all), ["nearer", "near", "far"]);
+    assert!(all[0].score() >= all[1].score() && all[1].score() >= all[2].score());
+
+    let close = h
+        .store
+        .search(&alice, query(Some(0.5), vec![]))
+        .await
+        .expect("search");
+    assert_eq!(texts(&close), ["nearer", "near"]);
+
+    let a = vec![("topic".to_owned(), MetaValue::Str("a".into()))];
+    assert_eq!(
+        texts(
+            &h.store
+                .search(&alice, query(None, a))
+                .await
+                .expect("search")
+        ),
+        ["near", "far"]
+    );
+    let n = vec![("n".to_owned(), MetaValue::Int(2))];
+    assert_eq!(
+        texts(
+            &h.store
+                .search(&alice, query(None, n))
+                .await
+                .expect("search")
+        ),
+        ["nearer"]
+    );
+    let f = vec![("flag".to_owned(), MetaValue::Bool(true))];
+    assert_eq!(
+        texts(
+            &h.store
+                .search(&alice, query(None, f))
+                .await
+                .expect("search")
+        ),
+        ["near"]
+    );
+
+    let limited = SearchQuery {
+        limit: 1,
+        ..query(None, vec![])
+    };
+    assert_eq!(
+        texts(&h.store.search(&alice, limited).await.expect("search")),
+        ["nearer"]
+    );
+}
+
+pub async fn paging(h: &Harness) {
+    let alice = h.owner("alice");
+    let all: Vec<String> = (0..7).map(|i| format!("m{i}")).collect();
+    for (i, t) in all.iter().enumerate() {
+        h.store
+            .put(&alice, vec![memory(t, vector(i, 0.0), json!({}))])
+            .await
+            .expect("put");
+    }
+    let first = h.store.list(&alice, None, 3).await.expect("list");
+    assert_eq!(texts(&first.memories), ["m0", "m1", "m2"]);
+    let cursor = first.next.expect("more pages");
+    assert!(h.store.delete(&alice, cursor).await.expect("delete"));
+    let mut seen = Vec::new();
+    let mut next = Some(cursor);
+    while let Some(c) = next {
+        let page = h.store.list(&alice, Some(c), 3).await.expect("list");
+        seen.extend(page.memories.iter().map(|m| m.text().to_owned()));
+        next = page.next;
+    }
+    assert_eq!(seen, all[3..]);
+}
+
+pub async fn delete_and_erase(h: &Harness) {
+    let (alice, bob) = (h.owner("alice"), h.owner("bob"));
+    let a = memory("alice one", vector(1, 0.0), json!({}));
+    let a_id = a.id;
+    h.store
+        .put(
+            &alice,
+            vec![a, memory("alice two", vector(2, 0.0), json!({}))],
+        )
+        .await
+        .expect("put");
+    let b = memory("bob one", vector(1, 0.0), json!({}));
+    let b_id = b.id;
+    h.store.put(&bob, vec![b]).await.expect("put");
+
+    assert!(
+        !h.store.delete(&bob, a_id).await.expect("delete"),
+        "bob deleted alice's memory"
+    );
+    assert!(h.store.get(&alice, a_id).await.expect("get").is_some());
+    assert!(h.store.delete(&alice, a_id).await.expect("delete"));
+    assert!(h.store.get(&alice, a_id).await.expect("get").is_none());
+
+    assert_eq!(h.store.erase(&alice).await.expect("erase"), 1);
+    assert!(
+        h.store
+            .list(&alice, None, 10)
+            .await
+            .expect("list")
+            .memories
+            .is_empty()
+    );
+    assert!(h.store.get(&bob, b_id).await.expect("get").is_some());
+}
+
+pub async fn shared_collection(h: &Harness, drill: bool) {
+    // With one hex character in names, 24 users fill at most 16 collections.
+    let users: Vec<String> = (0..24).map(|i| format!("user{i}")).collect();
+    for (i, u) in users.iter().enumerate() {
+        let owner = h.owner(u);
+        h.store
+            .put(
+                &owner,
+                vec![memory(
+                    &format!("secret of {u}"),
+                    vector(i % 3, 0.0),
+                    json!({ "k": "same" }),
+                )],
+            )
+            .await
+            .expect("put");
+    }
+    let mut ids = Vec::new();
+    for u in &users {
+        let owner = h.owner(u);
+        let mine = format!("secret of {u}");
+        let query = SearchQuery {
+            vector: vector(0, 0.0),
+            limit: 50,
+            min_score: None,
+            metadata: vec![("k".into(), MetaValue::Str("same".into()))],
+        };
+        assert_eq!(
+            texts(&h.store.search(&owner, query).await.expect("search")),
+            [mine.as_str()]
+        );
+        let page = h.store.list(&owner, None, 50).await.expect("list");
+        assert_eq!(texts(&page.memories), [mine.as_str()]);
+        ids.push(page.memories[0].id());
+    }
+    // Every other user's id is invisible and undeletable.
+    let first = h.owner(&users[0]);
+    for id in &ids[1..] {
+        assert!(h.store.get(&first, *id).await.expect("get").is_none());
+        assert!(!h.store.delete(&first, *id).await.expect("delete"));
+    }
+    // Erasing one user spares every neighbour.
+    assert_eq!(h.store.erase(&first).await.expect("erase"), 1);
+    for u in &users[1..] {
+        let page = h.store.list(&h.owner(u), None, 50).await.expect("list");
+        assert_eq!(
+            page.memories.len(),
+            1,
+            "{u} lost a memory to a neighbour's erase"
+        );
+    }
+    let dropped = h.metrics.guard_dropped_total();
+    if drill {
+        assert!(
+            dropped > 0,
+            "the guard saw no foreign point, so the drill tested nothing"
+        );
+    } else {
+        assert_eq!(dropped, 0, "the engine filter let a foreign point through");
+    }
+}

@@ -1,0 +1,53 @@
+//! The backend conformance suite: one set of storage behaviours, written once
+//! against the `Engine` trait (through the guarded `Store`), run for every
+//! engine. Vectors are synthetic so the suite needs no model and runs fast.
+
+mod cases;
+mod harness;
+
+/// Instantiates every case for one engine; `$make` builds a fresh harness
+/// from `(name_hex_chars, collision_drill)`.
+macro_rules! conformance {
+    ($engine:ident, $make:path) => {
+        mod $engine {
+            use crate::cases;
+
+            #[tokio::test]
+            async fn a_stored_memory_reads_back_and_a_foreign_id_is_none() {
+                cases::put_then_get(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            async fn reads_of_a_user_with_no_collection_are_empty_and_create_nothing() {
+                cases::reads_of_an_unknown_user(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            async fn search_ranks_by_similarity_and_honours_min_score_and_metadata() {
+                cases::search(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            async fn list_pages_in_creation_order_past_a_deleted_cursor() {
+                cases::paging(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            async fn delete_and_erase_touch_only_the_callers_memories() {
+                cases::delete_and_erase(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            async fn users_sharing_a_collection_stay_apart_with_the_engine_filter() {
+                cases::shared_collection(&$make(1, false).await, false).await;
+            }
+
+            #[tokio::test]
+            async fn users_sharing_a_collection_stay_apart_by_the_guard_alone() {
+                cases::shared_collection(&$make(1, true).await, true).await;
+            }
+        }
+    };
+}
+
+conformance!(embedded, crate::harness::embedded);
