@@ -4,6 +4,7 @@
 
 mod cases;
 mod harness;
+mod model;
 
 /// Instantiates every case for one engine; `$make` builds a fresh harness
 /// from `(name_hex_chars, collision_drill)`.
@@ -45,6 +46,20 @@ macro_rules! conformance {
             #[tokio::test]
             async fn users_sharing_a_collection_stay_apart_by_the_guard_alone() {
                 cases::shared_collection(&$make(1, true).await, true).await;
+            }
+
+            #[tokio::test]
+            async fn random_operation_sequences_match_the_model() {
+                let h = $make(32, false).await;
+                crate::model::random_operations_match_the_model(&h, 5, 7, 300).await;
+            }
+
+            #[tokio::test]
+            async fn random_operation_sequences_match_the_model_in_shared_collections() {
+                // Twenty users in at most sixteen collections, so some share;
+                // the engine filter is off, leaving the guard to separate them.
+                let h = $make(1, true).await;
+                crate::model::random_operations_match_the_model(&h, 20, 11, 600).await;
             }
         }
     };
