@@ -109,15 +109,12 @@ async fn a_token_from_cordon_token_stores_and_recalls_and_acknowledged_writes_su
     server.child.wait().expect("reaped");
 
     let mut server = serve(dir.path());
-    let body: Value = client
-        .get(format!("{}/v1/memories/export", server.base))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let body = json_of(
+        client
+            .get(format!("{}/v1/memories/export", server.base))
+            .bearer_auth(&alice),
+    )
+    .await;
     let mut recovered: Vec<String> = body["memories"]
         .as_array()
         .expect("array")
@@ -128,20 +125,21 @@ async fn a_token_from_cordon_token_stores_and_recalls_and_acknowledged_writes_su
     acknowledged.sort();
     assert_eq!(recovered, acknowledged, "acknowledged writes were lost");
 
-    let body: Value = client
+    let search = client
         .post(format!("{}/v1/memories/search", server.base))
         .bearer_auth(&bob)
-        .json(&json!({ "query": "acknowledged memory" }))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .json(&json!({ "query": "acknowledged memory" }));
+    let body = json_of(search).await;
     assert_eq!(body["results"].as_array().expect("array").len(), 0);
 
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");
+}
+
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.expect("json")
 }
 
 fn start_failure(cmd: &mut Command) -> String {
