@@ -53,6 +53,8 @@ pub struct VerifierConfig {
 /// Verifies bearer tokens against the configured keys.
 pub struct Verifier {
     keys: Vec<ConfiguredKey>,
+    // One validation per key, built once: the rules never change per request.
+    validations: Vec<Validation>,
     config: VerifierConfig,
 }
 
@@ -60,7 +62,12 @@ impl Verifier {
     /// Builds a verifier; `keys` must not be empty (checked at start-up).
     pub fn new(keys: Vec<ConfiguredKey>, mut config: VerifierConfig) -> Self {
         config.leeway_secs = config.leeway_secs.min(30);
-        Self { keys, config }
+        let validations = keys.iter().map(|k| validation(&config, k.alg)).collect();
+        Self {
+            keys,
+            validations,
+            config,
+        }
     }
 
     /// The configured claim settings.
@@ -79,8 +86,8 @@ impl Verifier {
             return Err(AuthError::UnknownKey);
         }
         let mut last_error = None;
-        for key in candidates {
-            match decode::<Map<String, Value>>(token, &key.key, &self.validation(key.alg)) {
+        for i in candidates {
+            match decode::<Map<String, Value>>(token, &self.keys[i].key, &self.validations[i]) {
                 Ok(data) => return self.principal(&data.claims),
                 Err(e) => last_error = Some(e),
             }
@@ -90,42 +97,17 @@ impl Verifier {
         ))
     }
 
-    fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<&ConfiguredKey> {
-        let same_alg = self.keys.iter().filter(|k| k.alg == alg);
+    fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<usize> {
+        let same_alg = (0..self.keys.len()).filter(|&i| self.keys[i].alg == alg);
         match kid {
             // A kid that names a configured key selects exactly that key.
-            Some(kid) if self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) => {
-                same_alg.filter(|k| k.kid.as_deref() == Some(kid)).collect()
-            }
+            Some(kid) if self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) => same_alg
+                .filter(|&i| self.keys[i].kid.as_deref() == Some(kid))
+                .collect(),
             // Unknown kid: only keys configured without a kid may answer.
-            Some(_) => same_alg.filter(|k| k.kid.is_none()).collect(),
+            Some(_) => same_alg.filter(|&i| self.keys[i].kid.is_none()).collect(),
             None => same_alg.collect(),
         }
-    }
-
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = self.config.leeway_secs;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        let mut required = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
-        // A configured iss/aud must be present, not merely correct when present.
-        match &self.config.issuer {
-            Some(iss) => {
-                v.set_issuer(&[iss]);
-                required.insert("iss".to_owned());
-            }
-            None => v.iss = None,
-        }
-        match &self.config.audience {
-            Some(aud) => {
-                v.set_audience(&[aud]);
-                required.insert("aud".to_owned());
-            }
-            None => v.validate_aud = false,
-        }
-        v.required_spec_claims = required;
-        v
     }
 
     fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
@@ -133,6 +115,32 @@ impl Verifier {
         let tenant = identity_claim(claims, &self.config.tenant_claim)?;
         Ok(Principal { tenant, subject })
     }
+}
+
+/// The claim rules for one key's algorithm.
+fn validation(config: &VerifierConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = config.leeway_secs;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    let mut required = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+    // A configured iss/aud must be present, not merely correct when present.
+    match &config.issuer {
+        Some(iss) => {
+            v.set_issuer(&[iss]);
+            required.insert("iss".to_owned());
+        }
+        None => v.iss = None,
+    }
+    match &config.audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.insert("aud".to_owned());
+        }
+        None => v.validate_aud = false,
+    }
+    v.required_spec_claims = required;
+    v
 }
 
 fn identity_claim(claims: &Map<String, Value>, name: &str) -> Result<String, AuthError> {
