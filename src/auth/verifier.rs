@@ -70,11 +70,6 @@ impl Verifier {
         }
     }
 
-    /// The configured claim settings.
-    pub fn config(&self) -> &VerifierConfig {
-        &self.config
-    }
-
     /// Verifies `token` and returns the identity it carries.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         if token.len() > self.config.max_token_bytes {

@@ -314,17 +314,6 @@ impl EdgeEngine {
         })
     }
 
-    /// Directory of `owner`'s shard.
-    pub fn shard_dir(&self, owner: &OwnerHash) -> PathBuf {
-        self.root
-            .join(owner.collection_name(self.settings.name_hex_chars))
-    }
-
-    /// Number of shards currently open.
-    pub fn open_shards(&self) -> usize {
-        self.pool.lock().len()
-    }
-
     fn slot(&self, owner: &OwnerHash) -> Arc<Slot> {
         let name = owner.collection_name(self.settings.name_hex_chars);
         let mut pool = self.pool.lock();
