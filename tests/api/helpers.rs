@@ -195,6 +195,13 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// GETs `path` and returns the JSON body, asserting a 200.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        let r = self.get(path, token).await;
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.expect("json body")
+    }
+
     /// Stores `texts` and returns their ids; fails the test on any error.
     pub async fn store_texts(&self, token: &str, texts: &[&str]) -> Vec<String> {
         let memories: Vec<Value> = texts.iter().map(|t| json!({ "text": t })).collect();

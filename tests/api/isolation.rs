@@ -129,19 +129,9 @@ async fn canary_round(app: &TestApp, tenant: &str, i: usize) -> (String, Vec<Str
         app.search_texts(&t, &format!("canary {tenant}/user-000: secret"), 20)
             .await,
     );
-    let body: Value = app
-        .get("/v1/memories?limit=100", &t)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let body: Value = app.get_json("/v1/memories?limit=100", &t).await;
     seen.extend(texts(&body["memories"]));
-    let body: Value = app
-        .get("/v1/memories/export", &t)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let body: Value = app.get_json("/v1/memories/export", &t).await;
     let exported = texts(&body["memories"]);
     assert_eq!(
         exported.len(),
@@ -150,12 +140,7 @@ async fn canary_round(app: &TestApp, tenant: &str, i: usize) -> (String, Vec<Str
     );
     seen.extend(exported);
     for id in ids {
-        let m: Value = app
-            .get(&format!("/v1/memories/{id}"), &t)
-            .await
-            .json()
-            .await
-            .expect("json");
+        let m: Value = app.get_json(&format!("/v1/memories/{id}"), &t).await;
         seen.push(m["text"].as_str().expect("text").to_owned());
     }
     (prefix, seen)
@@ -264,11 +249,8 @@ async fn in_a_shared_shard_foreign_ids_are_404_and_erase_spares_the_neighbour() 
     // Every earlier user's id is a 404 for the late user, shared shard or not.
     for (other, _) in by_bucket.iter() {
         let body: Value = app
-            .get("/v1/memories/export", &token("t", other))
-            .await
-            .json()
-            .await
-            .expect("json");
+            .get_json("/v1/memories/export", &token("t", other))
+            .await;
         let id = body["memories"][0]["id"].as_str().expect("id").to_owned();
         let r = app
             .get(&format!("/v1/memories/{id}"), &token("t", &late))
@@ -287,11 +269,8 @@ async fn in_a_shared_shard_foreign_ids_are_404_and_erase_spares_the_neighbour() 
     assert_eq!(body["deleted"], 1);
     for (other, _) in by_bucket.iter() {
         let body: Value = app
-            .get("/v1/memories/export", &token("t", other))
-            .await
-            .json()
-            .await
-            .expect("json");
+            .get_json("/v1/memories/export", &token("t", other))
+            .await;
         assert_eq!(
             texts(&body["memories"]),
             vec![format!("{other} private note")]

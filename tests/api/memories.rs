@@ -228,12 +228,7 @@ async fn paging_continues_past_a_cursor_whose_memory_was_deleted() {
     for text in &all {
         app.store_texts(&t, &[text.as_str()]).await;
     }
-    let first: Value = app
-        .get("/v1/memories?limit=2", &t)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let first: Value = app.get_json("/v1/memories?limit=2", &t).await;
     assert_eq!(texts(&first["memories"]), all[..2]);
     let cursor = first["next_cursor"].as_str().expect("a cursor").to_owned();
 
@@ -249,11 +244,8 @@ async fn paging_continues_past_a_cursor_whose_memory_was_deleted() {
     let mut next = Some(cursor);
     while let Some(c) = next {
         let page: Value = app
-            .get(&format!("/v1/memories?limit=2&cursor={c}"), &t)
-            .await
-            .json()
-            .await
-            .expect("json");
+            .get_json(&format!("/v1/memories?limit=2&cursor={c}"), &t)
+            .await;
         seen.extend(texts(&page["memories"]));
         next = page["next_cursor"].as_str().map(str::to_owned);
     }

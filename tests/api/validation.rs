@@ -6,12 +6,7 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, assert_error, spawn_app, token};
 
 async fn count(app: &TestApp, t: &str) -> usize {
-    let body: Value = app
-        .get("/v1/memories/export", t)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let body: Value = app.get_json("/v1/memories/export", t).await;
     body["memories"].as_array().expect("array").len()
 }
 
