@@ -18,7 +18,8 @@ use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::settings::{Settings, StoreKind};
 use crate::store::edge::{EdgeEngine, EdgeSettings};
-use crate::store::{Store, StoreError};
+use crate::store::qdrant::{QdrantEngine, QdrantSettings};
+use crate::store::{Engine, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -89,20 +90,33 @@ impl Application {
             },
         );
         let metrics = Arc::new(Metrics::default());
-        let engine = match settings.store.kind {
-            StoreKind::Edge => Arc::new(EdgeEngine::open(EdgeSettings {
+        let engine: Arc<dyn Engine> = match settings.store.kind {
+            StoreKind::Edge => Arc::new(Arc::new(EdgeEngine::open(EdgeSettings {
                 data_dir: settings.data_dir.clone(),
+                collection_prefix: settings.store.collection_prefix.clone(),
                 name_hex_chars: settings.store.name_hex_chars,
                 max_open_shards: settings.store.max_open_shards,
                 drill_skip_read_filter: settings.store.collision_drill,
-            })?),
+            })?)),
+            StoreKind::Qdrant => {
+                let q = &settings.store.qdrant;
+                Arc::new(Arc::new(QdrantEngine::connect(QdrantSettings {
+                    url: q.url.clone(),
+                    api_key: q.api_key.clone(),
+                    timeout: q.timeout,
+                    connect_timeout: q.connect_timeout,
+                    collection_prefix: settings.store.collection_prefix.clone(),
+                    name_hex_chars: settings.store.name_hex_chars,
+                    drill_skip_read_filter: settings.store.collision_drill,
+                })?))
+            }
         };
         if settings.store.collision_drill {
             tracing::warn!(
                 "COLLISION DRILL: engine reads skip the owner filter; only the guard separates users. Never run this in production."
             );
         }
-        let store = Store::new(Arc::new(engine), Guard::new(metrics.clone()));
+        let store = Store::new(engine, Guard::new(metrics.clone()));
         let state = AppState {
             auth: AuthState {
                 verifier: Arc::new(verifier),

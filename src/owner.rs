@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use crate::secret::Secret;
 
-/// Fixed prefix of every collection (and shard directory) name.
+/// Default prefix of every collection (and shard directory) name.
 pub const COLLECTION_PREFIX: &str = "cordon_";
 
 /// Hex characters of the owner hash used in collection names by default
@@ -60,11 +60,18 @@ impl OwnerHash {
         hex::encode(&self.0[..6])
     }
 
-    /// Collection (or shard directory) name holding this owner's memories.
+    /// Collection (or shard directory) name holding this owner's memories,
+    /// with the default prefix.
     pub fn collection_name(&self, hex_chars: usize) -> String {
+        self.collection_name_with(COLLECTION_PREFIX, hex_chars)
+    }
+
+    /// Collection name under a deployment's own prefix (several Cordon
+    /// installations may share one Qdrant).
+    pub fn collection_name_with(&self, prefix: &str, hex_chars: usize) -> String {
         let hex = self.to_hex();
         let n = hex_chars.clamp(1, OWNER_HEX_LEN);
-        format!("{COLLECTION_PREFIX}{}", &hex[..n])
+        format!("{prefix}{}", &hex[..n])
     }
 }
 

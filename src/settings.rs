@@ -34,15 +34,46 @@ pub struct ServeArgs {
     /// File holding the server secret (HMAC key for owner hashes); default: `<data-dir>/server.secret`, created on first start.
     #[arg(long, env = "CORDON_SERVER_SECRET_FILE")]
     pub server_secret_file: Option<PathBuf>,
+    /// The server secret itself (at least 32 bytes), instead of a file.
+    #[arg(
+        long,
+        env = "CORDON_SERVER_SECRET",
+        hide_env_values = true,
+        conflicts_with = "server_secret_file"
+    )]
+    pub server_secret: Option<String>,
     /// Directory with model.onnx, tokenizer.json and libonnxruntime.so.
     #[arg(long, env = "CORDON_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub jwt: JwtArgs,
-    /// Storage engine; `edge` is the embedded qdrant-edge engine.
+    /// Storage engine: `edge` (embedded qdrant-edge) or `qdrant` (a Qdrant server).
     #[arg(long, env = "CORDON_STORE", default_value = "edge")]
     pub store: String,
+    /// Qdrant gRPC URL, for `CORDON_STORE=qdrant`.
+    #[arg(
+        long,
+        env = "CORDON_QDRANT_URL",
+        default_value = "http://127.0.0.1:6334"
+    )]
+    pub qdrant_url: String,
+    /// Qdrant API key, when the server requires one.
+    #[arg(long, env = "CORDON_QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<String>,
+    /// Deadline for each call to Qdrant, milliseconds.
+    #[arg(long, env = "CORDON_QDRANT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub qdrant_timeout_ms: u64,
+    /// Deadline for connecting to Qdrant, milliseconds.
+    #[arg(
+        long,
+        env = "CORDON_QDRANT_CONNECT_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub qdrant_connect_timeout_ms: u64,
+    /// Prefix of collection names (lets several deployments share one Qdrant).
+    #[arg(long, env = "CORDON_COLLECTION_PREFIX", default_value = crate::owner::COLLECTION_PREFIX)]
+    pub collection_prefix: String,
     /// Hex characters of the owner hash used in collection names.
     #[arg(long, env = "CORDON_COLLECTION_HEX_CHARS", default_value_t = DEFAULT_NAME_HEX_CHARS)]
     pub collection_hex_chars: usize,
@@ -113,6 +144,21 @@ pub struct JwtArgs {
 pub enum StoreKind {
     /// Embedded qdrant-edge shards under the data directory.
     Edge,
+    /// One collection per user on a Qdrant server.
+    Qdrant,
+}
+
+/// How to reach a Qdrant server.
+#[derive(Debug, Clone)]
+pub struct QdrantConnection {
+    /// gRPC URL.
+    pub url: String,
+    /// API key.
+    pub api_key: Option<Secret>,
+    /// Per-call deadline.
+    pub timeout: Duration,
+    /// Connect deadline.
+    pub connect_timeout: Duration,
 }
 
 /// JWT verification settings.
@@ -141,12 +187,16 @@ pub struct AuthSettings {
 pub struct StoreSettings {
     /// Engine to run.
     pub kind: StoreKind,
+    /// Prefix of collection names.
+    pub collection_prefix: String,
     /// Hex characters of the owner hash in collection names.
     pub name_hex_chars: usize,
     /// Most open shards (embedded engine).
     pub max_open_shards: usize,
     /// Collision drill mode (see [`ServeArgs::collision_drill`]).
     pub collision_drill: bool,
+    /// Qdrant server (server engine).
+    pub qdrant: QdrantConnection,
 }
 
 /// Request limits.
@@ -212,15 +262,38 @@ impl ServeArgs {
     pub fn into_settings(self) -> Result<Settings, SettingsError> {
         let kind = match self.store.as_str() {
             "edge" | "embedded" => StoreKind::Edge,
+            "qdrant" | "server" => StoreKind::Qdrant,
             other => {
                 return Err(SettingsError::Invalid(format!(
-                    "CORDON_STORE={other} is not a known engine (expected `edge`)"
+                    "CORDON_STORE={other} is not a known engine (expected `edge` or `qdrant`)"
                 )));
             }
         };
+        // Replicas in front of one Qdrant must derive the same owner hashes;
+        // a secret made up by each replica would hide every user's memories
+        // from the others, so server mode never creates one.
+        if kind == StoreKind::Qdrant
+            && self.server_secret.is_none()
+            && self.server_secret_file.is_none()
+        {
+            return Err(SettingsError::Invalid(
+                "CORDON_STORE=qdrant needs the shared server secret: set CORDON_SERVER_SECRET or CORDON_SERVER_SECRET_FILE (the same on every replica)".into(),
+            ));
+        }
         if !(1..=64).contains(&self.collection_hex_chars) {
             return Err(SettingsError::Invalid(
                 "CORDON_COLLECTION_HEX_CHARS must be between 1 and 64".into(),
+            ));
+        }
+        let prefix_ok = (1..=64).contains(&self.collection_prefix.len())
+            && self
+                .collection_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !prefix_ok {
+            return Err(SettingsError::Invalid(
+                "CORDON_COLLECTION_PREFIX must be 1 to 64 characters of a-z, 0-9, `_` or `-`"
+                    .into(),
             ));
         }
         std::fs::create_dir_all(&self.data_dir).map_err(|source| SettingsError::SecretFile {
@@ -231,7 +304,18 @@ impl ServeArgs {
             .server_secret_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join(SERVER_SECRET_FILE));
-        let server_secret = load_or_create_secret(&secret_path)?;
+        let server_secret = match self.server_secret {
+            Some(value) if value.trim().len() >= MIN_SERVER_SECRET_BYTES => {
+                Secret::new(value.trim().as_bytes().to_vec())
+            }
+            Some(_) => {
+                return Err(SettingsError::Invalid(format!(
+                    "CORDON_SERVER_SECRET is shorter than {MIN_SERVER_SECRET_BYTES} bytes"
+                )));
+            }
+            None if kind == StoreKind::Qdrant => read_secret(&secret_path)?,
+            None => load_or_create_secret(&secret_path)?,
+        };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(Settings {
             bind: self.bind,
@@ -258,9 +342,16 @@ impl ServeArgs {
             },
             store: StoreSettings {
                 kind,
+                collection_prefix: self.collection_prefix,
                 name_hex_chars: self.collection_hex_chars,
                 max_open_shards: self.max_open_shards.max(1),
                 collision_drill: self.collision_drill,
+                qdrant: QdrantConnection {
+                    url: self.qdrant_url,
+                    api_key: self.qdrant_api_key.map(|k| Secret::new(k.into_bytes())),
+                    timeout: Duration::from_millis(self.qdrant_timeout_ms.max(1)),
+                    connect_timeout: Duration::from_millis(self.qdrant_connect_timeout_ms.max(1)),
+                },
             },
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,
@@ -275,6 +366,20 @@ impl ServeArgs {
     }
 }
 
+/// Reads an existing server secret at `path`.
+pub fn read_secret(path: &Path) -> Result<Secret, SettingsError> {
+    let bytes = std::fs::read(path).map_err(|source| SettingsError::SecretFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let trimmed = text.trim();
+    if trimmed.len() < MIN_SERVER_SECRET_BYTES {
+        return Err(SettingsError::ShortSecret(path.to_owned()));
+    }
+    Ok(Secret::new(trimmed.as_bytes().to_vec()))
+}
+
 /// Reads the server secret at `path`, creating it (mode 0600, 32 random
 /// bytes as hex) when absent.
 pub fn load_or_create_secret(path: &Path) -> Result<Secret, SettingsError> {
@@ -283,14 +388,7 @@ pub fn load_or_create_secret(path: &Path) -> Result<Secret, SettingsError> {
         source,
     };
     match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let trimmed = text.trim();
-            if trimmed.len() < MIN_SERVER_SECRET_BYTES {
-                return Err(SettingsError::ShortSecret(path.to_owned()));
-            }
-            Ok(Secret::new(trimmed.as_bytes().to_vec()))
-        }
+        Ok(_) => read_secret(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = hex::encode(rand::random::<[u8; 32]>());
             // create_new: if another process created it meanwhile, use theirs.

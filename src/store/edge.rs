@@ -79,6 +79,8 @@ pub fn max_map_count() -> Option<usize> {
 pub struct EdgeSettings {
     /// Root data directory; shards go under `shards/`.
     pub data_dir: PathBuf,
+    /// Prefix of shard directory names.
+    pub collection_prefix: String,
     /// Hex characters of the owner hash in a shard's name.
     pub name_hex_chars: usize,
     /// Most shards kept open at once (exceeded only while all are in use).
@@ -315,7 +317,10 @@ impl EdgeEngine {
     }
 
     fn slot(&self, owner: &OwnerHash) -> Arc<Slot> {
-        let name = owner.collection_name(self.settings.name_hex_chars);
+        let name = owner.collection_name_with(
+            &self.settings.collection_prefix,
+            self.settings.name_hex_chars,
+        );
         let mut pool = self.pool.lock();
         if let Some(slot) = pool.get(&name) {
             return slot.clone();
@@ -421,27 +426,13 @@ impl EdgeEngine {
                     order_by: None,
                 })
                 .map_err(engine_err)?;
-            let mut points: Vec<RawPoint> = records
+            let records = records
                 .into_iter()
-                .filter(|r| after.is_none_or(|a| r.id != PointId::Uuid(a)))
                 .filter_map(|r| to_raw(r.id, None, r.payload))
                 .collect();
-            // More remain if the engine says so, or if the cursor point is
-            // gone (deleted meanwhile) so that the extra record we asked for
-            // is a real one.
-            let more = next.is_some() || points.len() > limit;
-            points.truncate(limit);
-            let next = if more {
-                points.last().map(|p| p.id)
-            } else {
-                None
-            };
-            Ok(RawPage { points, next })
+            Ok(RawPage::after_cursor(records, after, limit, next.is_some()))
         })?;
-        Ok(page.unwrap_or(RawPage {
-            points: Vec::new(),
-            next: None,
-        }))
+        Ok(page.unwrap_or_else(RawPage::empty))
     }
 }
 

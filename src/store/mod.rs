@@ -1,13 +1,15 @@
 //! Storage: one collection per user, behind an owner-typed API.
 //!
-//! An [`Engine`] is a storage backend (the embedded qdrant-edge engine here;
-//! a Qdrant server later). Every engine method takes the caller's
+//! An [`Engine`] is a storage backend: the embedded qdrant-edge engine
+//! ([`edge`]) or a Qdrant server over gRPC ([`qdrant`]). Every engine method
+//! takes the caller's
 //! [`OwnerHash`]; there is no call that reads "everything". Engines return
 //! [`RawPoint`]s, which are unverified: the only way out of this module is
 //! [`Store`], which passes every point through the [`Guard`] before a handler
 //! sees it.
 
 pub mod edge;
+pub mod qdrant;
 
 use std::sync::Arc;
 
@@ -98,6 +100,42 @@ pub struct RawPage {
     pub points: Vec<RawPoint>,
     /// Id to continue from, when more remain.
     pub next: Option<Uuid>,
+}
+
+impl RawPage {
+    /// Builds a page from records read with an inclusive `offset = after` and
+    /// `limit + 1` when `after` is set (both engines' scroll semantics):
+    /// drops the cursor point itself and keeps at most `limit`.
+    /// `engine_has_more` is whether the engine reported a next offset.
+    pub fn after_cursor(
+        records: Vec<RawPoint>,
+        after: Option<Uuid>,
+        limit: usize,
+        engine_has_more: bool,
+    ) -> Self {
+        let mut points: Vec<RawPoint> = records
+            .into_iter()
+            .filter(|r| after.is_none_or(|a| r.id != a))
+            .collect();
+        // More remain if the engine says so, or if the cursor point is gone
+        // (deleted meanwhile) so that the extra record asked for is a real one.
+        let more = engine_has_more || points.len() > limit;
+        points.truncate(limit);
+        let next = if more {
+            points.last().map(|p| p.id)
+        } else {
+            None
+        };
+        Self { points, next }
+    }
+
+    /// A page with nothing on it.
+    pub fn empty() -> Self {
+        Self {
+            points: Vec::new(),
+            next: None,
+        }
+    }
 }
 
 /// A storage backend. Every method is scoped to one owner.

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cordon::app::Application;
 use cordon::embed::{EmbedSettings, Embedder};
 use cordon::secret::Secret;
-use cordon::settings::{AuthSettings, Limits, Settings, StoreKind, StoreSettings};
+use cordon::settings::{
+    AuthSettings, Limits, QdrantConnection, Settings, StoreKind, StoreSettings,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -65,9 +67,16 @@ pub fn settings(data_dir: &Path) -> Settings {
         embed: embed_settings(),
         store: StoreSettings {
             kind: StoreKind::Edge,
+            collection_prefix: cordon::owner::COLLECTION_PREFIX.into(),
             name_hex_chars: 32,
             max_open_shards: 64,
             collision_drill: false,
+            qdrant: QdrantConnection {
+                url: std::env::var("QDRANT_URL").unwrap_or_else(|_| "http://127.0.0.1:6334".into()),
+                api_key: std::env::var("QDRANT_API_KEY").ok().map(Secret::new),
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+            },
         },
         limits: Limits {
             max_body_bytes: 256 * 1024,

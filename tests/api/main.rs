@@ -6,5 +6,6 @@ mod embeddings;
 mod helpers;
 mod isolation;
 mod memories;
+mod qdrant;
 mod restart;
 mod validation;

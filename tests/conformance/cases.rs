@@ -50,12 +50,7 @@ pub async fn reads_of_an_unknown_user(h: &Harness) {
             .await
             .expect("delete")
     );
-    if let Some(dir) = &h.data_dir {
-        let shards = std::fs::read_dir(dir.path().join("shards"))
-            .expect("dir")
-            .count();
-        assert_eq!(shards, 0, "a read created a collection");
-    }
+    assert_eq!(h.collections().await, 0, "a read created a collection");
 }
 
 pub async fn search(h: &Harness) {
@@ -187,7 +182,9 @@ pub async fn delete_and_erase(h: &Harness) {
     assert!(h.store.delete(&alice, a_id).await.expect("delete"));
     assert!(h.store.get(&alice, a_id).await.expect("get").is_none());
 
+    assert_eq!(h.collections().await, 2);
     assert_eq!(h.store.erase(&alice).await.expect("erase"), 1);
+    assert_eq!(h.collections().await, 1, "erase left alice's collection");
     assert!(
         h.store
             .list(&alice, None, 10)
@@ -259,4 +256,60 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
     } else {
         assert_eq!(dropped, 0, "the engine filter let a foreign point through");
     }
+}
+
+pub async fn concurrent_users(h: &Harness) {
+    // Thirty users write and read at once; each must see exactly its own.
+    let tasks = (0..30).map(|i| async move {
+        let owner = h.owner(&format!("racer{i}"));
+        let canaries: Vec<String> = (0..3).map(|j| format!("canary {i}-{j}")).collect();
+        for (j, c) in canaries.iter().enumerate() {
+            h.store
+                .put(&owner, vec![memory(c, vector(i * 3 + j, 0.2), json!({}))])
+                .await
+                .expect("put");
+        }
+        let query = SearchQuery {
+            vector: vector(i * 3, 0.0),
+            limit: 50,
+            min_score: None,
+            metadata: vec![],
+        };
+        let found = h.store.search(&owner, query).await.expect("search");
+        let mut got: Vec<String> = found.iter().map(|m| m.text().to_owned()).collect();
+        got.sort();
+        assert_eq!(got, canaries, "racer{i} saw the wrong memories");
+    });
+    futures::future::join_all(tasks).await;
+    assert_eq!(h.metrics.guard_dropped_total(), 0);
+}
+
+pub async fn survives_a_restart(h: Harness) {
+    let alice = h.owner("alice");
+    let m = memory("kept across restarts", vector(5, 0.0), json!({ "k": 1 }));
+    let id = m.id;
+    h.store.put(&alice, vec![m]).await.expect("put");
+    let h = h.reopen().await;
+    let got = h
+        .store
+        .get(&alice, id)
+        .await
+        .expect("get")
+        .expect("still there");
+    assert_eq!(got.text(), "kept across restarts");
+    // The reopened engine writes into the same collection.
+    h.store
+        .put(&alice, vec![memory("after", vector(6, 0.0), json!({}))])
+        .await
+        .expect("put");
+    assert_eq!(
+        h.store
+            .list(&alice, None, 10)
+            .await
+            .expect("list")
+            .memories
+            .len(),
+        2
+    );
+    assert_eq!(h.collections().await, 1);
 }

@@ -1,6 +1,7 @@
 //! Building a guarded store over each engine, and synthetic vectors.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cordon::embed::DIMENSIONS;
 use cordon::guard::Guard;
@@ -8,15 +9,31 @@ use cordon::metrics::Metrics;
 use cordon::owner::OwnerHash;
 use cordon::secret::Secret;
 use cordon::store::edge::{EdgeEngine, EdgeSettings};
-use cordon::store::{NewMemory, Store};
+use cordon::store::qdrant::{QdrantEngine, QdrantSettings};
+use cordon::store::{Engine, NewMemory, Store};
+use qdrant_client::Qdrant;
 use serde_json::{Map, Value};
 use tempfile::TempDir;
 use uuid::Uuid;
 
+/// Where an engine keeps its collections.
+enum Backend {
+    Edge(TempDir),
+    Qdrant(TestCollections),
+}
+
+/// A test's collections on a shared Qdrant, all under one prefix.
+struct TestCollections {
+    client: Qdrant,
+    prefix: String,
+}
+
 pub struct Harness {
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    pub data_dir: Option<TempDir>,
+    backend: Backend,
+    name_hex_chars: usize,
+    collision_drill: bool,
     secret: Secret,
 }
 
@@ -24,24 +41,160 @@ impl Harness {
     pub fn owner(&self, sub: &str) -> OwnerHash {
         OwnerHash::derive(&self.secret, "conformance", sub)
     }
+
+    /// How many user collections (shard directories) exist right now.
+    pub async fn collections(&self) -> usize {
+        match &self.backend {
+            Backend::Edge(dir) => std::fs::read_dir(dir.path().join("shards"))
+                .expect("shards dir")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("cordon_"))
+                .count(),
+            Backend::Qdrant(c) => qdrant_collections(&c.client, &c.prefix).await.len(),
+        }
+    }
+
+    /// Stops the engine and starts a new one over the same storage, as a
+    /// restarted process would.
+    pub async fn reopen(self) -> Harness {
+        let Harness {
+            store,
+            metrics,
+            backend,
+            name_hex_chars,
+            collision_drill,
+            secret,
+        } = self;
+        store.shutdown().await;
+        // The old engine (and, for the embedded one, its directory lock) must
+        // be gone before a new one opens the same storage.
+        drop(store);
+        let engine = match &backend {
+            Backend::Edge(dir) => edge_engine(dir, name_hex_chars, collision_drill),
+            Backend::Qdrant(c) => qdrant_engine(&c.prefix, name_hex_chars, collision_drill),
+        };
+        Harness {
+            store: Store::new(engine, Guard::new(metrics.clone())),
+            metrics,
+            backend,
+            name_hex_chars,
+            collision_drill,
+            secret,
+        }
+    }
 }
 
-/// The embedded qdrant-edge engine over a fresh directory.
-pub async fn embedded(name_hex_chars: usize, collision_drill: bool) -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
+impl Drop for TestCollections {
+    fn drop(&mut self) {
+        // Test collections on a shared Qdrant are removed even when the test
+        // failed. Drop cannot await, so a short-lived runtime does it.
+        let (client, prefix) = (self.client.clone(), self.prefix.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async {
+                for name in qdrant_collections(&client, &prefix).await {
+                    let _ = client.delete_collection(name).await;
+                }
+            });
+        })
+        .join()
+        .expect("cleanup thread");
+    }
+}
+
+fn secret() -> Secret {
+    Secret::new(b"conformance-secret-0123456789abcdef".to_vec())
+}
+
+fn edge_engine(dir: &TempDir, name_hex_chars: usize, collision_drill: bool) -> Arc<dyn Engine> {
     let engine = EdgeEngine::open(EdgeSettings {
         data_dir: dir.path().to_owned(),
+        collection_prefix: cordon::owner::COLLECTION_PREFIX.into(),
         name_hex_chars,
         max_open_shards: 8,
         drill_skip_read_filter: collision_drill,
     })
     .expect("engine opens");
+    Arc::new(Arc::new(engine))
+}
+
+/// The embedded qdrant-edge engine over a fresh directory.
+pub async fn embedded(name_hex_chars: usize, collision_drill: bool) -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
     let metrics = Arc::new(Metrics::default());
     Harness {
-        store: Store::new(Arc::new(Arc::new(engine)), Guard::new(metrics.clone())),
+        store: Store::new(
+            edge_engine(&dir, name_hex_chars, collision_drill),
+            Guard::new(metrics.clone()),
+        ),
         metrics,
-        data_dir: Some(dir),
-        secret: Secret::new(b"conformance-secret-0123456789abcdef".to_vec()),
+        backend: Backend::Edge(dir),
+        name_hex_chars,
+        collision_drill,
+        secret: secret(),
+    }
+}
+
+fn qdrant_url() -> String {
+    std::env::var("QDRANT_URL")
+        .expect("the Qdrant half needs QDRANT_URL, the gRPC URL of a Qdrant 1.18+ server")
+}
+
+fn qdrant_engine(prefix: &str, name_hex_chars: usize, collision_drill: bool) -> Arc<dyn Engine> {
+    let engine = QdrantEngine::connect(QdrantSettings {
+        url: qdrant_url(),
+        api_key: std::env::var("QDRANT_API_KEY").ok().map(Secret::new),
+        timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+        collection_prefix: prefix.to_owned(),
+        name_hex_chars,
+        drill_skip_read_filter: collision_drill,
+    })
+    .expect("client builds");
+    Arc::new(Arc::new(engine))
+}
+
+async fn qdrant_collections(client: &Qdrant, prefix: &str) -> Vec<String> {
+    client
+        .list_collections()
+        .await
+        .expect("Qdrant lists collections")
+        .collections
+        .into_iter()
+        .map(|c| c.name)
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// The Qdrant server engine at `QDRANT_URL`, under a collection prefix of
+/// its own so that tests running side by side (and collided names in the
+/// drill) never meet another test's collections.
+pub async fn qdrant(name_hex_chars: usize, collision_drill: bool) -> Harness {
+    let prefix = format!(
+        "cordon_test_{}_",
+        &Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut builder = Qdrant::from_url(&qdrant_url()).skip_compatibility_check();
+    if let Ok(key) = std::env::var("QDRANT_API_KEY") {
+        builder = builder.api_key(key);
+    }
+    let client = builder.build().expect("client builds");
+    let engine = qdrant_engine(&prefix, name_hex_chars, collision_drill);
+    engine
+        .ready()
+        .await
+        .expect("QDRANT_URL answers and is 1.18+");
+    let metrics = Arc::new(Metrics::default());
+    Harness {
+        store: Store::new(engine, Guard::new(metrics.clone())),
+        metrics,
+        backend: Backend::Qdrant(TestCollections { client, prefix }),
+        name_hex_chars,
+        collision_drill,
+        secret: secret(),
     }
 }
 

@@ -7,54 +7,75 @@ mod harness;
 mod model;
 
 /// Instantiates every case for one engine; `$make` builds a fresh harness
-/// from `(name_hex_chars, collision_drill)`.
+/// from `(name_hex_chars, collision_drill)`, and `$attr`s go on every test.
 macro_rules! conformance {
-    ($engine:ident, $make:path) => {
+    ($engine:ident, $make:path $(, #[$attr:meta])*) => {
         mod $engine {
             use crate::cases;
 
             #[tokio::test]
+            $(#[$attr])*
             async fn a_stored_memory_reads_back_and_a_foreign_id_is_none() {
                 cases::put_then_get(&$make(32, false).await).await;
             }
 
             #[tokio::test]
+            $(#[$attr])*
             async fn reads_of_a_user_with_no_collection_are_empty_and_create_nothing() {
                 cases::reads_of_an_unknown_user(&$make(32, false).await).await;
             }
 
             #[tokio::test]
+            $(#[$attr])*
             async fn search_ranks_by_similarity_and_honours_min_score_and_metadata() {
                 cases::search(&$make(32, false).await).await;
             }
 
             #[tokio::test]
+            $(#[$attr])*
             async fn list_pages_in_creation_order_past_a_deleted_cursor() {
                 cases::paging(&$make(32, false).await).await;
             }
 
             #[tokio::test]
+            $(#[$attr])*
             async fn delete_and_erase_touch_only_the_callers_memories() {
                 cases::delete_and_erase(&$make(32, false).await).await;
             }
 
             #[tokio::test]
+            $(#[$attr])*
             async fn users_sharing_a_collection_stay_apart_with_the_engine_filter() {
                 cases::shared_collection(&$make(1, false).await, false).await;
             }
 
             #[tokio::test]
+            $(#[$attr])*
             async fn users_sharing_a_collection_stay_apart_by_the_guard_alone() {
                 cases::shared_collection(&$make(1, true).await, true).await;
             }
 
             #[tokio::test]
+            $(#[$attr])*
+            async fn thirty_concurrent_users_each_see_only_their_own() {
+                cases::concurrent_users(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
+            async fn acknowledged_writes_survive_a_restart() {
+                cases::survives_a_restart($make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
             async fn random_operation_sequences_match_the_model() {
                 let h = $make(32, false).await;
                 crate::model::random_operations_match_the_model(&h, 5, 7, 300).await;
             }
 
             #[tokio::test]
+            $(#[$attr])*
             async fn random_operation_sequences_match_the_model_in_shared_collections() {
                 // Twenty users in at most sixteen collections, so some share;
                 // the engine filter is off, leaving the guard to separate them.
@@ -66,3 +87,8 @@ macro_rules! conformance {
 }
 
 conformance!(embedded, crate::harness::embedded);
+conformance!(
+    qdrant,
+    crate::harness::qdrant,
+    #[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
+);

@@ -1,0 +1,519 @@
+//! The server engine: one collection per user on a Qdrant server, over gRPC.
+//!
+//! With this engine Cordon holds no state of its own: any number of replicas
+//! can serve the same users as long as they share the server secret. A user's
+//! collection is created on first write (two replicas racing to create it is
+//! fine: the loser finds it there), with settings chosen so that thousands of
+//! mostly tiny collections stay affordable on one Qdrant node (see
+//! [`create_collection`]). Every read carries the owner condition, and every
+//! write waits for Qdrant to apply it before Cordon answers.
+//!
+//! Failures map to [`StoreError::Unavailable`] (503 `store_unavailable`);
+//! the gRPC channel reconnects on the next call, so service resumes by
+//! itself when Qdrant is back.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lru::LruCache;
+use parking_lot::Mutex;
+use qdrant_client::qdrant::point_id::PointIdOptions;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeleteCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter,
+    HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct, Query,
+    QueryPointsBuilder, ScrollPointsBuilder, UpsertPointsBuilder, Value as QValue,
+    VectorParamsBuilder, WalConfigDiffBuilder,
+};
+use qdrant_client::{Payload, Qdrant, QdrantError};
+use serde_json::{Map, Value};
+use tokio::sync::RwLock;
+use uuid::Uuid;
+
+use super::{
+    CREATED_FIELD, Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint,
+    SearchQuery, StoreError, TEXT_FIELD,
+};
+use crate::embed::DIMENSIONS;
+use crate::owner::OwnerHash;
+use crate::secret::Secret;
+
+/// Collections this process knows exist, so a write does not ask each time.
+const KNOWN_COLLECTIONS: usize = 65_536;
+
+/// Lock stripes serialising erase (which may drop a collection) against
+/// writes to the same collection within this process.
+const STRIPES: usize = 64;
+
+/// Oldest Qdrant release this engine is written against.
+const MIN_SERVER_MAJOR_MINOR: (u64, u64) = (1, 18);
+
+/// Settings of the Qdrant server engine.
+#[derive(Debug, Clone)]
+pub struct QdrantSettings {
+    /// gRPC URL, e.g. `http://qdrant:6334`.
+    pub url: String,
+    /// API key, when the server requires one.
+    pub api_key: Option<Secret>,
+    /// Deadline for each call to Qdrant.
+    pub timeout: Duration,
+    /// Deadline for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Prefix of every collection name this deployment owns.
+    pub collection_prefix: String,
+    /// Hex characters of the owner hash in a collection's name.
+    pub name_hex_chars: usize,
+    /// Collision drill only: leave the owner condition out of read filters
+    /// so that the guard alone separates users who share a collection.
+    pub drill_skip_read_filter: bool,
+}
+
+/// The Qdrant server engine.
+pub struct QdrantEngine {
+    client: Qdrant,
+    settings: QdrantSettings,
+    known: Mutex<LruCache<String, ()>>,
+    stripes: Vec<RwLock<()>>,
+}
+
+/// Whether Qdrant answered "no such collection".
+fn is_not_found(e: &QdrantError) -> bool {
+    matches!(e, QdrantError::ResponseError { status } if status.code() == tonic::Code::NotFound)
+}
+
+/// Maps a client error: a request Qdrant rejects as malformed is an engine
+/// error (a bug here); everything else (down, slow, overloaded, failing) is
+/// "unavailable", which clients may retry.
+fn store_err(e: QdrantError) -> StoreError {
+    use tonic::Code;
+    match &e {
+        QdrantError::ResponseError { status }
+            if matches!(
+                status.code(),
+                Code::InvalidArgument
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::Unimplemented
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+            ) =>
+        {
+            StoreError::Engine(e.to_string())
+        }
+        QdrantError::ConversionError(_) => StoreError::Engine(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn owner_condition(owner: &OwnerHash) -> Condition {
+    Condition::matches(OWNER_FIELD, owner.to_hex())
+}
+
+fn metadata_condition(key: &str, value: &MetaValue) -> Condition {
+    // Keys are validated by the API to a plain identifier charset, so this
+    // path cannot step outside the metadata object.
+    let field = format!("{METADATA_FIELD}.{key}");
+    match value {
+        MetaValue::Str(s) => Condition::matches(field, s.clone()),
+        MetaValue::Int(i) => Condition::matches(field, *i),
+        MetaValue::Bool(b) => Condition::matches(field, *b),
+    }
+}
+
+fn to_raw(
+    id: Option<PointId>,
+    score: Option<f32>,
+    payload: impl IntoIterator<Item = (String, QValue)>,
+) -> Option<RawPoint> {
+    let Some(PointIdOptions::Uuid(text)) = id.and_then(|id| id.point_id_options) else {
+        // Cordon only writes UUID ids; anything else is not ours to return.
+        tracing::warn!("skipped a point without a UUID id");
+        return None;
+    };
+    let Ok(id) = Uuid::parse_str(&text) else {
+        tracing::warn!("skipped a point with a malformed UUID id");
+        return None;
+    };
+    Some(RawPoint {
+        id,
+        score,
+        payload: payload
+            .into_iter()
+            .map(|(k, v)| (k, v.into_json()))
+            .collect(),
+    })
+}
+
+/// Creates a user collection with settings for many small collections.
+///
+/// - vectors and payload on disk: an idle user costs page cache, not heap;
+/// - a 1 MiB WAL with no segment created ahead (the defaults preallocate
+///   32 MiB plus one spare segment per collection);
+/// - one segment and one shard: a user's memories are few, and splitting them
+///   only multiplies files, maps and threads;
+/// - HNSW graphs on disk, built only past Qdrant's default indexing threshold
+///   (about 6,500 memories at 384 dimensions); below it a search is an exact
+///   scan of one user's vectors, which is both exact and fast at that size.
+async fn create_collection(
+    client: &Qdrant,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), QdrantError> {
+    client
+        .create_collection(
+            CreateCollectionBuilder::new(name)
+                .vectors_config(
+                    VectorParamsBuilder::new(DIMENSIONS as u64, Distance::Cosine).on_disk(true),
+                )
+                .on_disk_payload(true)
+                .shard_number(1)
+                .hnsw_config(HnswConfigDiffBuilder::default().on_disk(true))
+                .wal_config(
+                    WalConfigDiffBuilder::default()
+                        .wal_capacity_mb(1)
+                        .wal_segments_ahead(0),
+                )
+                .optimizers_config(OptimizersConfigDiffBuilder::default().default_segment_number(1))
+                .timeout(timeout.as_secs().max(1)),
+        )
+        .await?;
+    Ok(())
+}
+
+impl QdrantEngine {
+    /// Builds the client; no connection is made until the first call, so
+    /// Cordon starts (not ready) while Qdrant is still down.
+    pub fn connect(settings: QdrantSettings) -> Result<Self, StoreError> {
+        let mut builder = Qdrant::from_url(&settings.url)
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .skip_compatibility_check();
+        if let Some(key) = &settings.api_key {
+            let key = std::str::from_utf8(key.expose())
+                .map_err(|_| StoreError::Engine("the Qdrant API key is not UTF-8".into()))?;
+            builder = builder.api_key(key.to_owned());
+        }
+        let client = builder
+            .build()
+            .map_err(|e| StoreError::Engine(format!("Qdrant URL {}: {e}", settings.url)))?;
+        Ok(Self {
+            client,
+            settings,
+            known: Mutex::new(LruCache::new(
+                NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
+            )),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+        })
+    }
+
+    fn name(&self, owner: &OwnerHash) -> String {
+        owner.collection_name_with(
+            &self.settings.collection_prefix,
+            self.settings.name_hex_chars,
+        )
+    }
+
+    fn stripe(&self, name: &str) -> &RwLock<()> {
+        let index = name
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        &self.stripes[index % STRIPES]
+    }
+
+    fn read_filter(&self, owner: &OwnerHash, mut extra: Vec<Condition>) -> Option<Filter> {
+        if !self.settings.drill_skip_read_filter {
+            extra.insert(0, owner_condition(owner));
+        }
+        (!extra.is_empty()).then(|| Filter::must(extra))
+    }
+
+    /// Makes sure the collection and its owner index exist. Safe to race with
+    /// other replicas: "already exists" is success, and the index call is
+    /// idempotent (and repairs a collection whose creator died before it).
+    async fn ensure_collection(&self, name: &str) -> Result<(), StoreError> {
+        if self.known.lock().get(name).is_some() {
+            return Ok(());
+        }
+        if let Err(e) = create_collection(&self.client, name, self.settings.timeout).await {
+            let exists = self
+                .client
+                .collection_exists(name)
+                .await
+                .map_err(store_err)?;
+            if !exists {
+                return Err(store_err(e));
+            }
+        }
+        self.client
+            .create_field_index(
+                CreateFieldIndexCollectionBuilder::new(name, OWNER_FIELD, FieldType::Keyword)
+                    .wait(true),
+            )
+            .await
+            .map_err(store_err)?;
+        self.known.lock().put(name.to_owned(), ());
+        Ok(())
+    }
+
+    fn forget(&self, name: &str) {
+        self.known.lock().pop(name);
+    }
+
+    async fn scroll_filtered(
+        &self,
+        name: &str,
+        filter: Option<Filter>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<RawPage, StoreError> {
+        // `offset` is inclusive; ask for one more and skip the cursor itself.
+        let ask = u32::try_from(limit + usize::from(after.is_some())).unwrap_or(u32::MAX);
+        let mut request = ScrollPointsBuilder::new(name)
+            .limit(ask)
+            .with_payload(true)
+            .with_vectors(false);
+        if let Some(filter) = filter {
+            request = request.filter(filter);
+        }
+        if let Some(after) = after {
+            request = request.offset(after);
+        }
+        let response = match self.client.scroll(request).await {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(RawPage::empty()),
+            Err(e) => return Err(store_err(e)),
+        };
+        let records = response
+            .result
+            .into_iter()
+            .filter_map(|p| to_raw(p.id, None, p.payload))
+            .collect();
+        Ok(RawPage::after_cursor(
+            records,
+            after,
+            limit,
+            response.next_page_offset.is_some(),
+        ))
+    }
+
+    async fn count(&self, name: &str, filter: Option<Filter>) -> Result<u64, QdrantError> {
+        let mut request = CountPointsBuilder::new(name).exact(true);
+        if let Some(filter) = filter {
+            request = request.filter(filter);
+        }
+        let response = self.client.count(request).await?;
+        Ok(response.result.map_or(0, |r| r.count))
+    }
+}
+
+fn points(owner: &OwnerHash, memories: Vec<NewMemory>) -> Vec<PointStruct> {
+    let owner_hex = owner.to_hex();
+    memories
+        .into_iter()
+        .map(|m| {
+            let mut payload = Map::new();
+            payload.insert(OWNER_FIELD.into(), Value::String(owner_hex.clone()));
+            payload.insert(TEXT_FIELD.into(), Value::String(m.text));
+            payload.insert(METADATA_FIELD.into(), Value::Object(m.metadata));
+            payload.insert(CREATED_FIELD.into(), Value::from(m.created_at));
+            PointStruct::new(m.id, m.vector, Payload::from(payload))
+        })
+        .collect()
+}
+
+/// Parses `major.minor` from a Qdrant version string.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[async_trait]
+impl Engine for Arc<QdrantEngine> {
+    #[tracing::instrument(skip_all, fields(owner = %owner.log_tag(), n = memories.len()))]
+    async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
+        let name = self.name(owner);
+        let _shared = self.stripe(&name).read().await;
+        let points = points(owner, memories);
+        self.ensure_collection(&name).await?;
+        let request = || UpsertPointsBuilder::new(&name, points.clone()).wait(true);
+        match self.client.upsert_points(request()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => {
+                // Erased meanwhile by another replica: create it again.
+                self.forget(&name);
+                self.ensure_collection(&name).await?;
+                self.client
+                    .upsert_points(request())
+                    .await
+                    .map(|_| ())
+                    .map_err(store_err)
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
+    async fn search(
+        &self,
+        owner: &OwnerHash,
+        query: SearchQuery,
+    ) -> Result<Vec<RawPoint>, StoreError> {
+        let name = self.name(owner);
+        let extra = query
+            .metadata
+            .iter()
+            .map(|(k, v)| metadata_condition(k, v))
+            .collect();
+        let mut request = QueryPointsBuilder::new(&name)
+            .query(Query::new_nearest(query.vector))
+            .limit(query.limit as u64)
+            .with_payload(true);
+        if let Some(filter) = self.read_filter(owner, extra) {
+            request = request.filter(filter);
+        }
+        if let Some(min) = query.min_score {
+            request = request.score_threshold(min);
+        }
+        match self.client.query(request).await {
+            Ok(response) => Ok(response
+                .result
+                .into_iter()
+                .filter_map(|p| to_raw(p.id, Some(p.score), p.payload))
+                .collect()),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
+    async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError> {
+        // A scroll with a filter rather than a lookup by id, so that the
+        // owner condition applies to this read too.
+        let filter = self.read_filter(owner, vec![Condition::has_id([id])]);
+        let page = self
+            .scroll_filtered(&self.name(owner), filter, None, 1)
+            .await?;
+        Ok(page.points.into_iter().next())
+    }
+
+    #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
+    async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
+        let name = self.name(owner);
+        let _shared = self.stripe(&name).read().await;
+        // Deletes always carry the owner condition, drill or not.
+        let filter = Filter::must([owner_condition(owner), Condition::has_id([id])]);
+        match self
+            .client
+            .delete_points(DeletePointsBuilder::new(&name).points(filter).wait(true))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
+    async fn scroll(
+        &self,
+        owner: &OwnerHash,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<RawPage, StoreError> {
+        let filter = self.read_filter(owner, vec![]);
+        self.scroll_filtered(&self.name(owner), filter, after, limit)
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
+    async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        let name = self.name(owner);
+        let _exclusive = self.stripe(&name).write().await;
+        let mine = Filter::must([owner_condition(owner)]);
+        let removed = match self.count(&name, Some(mine.clone())).await {
+            Ok(n) => n,
+            Err(e) if is_not_found(&e) => return Ok(0),
+            Err(e) => return Err(store_err(e)),
+        };
+        match self
+            .client
+            .delete_points(DeletePointsBuilder::new(&name).points(mine).wait(true))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Ok(0),
+            Err(e) => return Err(store_err(e)),
+        }
+        // A collection shared through a (configured) short name keeps the
+        // other owners' points; otherwise the whole collection goes.
+        let left = match self.count(&name, None).await {
+            Ok(n) => n,
+            Err(e) if is_not_found(&e) => 0,
+            Err(e) => return Err(store_err(e)),
+        };
+        if left == 0 {
+            self.forget(&name);
+            match self
+                .client
+                .delete_collection(
+                    DeleteCollectionBuilder::new(&name)
+                        .timeout(self.settings.timeout.as_secs().max(1)),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let reply = self.client.health_check().await.map_err(store_err)?;
+        if major_minor(&reply.version).is_some_and(|v| v < MIN_SERVER_MAJOR_MINOR) {
+            return Err(StoreError::Unavailable(format!(
+                "Qdrant {} is older than {}.{}",
+                reply.version, MIN_SERVER_MAJOR_MINOR.0, MIN_SERVER_MAJOR_MINOR.1
+            )));
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        // Nothing is buffered here: every write waited for Qdrant.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_to_major_and_minor() {
+        assert_eq!(major_minor("1.18.3"), Some((1, 18)));
+        assert_eq!(major_minor("1.9.0-dev"), Some((1, 9)));
+        assert!(major_minor("1.9.0").unwrap() < MIN_SERVER_MAJOR_MINOR);
+        assert_eq!(major_minor("garbage"), None);
+    }
+
+    #[test]
+    fn only_malformed_requests_are_engine_errors() {
+        let bad = QdrantError::ResponseError {
+            status: tonic::Status::invalid_argument("bad"),
+        };
+        let down = QdrantError::ResponseError {
+            status: tonic::Status::unavailable("down"),
+        };
+        let failing = QdrantError::ResponseError {
+            status: tonic::Status::internal("Failed to connect"),
+        };
+        assert!(matches!(store_err(bad), StoreError::Engine(_)));
+        assert!(matches!(store_err(down), StoreError::Unavailable(_)));
+        assert!(matches!(store_err(failing), StoreError::Unavailable(_)));
+    }
+}
