@@ -313,3 +313,35 @@ pub async fn survives_a_restart(h: Harness) {
     );
     assert_eq!(h.collections().await, 1);
 }
+
+pub async fn replicas(h: &Harness) {
+    let (a, b) = (&h.store, h.replica());
+    let alice = h.owner("alice");
+    // Both replicas create alice's collection at the same moment.
+    let (first, second) = tokio::join!(
+        a.put(&alice, vec![memory("from a", vector(1, 0.0), json!({}))]),
+        b.put(&alice, vec![memory("from b", vector(2, 0.0), json!({}))]),
+    );
+    first.expect("replica a writes");
+    second.expect("replica b writes");
+    let mut seen = texts(&a.list(&alice, None, 10).await.expect("list").memories)
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    seen.sort();
+    assert_eq!(seen, ["from a", "from b"]);
+    assert_eq!(h.collections().await, 1);
+    // One replica erases; the other, which saw the collection exist, writes
+    // again and must not lose the write.
+    assert_eq!(a.erase(&alice).await.expect("erase"), 2);
+    b.put(
+        &alice,
+        vec![memory("after erase", vector(3, 0.0), json!({}))],
+    )
+    .await
+    .expect("replica b writes after the erase");
+    assert_eq!(
+        texts(&a.list(&alice, None, 10).await.expect("list").memories),
+        ["after erase"]
+    );
+}

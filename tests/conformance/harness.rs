@@ -54,6 +54,19 @@ impl Harness {
         }
     }
 
+    /// A second replica over the same storage: a separate engine for the
+    /// server (as a second Cordon process would be), the same one for the
+    /// embedded engine (one process owns a data directory).
+    pub fn replica(&self) -> Store {
+        match &self.backend {
+            Backend::Edge(_) => self.store.clone(),
+            Backend::Qdrant(c) => Store::new(
+                qdrant_engine(&c.prefix, self.name_hex_chars, self.collision_drill),
+                Guard::new(self.metrics.clone()),
+            ),
+        }
+    }
+
     /// Stops the engine and starts a new one over the same storage, as a
     /// restarted process would.
     pub async fn reopen(self) -> Harness {
@@ -87,9 +100,12 @@ impl Harness {
 impl Drop for TestCollections {
     fn drop(&mut self) {
         // Test collections on a shared Qdrant are removed even when the test
-        // failed. Drop cannot await, so a short-lived runtime does it.
-        let (client, prefix) = (self.client.clone(), self.prefix.clone());
+        // failed. Drop cannot await, so a short-lived runtime does it, with a
+        // client of its own: the test's client runs its connection on the
+        // test's runtime, which is blocked here.
+        let prefix = self.prefix.clone();
         std::thread::spawn(move || {
+            let client = qdrant_client();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -157,6 +173,14 @@ fn qdrant_engine(prefix: &str, name_hex_chars: usize, collision_drill: bool) -> 
     Arc::new(Arc::new(engine))
 }
 
+fn qdrant_client() -> Qdrant {
+    let mut builder = Qdrant::from_url(&qdrant_url()).skip_compatibility_check();
+    if let Ok(key) = std::env::var("QDRANT_API_KEY") {
+        builder = builder.api_key(key);
+    }
+    builder.build().expect("client builds")
+}
+
 async fn qdrant_collections(client: &Qdrant, prefix: &str) -> Vec<String> {
     client
         .list_collections()
@@ -177,11 +201,7 @@ pub async fn qdrant(name_hex_chars: usize, collision_drill: bool) -> Harness {
         "cordon_test_{}_",
         &Uuid::new_v4().simple().to_string()[..12]
     );
-    let mut builder = Qdrant::from_url(&qdrant_url()).skip_compatibility_check();
-    if let Ok(key) = std::env::var("QDRANT_API_KEY") {
-        builder = builder.api_key(key);
-    }
-    let client = builder.build().expect("client builds");
+    let client = qdrant_client();
     let engine = qdrant_engine(&prefix, name_hex_chars, collision_drill);
     engine
         .ready()

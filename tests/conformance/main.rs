@@ -63,6 +63,12 @@ macro_rules! conformance {
 
             #[tokio::test]
             $(#[$attr])*
+            async fn two_replicas_share_a_user_and_race_to_create_and_erase() {
+                cases::replicas(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
             async fn acknowledged_writes_survive_a_restart() {
                 cases::survives_a_restart($make(32, false).await).await;
             }
