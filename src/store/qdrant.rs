@@ -198,6 +198,7 @@ impl QdrantEngine {
         let client = builder
             .build()
             .map_err(|e| StoreError::Engine(format!("Qdrant URL {}: {e}", settings.url)))?;
+        tracing::info!(url = %settings.url, prefix = %settings.collection_prefix, "storing in a Qdrant server");
         Ok(Self {
             client,
             settings,

