@@ -40,7 +40,7 @@ struct TokenArgs {
     ttl: Duration,
     /// HS256 secret to sign with.
     #[arg(long, env = "CORDON_JWT_HS256_SECRET", hide_env_values = true)]
-    jwt_hs256_secret: String,
+    jwt_hs256_secret: Secret,
     /// Name of the tenant claim.
     #[arg(long, env = "CORDON_JWT_TENANT_CLAIM", default_value = "tenant")]
     jwt_tenant_claim: String,
@@ -77,7 +77,7 @@ pub fn run() -> ExitCode {
 }
 
 fn token(args: TokenArgs) -> ExitCode {
-    let secret = Secret::new(args.jwt_hs256_secret.into_bytes());
+    let secret = args.jwt_hs256_secret;
     match mint_dev_token(
         &secret,
         &args.jwt_tenant_claim,

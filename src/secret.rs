@@ -34,6 +34,16 @@ impl Secret {
     }
 }
 
+/// Parses a secret given as text (a flag or environment variable), so that
+/// it is never held as a printable `String`.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(text.as_bytes().to_vec()))
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret([redacted; {} bytes])", self.0.len())

@@ -41,7 +41,7 @@ pub struct ServeArgs {
         hide_env_values = true,
         conflicts_with = "server_secret_file"
     )]
-    pub server_secret: Option<String>,
+    pub server_secret: Option<Secret>,
     /// Directory with model.onnx, tokenizer.json and libonnxruntime.so.
     #[arg(long, env = "CORDON_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
@@ -60,7 +60,7 @@ pub struct ServeArgs {
     pub qdrant_url: String,
     /// Qdrant API key, when the server requires one.
     #[arg(long, env = "CORDON_QDRANT_API_KEY", hide_env_values = true)]
-    pub qdrant_api_key: Option<String>,
+    pub qdrant_api_key: Option<Secret>,
     /// Deadline for each call to Qdrant, milliseconds.
     #[arg(long, env = "CORDON_QDRANT_TIMEOUT_MS", default_value_t = 5_000)]
     pub qdrant_timeout_ms: u64,
@@ -118,7 +118,7 @@ pub struct ServeArgs {
 pub struct JwtArgs {
     /// HS256 secret (at least 32 bytes), for development or shared-secret setups.
     #[arg(long, env = "CORDON_JWT_HS256_SECRET", hide_env_values = true)]
-    pub jwt_hs256_secret: Option<String>,
+    pub jwt_hs256_secret: Option<Secret>,
     /// PEM public key (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
     #[arg(long, env = "CORDON_JWT_PUBLIC_KEY_PEM")]
     pub jwt_public_key_pem: Option<PathBuf>,
@@ -296,17 +296,21 @@ impl ServeArgs {
                     .into(),
             ));
         }
-        std::fs::create_dir_all(&self.data_dir).map_err(|source| SettingsError::SecretFile {
-            path: self.data_dir.clone(),
-            source,
-        })?;
+        if kind == StoreKind::Edge {
+            std::fs::create_dir_all(&self.data_dir).map_err(|source| {
+                SettingsError::SecretFile {
+                    path: self.data_dir.clone(),
+                    source,
+                }
+            })?;
+        }
         let secret_path = self
             .server_secret_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join(SERVER_SECRET_FILE));
         let server_secret = match self.server_secret {
-            Some(value) if value.trim().len() >= MIN_SERVER_SECRET_BYTES => {
-                Secret::new(value.trim().as_bytes().to_vec())
+            Some(value) if value.expose().trim_ascii().len() >= MIN_SERVER_SECRET_BYTES => {
+                Secret::new(value.expose().trim_ascii().to_vec())
             }
             Some(_) => {
                 return Err(SettingsError::Invalid(format!(
@@ -322,10 +326,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             server_secret,
             auth: AuthSettings {
-                hs256_secret: self
-                    .jwt
-                    .jwt_hs256_secret
-                    .map(|s| Secret::new(s.into_bytes())),
+                hs256_secret: self.jwt.jwt_hs256_secret,
                 public_key_pem: self.jwt.jwt_public_key_pem,
                 jwks_file: self.jwt.jwt_jwks_file,
                 issuer: self.jwt.jwt_issuer,
@@ -348,7 +349,7 @@ impl ServeArgs {
                 collision_drill: self.collision_drill,
                 qdrant: QdrantConnection {
                     url: self.qdrant_url,
-                    api_key: self.qdrant_api_key.map(|k| Secret::new(k.into_bytes())),
+                    api_key: self.qdrant_api_key,
                     timeout: Duration::from_millis(self.qdrant_timeout_ms.max(1)),
                     connect_timeout: Duration::from_millis(self.qdrant_connect_timeout_ms.max(1)),
                 },

@@ -44,8 +44,9 @@ use crate::secret::Secret;
 const KNOWN_COLLECTIONS: usize = 65_536;
 
 /// Lock stripes serialising erase (which may drop a collection) against
-/// writes to the same collection within this process.
-const STRIPES: usize = 64;
+/// writes to the same collection within this process; many, so that an
+/// erase waiting on a slow Qdrant holds up few other users.
+const STRIPES: usize = 1024;
 
 /// Oldest Qdrant release this engine is written against.
 const MIN_SERVER_MAJOR_MINOR: (u64, u64) = (1, 18);
@@ -57,7 +58,8 @@ pub struct QdrantSettings {
     pub url: String,
     /// API key, when the server requires one.
     pub api_key: Option<Secret>,
-    /// Deadline for each call to Qdrant.
+    /// Deadline for each storage operation (all the Qdrant calls it makes,
+    /// including the client's own reconnect-and-retry).
     pub timeout: Duration,
     /// Deadline for establishing a connection.
     pub connect_timeout: Duration,
@@ -258,6 +260,21 @@ impl QdrantEngine {
         Ok(())
     }
 
+    /// Runs one storage operation under the configured deadline.
+    async fn bounded<R>(
+        &self,
+        operation: impl std::future::Future<Output = Result<R, StoreError>>,
+    ) -> Result<R, StoreError> {
+        tokio::time::timeout(self.settings.timeout, operation)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "Qdrant did not answer within {:?}",
+                    self.settings.timeout
+                )))
+            })
+    }
+
     fn forget(&self, name: &str) {
         self.known.lock().pop(name);
     }
@@ -332,10 +349,14 @@ fn major_minor(version: &str) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
-#[async_trait]
-impl Engine for Arc<QdrantEngine> {
+/// The operations behind [`Engine`], each run under [`QdrantEngine::bounded`].
+impl QdrantEngine {
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag(), n = memories.len()))]
-    async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
+    async fn upsert_op(
+        &self,
+        owner: &OwnerHash,
+        memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError> {
         let name = self.name(owner);
         let _shared = self.stripe(&name).read().await;
         let points = points(owner, memories);
@@ -358,7 +379,7 @@ impl Engine for Arc<QdrantEngine> {
     }
 
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
-    async fn search(
+    async fn search_op(
         &self,
         owner: &OwnerHash,
         query: SearchQuery,
@@ -391,7 +412,7 @@ impl Engine for Arc<QdrantEngine> {
     }
 
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
-    async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError> {
+    async fn get_op(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError> {
         // A scroll with a filter rather than a lookup by id, so that the
         // owner condition applies to this read too.
         let filter = self.read_filter(owner, vec![Condition::has_id([id])]);
@@ -402,7 +423,7 @@ impl Engine for Arc<QdrantEngine> {
     }
 
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
-    async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
+    async fn delete_op(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
         let name = self.name(owner);
         let _shared = self.stripe(&name).read().await;
         // Deletes always carry the owner condition, drill or not.
@@ -419,7 +440,7 @@ impl Engine for Arc<QdrantEngine> {
     }
 
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
-    async fn scroll(
+    async fn scroll_op(
         &self,
         owner: &OwnerHash,
         after: Option<Uuid>,
@@ -431,7 +452,7 @@ impl Engine for Arc<QdrantEngine> {
     }
 
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
-    async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+    async fn erase_op(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
         let name = self.name(owner);
         let _exclusive = self.stripe(&name).write().await;
         let mine = Filter::must([owner_condition(owner)]);
@@ -474,8 +495,14 @@ impl Engine for Arc<QdrantEngine> {
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
-    async fn ready(&self) -> Result<(), StoreError> {
+    async fn ready_op(&self) -> Result<(), StoreError> {
         let reply = self.client.health_check().await.map_err(store_err)?;
+        // The health check needs no API key; this call does, so a wrong key
+        // shows as "not ready" rather than as 503s on every request.
+        self.client
+            .collection_exists(format!("{}ready_probe", self.settings.collection_prefix))
+            .await
+            .map_err(store_err)?;
         if major_minor(&reply.version).is_some_and(|v| v < MIN_SERVER_MAJOR_MINOR) {
             return Err(StoreError::Unavailable(format!(
                 "Qdrant {} is older than {}.{}",
@@ -483,6 +510,46 @@ impl Engine for Arc<QdrantEngine> {
             )));
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for Arc<QdrantEngine> {
+    async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
+        self.bounded(self.upsert_op(owner, memories)).await
+    }
+
+    async fn search(
+        &self,
+        owner: &OwnerHash,
+        query: SearchQuery,
+    ) -> Result<Vec<RawPoint>, StoreError> {
+        self.bounded(self.search_op(owner, query)).await
+    }
+
+    async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError> {
+        self.bounded(self.get_op(owner, id)).await
+    }
+
+    async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
+        self.bounded(self.delete_op(owner, id)).await
+    }
+
+    async fn scroll(
+        &self,
+        owner: &OwnerHash,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<RawPage, StoreError> {
+        self.bounded(self.scroll_op(owner, after, limit)).await
+    }
+
+    async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        self.bounded(self.erase_op(owner)).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.bounded(self.ready_op()).await
     }
 
     async fn shutdown(&self) {

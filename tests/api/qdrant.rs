@@ -2,7 +2,7 @@
 //! is down, and that service comes back by itself.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use cordon::settings::{Settings, StoreKind};
@@ -74,11 +74,16 @@ async fn an_unreachable_qdrant_is_503_store_unavailable_and_not_ready() {
     app.stop().await;
 }
 
-/// A TCP relay to Qdrant that can be cut and restored, to take "Qdrant"
-/// away from Cordon without touching the real server.
+/// Relay modes.
+const UP: u8 = 0;
+const REFUSING: u8 = 1;
+const STALLED: u8 = 2;
+
+/// A TCP relay to Qdrant that can be cut, stalled and restored, to take
+/// "Qdrant" away from Cordon without touching the real server.
 struct Relay {
     port: u16,
-    up: Arc<AtomicBool>,
+    mode: Arc<AtomicU8>,
     cut: watch::Sender<u64>,
 }
 
@@ -86,17 +91,26 @@ impl Relay {
     async fn start(target: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let up = Arc::new(AtomicBool::new(true));
+        let mode = Arc::new(AtomicU8::new(UP));
         let (cut, _) = watch::channel(0u64);
-        let (flag, cuts) = (up.clone(), cut.clone());
+        let (flag, cuts) = (mode.clone(), cut.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !flag.load(Ordering::SeqCst) {
-                    // Down: refuse by closing at once.
-                    continue;
+                let mut cut = cuts.subscribe();
+                match flag.load(Ordering::SeqCst) {
+                    // Refusing: close at once.
+                    REFUSING => continue,
+                    // Stalled: hold the connection open and answer nothing.
+                    STALLED => {
+                        tokio::spawn(async move {
+                            let _ = cut.changed().await;
+                            drop(inbound);
+                        });
+                        continue;
+                    }
+                    _ => {}
                 }
                 let target = target.clone();
-                let mut cut = cuts.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&target).await else {
                         return;
@@ -108,16 +122,13 @@ impl Relay {
                 });
             }
         });
-        Self { port, up, cut }
+        Self { port, mode, cut }
     }
 
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
+    /// Switches mode and drops every open connection.
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
         self.cut.send_modify(|n| *n += 1);
-    }
-
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
     }
 }
 
@@ -125,10 +136,10 @@ impl Relay {
 #[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
 async fn service_resumes_by_itself_when_qdrant_comes_back() {
     let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
-    let target = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+    let Some(target) = url.strip_prefix("http://") else {
+        panic!("this test relays plain gRPC; QDRANT_URL must start with http://");
+    };
+    let target = target.trim_end_matches('/').to_owned();
     let relay = Relay::start(target).await;
     let app =
         spawn_app_with(|s| use_qdrant_at(s, format!("http://127.0.0.1:{}", relay.port))).await;
@@ -140,14 +151,25 @@ async fn service_resumes_by_itself_when_qdrant_comes_back() {
         StatusCode::CREATED
     );
 
-    relay.down();
+    relay.set(REFUSING);
     assert_store_unavailable(store(&app, &alice, "during the outage").await).await;
     assert_eq!(
         status_of(&app, "/readyz").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
 
-    relay.up();
+    // A Qdrant that accepts connections and never answers: the configured
+    // deadline (2 s here) turns that into 503 too, not a hung request.
+    relay.set(STALLED);
+    let started = std::time::Instant::now();
+    assert_store_unavailable(store(&app, &alice, "while stalled").await).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    relay.set(UP);
     let mut recovered = false;
     for _ in 0..50 {
         if store(&app, &alice, "after the outage").await.status() == StatusCode::CREATED {

@@ -42,6 +42,14 @@ impl Harness {
         OwnerHash::derive(&self.secret, "conformance", sub)
     }
 
+    /// The collection prefix of a Qdrant harness.
+    pub fn qdrant_prefix(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Qdrant(c) => Some(&c.prefix),
+            Backend::Edge(_) => None,
+        }
+    }
+
     /// How many user collections (shard directories) exist right now.
     pub async fn collections(&self) -> usize {
         match &self.backend {
@@ -102,22 +110,36 @@ impl Drop for TestCollections {
         // Test collections on a shared Qdrant are removed even when the test
         // failed. Drop cannot await, so a short-lived runtime does it, with a
         // client of its own: the test's client runs its connection on the
-        // test's runtime, which is blocked here.
+        // test's runtime, which is blocked here. Best effort: a panic here,
+        // during a failed test's unwinding, would abort the whole run.
         let prefix = self.prefix.clone();
-        std::thread::spawn(move || {
-            let client = qdrant_client();
-            let rt = tokio::runtime::Builder::new_current_thread()
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("cleanup runtime");
+            else {
+                return;
+            };
             rt.block_on(async {
-                for name in qdrant_collections(&client, &prefix).await {
-                    let _ = client.delete_collection(name).await;
+                let Ok(client) = Qdrant::from_url(&qdrant_url())
+                    .skip_compatibility_check()
+                    .build()
+                else {
+                    return;
+                };
+                let Ok(list) = client.list_collections().await else {
+                    return;
+                };
+                for c in list
+                    .collections
+                    .into_iter()
+                    .filter(|c| c.name.starts_with(&prefix))
+                {
+                    let _ = client.delete_collection(c.name).await;
                 }
             });
-        })
-        .join()
-        .expect("cleanup thread");
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -173,7 +195,7 @@ fn qdrant_engine(prefix: &str, name_hex_chars: usize, collision_drill: bool) -> 
     Arc::new(Arc::new(engine))
 }
 
-fn qdrant_client() -> Qdrant {
+pub fn qdrant_client() -> Qdrant {
     let mut builder = Qdrant::from_url(&qdrant_url()).skip_compatibility_check();
     if let Ok(key) = std::env::var("QDRANT_API_KEY") {
         builder = builder.api_key(key);

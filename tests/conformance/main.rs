@@ -5,6 +5,7 @@
 mod cases;
 mod harness;
 mod model;
+mod qdrant_setup;
 
 /// Instantiates every case for one engine; `$make` builds a fresh harness
 /// from `(name_hex_chars, collision_drill)`, and `$attr`s go on every test.
