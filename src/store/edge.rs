@@ -25,7 +25,6 @@ use ahash::AHashSet;
 use async_trait::async_trait;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
-use qdrant_edge::external::serde_json::{Map, Value};
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig,
     EdgeOptimizersConfig, EdgeShard, EdgeVectorParams, FieldCondition, FieldIndexOperations,
@@ -37,8 +36,8 @@ use qdrant_edge::{
 use uuid::Uuid;
 
 use super::{
-    CREATED_FIELD, Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint,
-    SearchQuery, StoreError, TEXT_FIELD,
+    Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
+    StoreError,
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
@@ -386,14 +385,10 @@ impl EdgeEngine {
         let points: Vec<PointStructPersisted> = memories
             .into_iter()
             .map(|m| {
-                let mut payload = Map::new();
-                payload.insert(OWNER_FIELD.into(), Value::String(owner_hex.clone()));
-                payload.insert(TEXT_FIELD.into(), Value::String(m.text));
-                payload.insert(METADATA_FIELD.into(), Value::Object(m.metadata));
-                payload.insert(CREATED_FIELD.into(), Value::from(m.created_at));
+                let (id, vector, payload) = m.into_parts(&owner_hex);
                 PointStructPersisted {
-                    id: PointId::Uuid(m.id),
-                    vector: VectorStructPersisted::Single(m.vector),
+                    id: PointId::Uuid(id),
+                    vector: VectorStructPersisted::Single(vector),
                     payload: Some(Payload(payload)),
                 }
             })

@@ -58,6 +58,19 @@ pub struct NewMemory {
     pub vector: Vec<f32>,
 }
 
+impl NewMemory {
+    /// Splits into id, vector and the stored payload, which carries the
+    /// owner's full hash (what the guard checks on every read).
+    pub fn into_parts(self, owner_hex: &str) -> (Uuid, Vec<f32>, Map<String, Value>) {
+        let mut payload = Map::new();
+        payload.insert(OWNER_FIELD.into(), Value::String(owner_hex.to_owned()));
+        payload.insert(TEXT_FIELD.into(), Value::String(self.text));
+        payload.insert(METADATA_FIELD.into(), Value::Object(self.metadata));
+        payload.insert(CREATED_FIELD.into(), Value::from(self.created_at));
+        (self.id, self.vector, payload)
+    }
+}
+
 /// A point as read back from an engine, not yet checked against its owner.
 #[derive(Debug, Clone)]
 pub struct RawPoint {

@@ -28,13 +28,12 @@ use qdrant_client::qdrant::{
     VectorParamsBuilder, WalConfigDiffBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
-use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
 use super::{
-    CREATED_FIELD, Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint,
-    SearchQuery, StoreError, TEXT_FIELD,
+    Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
+    StoreError,
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
@@ -331,12 +330,8 @@ fn points(owner: &OwnerHash, memories: Vec<NewMemory>) -> Vec<PointStruct> {
     memories
         .into_iter()
         .map(|m| {
-            let mut payload = Map::new();
-            payload.insert(OWNER_FIELD.into(), Value::String(owner_hex.clone()));
-            payload.insert(TEXT_FIELD.into(), Value::String(m.text));
-            payload.insert(METADATA_FIELD.into(), Value::Object(m.metadata));
-            payload.insert(CREATED_FIELD.into(), Value::from(m.created_at));
-            PointStruct::new(m.id, m.vector, Payload::from(payload))
+            let (id, vector, payload) = m.into_parts(&owner_hex);
+            PointStruct::new(id, vector, Payload::from(payload))
         })
         .collect()
 }
