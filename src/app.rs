@@ -98,18 +98,12 @@ impl Application {
                 max_open_shards: settings.store.max_open_shards,
                 drill_skip_read_filter: settings.store.collision_drill,
             })?)),
-            StoreKind::Qdrant => {
-                let q = &settings.store.qdrant;
-                Arc::new(Arc::new(QdrantEngine::connect(QdrantSettings {
-                    url: q.url.clone(),
-                    api_key: q.api_key.clone(),
-                    timeout: q.timeout,
-                    connect_timeout: q.connect_timeout,
-                    collection_prefix: settings.store.collection_prefix.clone(),
-                    name_hex_chars: settings.store.name_hex_chars,
-                    drill_skip_read_filter: settings.store.collision_drill,
-                })?))
-            }
+            StoreKind::Qdrant => Arc::new(Arc::new(QdrantEngine::connect(QdrantSettings {
+                connection: settings.store.qdrant.clone(),
+                collection_prefix: settings.store.collection_prefix.clone(),
+                name_hex_chars: settings.store.name_hex_chars,
+                drill_skip_read_filter: settings.store.collision_drill,
+            })?)),
         };
         if settings.store.collision_drill {
             tracing::warn!(

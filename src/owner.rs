@@ -60,15 +60,10 @@ impl OwnerHash {
         hex::encode(&self.0[..6])
     }
 
-    /// Collection (or shard directory) name holding this owner's memories,
-    /// with the default prefix.
-    pub fn collection_name(&self, hex_chars: usize) -> String {
-        self.collection_name_with(COLLECTION_PREFIX, hex_chars)
-    }
-
-    /// Collection name under a deployment's own prefix (several Cordon
-    /// installations may share one Qdrant).
-    pub fn collection_name_with(&self, prefix: &str, hex_chars: usize) -> String {
+    /// Collection (or shard directory) name holding this owner's memories:
+    /// the deployment's prefix (several may share one Qdrant) and the first
+    /// `hex_chars` of the hash.
+    pub fn collection_name(&self, prefix: &str, hex_chars: usize) -> String {
         let hex = self.to_hex();
         let n = hex_chars.clamp(1, OWNER_HEX_LEN);
         format!("{prefix}{}", &hex[..n])
@@ -125,8 +120,11 @@ mod tests {
     #[test]
     fn collection_names_use_a_prefix_of_the_hash() {
         let a = OwnerHash::derive(&secret(), "t", "u");
-        let name = a.collection_name(DEFAULT_NAME_HEX_CHARS);
+        let name = a.collection_name(COLLECTION_PREFIX, DEFAULT_NAME_HEX_CHARS);
         assert_eq!(name, format!("cordon_{}", &a.to_hex()[..32]));
-        assert_eq!(a.collection_name(1).len(), COLLECTION_PREFIX.len() + 1);
+        assert_eq!(
+            a.collection_name(COLLECTION_PREFIX, 1).len(),
+            COLLECTION_PREFIX.len() + 1
+        );
     }
 }

@@ -61,7 +61,7 @@ pub struct ServeArgs {
     /// Qdrant API key, when the server requires one.
     #[arg(long, env = "CORDON_QDRANT_API_KEY", hide_env_values = true)]
     pub qdrant_api_key: Option<Secret>,
-    /// Deadline for each call to Qdrant, milliseconds.
+    /// Deadline for each storage operation on Qdrant (all its calls), milliseconds.
     #[arg(long, env = "CORDON_QDRANT_TIMEOUT_MS", default_value_t = 5_000)]
     pub qdrant_timeout_ms: u64,
     /// Deadline for connecting to Qdrant, milliseconds.
@@ -155,7 +155,8 @@ pub struct QdrantConnection {
     pub url: String,
     /// API key.
     pub api_key: Option<Secret>,
-    /// Per-call deadline.
+    /// Deadline for each storage operation (every Qdrant call it makes,
+    /// the client's own reconnect-and-retry included).
     pub timeout: Duration,
     /// Connect deadline.
     pub connect_timeout: Duration,
@@ -309,14 +310,11 @@ impl ServeArgs {
             .clone()
             .unwrap_or_else(|| self.data_dir.join(SERVER_SECRET_FILE));
         let server_secret = match self.server_secret {
-            Some(value) if value.expose().trim_ascii().len() >= MIN_SERVER_SECRET_BYTES => {
-                Secret::new(value.expose().trim_ascii().to_vec())
-            }
-            Some(_) => {
-                return Err(SettingsError::Invalid(format!(
+            Some(value) => long_enough(value.expose()).ok_or_else(|| {
+                SettingsError::Invalid(format!(
                     "CORDON_SERVER_SECRET is shorter than {MIN_SERVER_SECRET_BYTES} bytes"
-                )));
-            }
+                ))
+            })?,
             None if kind == StoreKind::Qdrant => read_secret(&secret_path)?,
             None => load_or_create_secret(&secret_path)?,
         };
@@ -367,18 +365,22 @@ impl ServeArgs {
     }
 }
 
+/// A server secret without surrounding whitespace, if it is long enough.
+/// Read as (lossy) UTF-8, as it always has been, so existing secrets keep
+/// deriving the same owner hashes.
+fn long_enough(bytes: &[u8]) -> Option<Secret> {
+    let text = String::from_utf8_lossy(bytes);
+    let trimmed = text.trim();
+    (trimmed.len() >= MIN_SERVER_SECRET_BYTES).then(|| Secret::new(trimmed.as_bytes().to_vec()))
+}
+
 /// Reads an existing server secret at `path`.
 pub fn read_secret(path: &Path) -> Result<Secret, SettingsError> {
     let bytes = std::fs::read(path).map_err(|source| SettingsError::SecretFile {
         path: path.to_owned(),
         source,
     })?;
-    let text = String::from_utf8_lossy(&bytes);
-    let trimmed = text.trim();
-    if trimmed.len() < MIN_SERVER_SECRET_BYTES {
-        return Err(SettingsError::ShortSecret(path.to_owned()));
-    }
-    Ok(Secret::new(trimmed.as_bytes().to_vec()))
+    long_enough(&bytes).ok_or_else(|| SettingsError::ShortSecret(path.to_owned()))
 }
 
 /// Reads the server secret at `path`, creating it (mode 0600, 32 random

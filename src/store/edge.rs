@@ -316,7 +316,7 @@ impl EdgeEngine {
     }
 
     fn slot(&self, owner: &OwnerHash) -> Arc<Slot> {
-        let name = owner.collection_name_with(
+        let name = owner.collection_name(
             &self.settings.collection_prefix,
             self.settings.name_hex_chars,
         );

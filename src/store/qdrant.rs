@@ -37,7 +37,7 @@ use super::{
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
-use crate::secret::Secret;
+use crate::settings::QdrantConnection;
 
 /// Collections this process knows exist, so a write does not ask each time.
 const KNOWN_COLLECTIONS: usize = 65_536;
@@ -53,15 +53,8 @@ const MIN_SERVER_MAJOR_MINOR: (u64, u64) = (1, 18);
 /// Settings of the Qdrant server engine.
 #[derive(Debug, Clone)]
 pub struct QdrantSettings {
-    /// gRPC URL, e.g. `http://qdrant:6334`.
-    pub url: String,
-    /// API key, when the server requires one.
-    pub api_key: Option<Secret>,
-    /// Deadline for each storage operation (all the Qdrant calls it makes,
-    /// including the client's own reconnect-and-retry).
-    pub timeout: Duration,
-    /// Deadline for establishing a connection.
-    pub connect_timeout: Duration,
+    /// Where the server is and how long to wait for it.
+    pub connection: QdrantConnection,
     /// Prefix of every collection name this deployment owns.
     pub collection_prefix: String,
     /// Hex characters of the owner hash in a collection's name.
@@ -187,19 +180,19 @@ impl QdrantEngine {
     /// Builds the client; no connection is made until the first call, so
     /// Cordon starts (not ready) while Qdrant is still down.
     pub fn connect(settings: QdrantSettings) -> Result<Self, StoreError> {
-        let mut builder = Qdrant::from_url(&settings.url)
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
+        let mut builder = Qdrant::from_url(&settings.connection.url)
+            .timeout(settings.connection.timeout)
+            .connect_timeout(settings.connection.connect_timeout)
             .skip_compatibility_check();
-        if let Some(key) = &settings.api_key {
+        if let Some(key) = &settings.connection.api_key {
             let key = std::str::from_utf8(key.expose())
                 .map_err(|_| StoreError::Engine("the Qdrant API key is not UTF-8".into()))?;
             builder = builder.api_key(key.to_owned());
         }
-        let client = builder
-            .build()
-            .map_err(|e| StoreError::Engine(format!("Qdrant URL {}: {e}", settings.url)))?;
-        tracing::info!(url = %settings.url, prefix = %settings.collection_prefix, "storing in a Qdrant server");
+        let client = builder.build().map_err(|e| {
+            StoreError::Engine(format!("Qdrant URL {}: {e}", settings.connection.url))
+        })?;
+        tracing::info!(url = %settings.connection.url, prefix = %settings.collection_prefix, "storing in a Qdrant server");
         Ok(Self {
             client,
             settings,
@@ -211,7 +204,7 @@ impl QdrantEngine {
     }
 
     fn name(&self, owner: &OwnerHash) -> String {
-        owner.collection_name_with(
+        owner.collection_name(
             &self.settings.collection_prefix,
             self.settings.name_hex_chars,
         )
@@ -238,7 +231,9 @@ impl QdrantEngine {
         if self.known.lock().get(name).is_some() {
             return Ok(());
         }
-        if let Err(e) = create_collection(&self.client, name, self.settings.timeout).await {
+        if let Err(e) =
+            create_collection(&self.client, name, self.settings.connection.timeout).await
+        {
             let exists = self
                 .client
                 .collection_exists(name)
@@ -264,12 +259,12 @@ impl QdrantEngine {
         &self,
         operation: impl std::future::Future<Output = Result<R, StoreError>>,
     ) -> Result<R, StoreError> {
-        tokio::time::timeout(self.settings.timeout, operation)
+        tokio::time::timeout(self.settings.connection.timeout, operation)
             .await
             .unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(format!(
                     "Qdrant did not answer within {:?}",
-                    self.settings.timeout
+                    self.settings.connection.timeout
                 )))
             })
     }
@@ -478,7 +473,7 @@ impl QdrantEngine {
                 .client
                 .delete_collection(
                     DeleteCollectionBuilder::new(&name)
-                        .timeout(self.settings.timeout.as_secs().max(1)),
+                        .timeout(self.settings.connection.timeout.as_secs().max(1)),
                 )
                 .await
             {

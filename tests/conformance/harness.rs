@@ -8,6 +8,7 @@ use cordon::guard::Guard;
 use cordon::metrics::Metrics;
 use cordon::owner::OwnerHash;
 use cordon::secret::Secret;
+use cordon::settings::QdrantConnection;
 use cordon::store::edge::{EdgeEngine, EdgeSettings};
 use cordon::store::qdrant::{QdrantEngine, QdrantSettings};
 use cordon::store::{Engine, NewMemory, Store};
@@ -183,10 +184,12 @@ fn qdrant_url() -> String {
 
 fn qdrant_engine(prefix: &str, name_hex_chars: usize, collision_drill: bool) -> Arc<dyn Engine> {
     let engine = QdrantEngine::connect(QdrantSettings {
-        url: qdrant_url(),
-        api_key: std::env::var("QDRANT_API_KEY").ok().map(Secret::new),
-        timeout: Duration::from_secs(10),
-        connect_timeout: Duration::from_secs(2),
+        connection: QdrantConnection {
+            url: qdrant_url(),
+            api_key: std::env::var("QDRANT_API_KEY").ok().map(Secret::new),
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+        },
         collection_prefix: prefix.to_owned(),
         name_hex_chars,
         drill_skip_read_filter: collision_drill,

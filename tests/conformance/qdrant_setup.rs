@@ -20,7 +20,7 @@ async fn a_user_collection_has_the_documented_settings() {
         .await
         .expect("put");
     let prefix = h.qdrant_prefix().expect("a Qdrant harness");
-    let name = alice.collection_name_with(prefix, 32);
+    let name = alice.collection_name(prefix, 32);
     let info = qdrant_client()
         .collection_info(&name)
         .await
