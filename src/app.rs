@@ -107,10 +107,13 @@ impl Application {
         };
         if settings.store.collision_drill {
             tracing::warn!(
-                "COLLISION DRILL: engine reads skip the owner filter; only the guard separates users. Never run this in production."
+                "COLLISION DRILL: engine reads skip the owner filter, so only the guard separates users, and every store call costs one extra count. Never run this in production."
             );
         }
-        let store = Store::new(engine, Guard::new(metrics.clone()));
+        let mut store = Store::new(engine, Guard::new(metrics.clone()));
+        if settings.store.collision_drill {
+            store = store.with_shared_census(metrics.clone());
+        }
         let state = AppState {
             auth: AuthState {
                 verifier: Arc::new(verifier),

@@ -15,6 +15,7 @@ pub struct Metrics {
     auth_failures: AtomicU64,
     memories_stored: AtomicU64,
     searches: AtomicU64,
+    shared_collection_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -48,6 +49,18 @@ impl Metrics {
     /// Counts one search.
     pub fn searched(&self) {
         self.searches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one store call on a collection that holds another owner's
+    /// points (collision drills only).
+    pub fn shared_collection_touched(&self) {
+        self.shared_collection_requests
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Store calls on a shared collection since start.
+    pub fn shared_collection_requests(&self) -> u64 {
+        self.shared_collection_requests.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition of every counter.
@@ -86,6 +99,13 @@ impl Metrics {
         out.push_str("# HELP cordon_searches_total Searches served.\n");
         out.push_str("# TYPE cordon_searches_total counter\n");
         let _ = writeln!(out, "cordon_searches_total {}", get(&self.searches));
+        out.push_str("# HELP cordon_shared_collection_requests_total Store calls on a collection that also held another owner's memories (counted in collision drills only).\n");
+        out.push_str("# TYPE cordon_shared_collection_requests_total counter\n");
+        let _ = writeln!(
+            out,
+            "cordon_shared_collection_requests_total {}",
+            get(&self.shared_collection_requests)
+        );
         out
     }
 }

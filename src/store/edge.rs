@@ -108,7 +108,9 @@ fn engine_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
-fn shard_config() -> EdgeConfig {
+/// The storage settings every user shard is created with (the benchmarks'
+/// bare-engine baseline uses them too, so that it measures the same storage).
+pub fn shard_config() -> EdgeConfig {
     EdgeConfig {
         on_disk_payload: true,
         vectors: HashMap::from([(
@@ -553,6 +555,28 @@ impl Engine for Arc<EdgeEngine> {
                 shard.flush();
             }
             Ok(removed)
+        })
+        .await
+    }
+
+    async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
+        let (this, owner) = (self.clone(), owner.clone());
+        EdgeEngine::blocking(move || {
+            let others = Filter {
+                should: None,
+                min_should: None,
+                must: None,
+                must_not: Some(vec![owner_condition(&owner)]),
+            };
+            let found = this.slot(&owner).read(|shard| {
+                shard
+                    .count(CountRequest {
+                        filter: Some(others),
+                        exact: true,
+                    })
+                    .map_err(engine_err)
+            })?;
+            Ok(found.unwrap_or(0) > 0)
         })
         .await
     }

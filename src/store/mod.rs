@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::guard::{Guard, Memory};
+use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
 
 /// Payload field holding the full owner hash (hex).
@@ -177,6 +178,10 @@ pub trait Engine: Send + Sync {
     /// Deletes every memory of this owner and, once empty, the collection.
     /// Returns how many memories were removed.
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError>;
+    /// Whether the owner's collection also holds another owner's points
+    /// (possible only with shortened names). A yes or no, never the points:
+    /// collision drills use it to count requests that touch a shared collection.
+    async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError>;
     /// Whether the engine can serve requests.
     async fn ready(&self) -> Result<(), StoreError>;
     /// Flushes and closes everything; called once at shutdown.
@@ -188,6 +193,9 @@ pub trait Engine: Send + Sync {
 pub struct Store {
     engine: Arc<dyn Engine>,
     guard: Guard,
+    /// Set in collision drills: where requests that touch a shared
+    /// collection are counted.
+    census: Option<Arc<Metrics>>,
 }
 
 /// One page of verified memories.
@@ -202,11 +210,33 @@ pub struct Page {
 impl Store {
     /// Wraps an engine with the guard.
     pub fn new(engine: Arc<dyn Engine>, guard: Guard) -> Self {
-        Self { engine, guard }
+        Self {
+            engine,
+            guard,
+            census: None,
+        }
+    }
+
+    /// Also counts, in `metrics`, every call whose collection holds another
+    /// owner's points. Costs one engine count per call: for collision drills.
+    pub fn with_shared_census(mut self, metrics: Arc<Metrics>) -> Self {
+        self.census = Some(metrics);
+        self
+    }
+
+    /// Counts the call if `owner`'s collection is shared at this moment.
+    async fn census(&self, owner: &OwnerHash) -> Result<(), StoreError> {
+        if let Some(metrics) = &self.census
+            && self.engine.holds_other_owners(owner).await?
+        {
+            metrics.shared_collection_touched();
+        }
+        Ok(())
     }
 
     /// Writes memories for `owner`.
     pub async fn put(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
+        self.census(owner).await?;
         self.engine.upsert(owner, memories).await
     }
 
@@ -216,12 +246,18 @@ impl Store {
         owner: &OwnerHash,
         query: SearchQuery,
     ) -> Result<Vec<Memory>, StoreError> {
+        self.census(owner).await?;
         let points = self.engine.search(owner, query).await?;
         Ok(self.guard.admit(owner, points, "search"))
     }
 
     /// One of `owner`'s memories, or `None` (also when it is someone else's).
     pub async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
+        self.census(owner).await?;
+        self.guarded_get(owner, id).await
+    }
+
+    async fn guarded_get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
         let point = self.engine.get(owner, id).await?;
         Ok(self
             .guard
@@ -231,7 +267,8 @@ impl Store {
 
     /// Deletes one of `owner`'s memories; `false` if it had none with this id.
     pub async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<bool, StoreError> {
-        if self.get(owner, id).await?.is_none() {
+        self.census(owner).await?;
+        if self.guarded_get(owner, id).await?.is_none() {
             return Ok(false);
         }
         self.engine.delete(owner, id).await?;
@@ -245,6 +282,7 @@ impl Store {
         mut after: Option<Uuid>,
         limit: usize,
     ) -> Result<Page, StoreError> {
+        self.census(owner).await?;
         loop {
             let page = self.engine.scroll(owner, after, limit).await?;
             let memories = self.guard.admit(owner, page.points, "list");
@@ -271,6 +309,7 @@ impl Store {
 
     /// Deletes all of `owner`'s memories.
     pub async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        self.census(owner).await?;
         self.engine.erase(owner).await
     }
 

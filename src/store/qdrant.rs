@@ -485,6 +485,15 @@ impl QdrantEngine {
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
+    async fn holds_other_owners_op(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
+        let others = Filter::must_not([owner_condition(owner)]);
+        match self.count(&self.name(owner), Some(others)).await {
+            Ok(n) => Ok(n > 0),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
     async fn ready_op(&self) -> Result<(), StoreError> {
         let reply = self.client.health_check().await.map_err(store_err)?;
         // The health check needs no API key; this call does, so a wrong key
@@ -536,6 +545,10 @@ impl Engine for Arc<QdrantEngine> {
 
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
         self.bounded(self.erase_op(owner)).await
+    }
+
+    async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
+        self.bounded(self.holds_other_owners_op(owner)).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -1,7 +1,11 @@
 //! The behaviours every engine must have.
 
+use std::sync::Arc;
+
+use cordon::metrics::Metrics;
 use cordon::store::{MetaValue, SearchQuery};
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::harness::{Harness, memory, vector};
 
@@ -256,6 +260,64 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
     } else {
         assert_eq!(dropped, 0, "the engine filter let a foreign point through");
     }
+}
+
+pub async fn shared_census(h: &Harness) {
+    // Names of one hex character: find two users who share a collection and
+    // a third who does not.
+    let first = |sub: &str| h.owner(sub).to_hex().as_bytes()[0];
+    let subs: Vec<String> = (0..64).map(|i| format!("user{i}")).collect();
+    let a = &subs[0];
+    let b = subs[1..]
+        .iter()
+        .find(|s| first(s) == first(a))
+        .expect("64 users over 16 names put a second user next to the first");
+    let c = subs[1..]
+        .iter()
+        .find(|s| first(s) != first(a))
+        .expect("64 users do not all share one name");
+    let (a, b, c) = (h.owner(a), h.owner(b), h.owner(c));
+    let census = Arc::new(Metrics::default());
+    let store = h.store.clone().with_shared_census(census.clone());
+    let seen = || census.shared_collection_requests();
+
+    store
+        .put(&a, vec![memory("a", vector(0, 0.0), json!({}))])
+        .await
+        .expect("put");
+    assert_eq!(
+        seen(),
+        0,
+        "a first write into an empty collection is not shared"
+    );
+    store.list(&a, None, 10).await.expect("list");
+    store.get(&c, Uuid::now_v7()).await.expect("get");
+    assert_eq!(
+        seen(),
+        0,
+        "a collection holding only its owner is not shared"
+    );
+
+    store.list(&b, None, 10).await.expect("list");
+    assert_eq!(seen(), 1, "b's collection holds a's memory");
+    store
+        .put(&b, vec![memory("b", vector(1, 0.0), json!({}))])
+        .await
+        .expect("put");
+    let query = SearchQuery {
+        vector: vector(0, 0.0),
+        limit: 5,
+        min_score: None,
+        metadata: vec![],
+    };
+    store.search(&a, query).await.expect("search");
+    assert_eq!(
+        seen(),
+        3,
+        "both b's write and a's search met the other owner"
+    );
+    store.erase(&c).await.expect("erase");
+    assert_eq!(seen(), 3, "c's own collection holds nobody");
 }
 
 pub async fn concurrent_users(h: &Harness) {

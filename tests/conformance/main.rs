@@ -58,6 +58,12 @@ macro_rules! conformance {
 
             #[tokio::test]
             $(#[$attr])*
+            async fn the_census_counts_only_calls_on_a_collection_another_owner_is_in() {
+                cases::shared_census(&$make(1, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
             async fn thirty_concurrent_users_each_see_only_their_own() {
                 cases::concurrent_users(&$make(32, false).await).await;
             }
