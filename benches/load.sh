@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Start a fresh release Cordon on loopback, run the load tool against it, stop it.
+#
+#   benches/load.sh [--collision] [--qdrant URL] [-- LOAD TOOL FLAGS...]
+#
+#   --collision   start the server with CORDON_COLLECTION_HEX_CHARS=${HEX_CHARS:-1}
+#                 and CORDON_COLLISION_DRILL=true (users share collections and
+#                 only the guard keeps them apart); the tool then fails unless
+#                 the server counted requests on shared collections.
+#   --qdrant URL  use a running Qdrant 1.18+ (gRPC URL) instead of the embedded
+#                 engine; collections get a fresh prefix and are erased by the
+#                 tool's users at the end.
+#
+# Everything after `--` goes to the load tool (see `cargo bench --bench load -- --help`),
+# e.g. `-- --users 1000 --json /tmp/load.json`. The server's log is kept in
+# $LOAD_LOG (default: a temporary file, printed at the end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+collision=false
+qdrant_url=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --collision) collision=true; shift ;;
+    --qdrant) qdrant_url="$2"; shift 2 ;;
+    --) shift; break ;;
+    *) echo "load.sh: unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+
+scripts/setup >/dev/null
+cargo build --release --locked --quiet --bin cordon
+cargo bench --locked --bench load --no-run
+
+data=$(mktemp -d)
+log=${LOAD_LOG:-$data.server.log}
+hex() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export CORDON_JWT_HS256_SECRET; CORDON_JWT_HS256_SECRET=$(hex)
+server_env=(
+  CORDON_BIND="127.0.0.1:$port"
+  CORDON_DATA_DIR="$data"
+  CORDON_SERVER_SECRET="$(hex)"
+  RUST_LOG="${RUST_LOG:-warn}"
+)
+if $collision; then
+  server_env+=(CORDON_COLLECTION_HEX_CHARS="${HEX_CHARS:-1}" CORDON_COLLISION_DRILL=true)
+  set -- --collision "$@"
+fi
+if [ -n "$qdrant_url" ]; then
+  server_env+=(CORDON_STORE=qdrant CORDON_QDRANT_URL="$qdrant_url"
+               CORDON_COLLECTION_PREFIX="load_$(hex | cut -c1-8)_")
+fi
+
+env "${server_env[@]}" "$CARGO_TARGET_DIR/release/cordon" serve >"$log" 2>&1 &
+server=$!
+cleanup() {
+  kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+  rm -rf "$data"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 120); do
+  if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$server" 2>/dev/null; then cat "$log" >&2; exit 2; fi
+  sleep 0.5
+done
+
+echo "load.sh: server on 127.0.0.1:$port ($([ -n "$qdrant_url" ] && echo "Qdrant at $qdrant_url" || echo embedded)), collision drill: $collision" >&2
+rc=0
+cargo bench --locked --quiet --bench load -- --url "http://127.0.0.1:$port" "$@" || rc=$?
+echo "server log: $log ($(grep -c cross_tenant_leak_detected "$log" || true) cross_tenant_leak_detected lines)"
+exit "$rc"
