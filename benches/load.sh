@@ -23,7 +23,7 @@ qdrant_url=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --collision) collision=true; shift ;;
-    --qdrant) qdrant_url="$2"; shift 2 ;;
+    --qdrant) qdrant_url="${2:?--qdrant needs a gRPC URL}"; shift 2 ;;
     --) shift; break ;;
     *) echo "load.sh: unknown flag $1" >&2; exit 2 ;;
   esac
@@ -34,7 +34,7 @@ cargo build --release --locked --quiet --bin cordon
 cargo bench --locked --bench load --no-run
 
 data=$(mktemp -d)
-log=${LOAD_LOG:-$data.server.log}
+log=${LOAD_LOG:-$(mktemp --suffix=.cordon-server.log)}
 hex() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export CORDON_JWT_HS256_SECRET; CORDON_JWT_HS256_SECRET=$(hex)
@@ -53,19 +53,35 @@ if [ -n "$qdrant_url" ]; then
                CORDON_COLLECTION_PREFIX="load_$(hex | cut -c1-8)_")
 fi
 
-env "${server_env[@]}" "$CARGO_TARGET_DIR/release/cordon" serve >"$log" 2>&1 &
-server=$!
+server=""
 cleanup() {
-  kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+  if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; fi
   rm -rf "$data"
 }
 trap cleanup EXIT
+env "${server_env[@]}" "$CARGO_TARGET_DIR/release/cordon" serve >"$log" 2>&1 &
+server=$!
 
+ready() {
+  python3 - "http://127.0.0.1:$port/readyz" <<'PY'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1)
+except Exception:
+    sys.exit(1)
+PY
+}
+up=false
 for _ in $(seq 1 120); do
-  if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then break; fi
+  if ready; then up=true; break; fi
   if ! kill -0 "$server" 2>/dev/null; then cat "$log" >&2; exit 2; fi
   sleep 0.5
 done
+if ! $up; then
+  echo "load.sh: the server was not ready after 60 s; its log:" >&2
+  cat "$log" >&2
+  exit 2
+fi
 
 echo "load.sh: server on 127.0.0.1:$port ($([ -n "$qdrant_url" ] && echo "Qdrant at $qdrant_url" || echo embedded)), collision drill: $collision" >&2
 rc=0

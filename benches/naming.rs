@@ -114,6 +114,12 @@ fn analyse(sorted: &[u128], hex_chars: usize) -> Row {
 
 fn main() {
     let args = Args::parse();
+    if let Some(bad) = args.lengths.iter().find(|l| !(1..=32).contains(*l)) {
+        eprintln!(
+            "naming: a length of {bad} hex characters is outside 1..=32 (the analysed 128 bits)"
+        );
+        std::process::exit(2);
+    }
     let started = Instant::now();
     let mut hashes = derive_all(args.users);
     let derived = started.elapsed();
@@ -124,11 +130,7 @@ fn main() {
         derived.as_secs_f64(),
         (started.elapsed() - derived).as_secs_f64()
     );
-    let rows: Vec<Row> = args
-        .lengths
-        .iter()
-        .map(|&l| analyse(&hashes, l.clamp(1, 32)))
-        .collect();
+    let rows: Vec<Row> = args.lengths.iter().map(|&l| analyse(&hashes, l)).collect();
 
     let mut out = String::new();
     let _ = writeln!(

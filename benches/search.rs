@@ -3,10 +3,13 @@
 //! - `engine_search/N`: the embedded engine searching one user's collection
 //!   of N memories (owner filter included), for N = 1, 100 and 10,000.
 //! - `isolation/{bare,cordon}/N`: the same query vector on a bare qdrant-edge
-//!   shard with the same storage settings and the same points (no token, no
-//!   owner filter, no guard, no thread hop), against Cordon's whole
-//!   in-process path (verify the token, derive the owner hash, owner-filtered
-//!   engine search, guard). Their ratio is the isolation overhead.
+//!   shard with the same storage settings and the same points, called
+//!   directly on the bench thread (no token, no owner filter, no guard, no
+//!   hop to the blocking pool), against Cordon's whole in-process path
+//!   (verify the token, derive the owner hash, then the engine: shard lookup,
+//!   blocking-pool hop, owner-filtered search; then the guard). With
+//!   `engine_search/N` in between, the ratios split the overhead into the
+//!   engine adapter's part and the token-and-guard part.
 //! - `endpoint/{bare,cordon}`: the same query text over 100 real memories:
 //!   embedded and searched on a bare shard, against Cordon's search endpoint
 //!   over HTTP (a server in this process, on a loopback port).
@@ -242,8 +245,23 @@ fn endpoint(c: &mut Criterion) {
     })
     .expect("model assets present: run `python3 models/fetch.py`");
     let data = TempDir::new().expect("temp dir");
+    let threads = cores.to_string();
+    // Every flag that shapes the measured path is given, so that CORDON_*
+    // variables in the environment cannot change what is measured.
     let settings = Serve::parse_from([
         "bench",
+        "--store",
+        "edge",
+        "--collection-hex-chars",
+        "32",
+        "--collision-drill",
+        "false",
+        "--embed-threads",
+        &threads,
+        "--embed-max-batch",
+        "32",
+        "--max-in-flight",
+        "512",
         "--bind",
         "127.0.0.1:0",
         "--data-dir",

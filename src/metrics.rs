@@ -99,7 +99,7 @@ impl Metrics {
         out.push_str("# HELP cordon_searches_total Searches served.\n");
         out.push_str("# TYPE cordon_searches_total counter\n");
         let _ = writeln!(out, "cordon_searches_total {}", get(&self.searches));
-        out.push_str("# HELP cordon_shared_collection_requests_total Store calls on a collection that also held another owner's memories (counted in collision drills only).\n");
+        out.push_str("# HELP cordon_shared_collection_requests_total Store calls on a collection that also held another owner's memories (counted in collision drills only; an export counts once per page).\n");
         out.push_str("# TYPE cordon_shared_collection_requests_total counter\n");
         let _ = writeln!(
             out,

@@ -6,8 +6,12 @@
 //! carry the user's canary tag, runs a mix of store, search, get, list and
 //! delete (some gets and deletes aimed at other users' ids), reads everything
 //! back and erases. `leaks` counts every foreign memory seen in any response
-//! and every foreign id that answered anything but 404; the tool exits
-//! non-zero if it is not 0, or if an acknowledged memory was lost.
+//! and every foreign id that answered anything but 404. The tool exits 1 on
+//! any leak, on a lost or stale memory, on more failed requests than
+//! `--max-error-share`, when it judged no memory at all (a run that checked
+//! nothing proves nothing), and in `--collision` mode when the server saw no
+//! shared collection or its guard dropped nothing. It exits 2 when it cannot
+//! run.
 //!
 //! ```text
 //! CORDON_JWT_HS256_SECRET=... cargo bench --bench load -- --url http://127.0.0.1:8080 \
@@ -25,13 +29,41 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cordon::auth::mint_dev_token;
+use cordon::auth::{MintError, mint_dev_token};
 use cordon::secret::Secret;
 use parking_lot::Mutex;
 use serde_json::json;
 
 use report::{ServerDelta, Tally};
-use workload::{Mix, RecentIds, Shared};
+use workload::{LiveIds, Mix, Shared};
+
+/// Why the tool could not run (exit status 2).
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    /// A flag has an unusable value.
+    #[error("{0}")]
+    Flag(String),
+    /// The canary classifier failed its own check.
+    #[error("{0}")]
+    SelfCheck(String),
+    /// The server could not be reached or read.
+    #[error("{0}")]
+    Server(String),
+    /// A user's token could not be minted.
+    #[error("minting a token: {0}")]
+    Token(#[from] MintError),
+    /// A worker task died.
+    #[error("a worker task failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+    /// The JSON report could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -49,6 +81,12 @@ struct Args {
     /// Name of the tenant claim the server reads.
     #[arg(long, env = "CORDON_JWT_TENANT_CLAIM", default_value = "tenant")]
     tenant_claim: String,
+    /// `iss` claim of the minted tokens, when the server requires one.
+    #[arg(long, env = "CORDON_JWT_ISSUER")]
+    issuer: Option<String>,
+    /// `aud` claim of the minted tokens, when the server requires one.
+    #[arg(long, env = "CORDON_JWT_AUDIENCE")]
+    audience: Option<String>,
     /// Simulated users (N).
     #[arg(long, default_value_t = 1000)]
     users: usize,
@@ -75,6 +113,10 @@ struct Args {
     /// CORDON_COLLISION_DRILL=true).
     #[arg(long)]
     collision: bool,
+    /// Most failed or unexpected answers, as a share of answered requests,
+    /// before the run counts as failed.
+    #[arg(long, default_value_t = 0.01)]
+    max_error_share: f64,
     /// Seed for texts and operation choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -104,18 +146,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<ExitCode, String> {
-    let mix = Mix::parse(&args.mix)?;
+async fn run(args: Args) -> Result<ExitCode, LoadError> {
+    let mix = Mix::parse(&args.mix).map_err(|e| LoadError::Flag(format!("--mix: {e}")))?;
     if !(0.0..=1.0).contains(&args.foreign_share) {
-        return Err("--foreign-share must be between 0 and 1".into());
+        return Err(LoadError::Flag(
+            "--foreign-share must be between 0 and 1".into(),
+        ));
     }
     let run_id = format!("{:08x}", rand::random::<u32>());
-    canary::self_check(&run_id)?;
+    canary::self_check(&run_id).map_err(LoadError::SelfCheck)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(args.timeout_secs))
         .pool_max_idle_per_host(args.clients)
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
+        .map_err(|e| LoadError::Server(format!("HTTP client: {e}")))?;
     let base = args.url.trim_end_matches('/').to_owned();
     let before = scrape::counters(&http, &base).await?;
 
@@ -128,10 +172,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
                 &tenant,
                 &format!("u{i}"),
                 Duration::from_secs(24 * 3600),
-                None,
-                None,
+                args.issuer.as_deref(),
+                args.audience.as_deref(),
             )
-            .map_err(|e| format!("minting a token: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -146,7 +189,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         foreign_share: args.foreign_share,
         erase: !args.keep,
         seed: args.seed,
-        recent: Mutex::new(RecentIds::new()),
+        live: Mutex::new(LiveIds::default()),
     });
     eprintln!(
         "load: run {run_id} · {} users × ({} memories + {} ops) · {} clients · {}",
@@ -179,9 +222,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         })
     };
     for worker in workers {
-        worker
-            .await
-            .map_err(|e| format!("a worker task failed: {e}"))?;
+        worker.await?;
     }
     progress.abort();
     let elapsed = started.elapsed();
@@ -208,6 +249,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             "clients": args.clients,
             "mix": args.mix,
             "foreign_share": args.foreign_share,
+            "max_error_share": args.max_error_share,
             "erase": !args.keep,
             "collision": args.collision,
             "seed": args.seed,
@@ -217,7 +259,10 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         if path == "-" {
             println!("{text}");
         } else {
-            std::fs::write(path, text + "\n").map_err(|e| format!("writing {path}: {e}"))?;
+            std::fs::write(path, text + "\n").map_err(|source| LoadError::Write {
+                path: path.clone(),
+                source,
+            })?;
         }
     }
     let mut failed = false;
@@ -232,11 +277,27 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         );
         failed = true;
     }
-    if args.collision && summary.server.shared_collection_requests.unwrap_or(0) == 0 {
+    if summary.checked == 0 {
+        eprintln!("load: FAIL: no memory in any response was checked, so the run proves nothing");
+        failed = true;
+    }
+    let allowed = args.max_error_share * summary.answered() as f64;
+    if summary.errors_total as f64 > allowed {
         eprintln!(
-            "load: FAIL: collision mode, but the server counted no request on a shared collection (start it with CORDON_COLLECTION_HEX_CHARS=1 and CORDON_COLLISION_DRILL=true)"
+            "load: FAIL: {} failed or unexpected answers, more than {:.0} (--max-error-share {})",
+            summary.errors_total, allowed, args.max_error_share
         );
         failed = true;
+    }
+    if args.collision {
+        let shared = summary.server.shared_collection_requests.unwrap_or(0);
+        let dropped = summary.server.guard_dropped.unwrap_or(0);
+        if shared == 0 || dropped == 0 {
+            eprintln!(
+                "load: FAIL: collision mode, but the server counted {shared} requests on shared collections and {dropped} guard drops (start it with CORDON_COLLECTION_HEX_CHARS=1 and CORDON_COLLISION_DRILL=true)"
+            );
+            failed = true;
+        }
     }
     Ok(if failed {
         ExitCode::FAILURE

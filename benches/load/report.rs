@@ -9,7 +9,10 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 /// Request kinds the tool issues.
-pub const KINDS: [&str; 6] = ["store", "search", "get", "list", "delete", "erase"];
+/// (`verify` is the final read-back of all of a user's memories, in pages of 100.)
+pub const KINDS: [&str; 7] = [
+    "store", "search", "get", "list", "delete", "verify", "erase",
+];
 
 /// Everything the workers record, shared between them.
 #[derive(Default)]
@@ -25,6 +28,8 @@ struct Inner {
     leak_samples: Vec<String>,
     lost: u64,
     stale: u64,
+    checked: u64,
+    probes: u64,
     users_done: usize,
 }
 
@@ -69,6 +74,16 @@ impl Tally {
     /// Records a deleted memory that was still returned.
     pub fn stale(&self) {
         self.inner.lock().stale += 1;
+    }
+
+    /// Records one memory in a response judged against the caller's canaries.
+    pub fn checked(&self) {
+        self.inner.lock().checked += 1;
+    }
+
+    /// Records one get or delete aimed at another user's live id.
+    pub fn probe(&self) {
+        self.inner.lock().probes += 1;
     }
 
     /// Records one user whose script finished.
@@ -116,6 +131,9 @@ impl Tally {
             leak_samples: inner.leak_samples.clone(),
             lost: inner.lost,
             stale: inner.stale,
+            checked: inner.checked,
+            probes: inner.probes,
+            errors_total: inner.errors.values().sum(),
             users_done: inner.users_done,
             server,
         }
@@ -170,6 +188,12 @@ pub struct Summary {
     pub lost: u64,
     /// Deleted memories still returned.
     pub stale: u64,
+    /// Memories in responses that were judged.
+    pub checked: u64,
+    /// Gets and deletes aimed at another user's live id.
+    pub probes: u64,
+    /// Requests that failed or got an unexpected answer.
+    pub errors_total: u64,
     users_done: usize,
     /// What the server's counters say about the run.
     pub server: ServerDelta,
@@ -187,6 +211,11 @@ impl Summary {
     /// Requests per second over the whole run.
     pub fn throughput(&self) -> f64 {
         self.total as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Requests answered (any status).
+    pub fn answered(&self) -> usize {
+        self.total
     }
 
     /// The report people read.
@@ -231,6 +260,11 @@ impl Summary {
             or_na(self.server.guard_dropped),
             or_na(self.server.shared_collection_requests)
         );
+        let _ = writeln!(
+            out,
+            "checked: {} memories in responses; {} probes at other users' live ids",
+            self.checked, self.probes
+        );
         let _ = writeln!(out, "lost: {}", self.lost);
         let _ = writeln!(out, "stale: {}", self.stale);
         let _ = writeln!(out, "leaks: {}", self.leaks);
@@ -270,6 +304,8 @@ impl Summary {
                 "guard_dropped": self.server.guard_dropped,
                 "shared_collection_requests": self.server.shared_collection_requests,
             },
+            "checked": self.checked,
+            "foreign_probes": self.probes,
             "lost": self.lost,
             "stale": self.stale,
             "leaks": self.leaks,

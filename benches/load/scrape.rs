@@ -1,23 +1,27 @@
 //! Reading the server's own counters from `/metrics`.
 
+use crate::LoadError;
 use crate::report::ServerDelta;
 
 /// The counters the report needs, as they stand now; `None` for one the
 /// server does not export.
-pub async fn counters(http: &reqwest::Client, base: &str) -> Result<ServerDelta, String> {
+pub async fn counters(http: &reqwest::Client, base: &str) -> Result<ServerDelta, LoadError> {
     let url = format!("{base}/metrics");
     let response = http
         .get(&url)
         .send()
         .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        .map_err(|e| LoadError::Server(format!("cannot reach {url}: {e}")))?;
     if !response.status().is_success() {
-        return Err(format!("{url} answered {}", response.status()));
+        return Err(LoadError::Server(format!(
+            "{url} answered {}",
+            response.status()
+        )));
     }
     let text = response
         .text()
         .await
-        .map_err(|e| format!("reading {url}: {e}"))?;
+        .map_err(|e| LoadError::Server(format!("reading {url}: {e}")))?;
     Ok(ServerDelta {
         guard_dropped: sum(&text, "cordon_guard_dropped_total"),
         shared_collection_requests: sum(&text, "cordon_shared_collection_requests_total"),

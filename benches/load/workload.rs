@@ -5,15 +5,17 @@
 //! model of what the user should have, so every response can be judged:
 //! a text that is not the caller's canary is a leak, a foreign id that
 //! answers anything but 404 is a leak, an acknowledged memory that cannot be
-//! read back is lost.
+//! read back is lost. A 200 whose body lacks the expected shape is an error,
+//! never a clean page: otherwise a changed response would switch the checks
+//! off without a sign.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, IteratorRandom};
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -25,23 +27,16 @@ use crate::report::Tally;
 /// Relative weights of the mixed operations.
 #[derive(Debug, Clone, Copy)]
 pub struct Mix {
-    pub store: u32,
-    pub search: u32,
-    pub get: u32,
-    pub list: u32,
-    pub delete: u32,
+    weights: [u32; 5],
 }
+
+/// The mixed operations, in the order of [`Mix`]'s weights.
+const MIXED: [&str; 5] = ["store", "search", "get", "list", "delete"];
 
 impl Mix {
     /// Parses `store=1,search=4,...`; unnamed kinds weigh 0.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut mix = Mix {
-            store: 0,
-            search: 0,
-            get: 0,
-            list: 0,
-            delete: 0,
-        };
+        let mut weights = [0u32; 5];
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
             let (kind, weight) = part
                 .split_once('=')
@@ -50,85 +45,92 @@ impl Mix {
                 .trim()
                 .parse()
                 .map_err(|_| format!("`{weight}` is not a whole number"))?;
-            match kind.trim() {
-                "store" => mix.store = weight,
-                "search" => mix.search = weight,
-                "get" => mix.get = weight,
-                "list" => mix.list = weight,
-                "delete" => mix.delete = weight,
-                other => return Err(format!("unknown kind `{other}`")),
-            }
+            let slot = MIXED
+                .iter()
+                .position(|k| *k == kind.trim())
+                .ok_or_else(|| format!("unknown kind `{}`", kind.trim()))?;
+            weights[slot] = weight;
         }
-        if mix.store + mix.search + mix.get + mix.list + mix.delete == 0 {
+        let total = weights
+            .iter()
+            .try_fold(0u32, |a, w| a.checked_add(*w))
+            .ok_or("the weights add up to more than 2^32")?;
+        if total == 0 {
             return Err("every weight is 0".into());
         }
-        Ok(mix)
+        Ok(Self { weights })
     }
 
     fn pick(&self, rng: &mut impl Rng) -> &'static str {
-        let total = self.store + self.search + self.get + self.list + self.delete;
+        let total: u32 = self.weights.iter().sum();
         let mut x = rng.random_range(0..total);
-        for (kind, w) in [
-            ("store", self.store),
-            ("search", self.search),
-            ("get", self.get),
-            ("list", self.list),
-        ] {
+        for (kind, w) in MIXED.iter().zip(self.weights) {
             if x < w {
                 return kind;
             }
             x -= w;
         }
-        "delete"
+        unreachable!("x < total, the sum of the weights")
     }
 }
 
 /// What every worker shares.
 pub struct Shared {
+    /// The HTTP client (one connection pool for all workers).
     pub http: reqwest::Client,
+    /// Base URL of the server.
     pub base: String,
+    /// This run's id, part of every canary and tenant.
     pub run: String,
+    /// Where results are counted.
     pub tally: Tally,
+    /// Weights of the mixed operations.
     pub mix: Mix,
+    /// Memories stored per user before the mix.
     pub memories: usize,
+    /// Mixed operations per user.
     pub ops: usize,
+    /// Share of gets and deletes aimed at another user's id.
     pub foreign_share: f64,
+    /// Whether each user erases its memories at the end.
     pub erase: bool,
+    /// Seed of every user's random choices.
     pub seed: u64,
-    /// Recently stored ids of all users, for foreign-id probes.
-    pub recent: Mutex<RecentIds>,
+    /// Live ids of the users running now, for foreign-id probes.
+    pub live: Mutex<LiveIds>,
 }
 
-/// A ring of `(user, id)` pairs.
-pub struct RecentIds {
-    ids: Vec<(usize, Uuid)>,
-    next: usize,
+/// The acknowledged, undeleted ids of every user whose script is running:
+/// probing an id that is already gone would answer 404 whatever isolation
+/// does, and prove nothing.
+#[derive(Default)]
+pub struct LiveIds {
+    by_user: HashMap<usize, Vec<Uuid>>,
 }
 
-const RECENT_CAPACITY: usize = 4096;
+impl LiveIds {
+    fn add(&mut self, user: usize, id: Uuid) {
+        self.by_user.entry(user).or_default().push(id);
+    }
 
-impl RecentIds {
-    pub fn new() -> Self {
-        Self {
-            ids: Vec::with_capacity(RECENT_CAPACITY),
-            next: 0,
+    fn remove(&mut self, user: usize, id: Uuid) {
+        if let Some(ids) = self.by_user.get_mut(&user) {
+            ids.retain(|i| *i != id);
         }
     }
 
-    fn push(&mut self, user: usize, id: Uuid) {
-        if self.ids.len() < RECENT_CAPACITY {
-            self.ids.push((user, id));
-        } else {
-            self.ids[self.next] = (user, id);
-            self.next = (self.next + 1) % RECENT_CAPACITY;
-        }
+    fn forget(&mut self, user: usize) {
+        self.by_user.remove(&user);
     }
 
+    /// A live id of some other running user.
     fn foreign(&self, user: usize, rng: &mut impl Rng) -> Option<(usize, Uuid)> {
-        // A few tries suffice: a user's own ids are a small share of the ring.
-        (0..8)
-            .filter_map(|_| self.ids.choose(rng).copied())
-            .find(|(u, _)| *u != user)
+        let (owner, ids) = self
+            .by_user
+            .iter()
+            .filter(|(u, ids)| **u != user && !ids.is_empty())
+            .choose(rng)?;
+        ids.choose(rng).map(|id| (*owner, *id))
     }
 }
 
@@ -142,15 +144,17 @@ struct User<'a> {
     live: BTreeMap<Uuid, usize>,
     /// Numbers of deleted memories.
     deleted: HashSet<usize>,
-    /// Numbers whose store failed: maybe written, maybe not.
+    /// Numbers whose store or delete failed: maybe applied, maybe not.
     uncertain: HashSet<usize>,
+    /// Numbers of acknowledged memories found missing (counted once).
+    missing: HashSet<usize>,
     next_n: usize,
 }
 
 /// An answer: status and JSON body (`Null` when there is none).
 type Answer = (StatusCode, Value);
 
-impl<'a> User<'a> {
+impl User<'_> {
     async fn call(
         &self,
         kind: &'static str,
@@ -167,22 +171,22 @@ impl<'a> User<'a> {
             request = request.json(&body);
         }
         let started = Instant::now();
-        let result = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                match response.bytes().await {
-                    Ok(bytes) => Ok((
-                        status,
-                        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                    )),
-                    Err(e) => Err(e),
-                }
+        let answer = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let bytes = response.bytes().await?;
+            Ok::<_, reqwest::Error>((
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            ))
+        }
+        .await;
+        match answer {
+            Ok(answer) => {
+                // Only answered requests have a latency worth reporting.
+                self.shared.tally.request(kind, started.elapsed());
+                Some(answer)
             }
-            Err(e) => Err(e),
-        };
-        self.shared.tally.request(kind, started.elapsed());
-        match result {
-            Ok(answer) => Some(answer),
             Err(e) => {
                 let what = if e.is_timeout() {
                     "timeout"
@@ -195,10 +199,20 @@ impl<'a> User<'a> {
         }
     }
 
+    /// The array under `field` of a 200 body, or an error if it has none.
+    fn array(&self, kind: &'static str, body: &Value, field: &str) -> Option<Vec<Value>> {
+        let array = body.get(field).and_then(Value::as_array).cloned();
+        if array.is_none() {
+            self.shared.tally.error(kind, "200 without a valid body");
+        }
+        array
+    }
+
     /// Judges every memory in a response; returns the own numbers seen.
     fn check(&self, kind: &str, memories: &[Value]) -> Vec<usize> {
         let mut own = Vec::new();
         for memory in memories {
+            self.shared.tally.checked();
             let text = memory.get("text").and_then(Value::as_str).unwrap_or("");
             match canary::origin(text, &self.shared.run, self.index) {
                 Origin::Own(n) => {
@@ -221,28 +235,36 @@ impl<'a> User<'a> {
         self.shared.tally.error(kind, status.as_str());
     }
 
+    /// Books an acknowledged memory as missing, once.
+    fn lose(&mut self, id: Uuid, n: usize) {
+        self.live.remove(&id);
+        self.shared.live.lock().remove(self.index, id);
+        if self.missing.insert(n) {
+            self.shared.tally.lost(1);
+        }
+    }
+
     async fn store(&mut self) {
         let n = self.next_n;
         self.next_n += 1;
         let text = canary::text(&mut self.rng, &self.shared.run, self.index, n);
         let body = json!({ "text": text, "metadata": { "n": n } });
-        let Some((status, body)) = self
+        let answer = self
             .call("store", Method::POST, "/v1/memories", Some(body))
-            .await
-        else {
-            self.uncertain.insert(n);
-            return;
-        };
-        let id = body["ids"][0].as_str().and_then(|s| s.parse::<Uuid>().ok());
-        match (status, id) {
-            (StatusCode::CREATED, Some(id)) => {
+            .await;
+        self.uncertain.insert(n);
+        let Some((status, body)) = answer else { return };
+        if status != StatusCode::CREATED {
+            return self.unexpected("store", status);
+        }
+        let ids = self.array("store", &body, "ids").unwrap_or_default();
+        match ids.first().and_then(Value::as_str).map(str::parse::<Uuid>) {
+            Some(Ok(id)) if ids.len() == 1 => {
+                self.uncertain.remove(&n);
                 self.live.insert(id, n);
-                self.shared.recent.lock().push(self.index, id);
+                self.shared.live.lock().add(self.index, id);
             }
-            _ => {
-                self.uncertain.insert(n);
-                self.unexpected("store", status);
-            }
+            _ => self.shared.tally.error("store", "201 without one id"),
         }
     }
 
@@ -257,8 +279,9 @@ impl<'a> User<'a> {
         if status != StatusCode::OK {
             return self.unexpected("search", status);
         }
-        let results = body["results"].as_array().cloned().unwrap_or_default();
-        self.check("search", &results);
+        if let Some(results) = self.array("search", &body, "results") {
+            self.check("search", &results);
+        }
     }
 
     fn own_id(&mut self) -> Option<(Uuid, usize)> {
@@ -270,15 +293,17 @@ impl<'a> User<'a> {
         if !self.rng.random_bool(self.shared.foreign_share) {
             return None;
         }
-        self.shared.recent.lock().foreign(self.index, &mut self.rng)
+        let probe = self.shared.live.lock().foreign(self.index, &mut self.rng);
+        if probe.is_some() {
+            self.shared.tally.probe();
+        }
+        probe
     }
 
     async fn get(&mut self) {
         if let Some((owner, id)) = self.foreign_id() {
-            let Some((status, body)) = self
-                .call("get", Method::GET, &format!("/v1/memories/{id}"), None)
-                .await
-            else {
+            let path = format!("/v1/memories/{id}");
+            let Some((status, body)) = self.call("get", Method::GET, &path, None).await else {
                 return;
             };
             match status {
@@ -292,19 +317,20 @@ impl<'a> User<'a> {
             return;
         }
         let Some((id, n)) = self.own_id() else { return };
-        let Some((status, body)) = self
-            .call("get", Method::GET, &format!("/v1/memories/{id}"), None)
-            .await
-        else {
+        let path = format!("/v1/memories/{id}");
+        let Some((status, body)) = self.call("get", Method::GET, &path, None).await else {
             return;
         };
         match status {
             StatusCode::OK => {
-                if self.check("get", std::slice::from_ref(&body)) != [n] {
-                    self.shared.tally.lost(1);
+                let seen = self.check("get", std::slice::from_ref(&body));
+                if seen.len() == 1 && seen != [n] {
+                    self.shared
+                        .tally
+                        .error("get", "200 with another own memory");
                 }
             }
-            StatusCode::NOT_FOUND => self.shared.tally.lost(1),
+            StatusCode::NOT_FOUND => self.lose(id, n),
             other => self.unexpected("get", other),
         }
     }
@@ -319,21 +345,15 @@ impl<'a> User<'a> {
         if status != StatusCode::OK {
             return self.unexpected("list", status);
         }
-        let memories = body["memories"].as_array().cloned().unwrap_or_default();
-        self.check("list", &memories);
+        if let Some(memories) = self.array("list", &body, "memories") {
+            self.check("list", &memories);
+        }
     }
 
     async fn delete(&mut self) {
         if let Some((owner, id)) = self.foreign_id() {
-            let Some((status, _)) = self
-                .call(
-                    "delete",
-                    Method::DELETE,
-                    &format!("/v1/memories/{id}"),
-                    None,
-                )
-                .await
-            else {
+            let path = format!("/v1/memories/{id}");
+            let Some((status, _)) = self.call("delete", Method::DELETE, &path, None).await else {
                 return;
             };
             match status {
@@ -347,33 +367,26 @@ impl<'a> User<'a> {
             return;
         }
         let Some((id, n)) = self.own_id() else { return };
-        let Some((status, _)) = self
-            .call(
-                "delete",
-                Method::DELETE,
-                &format!("/v1/memories/{id}"),
-                None,
-            )
-            .await
-        else {
-            // Maybe deleted, maybe not: stop expecting it either way.
-            self.live.remove(&id);
-            self.uncertain.insert(n);
-            return;
-        };
-        match status {
-            StatusCode::NO_CONTENT => {
-                self.live.remove(&id);
+        // Whatever the answer, stop offering this id to other users' probes.
+        self.live.remove(&id);
+        self.shared.live.lock().remove(self.index, id);
+        let path = format!("/v1/memories/{id}");
+        let answer = self.call("delete", Method::DELETE, &path, None).await;
+        match answer.map(|(status, _)| status) {
+            Some(StatusCode::NO_CONTENT) => {
                 self.deleted.insert(n);
             }
-            StatusCode::NOT_FOUND => {
-                self.live.remove(&id);
-                self.shared.tally.lost(1);
+            Some(StatusCode::NOT_FOUND) => {
+                if self.missing.insert(n) {
+                    self.shared.tally.lost(1);
+                }
             }
             other => {
-                self.live.remove(&id);
+                // Maybe deleted, maybe not: stop expecting it either way.
                 self.uncertain.insert(n);
-                self.unexpected("delete", other);
+                if let Some(status) = other {
+                    self.unexpected("delete", status);
+                }
             }
         }
     }
@@ -382,29 +395,44 @@ impl<'a> User<'a> {
     async fn verify(&mut self) {
         let mut seen = HashSet::new();
         let mut cursor: Option<String> = None;
-        loop {
+        // More pages than the user can fill means the cursor is not moving.
+        let max_pages = (self.next_n / 100) + 2;
+        for _ in 0..max_pages {
             let path = match &cursor {
                 Some(c) => format!("/v1/memories?limit=100&cursor={c}"),
                 None => "/v1/memories?limit=100".to_owned(),
             };
-            let Some((status, body)) = self.call("list", Method::GET, &path, None).await else {
+            let Some((status, body)) = self.call("verify", Method::GET, &path, None).await else {
                 return;
             };
             if status != StatusCode::OK {
-                return self.unexpected("list", status);
+                return self.unexpected("verify", status);
             }
-            let memories = body["memories"].as_array().cloned().unwrap_or_default();
-            seen.extend(self.check("list", &memories));
-            match body["next_cursor"].as_str() {
+            let Some(memories) = self.array("verify", &body, "memories") else {
+                return;
+            };
+            seen.extend(self.check("verify", &memories));
+            match body.get("next_cursor").and_then(Value::as_str) {
                 Some(next) => cursor = Some(next.to_owned()),
-                None => break,
+                None => {
+                    let gone: Vec<(Uuid, usize)> = self
+                        .live
+                        .iter()
+                        .filter(|(_, n)| !seen.contains(*n))
+                        .map(|(id, n)| (*id, *n))
+                        .collect();
+                    for (id, n) in gone {
+                        self.lose(id, n);
+                    }
+                    return;
+                }
             }
         }
-        let missing = self.live.values().filter(|n| !seen.contains(n)).count();
-        self.shared.tally.lost(missing as u64);
+        self.shared.tally.error("verify", "cursor never ended");
     }
 
     async fn erase(&mut self) {
+        self.shared.live.lock().forget(self.index);
         let Some((status, body)) = self
             .call("erase", Method::DELETE, "/v1/memories", None)
             .await
@@ -414,11 +442,14 @@ impl<'a> User<'a> {
         if status != StatusCode::OK {
             return self.unexpected("erase", status);
         }
-        // The count must cover every acknowledged memory; failed stores may
-        // or may not have landed.
-        let deleted = body["deleted"].as_u64().unwrap_or(0) as usize;
+        let Some(deleted) = body.get("deleted").and_then(Value::as_u64) else {
+            return self.shared.tally.error("erase", "200 without a valid body");
+        };
+        // The count must cover every acknowledged memory still live; failed
+        // writes and memories found missing may or may not be among them.
+        let deleted = deleted as usize;
         let least = self.live.len();
-        let most = least + self.uncertain.len();
+        let most = least + self.uncertain.len() + self.missing.len();
         if deleted < least {
             self.shared.tally.lost((least - deleted) as u64);
         } else if deleted > most {
@@ -442,6 +473,7 @@ pub async fn run_user(shared: Arc<Shared>, index: usize, token: String) {
         live: BTreeMap::new(),
         deleted: HashSet::new(),
         uncertain: HashSet::new(),
+        missing: HashSet::new(),
         next_n: 0,
     };
     for _ in 0..shared.memories {
@@ -459,6 +491,8 @@ pub async fn run_user(shared: Arc<Shared>, index: usize, token: String) {
     user.verify().await;
     if shared.erase {
         user.erase().await;
+    } else {
+        shared.live.lock().forget(index);
     }
     shared.tally.user_done();
 }

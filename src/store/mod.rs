@@ -224,19 +224,21 @@ impl Store {
         self
     }
 
-    /// Counts the call if `owner`'s collection is shared at this moment.
-    async fn census(&self, owner: &OwnerHash) -> Result<(), StoreError> {
-        if let Some(metrics) = &self.census
-            && self.engine.holds_other_owners(owner).await?
-        {
-            metrics.shared_collection_touched();
+    /// Counts the call if `owner`'s collection is shared at this moment. A
+    /// failed count is logged, not returned: it is a drill's diagnostic and
+    /// must not fail the request it observes.
+    async fn census(&self, owner: &OwnerHash) {
+        let Some(metrics) = &self.census else { return };
+        match self.engine.holds_other_owners(owner).await {
+            Ok(true) => metrics.shared_collection_touched(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "shared-collection census failed"),
         }
-        Ok(())
     }
 
     /// Writes memories for `owner`.
     pub async fn put(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
-        self.census(owner).await?;
+        self.census(owner).await;
         self.engine.upsert(owner, memories).await
     }
 
@@ -246,14 +248,14 @@ impl Store {
         owner: &OwnerHash,
         query: SearchQuery,
     ) -> Result<Vec<Memory>, StoreError> {
-        self.census(owner).await?;
+        self.census(owner).await;
         let points = self.engine.search(owner, query).await?;
         Ok(self.guard.admit(owner, points, "search"))
     }
 
     /// One of `owner`'s memories, or `None` (also when it is someone else's).
     pub async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
-        self.census(owner).await?;
+        self.census(owner).await;
         self.guarded_get(owner, id).await
     }
 
@@ -267,7 +269,7 @@ impl Store {
 
     /// Deletes one of `owner`'s memories; `false` if it had none with this id.
     pub async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<bool, StoreError> {
-        self.census(owner).await?;
+        self.census(owner).await;
         if self.guarded_get(owner, id).await?.is_none() {
             return Ok(false);
         }
@@ -282,7 +284,7 @@ impl Store {
         mut after: Option<Uuid>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        self.census(owner).await?;
+        self.census(owner).await;
         loop {
             let page = self.engine.scroll(owner, after, limit).await?;
             let memories = self.guard.admit(owner, page.points, "list");
@@ -309,7 +311,7 @@ impl Store {
 
     /// Deletes all of `owner`'s memories.
     pub async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
-        self.census(owner).await?;
+        self.census(owner).await;
         self.engine.erase(owner).await
     }
 
