@@ -203,12 +203,13 @@ fn engine_and_isolation(c: &mut Criterion) {
             b.to_async(&runtime)
                 .iter(|| async { engine.search(&owner, query(&probe)).await.expect("search") })
         });
-        sized.push((n, memories, dir, store));
+        // The directory goes last: dropping the store flushes its shards.
+        sized.push((n, memories, store, dir));
     }
     engine_group.finish();
 
     let mut group = c.benchmark_group("isolation");
-    for (n, memories, _dir, store) in sized.iter().filter(|(n, ..)| *n >= 100) {
+    for (n, memories, store, _dir) in sized.iter().filter(|(n, ..)| *n >= 100) {
         let bare_dir = TempDir::new().expect("temp dir");
         let shard = bare_shard(bare_dir.path(), &owner, memories);
         assert_eq!(bare_search(&shard, &probe), LIMIT);
@@ -357,6 +358,10 @@ fn endpoint(c: &mut Criterion) {
         })
     });
     group.finish();
+    // Stop the server (its shards flush on drop) while its directory exists.
+    drop(shard);
+    drop(runtime);
+    drop(data);
 }
 
 criterion_group!(benches, engine_and_isolation, endpoint);
