@@ -6,7 +6,8 @@
 #   --collision   start the server with CORDON_COLLECTION_HEX_CHARS=${HEX_CHARS:-1}
 #                 and CORDON_COLLISION_DRILL=true (users share collections and
 #                 only the guard keeps them apart); the tool then fails unless
-#                 the server counted requests on shared collections.
+#                 the server counted requests on shared collections and
+#                 guard drops.
 #   --qdrant URL  use a running Qdrant 1.18+ (gRPC URL) instead of the embedded
 #                 engine; collections get a fresh prefix and are erased by the
 #                 tool's users at the end.
