@@ -139,6 +139,21 @@ fn cordon_store(dir: &Path) -> (Arc<EdgeEngine>, Store) {
     (engine, store)
 }
 
+/// The HS256 token of the user every search here runs as.
+fn alice_token() -> String {
+    let hs = Secret::new(HS256_SECRET.as_bytes().to_vec());
+    mint_dev_token(
+        &hs,
+        "tenant",
+        "acme",
+        "alice",
+        Duration::from_secs(3600),
+        None,
+        None,
+    )
+    .expect("minting with a 40-byte secret")
+}
+
 fn query(vector: &[f32]) -> SearchQuery {
     SearchQuery {
         vector: vector.to_vec(),
@@ -162,16 +177,7 @@ fn engine_and_isolation(c: &mut Criterion) {
             max_token_bytes: 8 * 1024,
         },
     );
-    let token = mint_dev_token(
-        &hs,
-        "tenant",
-        "acme",
-        "alice",
-        Duration::from_secs(3600),
-        None,
-        None,
-    )
-    .expect("minting");
+    let token = alice_token();
     let owner = OwnerHash::derive(&secret, "acme", "alice");
     let mut rng = StdRng::seed_from_u64(7);
     let probe = unit_vector(&mut rng);
@@ -283,17 +289,7 @@ fn endpoint(c: &mut Criterion) {
     let base = format!("http://{}", app.local_addr());
     runtime.spawn(app.run_until(std::future::pending()));
 
-    let hs = Secret::new(HS256_SECRET.as_bytes().to_vec());
-    let token = mint_dev_token(
-        &hs,
-        "tenant",
-        "acme",
-        "alice",
-        Duration::from_secs(3600),
-        None,
-        None,
-    )
-    .expect("minting");
+    let token = alice_token();
     let owner = OwnerHash::derive(
         &Secret::new(SERVER_SECRET.as_bytes().to_vec()),
         "acme",
