@@ -5,10 +5,10 @@
 //! cargo bench --bench embedding
 //! ```
 
-use std::path::Path;
+mod support;
+
 use std::time::Duration;
 
-use cordon::embed::{EmbedSettings, Embedder};
 use cordon::owner::OwnerHash;
 use cordon::secret::Secret;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -23,14 +23,7 @@ fn texts(n: usize) -> Vec<String> {
 }
 
 fn embedding(c: &mut Criterion) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let embedder = Embedder::start(&EmbedSettings {
-        model_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-        intra_threads: cores,
-        max_batch: 32,
-        queue_capacity: 1024,
-    })
-    .expect("model assets present: run `python3 models/fetch.py`");
+    let embedder = support::embedder();
     let owner = OwnerHash::derive(&Secret::new(vec![7u8; 32]), "acme", "alice");
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
 

@@ -6,12 +6,13 @@
 //! cargo bench --bench isolation
 //! ```
 
-use std::hint::black_box;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod support;
 
-use cordon::auth::{Verifier, VerifierConfig, load_keys, mint_dev_token};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cordon::auth::{Verifier, load_keys};
 use cordon::guard::Guard;
 use cordon::metrics::Metrics;
 use cordon::owner::OwnerHash;
@@ -22,24 +23,20 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use uuid::Uuid;
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn config() -> VerifierConfig {
-    VerifierConfig {
-        issuer: None,
-        audience: None,
-        tenant_claim: "tenant".into(),
-        leeway_secs: 30,
-        max_token_bytes: 8 * 1024,
+/// A verifier for a public key from the test fixtures, and a token signed
+/// with its private key.
+fn asymmetric(alg: Algorithm, public: &str, private: &str) -> (Verifier, String) {
+    let fixtures = support::repo("tests/fixtures");
+    let verifier = Verifier::new(
+        load_keys(None, Some(&fixtures.join(public)), None).expect("a fixture public key"),
+        support::verifier_config(),
+    );
+    let pem = std::fs::read(fixtures.join(private)).expect("a fixture private key");
+    let key = match alg {
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        _ => EncodingKey::from_rsa_pem(&pem),
     }
-}
-
-/// A token signed with a private key from the test fixtures.
-fn signed(alg: Algorithm, key: EncodingKey) -> String {
+    .expect("the fixture key parses");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("the clock is after 1970")
@@ -47,45 +44,19 @@ fn signed(alg: Algorithm, key: EncodingKey) -> String {
     let claims = json!({
         "sub": "user-4711", "tenant": "acme", "iat": now, "nbf": now, "exp": now + 3600
     });
-    encode(&Header::new(alg), &claims, &key).expect("signing with a fixture key")
+    let token = encode(&Header::new(alg), &claims, &key).expect("signing with a fixture key");
+    (verifier, token)
 }
 
 fn token_verification(c: &mut Criterion) {
-    let secret = Secret::new(b"bench-hs256-secret-0123456789abcdef-0123".to_vec());
-    let hs256 = Verifier::new(
-        load_keys(Some(&secret), None, None).expect("an HS256 key"),
-        config(),
-    );
-    let hs_token = mint_dev_token(
-        &secret,
-        "tenant",
-        "acme",
-        "user-4711",
-        Duration::from_secs(3600),
-        None,
-        None,
-    )
-    .expect("minting");
-
-    let ed_pem = std::fs::read(fixture("ed25519-private.pem")).expect("fixture");
-    let eddsa = Verifier::new(
-        load_keys(None, Some(&fixture("ed25519-public.pem")), None).expect("an Ed25519 key"),
-        config(),
-    );
-    let ed_token = signed(
+    let hs256 = support::hs256_verifier();
+    let hs_token = support::hs256_token("user-4711");
+    let (eddsa, ed_token) = asymmetric(
         Algorithm::EdDSA,
-        EncodingKey::from_ed_pem(&ed_pem).expect("Ed25519 fixture"),
+        "ed25519-public.pem",
+        "ed25519-private.pem",
     );
-
-    let rsa_pem = std::fs::read(fixture("rsa-private.pem")).expect("fixture");
-    let rs256 = Verifier::new(
-        load_keys(None, Some(&fixture("rsa-public.pem")), None).expect("an RSA key"),
-        config(),
-    );
-    let rs_token = signed(
-        Algorithm::RS256,
-        EncodingKey::from_rsa_pem(&rsa_pem).expect("RSA fixture"),
-    );
+    let (rs256, rs_token) = asymmetric(Algorithm::RS256, "rsa-public.pem", "rsa-private.pem");
 
     let mut group = c.benchmark_group("verify_token");
     for (name, verifier, token) in [

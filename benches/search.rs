@@ -18,14 +18,14 @@
 //! cargo bench --bench search
 //! ```
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use cordon::app::Application;
-use cordon::auth::{Verifier, VerifierConfig, load_keys, mint_dev_token};
-use cordon::embed::{DIMENSIONS, EmbedSettings, Embedder};
+use cordon::embed::DIMENSIONS;
 use cordon::guard::Guard;
 use cordon::metrics::Metrics;
 use cordon::owner::OwnerHash;
@@ -45,13 +45,8 @@ use serde_json::{Map, Value, json};
 use tempfile::TempDir;
 use uuid::Uuid;
 
-const HS256_SECRET: &str = "bench-hs256-secret-0123456789abcdef-0123";
 const SERVER_SECRET: &str = "bench-server-secret-0123456789abcdef-0123";
 const LIMIT: usize = 10;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 fn unit_vector(rng: &mut StdRng) -> Vec<f32> {
     let v: Vec<f32> = (0..DIMENSIONS)
@@ -139,21 +134,6 @@ fn cordon_store(dir: &Path) -> (Arc<EdgeEngine>, Store) {
     (engine, store)
 }
 
-/// The HS256 token of the user every search here runs as.
-fn alice_token() -> String {
-    let hs = Secret::new(HS256_SECRET.as_bytes().to_vec());
-    mint_dev_token(
-        &hs,
-        "tenant",
-        "acme",
-        "alice",
-        Duration::from_secs(3600),
-        None,
-        None,
-    )
-    .expect("minting with a 40-byte secret")
-}
-
 fn query(vector: &[f32]) -> SearchQuery {
     SearchQuery {
         vector: vector.to_vec(),
@@ -166,18 +146,8 @@ fn query(vector: &[f32]) -> SearchQuery {
 fn engine_and_isolation(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let secret = Secret::new(SERVER_SECRET.as_bytes().to_vec());
-    let hs = Secret::new(HS256_SECRET.as_bytes().to_vec());
-    let verifier = Verifier::new(
-        load_keys(Some(&hs), None, None).expect("an HS256 key"),
-        VerifierConfig {
-            issuer: None,
-            audience: None,
-            tenant_claim: "tenant".into(),
-            leeway_secs: 30,
-            max_token_bytes: 8 * 1024,
-        },
-    );
-    let token = alice_token();
+    let verifier = support::hs256_verifier();
+    let token = support::hs256_token("alice");
     let owner = OwnerHash::derive(&secret, "acme", "alice");
     let mut rng = StdRng::seed_from_u64(7);
     let probe = unit_vector(&mut rng);
@@ -243,14 +213,8 @@ struct Serve {
 
 fn endpoint(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let embedder = support::embedder();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let embedder = Embedder::start(&EmbedSettings {
-        model_dir: repo("models"),
-        intra_threads: cores,
-        max_batch: 32,
-        queue_capacity: 1024,
-    })
-    .expect("model assets present: run `python3 models/fetch.py`");
     let data = TempDir::new().expect("temp dir");
     let threads = cores.to_string();
     // Every flag that shapes the measured path is given, so that CORDON_*
@@ -274,11 +238,11 @@ fn endpoint(c: &mut Criterion) {
         "--data-dir",
         &data.path().display().to_string(),
         "--model-dir",
-        &repo("models").display().to_string(),
+        &support::repo("models").display().to_string(),
         "--server-secret",
         SERVER_SECRET,
         "--jwt-hs256-secret",
-        HS256_SECRET,
+        support::HS256_SECRET,
     ])
     .args
     .into_settings()
@@ -289,7 +253,7 @@ fn endpoint(c: &mut Criterion) {
     let base = format!("http://{}", app.local_addr());
     runtime.spawn(app.run_until(std::future::pending()));
 
-    let token = alice_token();
+    let token = support::hs256_token("alice");
     let owner = OwnerHash::derive(
         &Secret::new(SERVER_SECRET.as_bytes().to_vec()),
         "acme",
