@@ -27,12 +27,13 @@ use clap::Parser;
 use cordon::app::Application;
 use cordon::embed::DIMENSIONS;
 use cordon::guard::Guard;
+use cordon::guarded::GuardedStore;
 use cordon::metrics::Metrics;
 use cordon::owner::OwnerHash;
 use cordon::secret::Secret;
 use cordon::settings::ServeArgs;
 use cordon::store::edge::{EdgeEngine, EdgeSettings, shard_config};
-use cordon::store::{Engine, NewMemory, SearchQuery, Store};
+use cordon::store::{Engine, NewMemory, SearchQuery};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use qdrant_edge::{
     EdgeShard, NamedQuery, Payload, PointId, PointInsertOperations, PointOperations,
@@ -65,6 +66,7 @@ fn memory(i: usize, text: String, vector: Vec<f32>) -> NewMemory {
         metadata,
         created_at: 1_763_900_000_000,
         vector,
+        request: None,
     }
 }
 
@@ -116,7 +118,7 @@ fn bare_search(shard: &EdgeShard, vector: &[f32]) -> usize {
 }
 
 /// Cordon's embedded engine behind the guard, in a temporary directory.
-fn cordon_store(dir: &Path) -> (Arc<EdgeEngine>, Store) {
+fn cordon_store(dir: &Path) -> (Arc<EdgeEngine>, GuardedStore) {
     let engine = Arc::new(
         EdgeEngine::open(EdgeSettings {
             data_dir: dir.to_owned(),
@@ -124,10 +126,12 @@ fn cordon_store(dir: &Path) -> (Arc<EdgeEngine>, Store) {
             name_hex_chars: 32,
             max_open_shards: 64,
             drill_skip_read_filter: false,
+            purge_after: std::time::Duration::from_secs(60),
+            wal_growth_bytes: cordon::store::edge::pool::WAL_GROWTH_BYTES,
         })
         .expect("an engine"),
     );
-    let store = Store::new(
+    let store = GuardedStore::new(
         Arc::new(engine.clone()),
         Guard::new(Arc::new(Metrics::default())),
     );

@@ -4,9 +4,10 @@
 //! listener (port 0 picks a free port, which the tests use). Failures are
 //! typed and name what is missing; nothing here panics on bad configuration.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -15,11 +16,12 @@ use crate::api::{self, AppState};
 use crate::auth::{AuthState, KeyError, Verifier, VerifierConfig, load_keys};
 use crate::embed::{EmbedError, Embedder};
 use crate::guard::Guard;
+use crate::guarded::GuardedStore;
 use crate::metrics::Metrics;
 use crate::settings::{Settings, StoreKind};
 use crate::store::edge::{EdgeEngine, EdgeSettings};
 use crate::store::qdrant::{QdrantEngine, QdrantSettings};
-use crate::store::{Engine, Store, StoreError};
+use crate::store::{Engine, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -91,13 +94,19 @@ impl Application {
         );
         let metrics = Arc::new(Metrics::default());
         let engine: Arc<dyn Engine> = match settings.store.kind {
-            StoreKind::Edge => Arc::new(Arc::new(EdgeEngine::open(EdgeSettings {
-                data_dir: settings.data_dir.clone(),
-                collection_prefix: settings.store.collection_prefix.clone(),
-                name_hex_chars: settings.store.name_hex_chars,
-                max_open_shards: settings.store.max_open_shards,
-                drill_skip_read_filter: settings.store.collision_drill,
-            })?)),
+            StoreKind::Edge => {
+                let edge = Arc::new(EdgeEngine::open(EdgeSettings {
+                    data_dir: settings.data_dir.clone(),
+                    collection_prefix: settings.store.collection_prefix.clone(),
+                    name_hex_chars: settings.store.name_hex_chars,
+                    max_open_shards: settings.store.max_open_shards,
+                    drill_skip_read_filter: settings.store.collision_drill,
+                    purge_after: settings.store.purge_after,
+                    wal_growth_bytes: settings.store.wal_growth_bytes,
+                })?);
+                edge.start_maintenance();
+                Arc::new(edge)
+            }
             StoreKind::Qdrant => Arc::new(Arc::new(QdrantEngine::connect(QdrantSettings {
                 connection: settings.store.qdrant.clone(),
                 collection_prefix: settings.store.collection_prefix.clone(),
@@ -110,7 +119,7 @@ impl Application {
                 "COLLISION DRILL: engine reads skip the owner filter, so only the guard separates users, and every store call costs one extra count. Never run this in production."
             );
         }
-        let mut store = Store::new(engine, Guard::new(metrics.clone()));
+        let mut store = GuardedStore::new(engine, Guard::new(metrics.clone()));
         if settings.store.collision_drill {
             store = store.with_shared_census(metrics.clone());
         }
@@ -133,7 +142,11 @@ impl Application {
                     addr: settings.bind,
                     source,
                 })?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            shutdown_grace: settings.shutdown_grace,
+        })
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -143,18 +156,40 @@ impl Application {
             .expect("a bound TCP listener has a local address")
     }
 
-    /// Serves until `shutdown` resolves, finishes in-flight requests, then
-    /// flushes and closes the store.
+    /// Serves until `shutdown` resolves, then stops accepting, gives the
+    /// requests in flight the grace period to finish, and flushes and closes
+    /// the store. Connections still open after the grace period are dropped.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let store = self.state.store.clone();
         let router = api::router(self.state);
-        let result = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let (begun, begun_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = begun.send(());
+        };
+        let serve = axum::serve(self.listener, router)
+            .with_graceful_shutdown(signal)
+            .into_future();
+        let grace = self.shutdown_grace;
+        let deadline = async move {
+            if begun_rx.await.is_err() {
+                // The server ended without a shutdown request.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            result = serve => result,
+            () = deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after the shutdown grace period; closing their connections");
+                Ok(())
+            }
+        };
         store.shutdown().await;
+        tracing::info!("shutdown complete");
         result
     }
 }

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// The body is not declared as JSON.
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    /// An `Idempotency-Key` the caller already used for a different body.
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
     /// No such memory for this caller (whether or not it exists for another).
     #[error("not found")]
     NotFound,
@@ -92,6 +95,11 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as application/json".into(),
+            ),
+            Self::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different body; use a new key for a new write".into(),
             ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such memory".into()),
             Self::NoRoute => (

@@ -16,7 +16,9 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
-use crate::store::{CREATED_FIELD, METADATA_FIELD, OWNER_FIELD, RawPoint, TEXT_FIELD};
+use crate::store::{
+    CREATED_FIELD, METADATA_FIELD, OWNER_FIELD, REQUEST_FIELD, RawPoint, TEXT_FIELD,
+};
 
 /// A memory verified to belong to the caller.
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +29,8 @@ pub struct Memory {
     created_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     score: Option<f32>,
+    #[serde(skip)]
+    request: Option<String>,
 }
 
 impl Memory {
@@ -43,6 +47,11 @@ impl Memory {
     /// The similarity score, for search results.
     pub fn score(&self) -> Option<f32> {
         self.score
+    }
+
+    /// Digest of the idempotent request that stored it, if one did.
+    pub fn request_digest(&self) -> Option<&str> {
+        self.request.as_deref()
     }
 }
 
@@ -101,12 +110,17 @@ impl Guard {
             .get(CREATED_FIELD)
             .and_then(Value::as_i64)
             .unwrap_or_default();
+        let request = match point.payload.remove(REQUEST_FIELD) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
         Some(Memory {
             id: point.id,
             text,
             metadata,
             created_at,
             score: point.score,
+            request,
         })
     }
 }

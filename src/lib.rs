@@ -3,7 +3,7 @@
 //! A request's identity comes from a verified JWT ([`auth`]), becomes a keyed
 //! [`owner::OwnerHash`], and selects one collection per user in the [`store`].
 //! Texts are embedded locally ([`embed`]); every point read back passes the
-//! [`guard`] before the [`api`] returns it.
+//! [`guard`] in the [`guarded`] store before the [`api`] returns it.
 
 pub mod api;
 pub mod app;
@@ -12,6 +12,7 @@ pub mod cli;
 pub mod embed;
 pub mod error;
 pub mod guard;
+pub mod guarded;
 pub mod metrics;
 pub mod owner;
 pub mod secret;

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Most user shards kept open at once.
     #[arg(long, env = "CORDON_MAX_OPEN_SHARDS", default_value_t = 1024)]
     pub max_open_shards: usize,
+    /// Longest time, in seconds, a deleted memory's text stays in its shard's
+    /// files before the shard is rewritten without it (embedded engine).
+    #[arg(long, env = "CORDON_PURGE_AFTER_SECS", default_value_t = 60)]
+    pub purge_after_secs: u64,
     /// Collision drill: drop the owner condition from engine read filters so
     /// the guard alone separates users sharing a collection. Never in production.
     #[arg(long, env = "CORDON_COLLISION_DRILL", default_value_t = false, action = clap::ArgAction::Set)]
@@ -111,6 +115,9 @@ pub struct ServeArgs {
     /// Most requests in flight; beyond this requests get 503 with Retry-After.
     #[arg(long, env = "CORDON_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
+    /// Seconds that requests in flight get to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "CORDON_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
 }
 
 /// JWT verification flags.
@@ -194,6 +201,10 @@ pub struct StoreSettings {
     pub name_hex_chars: usize,
     /// Most open shards (embedded engine).
     pub max_open_shards: usize,
+    /// Purge delay for deleted text (embedded engine).
+    pub purge_after: Duration,
+    /// WAL growth that makes a shard due for a rewrite (embedded engine).
+    pub wal_growth_bytes: u64,
     /// Collision drill mode (see [`ServeArgs::collision_drill`]).
     pub collision_drill: bool,
     /// Qdrant server (server engine).
@@ -236,6 +247,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Request limits.
     pub limits: Limits,
+    /// Time that requests in flight get to finish once shutdown begins.
+    pub shutdown_grace: Duration,
 }
 
 /// Why settings could not be loaded.
@@ -344,6 +357,8 @@ impl ServeArgs {
                 collection_prefix: self.collection_prefix,
                 name_hex_chars: self.collection_hex_chars,
                 max_open_shards: self.max_open_shards.max(1),
+                purge_after: Duration::from_secs(self.purge_after_secs),
+                wal_growth_bytes: crate::store::edge::pool::WAL_GROWTH_BYTES,
                 collision_drill: self.collision_drill,
                 qdrant: QdrantConnection {
                     url: self.qdrant_url,
@@ -361,6 +376,7 @@ impl ServeArgs {
                 request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
                 max_in_flight: self.max_in_flight.max(1),
             },
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         })
     }
 }

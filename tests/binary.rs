@@ -168,3 +168,62 @@ fn no_jwt_key_or_a_short_hs256_secret_refuses_to_start() {
     let err = start_failure(cordon(dir.path()).env("CORDON_JWT_HS256_SECRET", "short"));
     assert!(err.contains("at least 32"), "{err}");
 }
+
+/// Sends SIGTERM to the server, as an orchestrator stopping it would.
+fn terminate(server: &Server) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let alice = mint(dir.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    let mut server = serve(dir.path());
+
+    // Eight batches of 16 texts queue on one embedding thread: together they
+    // take far longer than the moment it takes to send the signal.
+    let mut in_flight = Vec::new();
+    for batch in 0..8 {
+        let texts: Vec<Value> = (0..16)
+            .map(|i| json!({ "text": format!("in flight {batch}-{i}: a note about the garden shed") }))
+            .collect();
+        let request = client
+            .post(format!("{}/v1/memories", server.base))
+            .bearer_auth(&alice)
+            .json(&json!({ "memories": texts }))
+            .send();
+        in_flight.push(tokio::spawn(request));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    terminate(&server);
+
+    let mut answered = 0;
+    for request in in_flight {
+        let response = request
+            .await
+            .expect("task joins")
+            .expect("an answer, not a reset");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        answered += 1;
+    }
+    assert_eq!(answered, 8);
+    let status = server.child.wait().expect("reaped");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    // Every answered write is on disk, flushed at shutdown.
+    let mut server = serve(dir.path());
+    let body = json_of(
+        client
+            .get(format!("{}/v1/memories/export", server.base))
+            .bearer_auth(&alice),
+    )
+    .await;
+    assert_eq!(body["memories"].as_array().expect("array").len(), 128);
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}

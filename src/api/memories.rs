@@ -7,26 +7,32 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{Json, Path, Query};
+use super::idempotency::{self, IdempotencyKey};
 use super::validate;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guard::Memory;
+use crate::guarded::Page;
 use crate::store::{NewMemory, SearchQuery};
 
 /// Default page size for list.
 const DEFAULT_LIST_LIMIT: usize = 20;
 /// Default number of search results.
 const DEFAULT_SEARCH_LIMIT: usize = 10;
-/// Page size used internally by export.
+/// Memories read per step of an export (its memory use).
 const EXPORT_PAGE: usize = 100;
 
 /// Routes of this module.
@@ -63,6 +69,7 @@ struct StoreResponse {
 async fn store(
     State(state): State<AppState>,
     caller: Caller,
+    IdempotencyKey(key): IdempotencyKey,
     Json(request): Json<StoreRequest>,
 ) -> Result<(StatusCode, axum::Json<StoreResponse>), ApiError> {
     let inputs = match request {
@@ -71,28 +78,46 @@ async fn store(
     };
     let limits = &state.limits;
     validate::count("memories", inputs.len(), limits)?;
-    let mut texts = Vec::with_capacity(inputs.len());
-    let mut metas = Vec::with_capacity(inputs.len());
+    let mut items = Vec::with_capacity(inputs.len());
     for input in inputs {
         validate::text("text", &input.text, limits)?;
-        metas.push(validate::metadata(input.metadata, limits)?);
-        texts.push(input.text);
+        let metadata = validate::metadata(input.metadata, limits)?;
+        items.push((input.text, metadata));
     }
-    let encoded = state.embedder.embed(&caller.owner, texts.clone()).await?;
+    let (ids, request): (Vec<Uuid>, Option<String>) = match &key {
+        Some(key) => {
+            let ids: Vec<Uuid> = (0..items.len())
+                .map(|i| idempotency::derive_id(&caller.owner, key, i))
+                .collect();
+            let digest = idempotency::body_digest(&items);
+            // A write is one engine call, so its first item stands for all.
+            if let Some(earlier) = state.store.get(&caller.owner, ids[0]).await? {
+                return if earlier.request_digest() == Some(digest.as_str()) {
+                    Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })))
+                } else {
+                    Err(ApiError::IdempotencyKeyReused)
+                };
+            }
+            (ids, Some(digest))
+        }
+        None => (items.iter().map(|_| Uuid::now_v7()).collect(), None),
+    };
+    let texts = items.iter().map(|(text, _)| text.clone()).collect();
+    let encoded = state.embedder.embed(&caller.owner, texts).await?;
     let created_at = now_millis();
-    let memories: Vec<NewMemory> = texts
+    let memories: Vec<NewMemory> = items
         .into_iter()
-        .zip(metas)
+        .zip(ids.iter())
         .zip(encoded.vectors)
-        .map(|((text, metadata), vector)| NewMemory {
-            id: Uuid::now_v7(),
+        .map(|(((text, metadata), id), vector)| NewMemory {
+            id: *id,
             text,
             metadata,
             created_at,
             vector,
+            request: request.clone(),
         })
         .collect();
-    let ids = memories.iter().map(|m| m.id).collect();
     let n = memories.len();
     state.store.put(&caller.owner, memories).await?;
     state.metrics.stored(n);
@@ -222,27 +247,74 @@ async fn erase(
     Ok(axum::Json(EraseResponse { deleted }))
 }
 
-#[derive(Debug, Serialize)]
-struct ExportResponse {
-    memories: Vec<Memory>,
+/// What the export stream has still to do.
+enum ExportState {
+    /// Write the opening and this first page (read before the response
+    /// started, so that an early failure still gets its status code).
+    Start(Page),
+    /// Read and write the page after this cursor.
+    After(Uuid),
+    /// Write the closing.
+    End,
+    Done,
 }
 
+/// Streams `{"memories": [...]}` page by page: memory use is one page,
+/// whatever the user's size. A store failure after the first page can only
+/// cut the stream short; the body then is not valid JSON, so a client cannot
+/// mistake it for a complete export.
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
-async fn export(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<axum::Json<ExportResponse>, ApiError> {
-    let mut memories = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = state.store.list(&caller.owner, cursor, EXPORT_PAGE).await?;
-        memories.extend(page.memories);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    Ok(axum::Json(ExportResponse { memories }))
+async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let first = state.store.list(&caller.owner, None, EXPORT_PAGE).await?;
+    let (store, owner) = (state.store.clone(), caller.owner.clone());
+    let chunks = stream::unfold(
+        (ExportState::Start(first), true),
+        move |(next, first_item)| {
+            let (store, owner) = (store.clone(), owner.clone());
+            async move {
+                let (page, head) = match next {
+                    ExportState::Start(page) => (page, &b"{\"memories\":["[..]),
+                    ExportState::After(cursor) => {
+                        match store.list(&owner, Some(cursor), EXPORT_PAGE).await {
+                            Ok(page) => (page, &b""[..]),
+                            Err(e) => {
+                                tracing::error!(error = %e, "export cut short by a store error");
+                                let err = std::io::Error::other("export cut short");
+                                return Some((Err(err), (ExportState::Done, false)));
+                            }
+                        }
+                    }
+                    ExportState::End => {
+                        return Some((Ok(Bytes::from_static(b"]}")), (ExportState::Done, false)));
+                    }
+                    ExportState::Done => return None,
+                };
+                let mut out = head.to_vec();
+                let mut first_item = first_item;
+                for memory in &page.memories {
+                    if !first_item {
+                        out.push(b',');
+                    }
+                    first_item = false;
+                    if let Err(e) = serde_json::to_writer(&mut out, memory) {
+                        tracing::error!(error = %e, "cannot encode a memory for export");
+                        let err = std::io::Error::other("export cut short");
+                        return Some((Err(err), (ExportState::Done, false)));
+                    }
+                }
+                let next = match page.next {
+                    Some(cursor) => ExportState::After(cursor),
+                    None => ExportState::End,
+                };
+                Some((Ok(Bytes::from(out)), (next, first_item)))
+            }
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 fn now_millis() -> i64 {

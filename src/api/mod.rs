@@ -8,6 +8,7 @@
 mod embeddings;
 mod extract;
 mod health;
+mod idempotency;
 mod memories;
 mod validate;
 
@@ -23,9 +24,9 @@ use tower_http::trace::TraceLayer;
 use crate::auth::AuthState;
 use crate::embed::Embedder;
 use crate::error::ApiError;
+use crate::guarded::GuardedStore;
 use crate::metrics::Metrics;
 use crate::settings::Limits;
-use crate::store::Store;
 
 /// Shared state of every request.
 #[derive(Clone)]
@@ -33,7 +34,7 @@ pub struct AppState {
     /// Token verification and owner hashing.
     pub auth: AuthState,
     /// Owner-scoped, guarded storage.
-    pub store: Store,
+    pub store: GuardedStore,
     /// The embedding worker.
     pub embedder: Embedder,
     /// Request limits.

@@ -70,6 +70,8 @@ pub fn settings(data_dir: &Path) -> Settings {
             collection_prefix: cordon::owner::COLLECTION_PREFIX.into(),
             name_hex_chars: 32,
             max_open_shards: 64,
+            purge_after: Duration::from_secs(60),
+            wal_growth_bytes: cordon::store::edge::pool::WAL_GROWTH_BYTES,
             collision_drill: false,
             qdrant: QdrantConnection {
                 url: std::env::var("QDRANT_URL").unwrap_or_else(|_| "http://127.0.0.1:6334".into()),
@@ -87,6 +89,7 @@ pub fn settings(data_dir: &Path) -> Settings {
             request_timeout: Duration::from_secs(60),
             max_in_flight: 512,
         },
+        shutdown_grace: Duration::from_secs(10),
     }
 }
 
@@ -114,6 +117,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// A test server over an existing data directory (kept after it stops).
 pub async fn spawn_app_on(data_dir: &Path, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    // Server logs show with `--nocapture` when RUST_LOG is set.
+    if std::env::var_os("RUST_LOG").is_some() {
+        cordon::telemetry::init(false);
+    }
     let mut s = settings(data_dir);
     configure(&mut s);
     let app = Application::build_with_embedder(s, embedder())

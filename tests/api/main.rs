@@ -4,8 +4,10 @@
 mod auth;
 mod embeddings;
 mod helpers;
+mod idempotency;
 mod isolation;
 mod memories;
 mod qdrant;
 mod restart;
+mod rewrite;
 mod validation;

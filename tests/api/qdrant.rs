@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::helpers::{TestApp, spawn_app_with, texts, token};
 
-fn use_qdrant_at(s: &mut Settings, url: String) {
+pub fn use_qdrant_at(s: &mut Settings, url: String) {
     s.store.kind = StoreKind::Qdrant;
     s.store.collection_prefix = format!(
         "cordon_test_{}_",

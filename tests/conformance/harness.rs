@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use cordon::embed::DIMENSIONS;
 use cordon::guard::Guard;
+use cordon::guarded::GuardedStore;
 use cordon::metrics::Metrics;
 use cordon::owner::OwnerHash;
 use cordon::secret::Secret;
 use cordon::settings::QdrantConnection;
 use cordon::store::edge::{EdgeEngine, EdgeSettings};
 use cordon::store::qdrant::{QdrantEngine, QdrantSettings};
-use cordon::store::{Engine, NewMemory, Store};
+use cordon::store::{Engine, NewMemory};
 use qdrant_client::Qdrant;
 use serde_json::{Map, Value};
 use tempfile::TempDir;
@@ -30,7 +31,7 @@ struct TestCollections {
 }
 
 pub struct Harness {
-    pub store: Store,
+    pub store: GuardedStore,
     pub metrics: Arc<Metrics>,
     backend: Backend,
     name_hex_chars: usize,
@@ -66,10 +67,10 @@ impl Harness {
     /// A second replica over the same storage: a separate engine for the
     /// server (as a second Cordon process would be), the same one for the
     /// embedded engine (one process owns a data directory).
-    pub fn replica(&self) -> Store {
+    pub fn replica(&self) -> GuardedStore {
         match &self.backend {
             Backend::Edge(_) => self.store.clone(),
-            Backend::Qdrant(c) => Store::new(
+            Backend::Qdrant(c) => GuardedStore::new(
                 qdrant_engine(&c.prefix, self.name_hex_chars, self.collision_drill),
                 Guard::new(self.metrics.clone()),
             ),
@@ -96,7 +97,7 @@ impl Harness {
             Backend::Qdrant(c) => qdrant_engine(&c.prefix, name_hex_chars, collision_drill),
         };
         Harness {
-            store: Store::new(engine, Guard::new(metrics.clone())),
+            store: GuardedStore::new(engine, Guard::new(metrics.clone())),
             metrics,
             backend,
             name_hex_chars,
@@ -155,6 +156,8 @@ fn edge_engine(dir: &TempDir, name_hex_chars: usize, collision_drill: bool) -> A
         name_hex_chars,
         max_open_shards: 8,
         drill_skip_read_filter: collision_drill,
+        purge_after: std::time::Duration::from_secs(60),
+        wal_growth_bytes: cordon::store::edge::pool::WAL_GROWTH_BYTES,
     })
     .expect("engine opens");
     Arc::new(Arc::new(engine))
@@ -165,7 +168,7 @@ pub async fn embedded(name_hex_chars: usize, collision_drill: bool) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let metrics = Arc::new(Metrics::default());
     Harness {
-        store: Store::new(
+        store: GuardedStore::new(
             edge_engine(&dir, name_hex_chars, collision_drill),
             Guard::new(metrics.clone()),
         ),
@@ -234,7 +237,7 @@ pub async fn qdrant(name_hex_chars: usize, collision_drill: bool) -> Harness {
         .expect("QDRANT_URL answers and is 1.18+");
     let metrics = Arc::new(Metrics::default());
     Harness {
-        store: Store::new(engine, Guard::new(metrics.clone())),
+        store: GuardedStore::new(engine, Guard::new(metrics.clone())),
         metrics,
         backend: Backend::Qdrant(TestCollections { client, prefix }),
         name_hex_chars,
@@ -260,5 +263,6 @@ pub fn memory(text: &str, vector: Vec<f32>, metadata: Value) -> NewMemory {
         metadata: metadata.as_object().cloned().unwrap_or_else(Map::new),
         created_at: 1,
         vector,
+        request: None,
     }
 }

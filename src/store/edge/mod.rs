@@ -1,39 +1,42 @@
 //! The embedded engine: one qdrant-edge shard directory per user.
 //!
 //! Shards live under `<data_dir>/shards/<collection name>`, are created on the
-//! first write and opened lazily on first use. Open shards sit in a bounded LRU
-//! because each holds file descriptors and memory maps. qdrant-edge is
-//! synchronous and does disk I/O, so every call runs on tokio's blocking pool.
+//! first write and opened lazily on first use; [`pool`] keeps the open ones
+//! bounded, [`rewrite`] keeps each one's files bounded and free of deleted
+//! text, and [`files`] holds the directory steps that must survive a crash.
+//! qdrant-edge is synchronous and does disk I/O, so every call runs on tokio's
+//! blocking pool.
 //!
 //! Durability: qdrant-edge 0.7 never replays its WAL when a shard is loaded
 //! (`EdgeShard::load` opens the WAL but does not read it), so a write is only
 //! durable once the segments are flushed. Every write is therefore flushed
 //! before it is acknowledged; there is no faster, weaker mode.
-//!
-//! Locking: each shard has one `RwLock`. Reads share it; writes, flushes and
-//! closes take it exclusively, because `EdgeShard::flush` (which `Drop` also
-//! runs) panics if an update holds the shard's internal locks. A shard leaves
-//! the LRU only when no request holds it, and it is closed under the pool lock
-//! so that no second handle can open the same directory while it flushes.
+
+pub mod files;
+pub mod pool;
+pub mod rewrite;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use ahash::AHashSet;
 use async_trait::async_trait;
-use lru::LruCache;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use qdrant_edge::{
-    Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig,
-    EdgeOptimizersConfig, EdgeShard, EdgeVectorParams, FieldCondition, FieldIndexOperations,
-    Filter, HasIdCondition, JsonPath, Match, MatchValue, NamedQuery, Payload, PayloadFieldSchema,
-    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStructPersisted,
+    Condition, CountRequest, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeOptimizersConfig,
+    EdgeVectorParams, FieldCondition, Filter, HasIdCondition, JsonPath, Match, MatchValue,
+    NamedQuery, Payload, PointId, PointInsertOperations, PointOperations, PointStructPersisted,
     QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants,
     VectorStructPersisted, WalOptions, WithPayloadInterface, WithVector,
 };
+use tokio::sync::Notify;
 use uuid::Uuid;
+
+pub use pool::{MAPS_PER_OPEN_SHARD, fit_open_shards, max_map_count};
 
 use super::{
     Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
@@ -41,37 +44,14 @@ use super::{
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
+use pool::{Pool, Slot};
 
 /// WAL segment size per shard: small, because thousands of shards each
 /// preallocate one (the 32 MiB default would cost 32 MiB of disk per user).
 const WAL_SEGMENT_BYTES: usize = 1024 * 1024;
 
-/// Memory maps one open shard holds (measured: 100 open shards added 2,294
-/// maps to the process, 256 added 5,869; rounded up).
-pub const MAPS_PER_OPEN_SHARD: usize = 24;
-
-/// Maps left for everything else in the process (model, runtime, libraries).
-const MAPS_HEADROOM: usize = 4096;
-
-/// The largest LRU bound that fits under the kernel's `vm.max_map_count`,
-/// or `wanted` when the limit cannot be read or is high enough.
-pub fn fit_open_shards(wanted: usize, max_map_count: Option<usize>) -> usize {
-    match max_map_count {
-        Some(limit) if wanted * MAPS_PER_OPEN_SHARD + MAPS_HEADROOM > limit => {
-            (limit.saturating_sub(MAPS_HEADROOM) / MAPS_PER_OPEN_SHARD).max(1)
-        }
-        _ => wanted,
-    }
-}
-
-/// Reads `vm.max_map_count` (Linux).
-pub fn max_map_count() -> Option<usize> {
-    std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
+/// How often the maintenance task looks for shards due for a rewrite.
+const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
 
 /// Settings of the embedded engine.
 #[derive(Debug, Clone)]
@@ -87,24 +67,29 @@ pub struct EdgeSettings {
     /// Collision drill only: leave the owner condition out of read filters
     /// so that the guard alone separates users who share a shard.
     pub drill_skip_read_filter: bool,
-}
-
-/// One shard slot: `None` until opened, and again after erase.
-struct Slot {
-    dir: PathBuf,
-    shard: RwLock<Option<EdgeShard>>,
+    /// Longest time a deleted memory's text may stay in its shard's files
+    /// before the shard is rewritten (the rewrite's own time comes on top).
+    pub purge_after: Duration,
+    /// WAL growth past twice its size after the last rewrite that makes a
+    /// shard due for a rewrite (default [`pool::WAL_GROWTH_BYTES`]).
+    pub wal_growth_bytes: u64,
 }
 
 /// The embedded qdrant-edge engine.
 pub struct EdgeEngine {
     settings: EdgeSettings,
     root: PathBuf,
-    pool: Mutex<LruCache<String, Arc<Slot>>>,
+    pool: Pool,
+    /// Shards due for a rewrite, by name, with the moment they fall due.
+    due: Mutex<HashMap<String, Instant>>,
+    stopping: AtomicBool,
+    stop: Notify,
+    maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
     // Held for the engine's lifetime; the OS releases it if the process dies.
     _lock: std::fs::File,
 }
 
-fn engine_err(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn engine_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
@@ -137,7 +122,7 @@ pub fn shard_config() -> EdgeConfig {
     }
 }
 
-fn owner_path() -> JsonPath {
+pub(crate) fn owner_path() -> JsonPath {
     JsonPath::try_from(OWNER_FIELD).expect("the owner field name is a valid JSON path")
 }
 
@@ -196,85 +181,9 @@ fn to_raw(id: PointId, score: Option<f32>, payload: Option<Payload>) -> Option<R
     })
 }
 
-impl Slot {
-    /// Opens the shard if its directory exists (or `create` is set).
-    /// Returns false when there is nothing to open.
-    fn ensure_open(&self, create: bool) -> Result<bool, StoreError> {
-        if self.shard.read().is_some() {
-            return Ok(true);
-        }
-        let mut guard = self.shard.write();
-        if guard.is_some() {
-            return Ok(true);
-        }
-        let exists = self.dir.join("edge_config.json").is_file();
-        if !exists && !create {
-            return Ok(false);
-        }
-        std::fs::create_dir_all(&self.dir).map_err(engine_err)?;
-        let shard = EdgeShard::load(&self.dir, Some(shard_config())).map_err(engine_err)?;
-        if !exists {
-            // The owner field is filtered on by every read.
-            shard
-                .update(UpdateOperation::FieldIndexOperation(
-                    FieldIndexOperations::CreateIndex(CreateIndex {
-                        field_name: owner_path(),
-                        field_schema: Some(PayloadFieldSchema::FieldType(
-                            PayloadSchemaType::Keyword,
-                        )),
-                    }),
-                ))
-                .map_err(engine_err)?;
-        }
-        *guard = Some(shard);
-        Ok(true)
-    }
-
-    fn read<R>(
-        &self,
-        f: impl FnOnce(&EdgeShard) -> Result<R, StoreError>,
-    ) -> Result<Option<R>, StoreError> {
-        if !self.ensure_open(false)? {
-            return Ok(None);
-        }
-        let guard = self.shard.read();
-        match guard.as_ref() {
-            Some(shard) => f(shard).map(Some),
-            // Erased between open and read: nothing to read.
-            None => Ok(None),
-        }
-    }
-
-    /// Runs an update and flushes it while holding the shard exclusively.
-    fn update(&self, create: bool, op: UpdateOperation) -> Result<Option<()>, StoreError> {
-        self.write(create, |shard| {
-            shard.update(op).map_err(engine_err)?;
-            // Safe: we hold the slot exclusively, so no update is running.
-            shard.flush();
-            Ok(())
-        })
-    }
-
-    fn write<R>(
-        &self,
-        create: bool,
-        f: impl FnOnce(&EdgeShard) -> Result<R, StoreError>,
-    ) -> Result<Option<R>, StoreError> {
-        loop {
-            if !self.ensure_open(create)? {
-                return Ok(None);
-            }
-            let guard = self.shard.write();
-            if let Some(shard) = guard.as_ref() {
-                return f(shard).map(Some);
-            }
-            // Erased between open and write: open again.
-        }
-    }
-}
-
 impl EdgeEngine {
-    /// Opens the engine over `settings.data_dir`; shards open lazily.
+    /// Opens the engine over `settings.data_dir`; shards open lazily. A
+    /// rewrite or removal that a crash interrupted is finished first.
     pub fn open(mut settings: EdgeSettings) -> Result<Self, StoreError> {
         let limit = max_map_count();
         let fitted = fit_open_shards(settings.max_open_shards, limit);
@@ -283,7 +192,7 @@ impl EdgeEngine {
                 wanted = settings.max_open_shards,
                 using = fitted,
                 vm_max_map_count = limit.unwrap_or_default(),
-                "each open shard holds about {MAPS_PER_OPEN_SHARD} memory maps; lowered the open-shard bound to fit vm.max_map_count (raise it, e.g. to 262144, to keep more shards open)"
+                "each open shard holds up to {MAPS_PER_OPEN_SHARD} memory maps; lowered the open-shard bound to fit vm.max_map_count (raise it, e.g. to 262144, to keep more shards open)"
             );
             settings.max_open_shards = fitted;
         }
@@ -307,14 +216,116 @@ impl EdgeEngine {
                 settings.data_dir.display()
             ))
         })?;
-        empty_trash(&root)?;
-        let cap = NonZeroUsize::new(settings.max_open_shards.max(1)).expect("max(1) is non-zero");
+        let repaired = files::repair(&root)?;
+        if repaired != files::Repaired::default() {
+            tracing::warn!(
+                abandoned_rewrites = repaired.abandoned_rewrites,
+                completed_swaps = repaired.completed_swaps,
+                trash_removed = repaired.trash_removed,
+                "repaired shard directories left by an interrupted run"
+            );
+        }
+        // Deletes whose text a crash kept on disk fall due as they would have.
+        let now = (Instant::now(), SystemTime::now());
+        let due = files::pending_purges(&root)
+            .into_iter()
+            .map(|(name, since)| {
+                let age = now.1.duration_since(since).unwrap_or_default();
+                let wait = settings.purge_after.saturating_sub(age);
+                (name, now.0 + wait)
+            })
+            .collect();
+        let pool = Pool::new(&root, settings.max_open_shards, settings.wal_growth_bytes);
         Ok(Self {
             settings,
             root,
-            pool: Mutex::new(LruCache::new(cap)),
+            pool,
+            due: Mutex::new(due),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            maintenance: Mutex::new(None),
             _lock: lock,
         })
+    }
+
+    /// Starts the background task that rewrites shards as they fall due.
+    /// Needs a tokio runtime; [`Engine::shutdown`] stops it.
+    pub fn start_maintenance(self: &Arc<Self>) {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(MAINTENANCE_TICK) => {}
+                    () = this.stop.notified() => {}
+                }
+                if this.is_stopping() {
+                    return;
+                }
+                for name in this.take_due() {
+                    if this.is_stopping() {
+                        return;
+                    }
+                    let job = this.clone();
+                    let task_name = name.clone();
+                    let result =
+                        tokio::task::spawn_blocking(move || job.rewrite_blocking(&task_name)).await;
+                    match result {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(shard = %this.shard_tag(&name), error = %e, "shard rewrite failed; retrying later");
+                            this.schedule(
+                                &name,
+                                Instant::now()
+                                    + this.settings.purge_after.max(Duration::from_secs(5)),
+                            );
+                        }
+                        Err(e) => {
+                            tracing::error!(shard = %this.shard_tag(&name), error = %e, "shard rewrite panicked");
+                        }
+                    }
+                }
+            }
+        });
+        *self.maintenance.lock() = Some(task);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Names of shards whose rewrite is due now, removed from the schedule.
+    fn take_due(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut due = self.due.lock();
+        let ready: Vec<String> = due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &ready {
+            due.remove(name);
+        }
+        ready
+    }
+
+    /// Schedules a rewrite of `name` at `at`, or earlier if already scheduled.
+    fn schedule(&self, name: &str, at: Instant) {
+        let mut due = self.due.lock();
+        let entry = due.entry(name.to_owned()).or_insert(at);
+        *entry = (*entry).min(at);
+    }
+
+    /// Shards scheduled for a rewrite (due or not).
+    pub fn scheduled_rewrites(&self) -> usize {
+        self.due.lock().len()
+    }
+
+    /// A shard name for logs: the same 12 hex characters as an owner's tag.
+    fn shard_tag(&self, name: &str) -> String {
+        let hex = name
+            .strip_prefix(&self.settings.collection_prefix)
+            .unwrap_or(name);
+        hex.chars().take(12).collect()
     }
 
     fn slot(&self, owner: &OwnerHash) -> Arc<Slot> {
@@ -322,45 +333,14 @@ impl EdgeEngine {
             &self.settings.collection_prefix,
             self.settings.name_hex_chars,
         );
-        let mut pool = self.pool.lock();
-        if let Some(slot) = pool.get(&name) {
-            return slot.clone();
-        }
-        let slot = Arc::new(Slot {
-            dir: self.root.join(&name),
-            shard: RwLock::new(None),
-        });
-        // `push` never evicts on its own here: capacity is managed below so
-        // that a shard in use is never closed under a running request.
-        let grown = NonZeroUsize::new(pool.len() + 1).expect("len + 1 is non-zero");
-        pool.resize(grown);
-        pool.push(name, slot.clone());
-        self.evict_idle(&mut pool);
-        slot
+        self.pool.slot(&name)
     }
 
-    fn evict_idle(&self, pool: &mut LruCache<String, Arc<Slot>>) {
-        let cap = self.settings.max_open_shards.max(1);
-        if pool.len() <= cap {
-            return;
+    /// Schedules a rewrite when the slot's WAL has outgrown its bound.
+    fn check_wal(&self, slot: &Slot) {
+        if slot.wal_over_limit() {
+            self.schedule(&slot.name, Instant::now());
         }
-        // Oldest first; only slots that no request holds (the pool's Arc is
-        // the only one) may close.
-        let idle: Vec<String> = pool
-            .iter()
-            .rev()
-            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
-            .map(|(name, _)| name.clone())
-            .take(pool.len() - cap)
-            .collect();
-        for name in idle {
-            // Dropping the slot drops the shard, which flushes it. This happens
-            // under the pool lock on purpose: nobody can reopen the directory
-            // until the flush is done.
-            pool.pop(&name);
-        }
-        let len = pool.len();
-        pool.resize(NonZeroUsize::new(len.max(cap)).expect("max(cap>=1) is non-zero"));
     }
 
     fn read_filter(&self, owner: &OwnerHash, mut extra: Vec<Condition>) -> Option<Filter> {
@@ -395,12 +375,34 @@ impl EdgeEngine {
                 }
             })
             .collect();
-        self.slot(owner).update(
+        let slot = self.slot(owner);
+        slot.update(
             true,
             UpdateOperation::PointOperation(PointOperations::UpsertPoints(
                 PointInsertOperations::PointsList(points),
             )),
+            || Ok(()),
         )?;
+        self.check_wal(&slot);
+        Ok(())
+    }
+
+    fn delete_blocking(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
+        // Deletes always carry the owner condition, drill or not.
+        let filter = filter(vec![owner_condition(owner), has_id(id)]).expect("two conditions");
+        let slot = self.slot(owner);
+        let dir = slot.dir.clone();
+        let deleted = slot.update(
+            false,
+            UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter)),
+            // Under the shard's lock, so that a rewrite's swap cannot fall
+            // between the marker and the delete.
+            || files::mark_purge_pending(&dir),
+        )?;
+        if deleted.is_some() {
+            self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
+            self.check_wal(&slot);
+        }
         Ok(())
     }
 
@@ -430,6 +432,58 @@ impl EdgeEngine {
             Ok(RawPage::after_cursor(records, after, limit, next.is_some()))
         })?;
         Ok(page.unwrap_or_else(RawPage::empty))
+    }
+
+    fn erase_blocking(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        let slot = self.slot(owner);
+        if !slot.ensure_open(false)? {
+            return Ok(0);
+        }
+        let mut guard = slot.shard.write();
+        let Some(shard) = guard.as_ref() else {
+            return Ok(0);
+        };
+        let mine = filter(vec![owner_condition(owner)]);
+        let removed = shard
+            .count(CountRequest {
+                filter: mine.clone(),
+                exact: true,
+            })
+            .map_err(engine_err)?;
+        files::mark_purge_pending(&slot.dir)?;
+        shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::DeletePointsByFilter(mine.clone().expect("one condition")),
+            ))
+            .map_err(engine_err)?;
+        let left = shard
+            .count(CountRequest {
+                filter: None,
+                exact: true,
+            })
+            .map_err(engine_err)?;
+        if left == 0 {
+            // Nobody else's points live here: remove the shard entirely. A
+            // rewrite copying it is cancelled. Dropping the shard flushes; we
+            // hold the slot exclusively.
+            *slot.journal.lock() = None;
+            drop(guard.take());
+            slot.bump_generation();
+            files::discard_dir(&self.root, &slot.dir)?;
+            self.due.lock().remove(&slot.name);
+        } else {
+            // A shared (collided) shard keeps the other owners' points; the
+            // erased ones' text goes at its next rewrite.
+            shard.flush();
+            if let Some(journal) = slot.journal.lock().as_mut() {
+                journal.push(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(mine.expect("one condition")),
+                ));
+            }
+            drop(guard);
+            self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
+        }
+        Ok(removed)
     }
 }
 
@@ -490,16 +544,7 @@ impl Engine for Arc<EdgeEngine> {
 
     async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
         let (this, owner) = (self.clone(), owner.clone());
-        EdgeEngine::blocking(move || {
-            // Deletes always carry the owner condition, drill or not.
-            let filter = filter(vec![owner_condition(&owner), has_id(id)]).expect("two conditions");
-            this.slot(&owner).update(
-                false,
-                UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter)),
-            )?;
-            Ok(())
-        })
-        .await
+        EdgeEngine::blocking(move || this.delete_blocking(&owner, id)).await
     }
 
     async fn scroll(
@@ -518,45 +563,7 @@ impl Engine for Arc<EdgeEngine> {
 
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
         let (this, owner) = (self.clone(), owner.clone());
-        EdgeEngine::blocking(move || {
-            let slot = this.slot(&owner);
-            if !slot.ensure_open(false)? {
-                return Ok(0);
-            }
-            let mut guard = slot.shard.write();
-            let Some(shard) = guard.as_ref() else {
-                return Ok(0);
-            };
-            let mine = filter(vec![owner_condition(&owner)]);
-            let removed = shard
-                .count(CountRequest {
-                    filter: mine.clone(),
-                    exact: true,
-                })
-                .map_err(engine_err)?;
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::DeletePointsByFilter(mine.expect("one condition")),
-                ))
-                .map_err(engine_err)?;
-            let left = shard
-                .count(CountRequest {
-                    filter: None,
-                    exact: true,
-                })
-                .map_err(engine_err)?;
-            if left == 0 {
-                // Nobody else's points live here: remove the shard entirely.
-                // Dropping it flushes; we hold the slot exclusively.
-                drop(guard.take());
-                discard_dir(&this.root, &slot.dir)?;
-            } else {
-                // A shared (collided) shard keeps the other owners' points.
-                shard.flush();
-            }
-            Ok(removed)
-        })
-        .await
+        EdgeEngine::blocking(move || this.erase_blocking(&owner)).await
     }
 
     async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
@@ -594,62 +601,20 @@ impl Engine for Arc<EdgeEngine> {
     }
 
     async fn shutdown(&self) {
+        // A rewrite in progress stops at its next page; its shard is untouched.
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_one();
+        let task = self.maintenance.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         let this = self.clone();
         let _ = EdgeEngine::blocking(move || {
-            let mut pool = this.pool.lock();
-            let n = pool.len();
             // Dropping each slot flushes and closes its shard.
-            pool.clear();
+            let n = this.pool.clear();
             tracing::info!(shards = n, "closed all shards");
             Ok(())
         })
         .await;
-    }
-}
-
-/// Prefix of shard directories on their way out.
-const TRASH_PREFIX: &str = ".trash-";
-
-/// Removes a shard directory so that a crash midway cannot leave a
-/// half-deleted shard under a live name: rename first (atomic), then delete.
-fn discard_dir(root: &Path, dir: &Path) -> Result<(), StoreError> {
-    let trash = root.join(format!("{TRASH_PREFIX}{}", Uuid::new_v4()));
-    match std::fs::rename(dir, &trash) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(engine_err(format!("cannot remove {}: {e}", dir.display()))),
-    }
-    std::fs::remove_dir_all(&trash)
-        .map_err(|e| engine_err(format!("cannot remove {}: {e}", trash.display())))
-}
-
-/// Finishes removals that a crash interrupted.
-fn empty_trash(root: &Path) -> Result<(), StoreError> {
-    let entries = std::fs::read_dir(root).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(TRASH_PREFIX)
-        {
-            std::fs::remove_dir_all(entry.path())
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_open_shard_bound_fits_under_the_map_limit() {
-        assert_eq!(fit_open_shards(256, Some(65_530)), 256);
-        assert_eq!(fit_open_shards(256, None), 256);
-        let fitted = fit_open_shards(10_000, Some(65_530));
-        assert!(fitted * MAPS_PER_OPEN_SHARD + MAPS_HEADROOM <= 65_530);
-        assert!(fitted > 2_000);
-        assert_eq!(fit_open_shards(10, Some(100)), 1);
     }
 }

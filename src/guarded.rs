@@ -1,0 +1,152 @@
+//! The store that handlers use: an engine whose every read passes the guard.
+//!
+//! This layer sits above both [`crate::store`] (the engines, which return
+//! unverified points) and [`crate::guard`] (which checks them): it is the one
+//! place that joins the two, so that neither depends on the other's caller.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::guard::{Guard, Memory};
+use crate::metrics::Metrics;
+use crate::owner::OwnerHash;
+use crate::store::{Engine, NewMemory, SearchQuery, StoreError};
+
+/// The store handlers use: an engine whose every read passes the guard.
+#[derive(Clone)]
+pub struct GuardedStore {
+    engine: Arc<dyn Engine>,
+    guard: Guard,
+    /// Set in collision drills: where requests that touch a shared
+    /// collection are counted.
+    census: Option<Arc<Metrics>>,
+}
+
+/// One page of verified memories.
+#[derive(Debug)]
+pub struct Page {
+    /// Memories on this page, all the caller's own.
+    pub memories: Vec<Memory>,
+    /// Cursor for the next page.
+    pub next: Option<Uuid>,
+}
+
+impl GuardedStore {
+    /// Wraps an engine with the guard.
+    pub fn new(engine: Arc<dyn Engine>, guard: Guard) -> Self {
+        Self {
+            engine,
+            guard,
+            census: None,
+        }
+    }
+
+    /// Also counts, in `metrics`, every call whose collection holds another
+    /// owner's points. Costs one engine count per call: for collision drills.
+    pub fn with_shared_census(mut self, metrics: Arc<Metrics>) -> Self {
+        self.census = Some(metrics);
+        self
+    }
+
+    /// Counts the call if `owner`'s collection is shared at this moment. A
+    /// failed count is logged, not returned: it is a drill's diagnostic and
+    /// must not fail the request it observes.
+    async fn census(&self, owner: &OwnerHash) {
+        let Some(metrics) = &self.census else { return };
+        match self.engine.holds_other_owners(owner).await {
+            Ok(true) => metrics.shared_collection_touched(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "shared-collection census failed"),
+        }
+    }
+
+    /// Writes memories for `owner`.
+    pub async fn put(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
+        self.census(owner).await;
+        self.engine.upsert(owner, memories).await
+    }
+
+    /// Searches `owner`'s memories.
+    pub async fn search(
+        &self,
+        owner: &OwnerHash,
+        query: SearchQuery,
+    ) -> Result<Vec<Memory>, StoreError> {
+        self.census(owner).await;
+        let points = self.engine.search(owner, query).await?;
+        Ok(self.guard.admit(owner, points, "search"))
+    }
+
+    /// One of `owner`'s memories, or `None` (also when it is someone else's).
+    pub async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
+        self.census(owner).await;
+        self.guarded_get(owner, id).await
+    }
+
+    async fn guarded_get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
+        let point = self.engine.get(owner, id).await?;
+        Ok(self
+            .guard
+            .admit(owner, point.into_iter().collect(), "get")
+            .pop())
+    }
+
+    /// Deletes one of `owner`'s memories; `false` if it had none with this id.
+    pub async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<bool, StoreError> {
+        self.census(owner).await;
+        if self.guarded_get(owner, id).await?.is_none() {
+            return Ok(false);
+        }
+        self.engine.delete(owner, id).await?;
+        Ok(true)
+    }
+
+    /// A page of `owner`'s memories.
+    pub async fn list(
+        &self,
+        owner: &OwnerHash,
+        mut after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.census(owner).await;
+        loop {
+            let page = self.engine.scroll(owner, after, limit).await?;
+            let memories = self.guard.admit(owner, page.points, "list");
+            // The cursor handed out is always one of the caller's own ids; a
+            // page the guard emptied (possible only when the engine filter
+            // failed) is skipped rather than answered with a foreign cursor.
+            match (memories.last().map(Memory::id), page.next) {
+                (_, None) => {
+                    return Ok(Page {
+                        memories,
+                        next: None,
+                    });
+                }
+                (Some(last), Some(_)) => {
+                    return Ok(Page {
+                        memories,
+                        next: Some(last),
+                    });
+                }
+                (None, Some(next)) => after = Some(next),
+            }
+        }
+    }
+
+    /// Deletes all of `owner`'s memories.
+    pub async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        self.census(owner).await;
+        self.engine.erase(owner).await
+    }
+
+    /// Whether the engine can serve requests.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.engine.ready().await
+    }
+
+    /// Flushes and closes the engine.
+    pub async fn shutdown(&self) {
+        self.engine.shutdown().await
+    }
+}

@@ -1,0 +1,272 @@
+//! The shard directory layout and the file steps that must survive a crash.
+//!
+//! Under `<data_dir>/shards/` a live shard is a directory named after its
+//! collection. Names starting with a dot are never shards: `.rewrite-<name>`
+//! is a rewrite being built (incomplete until renamed), `.swap-<name>` a
+//! finished rewrite waiting to replace `<name>`, and `.trash-<uuid>` a
+//! directory on its way out. Every change of which directory is live is one
+//! `rename`, followed by an fsync of the parent, so a crash leaves either the
+//! old or the new state, and [`repair`] finishes or undoes the rest at start.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use crate::store::StoreError;
+
+/// Prefix of shard directories on their way out.
+const TRASH_PREFIX: &str = ".trash-";
+/// Prefix of a rewrite still being built.
+const BUILDING_PREFIX: &str = ".rewrite-";
+/// Prefix of a finished rewrite that has not yet replaced its shard.
+const SWAP_PREFIX: &str = ".swap-";
+
+/// Marker inside a shard: a memory was deleted and its text may still be in
+/// the shard's files until the next rewrite. Its mtime is the first such delete.
+pub const PURGE_MARKER: &str = "cordon-purge-pending";
+/// Inside a shard: its WAL size right after the last rewrite (JSON).
+pub const BASELINE_FILE: &str = "cordon-rewrite.json";
+
+pub(super) fn storage_err(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(format!("{context}: {e}"))
+}
+
+/// Where a rewrite of shard `name` is built.
+pub fn building_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(format!("{BUILDING_PREFIX}{name}"))
+}
+
+/// Where a finished rewrite of shard `name` waits for its swap.
+pub fn swap_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(format!("{SWAP_PREFIX}{name}"))
+}
+
+/// Makes a rename or creation in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| storage_err(&format!("cannot sync {}", dir.display()), e))
+}
+
+/// Renames `from` to `to` and makes it durable.
+pub fn rename_durably(root: &Path, from: &Path, to: &Path) -> Result<(), StoreError> {
+    std::fs::rename(from, to).map_err(|e| {
+        storage_err(
+            &format!("cannot rename {} to {}", from.display(), to.display()),
+            e,
+        )
+    })?;
+    sync_dir(root)
+}
+
+/// Moves `dir` out of the way in one atomic step and returns where it went;
+/// `None` when it did not exist. Delete the result with [`remove_trash`].
+pub fn move_to_trash(root: &Path, dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    let trash = root.join(format!("{TRASH_PREFIX}{}", Uuid::new_v4()));
+    match std::fs::rename(dir, &trash) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(storage_err(&format!("cannot remove {}", dir.display()), e)),
+    }
+    sync_dir(root)?;
+    Ok(Some(trash))
+}
+
+/// Deletes a directory that [`move_to_trash`] moved aside.
+pub fn remove_trash(trash: &Path) -> Result<(), StoreError> {
+    std::fs::remove_dir_all(trash)
+        .map_err(|e| storage_err(&format!("cannot remove {}", trash.display()), e))
+}
+
+/// Removes a shard directory so that a crash midway cannot leave a
+/// half-deleted shard under a live name: rename first, then delete.
+pub fn discard_dir(root: &Path, dir: &Path) -> Result<(), StoreError> {
+    match move_to_trash(root, dir)? {
+        Some(trash) => remove_trash(&trash),
+        None => Ok(()),
+    }
+}
+
+/// Records durably that `dir` holds deleted text, keeping the time of the
+/// first such delete. Must run before the delete is acknowledged.
+pub fn mark_purge_pending(dir: &Path) -> Result<(), StoreError> {
+    let marker = dir.join(PURGE_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    std::fs::File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| storage_err(&format!("cannot create {}", marker.display()), e))?;
+    sync_dir(dir)
+}
+
+/// When the oldest unpurged delete in `dir` happened, if any is pending.
+pub fn purge_pending_since(dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(dir.join(PURGE_MARKER))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// Bytes of the shard's WAL files.
+pub fn wal_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir.join("wal")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The WAL size recorded right after the shard's last rewrite (0 if never).
+pub fn read_baseline(dir: &Path) -> u64 {
+    std::fs::read(dir.join(BASELINE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("wal_bytes")?.as_u64())
+        .unwrap_or(0)
+}
+
+/// Records the WAL size of a freshly rewritten shard (before its swap).
+pub fn write_baseline(dir: &Path, wal_bytes: u64) -> Result<(), StoreError> {
+    let path = dir.join(BASELINE_FILE);
+    let body = serde_json::json!({ "wal_bytes": wal_bytes }).to_string();
+    std::fs::write(&path, body)
+        .and_then(|()| std::fs::File::open(&path)?.sync_all())
+        .map_err(|e| storage_err(&format!("cannot write {}", path.display()), e))
+}
+
+/// What [`repair`] found and did at start.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Unfinished rewrites removed (their shard was untouched).
+    pub abandoned_rewrites: usize,
+    /// Finished rewrites whose swap a crash interrupted, now completed.
+    pub completed_swaps: usize,
+    /// Interrupted removals finished.
+    pub trash_removed: usize,
+}
+
+/// Finishes or undoes whatever a crash interrupted, before any shard opens.
+///
+/// A `.rewrite-` directory is incomplete by definition and is removed: the
+/// shard it copied is still intact. A `.swap-` directory is complete and holds
+/// every acknowledged write (no write to its shard is acknowledged between its
+/// completion and its swap), so it replaces the shard, whether or not the old
+/// directory was already moved aside.
+pub fn repair(root: &Path) -> Result<Repaired, StoreError> {
+    let mut done = Repaired::default();
+    let entries = std::fs::read_dir(root)
+        .map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", root.display())))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // Swaps before trash, so that a swap's own leftover is collected too.
+    names.sort_by_key(|n| !n.starts_with(SWAP_PREFIX));
+    for name in names {
+        let path = root.join(&name);
+        if name.starts_with(BUILDING_PREFIX) {
+            remove_trash(&path)?;
+            done.abandoned_rewrites += 1;
+        } else if let Some(shard) = name.strip_prefix(SWAP_PREFIX) {
+            let live = root.join(shard);
+            if let Some(old) = move_to_trash(root, &live)? {
+                remove_trash(&old)?;
+            }
+            rename_durably(root, &path, &live)?;
+            done.completed_swaps += 1;
+        }
+    }
+    let entries = std::fs::read_dir(root)
+        .map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", root.display())))?;
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TRASH_PREFIX)
+        {
+            remove_trash(&entry.path())?;
+            done.trash_removed += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Live shard directories with a pending purge, and since when.
+pub fn pending_purges(root: &Path) -> Vec<(String, SystemTime)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                return None;
+            }
+            purge_pending_since(&e.path()).map(|since| (name, since))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(root: &Path, name: &str, content: &str) {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        std::fs::write(root.join(name).join("data"), content).unwrap();
+    }
+
+    fn content(root: &Path, name: &str) -> String {
+        std::fs::read_to_string(root.join(name).join("data")).unwrap()
+    }
+
+    #[test]
+    fn an_unfinished_rewrite_is_dropped_and_the_shard_kept() {
+        let root = tempfile::tempdir().unwrap();
+        shard(root.path(), "s", "old");
+        shard(root.path(), ".rewrite-s", "half");
+        let done = repair(root.path()).unwrap();
+        assert_eq!(done.abandoned_rewrites, 1);
+        assert_eq!(content(root.path(), "s"), "old");
+        assert!(!root.path().join(".rewrite-s").exists());
+    }
+
+    #[test]
+    fn a_finished_rewrite_replaces_its_shard_at_any_step_of_the_swap() {
+        // Crash before the old directory moved aside.
+        let root = tempfile::tempdir().unwrap();
+        shard(root.path(), "s", "old");
+        shard(root.path(), ".swap-s", "new");
+        assert_eq!(repair(root.path()).unwrap().completed_swaps, 1);
+        assert_eq!(content(root.path(), "s"), "new");
+        // Crash after it moved aside, before the new one moved in.
+        let root = tempfile::tempdir().unwrap();
+        shard(root.path(), ".trash-1", "old");
+        shard(root.path(), ".swap-s", "new");
+        let done = repair(root.path()).unwrap();
+        assert_eq!((done.completed_swaps, done.trash_removed), (1, 1));
+        assert_eq!(content(root.path(), "s"), "new");
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the live shard remains");
+    }
+
+    #[test]
+    fn the_purge_marker_keeps_the_first_delete_time() {
+        let root = tempfile::tempdir().unwrap();
+        shard(root.path(), "s", "x");
+        let dir = root.path().join("s");
+        assert!(purge_pending_since(&dir).is_none());
+        mark_purge_pending(&dir).unwrap();
+        let first = purge_pending_since(&dir).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        mark_purge_pending(&dir).unwrap();
+        assert_eq!(purge_pending_since(&dir).unwrap(), first);
+        assert_eq!(pending_purges(root.path()).len(), 1);
+    }
+}

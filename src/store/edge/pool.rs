@@ -1,0 +1,313 @@
+//! The open-shard pool: one [`Slot`] per shard directory, in a bounded LRU.
+//!
+//! Each open shard holds file descriptors and memory maps, so only a bounded
+//! number stay open; the bound is lowered at start to fit `vm.max_map_count`.
+//! A shard leaves the pool only when no request (and no rewrite) holds its
+//! slot, and it is closed under the pool lock so that no second handle can
+//! open the same directory while it flushes.
+//!
+//! Locking: each slot has one `RwLock`. Reads share it; writes, flushes,
+//! closes and the swap of a rewrite take it exclusively, because
+//! `EdgeShard::flush` (which `Drop` also runs) panics if an update holds the
+//! shard's internal locks.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
+use qdrant_edge::{
+    CreateIndex, EdgeShard, FieldIndexOperations, PayloadFieldSchema, PayloadSchemaType,
+    UpdateOperation,
+};
+
+use super::files;
+use super::{engine_err, owner_path, shard_config};
+use crate::store::StoreError;
+
+/// Memory maps one open shard holds at its WAL bound (measured; see
+/// `benches/RESULTS.md`, "Shard rewrites").
+pub const MAPS_PER_OPEN_SHARD: usize = 24;
+
+/// Maps left for everything else in the process (model, runtime, libraries).
+const MAPS_HEADROOM: usize = 4096;
+
+/// Default WAL growth allowed past twice the size a shard's WAL had right
+/// after its last rewrite, before it is rewritten again.
+pub const WAL_GROWTH_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The largest LRU bound that fits under the kernel's `vm.max_map_count`,
+/// or `wanted` when the limit cannot be read or is high enough.
+pub fn fit_open_shards(wanted: usize, max_map_count: Option<usize>) -> usize {
+    match max_map_count {
+        Some(limit) if wanted * MAPS_PER_OPEN_SHARD + MAPS_HEADROOM > limit => {
+            (limit.saturating_sub(MAPS_HEADROOM) / MAPS_PER_OPEN_SHARD).max(1)
+        }
+        _ => wanted,
+    }
+}
+
+/// Reads `vm.max_map_count` (Linux).
+pub fn max_map_count() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One shard directory: `None` until opened, and again after erase.
+pub struct Slot {
+    /// The shard's directory name (its collection name).
+    pub name: String,
+    /// The shard's directory.
+    pub dir: PathBuf,
+    /// The open shard, if any.
+    pub shard: RwLock<Option<EdgeShard>>,
+    /// Bumped whenever the open shard is replaced or closed, so that a rewrite
+    /// swaps in its copy only over the very shard it copied.
+    generation: AtomicU64,
+    /// While a rewrite copies this shard, the writes acknowledged meanwhile,
+    /// in order, to be replayed onto the copy before the swap. Only changed
+    /// under the shard's write lock.
+    pub journal: Mutex<Option<Vec<UpdateOperation>>>,
+    /// WAL bytes past which the shard is due for a rewrite.
+    wal_limit: AtomicU64,
+    /// Growth allowed on top of twice the baseline (see [`WAL_GROWTH_BYTES`]).
+    wal_growth: u64,
+    /// Set when a swap failed midway: the directory is only repaired at the
+    /// next start, so until then the shard refuses to serve.
+    broken: AtomicBool,
+}
+
+impl Slot {
+    fn new(name: String, dir: PathBuf, wal_growth: u64) -> Self {
+        Self {
+            name,
+            dir,
+            shard: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            journal: Mutex::new(None),
+            wal_limit: AtomicU64::new(wal_growth),
+            wal_growth,
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Which open shard this is (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Marks the open shard as replaced or closed.
+    pub fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Refuses service until restart (see the field).
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// Sets the rewrite bound from the WAL size right after the last rewrite.
+    pub fn set_wal_baseline(&self, baseline: u64) {
+        self.wal_limit
+            .store(2 * baseline + self.wal_growth, Ordering::Release);
+    }
+
+    /// Whether the WAL has grown past its bound.
+    pub fn wal_over_limit(&self) -> bool {
+        files::wal_bytes(&self.dir) > self.wal_limit.load(Ordering::Acquire)
+    }
+
+    /// Opens the shard if its directory exists (or `create` is set).
+    /// Returns false when there is nothing to open.
+    pub fn ensure_open(&self, create: bool) -> Result<bool, StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "a shard rewrite failed midway; restart to repair it".into(),
+            ));
+        }
+        if self.shard.read().is_some() {
+            return Ok(true);
+        }
+        let mut guard = self.shard.write();
+        if guard.is_some() {
+            return Ok(true);
+        }
+        let exists = self.dir.join("edge_config.json").is_file();
+        if !exists && !create {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&self.dir).map_err(engine_err)?;
+        let shard = EdgeShard::load(&self.dir, Some(shard_config())).map_err(engine_err)?;
+        if !exists {
+            create_owner_index(&shard)?;
+        }
+        self.set_wal_baseline(files::read_baseline(&self.dir));
+        *guard = Some(shard);
+        self.bump_generation();
+        Ok(true)
+    }
+
+    /// Runs `f` on the open shard under the shared lock; `None` if there is
+    /// no shard.
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&EdgeShard) -> Result<R, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
+        if !self.ensure_open(false)? {
+            return Ok(None);
+        }
+        let guard = self.shard.read();
+        match guard.as_ref() {
+            Some(shard) => f(shard).map(Some),
+            // Erased between open and read: nothing to read.
+            None => Ok(None),
+        }
+    }
+
+    /// Runs an update and flushes it while holding the shard exclusively;
+    /// `before` runs first under the same lock. The update joins the journal
+    /// of a rewrite in progress once it is durable.
+    pub fn update(
+        &self,
+        create: bool,
+        op: UpdateOperation,
+        before: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<Option<()>, StoreError> {
+        self.write(create, |shard| {
+            before()?;
+            let copy = self.journal.lock().is_some().then(|| op.clone());
+            shard.update(op).map_err(engine_err)?;
+            // Safe: we hold the slot exclusively, so no update is running.
+            shard.flush();
+            if let (Some(op), Some(journal)) = (copy, self.journal.lock().as_mut()) {
+                journal.push(op);
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` on the open shard under the exclusive lock.
+    pub fn write<R>(
+        &self,
+        create: bool,
+        f: impl FnOnce(&EdgeShard) -> Result<R, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
+        loop {
+            if !self.ensure_open(create)? {
+                return Ok(None);
+            }
+            let guard = self.shard.write();
+            if let Some(shard) = guard.as_ref() {
+                return f(shard).map(Some);
+            }
+            // Erased between open and write: open again.
+        }
+    }
+}
+
+/// Creates the keyword index on the owner field, which every read filters on.
+pub fn create_owner_index(shard: &EdgeShard) -> Result<(), StoreError> {
+    shard
+        .update(UpdateOperation::FieldIndexOperation(
+            FieldIndexOperations::CreateIndex(CreateIndex {
+                field_name: owner_path(),
+                field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)),
+            }),
+        ))
+        .map_err(engine_err)
+}
+
+/// The bounded LRU of slots.
+pub struct Pool {
+    root: PathBuf,
+    cap: usize,
+    wal_growth: u64,
+    slots: Mutex<LruCache<String, Arc<Slot>>>,
+}
+
+impl Pool {
+    /// An empty pool for shards under `root`, keeping at most `cap` idle,
+    /// whose WALs may grow by `wal_growth` past twice their baseline.
+    pub fn new(root: &Path, cap: usize, wal_growth: u64) -> Self {
+        let cap = cap.max(1);
+        Self {
+            root: root.to_owned(),
+            cap,
+            wal_growth,
+            slots: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cap).expect("max(1) is non-zero"),
+            )),
+        }
+    }
+
+    /// The slot of shard `name`, created closed if it is not in the pool.
+    pub fn slot(&self, name: &str) -> Arc<Slot> {
+        let mut pool = self.slots.lock();
+        if let Some(slot) = pool.get(name) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot::new(
+            name.to_owned(),
+            self.root.join(name),
+            self.wal_growth,
+        ));
+        // `push` never evicts on its own here: capacity is managed below so
+        // that a shard in use is never closed under a running request.
+        let grown = NonZeroUsize::new(pool.len() + 1).expect("len + 1 is non-zero");
+        pool.resize(grown);
+        pool.push(name.to_owned(), slot.clone());
+        self.evict_idle(&mut pool);
+        slot
+    }
+
+    fn evict_idle(&self, pool: &mut LruCache<String, Arc<Slot>>) {
+        if pool.len() <= self.cap {
+            return;
+        }
+        // Oldest first; only slots that nobody else holds (the pool's Arc is
+        // the only one) may close.
+        let idle: Vec<String> = pool
+            .iter()
+            .rev()
+            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+            .map(|(name, _)| name.clone())
+            .take(pool.len() - self.cap)
+            .collect();
+        for name in idle {
+            // Dropping the slot drops the shard, which flushes it. This happens
+            // under the pool lock on purpose: nobody can reopen the directory
+            // until the flush is done.
+            pool.pop(&name);
+        }
+        let len = pool.len();
+        pool.resize(NonZeroUsize::new(len.max(self.cap)).expect("max(cap>=1) is non-zero"));
+    }
+
+    /// Closes every shard; returns how many slots there were.
+    pub fn clear(&self) -> usize {
+        let mut pool = self.slots.lock();
+        let n = pool.len();
+        pool.clear();
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_shard_bound_fits_under_the_map_limit() {
+        assert_eq!(fit_open_shards(256, Some(65_530)), 256);
+        assert_eq!(fit_open_shards(256, None), 256);
+        let fitted = fit_open_shards(10_000, Some(65_530));
+        assert!(fitted * MAPS_PER_OPEN_SHARD + MAPS_HEADROOM <= 65_530);
+        assert!(fitted > 2_000);
+        assert_eq!(fit_open_shards(10, Some(100)), 1);
+    }
+}

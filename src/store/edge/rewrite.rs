@@ -1,0 +1,218 @@
+//! Shard rewrites: copy a shard's live points into a fresh shard and swap it in.
+//!
+//! qdrant-edge 0.7 never truncates its WAL and keeps a deleted point's payload
+//! in its segment files, so a shard only grows, and a deleted memory's text
+//! stays on disk. A rewrite is the way out: the fresh shard holds only the
+//! live points, so its WAL and files track the live memories and no deleted
+//! text survives. A shard is due when its WAL passes its bound (see
+//! [`super::pool::WAL_GROWTH_BYTES`]) or when a delete has been pending
+//! longer than the purge delay.
+//!
+//! The copy runs page by page under the shared lock, so the user's reads and
+//! writes go on meanwhile; writes acknowledged during the copy are journaled
+//! by the slot and replayed onto the copy under the exclusive lock, which is
+//! held from then until the swap, so no acknowledged write is lost. The swap
+//! itself is made of renames that [`super::files::repair`] can finish after a
+//! crash. A rewrite carries its shard's name and copies every point with its
+//! owner field as it is (a collided shard holds several owners); it returns
+//! nothing to any caller.
+
+use std::time::Instant;
+
+use qdrant_edge::{
+    EdgeShard, PointInsertOperations, PointOperations, PointStructPersisted, ScrollRequest,
+    UpdateOperation, WithPayloadInterface, WithVector,
+};
+
+use super::files;
+use super::pool::{Slot, create_owner_index};
+use super::{EdgeEngine, engine_err, shard_config};
+use crate::store::StoreError;
+
+/// Points copied per page; the user's writes wait at most one page.
+const COPY_PAGE: usize = 256;
+
+/// How a rewrite ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The shard was replaced by its copy.
+    Rewritten {
+        /// Live points copied.
+        points: usize,
+        /// WAL bytes before and after.
+        wal_before: u64,
+        /// WAL bytes of the fresh shard.
+        wal_after: u64,
+    },
+    /// There was no shard (erased, or never written).
+    Gone,
+    /// The shard changed under the copy (erase) or the engine is stopping.
+    Cancelled,
+}
+
+fn is_delete(op: &UpdateOperation) -> bool {
+    matches!(
+        op,
+        UpdateOperation::PointOperation(
+            PointOperations::DeletePoints { .. } | PointOperations::DeletePointsByFilter(_)
+        )
+    )
+}
+
+impl EdgeEngine {
+    /// Rewrites shard `name` now (blocking; run on the blocking pool).
+    pub fn rewrite_blocking(&self, name: &str) -> Result<Outcome, StoreError> {
+        let slot = self.pool.slot(name);
+        if !slot.ensure_open(false)? {
+            return Ok(Outcome::Gone);
+        }
+        let generation = {
+            let guard = slot.shard.write();
+            if guard.is_none() {
+                return Ok(Outcome::Gone);
+            }
+            *slot.journal.lock() = Some(Vec::new());
+            slot.generation()
+        };
+        let building = files::building_dir(&self.root, name);
+        let started = Instant::now();
+        let result = self.copy_and_swap(&slot, generation, &building);
+        if !matches!(result, Ok(Outcome::Rewritten { .. })) {
+            *slot.journal.lock() = None;
+            if building.exists() {
+                let _ = files::remove_trash(&building);
+            }
+        }
+        if let Ok(Outcome::Rewritten {
+            points,
+            wal_before,
+            wal_after,
+        }) = &result
+        {
+            tracing::info!(
+                shard = %self.shard_tag(name),
+                points,
+                wal_before,
+                wal_after,
+                ms = started.elapsed().as_millis() as u64,
+                "rewrote shard"
+            );
+        }
+        result
+    }
+
+    fn copy_and_swap(
+        &self,
+        slot: &Slot,
+        generation: u64,
+        building: &std::path::Path,
+    ) -> Result<Outcome, StoreError> {
+        // A leftover of an earlier failed attempt in this process.
+        if building.exists() {
+            files::remove_trash(building)?;
+        }
+        std::fs::create_dir_all(building)
+            .map_err(|e| files::storage_err(&format!("cannot create {}", building.display()), e))?;
+        let fresh = EdgeShard::new(building, shard_config()).map_err(engine_err)?;
+        create_owner_index(&fresh)?;
+        let wal_before = files::wal_bytes(&slot.dir);
+        let mut points = 0;
+        let mut offset = None;
+        loop {
+            if self.is_stopping() {
+                return Ok(Outcome::Cancelled);
+            }
+            let page = {
+                let guard = slot.shard.read();
+                let Some(shard) = guard.as_ref() else {
+                    return Ok(Outcome::Cancelled);
+                };
+                if slot.generation() != generation {
+                    return Ok(Outcome::Cancelled);
+                }
+                shard
+                    .scroll(ScrollRequest {
+                        offset,
+                        limit: Some(COPY_PAGE),
+                        filter: None,
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: WithVector::Bool(true),
+                        order_by: None,
+                    })
+                    .map_err(engine_err)?
+            };
+            let (records, next) = page;
+            let batch = records
+                .into_iter()
+                .map(PointStructPersisted::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(engine_err)?;
+            points += batch.len();
+            if !batch.is_empty() {
+                fresh
+                    .update(UpdateOperation::PointOperation(
+                        PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
+                    ))
+                    .map_err(engine_err)?;
+            }
+            match next {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+
+        // From here until the swap the user's writes wait, so that the copy
+        // plus the journal is everything that was acknowledged.
+        let mut guard = slot.shard.write();
+        if guard.is_none() || slot.generation() != generation {
+            return Ok(Outcome::Cancelled);
+        }
+        let Some(journal) = slot.journal.lock().take() else {
+            return Ok(Outcome::Cancelled);
+        };
+        let had_deletes = journal.iter().any(is_delete);
+        for op in journal {
+            fresh.update(op).map_err(engine_err)?;
+        }
+        fresh.flush();
+        drop(fresh);
+        let wal_after = files::wal_bytes(building);
+        files::write_baseline(building, wal_after)?;
+        if had_deletes {
+            // Deleted during the copy: the copy holds that text too.
+            files::mark_purge_pending(building)?;
+        }
+        let swap = files::swap_dir(&self.root, &slot.name);
+        files::rename_durably(&self.root, building, &swap)?;
+
+        // The copy is now the shard of record: a crash from here on completes
+        // the swap at start. Close the old shard first so that its final flush
+        // lands in its own directory.
+        drop(guard.take());
+        slot.bump_generation();
+        let trash = match files::move_to_trash(&self.root, &slot.dir)
+            .and_then(|t| files::rename_durably(&self.root, &swap, &slot.dir).map(|()| t))
+        {
+            Ok(trash) => trash,
+            Err(e) => {
+                slot.mark_broken();
+                return Err(e);
+            }
+        };
+        let reopened = EdgeShard::load(&slot.dir, Some(shard_config())).map_err(engine_err)?;
+        slot.set_wal_baseline(wal_after);
+        *guard = Some(reopened);
+        drop(guard);
+        if let Some(trash) = trash
+            && let Err(e) = files::remove_trash(&trash)
+        {
+            // Removed at the next start at the latest.
+            tracing::warn!(error = %e, "could not remove a rewritten shard's old directory");
+        }
+        Ok(Outcome::Rewritten {
+            points,
+            wal_before,
+            wal_after,
+        })
+    }
+}

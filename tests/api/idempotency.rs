@@ -1,0 +1,127 @@
+//! `Idempotency-Key`: a retried write returns the same ids and stores nothing
+//! twice; a reused key with another body is refused; keys are per owner.
+
+use std::path::Path;
+
+use cordon::settings::Settings;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, spawn_app_on, token};
+use crate::qdrant::use_qdrant_at;
+
+async fn store_with_key(app: &TestApp, bearer: &str, key: &str, body: &Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/memories"))
+        .bearer_auth(bearer)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+async fn ids_of(r: reqwest::Response) -> Vec<String> {
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.expect("json body");
+    body["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect()
+}
+
+async fn listed(app: &TestApp, bearer: &str) -> Vec<String> {
+    let page = app.get_json("/v1/memories?limit=100", bearer).await;
+    crate::helpers::texts(&page["memories"])
+}
+
+/// The whole contract, on whichever engine `configure` picks.
+async fn retries_store_nothing_twice(dir: &Path, configure: impl Fn(&mut Settings) + Copy) {
+    let alice = token("acme", "alice");
+    let bob = token("acme", "bob");
+    let batch = json!({ "memories": [{ "text": "dentist on friday" }, { "text": "call mum" }] });
+
+    let app = spawn_app_on(dir, configure).await;
+    let first = ids_of(store_with_key(&app, &alice, "order-17", &batch).await).await;
+    let again = ids_of(store_with_key(&app, &alice, "order-17", &batch).await).await;
+    assert_eq!(first, again, "a retry answers with the same ids");
+    assert_eq!(
+        listed(&app, &alice).await.len(),
+        2,
+        "and stores nothing new"
+    );
+
+    let other = json!({ "text": "something else entirely" });
+    let r = store_with_key(&app, &alice, "order-17", &other).await;
+    assert_error(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(
+        listed(&app, &alice).await.len(),
+        2,
+        "the refused body wrote nothing"
+    );
+
+    // The same key from another user is another write.
+    let bobs = ids_of(store_with_key(&app, &bob, "order-17", &batch).await).await;
+    assert!(bobs.iter().all(|id| !first.contains(id)));
+    assert_eq!(listed(&app, &bob).await.len(), 2);
+    assert_eq!(listed(&app, &alice).await.len(), 2);
+    app.stop().await;
+
+    // Across a restart the key still answers with the first ids.
+    let app = spawn_app_on(dir, configure).await;
+    let after = ids_of(store_with_key(&app, &alice, "order-17", &batch).await).await;
+    assert_eq!(after, first);
+    assert_eq!(listed(&app, &alice).await.len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_write_with_the_same_key_stores_nothing_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    retries_store_nothing_twice(dir.path(), |_| {}).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
+async fn a_retried_write_with_the_same_key_stores_nothing_twice_on_qdrant() {
+    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One prefix for both servers, so that the restart finds the collection.
+    let prefix = format!(
+        "cordon_idem_{}_",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let configure = |s: &mut Settings| {
+        use_qdrant_at(s, url.clone());
+        s.store.collection_prefix = prefix.clone();
+    };
+    retries_store_nothing_twice(dir.path(), &configure).await;
+    // Leave nothing behind in the shared Qdrant.
+    let app = spawn_app_on(dir.path(), &configure).await;
+    for sub in ["alice", "bob"] {
+        let r = app.delete("/v1/memories", &token("acme", sub)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_is_400_and_stores_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(dir.path(), |_| {}).await;
+    let alice = token("acme", "alice");
+    let too_long = "k".repeat(256);
+    for key in ["has space", too_long.as_str()] {
+        let r = store_with_key(&app, &alice, key, &json!({ "text": "x" })).await;
+        assert_error(r, StatusCode::BAD_REQUEST, "invalid_idempotency_key").await;
+    }
+    assert!(listed(&app, &alice).await.is_empty());
+    app.stop().await;
+}
