@@ -227,3 +227,49 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");
 }
+
+#[tokio::test]
+async fn concurrent_acknowledged_writes_to_one_shard_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let alice = mint(dir.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    let mut server = serve(dir.path());
+    // Many writers on one shard share flushes; each acknowledgement must
+    // still mean that its own write is on disk.
+    let mut writers = Vec::new();
+    for i in 0..24 {
+        let request = client
+            .post(format!("{}/v1/memories", server.base))
+            .bearer_auth(&alice)
+            .json(&json!({ "text": format!("concurrent write {i}") }))
+            .send();
+        writers.push(tokio::spawn(request));
+    }
+    let mut acknowledged = Vec::new();
+    for (i, writer) in writers.into_iter().enumerate() {
+        let response = writer.await.expect("task joins").expect("answered");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        acknowledged.push(format!("concurrent write {i}"));
+    }
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+
+    let mut server = serve(dir.path());
+    let body = json_of(
+        client
+            .get(format!("{}/v1/memories/export", server.base))
+            .bearer_auth(&alice),
+    )
+    .await;
+    let mut recovered: Vec<String> = body["memories"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text").to_owned())
+        .collect();
+    recovered.sort();
+    acknowledged.sort();
+    assert_eq!(recovered, acknowledged, "acknowledged writes were lost");
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}

@@ -9,7 +9,11 @@
 //! Locking: each slot has one `RwLock`. Reads share it; writes, flushes,
 //! closes and the swap of a rewrite take it exclusively, because
 //! `EdgeShard::flush` (which `Drop` also runs) panics if an update holds the
-//! shard's internal locks.
+//! shard's internal locks. A write applies its update under the lock and
+//! releases it before its flush, so that writes arriving meanwhile are
+//! applied too and one flush makes them all durable (group commit); each is
+//! acknowledged only after a flush that covers it. Reads may see a write
+//! before it is acknowledged, never one that failed to apply.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lru::LruCache;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use qdrant_edge::{
     CreateIndex, EdgeShard, FieldIndexOperations, PayloadFieldSchema, PayloadSchemaType,
     UpdateOperation,
@@ -80,6 +84,19 @@ pub struct Slot {
     /// Set when a swap failed midway: the directory is only repaired at the
     /// next start, so until then the shard refuses to serve.
     broken: AtomicBool,
+    /// Updates applied so far (their sequence numbers).
+    applied: AtomicU64,
+    /// Which applied updates are flushed, and whether a flush is running.
+    commit: Mutex<Commit>,
+    /// Signalled when a flush ends.
+    committed: Condvar,
+}
+
+/// Group-commit state of a slot.
+#[derive(Default)]
+struct Commit {
+    flushed: u64,
+    flushing: bool,
 }
 
 impl Slot {
@@ -93,6 +110,9 @@ impl Slot {
             wal_limit: AtomicU64::new(wal_growth),
             wal_growth,
             broken: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            commit: Mutex::new(Commit::default()),
+            committed: Condvar::new(),
         }
     }
 
@@ -169,26 +189,64 @@ impl Slot {
         }
     }
 
-    /// Runs an update and flushes it while holding the shard exclusively;
-    /// `before` runs first under the same lock. The update joins the journal
-    /// of a rewrite in progress once it is durable.
+    /// Applies an update under the exclusive lock (`before` runs first under
+    /// the same lock) and returns once it is durable. Updates applied while
+    /// another flush runs share the next one (group commit). The update joins
+    /// the journal of a rewrite in progress.
     pub fn update(
         &self,
         create: bool,
         op: UpdateOperation,
         before: impl FnOnce() -> Result<(), StoreError>,
     ) -> Result<Option<()>, StoreError> {
-        self.write(create, |shard| {
+        let applied = self.write(create, |shard| {
             before()?;
             let copy = self.journal.lock().is_some().then(|| op.clone());
             shard.update(op).map_err(engine_err)?;
-            // Safe: we hold the slot exclusively, so no update is running.
-            shard.flush();
             if let (Some(op), Some(journal)) = (copy, self.journal.lock().as_mut()) {
                 journal.push(op);
             }
-            Ok(())
-        })
+            Ok(self.applied.fetch_add(1, Ordering::AcqRel) + 1)
+        })?;
+        match applied {
+            Some(seq) => {
+                self.commit(seq);
+                Ok(Some(()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Waits until update number `seq` is flushed, flushing it if no other
+    /// caller is. A flush takes the exclusive lock (qdrant-edge's flush must
+    /// not overlap an update) and covers every update applied before it.
+    fn commit(&self, seq: u64) {
+        let mut state = self.commit.lock();
+        loop {
+            if state.flushed >= seq {
+                return;
+            }
+            if state.flushing {
+                self.committed.wait(&mut state);
+                continue;
+            }
+            state.flushing = true;
+            drop(state);
+            let covered = {
+                let guard = self.shard.write();
+                let covered = self.applied.load(Ordering::Acquire);
+                // No shard: it was closed (erase, or a rewrite's swap) after
+                // this update, and closing flushed it.
+                if let Some(shard) = guard.as_ref() {
+                    shard.flush();
+                }
+                covered
+            };
+            state = self.commit.lock();
+            state.flushed = state.flushed.max(covered);
+            state.flushing = false;
+            self.committed.notify_all();
+        }
     }
 
     /// Runs `f` on the open shard under the exclusive lock.
