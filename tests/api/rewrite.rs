@@ -124,12 +124,16 @@ async fn a_shard_whose_wal_outgrows_its_bound_is_rewritten_to_its_live_size() {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         ids.extend(app.store_texts(&alice, &refs).await);
     }
+    // Nothing deleted yet: however large the WAL, a rewrite could not
+    // shrink it, so none ran.
+    let shard = shard_dirs(&app.data_dir).pop().expect("alice's shard");
+    assert!(wal_bytes(&shard) > growth);
+    assert!(!shard.join("cordon-rewrite.json").exists());
     // Half of them go: the WAL only grows meanwhile.
     for id in ids.iter().step_by(2) {
         let r = app.delete(&format!("/v1/memories/{id}"), &alice).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
     }
-    let shard = shard_dirs(&app.data_dir).pop().expect("alice's shard");
     // 96 live memories; a rewrite brings the WAL back near their size, and
     // from then on it stays under twice that plus the growth allowance.
     let start = Instant::now();

@@ -50,6 +50,11 @@ use pool::{Pool, Slot};
 /// preallocate one (the 32 MiB default would cost 32 MiB of disk per user).
 const WAL_SEGMENT_BYTES: usize = 1024 * 1024;
 
+/// Deletes since the last rewrite past which, once they are as many as the
+/// live points (half the shard), it is rewritten at once; checked every this
+/// many deletes, since it costs a count.
+const DEAD_SHARE_MIN: u64 = 64;
+
 /// How often the maintenance task looks for shards due for a rewrite.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
 
@@ -336,9 +341,32 @@ impl EdgeEngine {
         self.pool.slot(&name)
     }
 
-    /// Schedules a rewrite when the slot's WAL has outgrown its bound.
-    fn check_wal(&self, slot: &Slot) {
-        if slot.wal_over_limit() {
+    /// Schedules a rewrite now when the shard has deleted points and its WAL
+    /// has outgrown its bound, or when deleted points are a large share of
+    /// it. A shard with nothing deleted is left alone: a rewrite could not
+    /// shrink it (its WAL is its live memories).
+    fn check_due(&self, slot: &Slot) {
+        let dead = slot.dead();
+        if dead == 0 {
+            return;
+        }
+        let due = slot.wal_over_limit()
+            || (dead >= DEAD_SHARE_MIN
+                && dead.is_multiple_of(DEAD_SHARE_MIN)
+                && slot
+                    .read(|shard| {
+                        let live = shard
+                            .count(CountRequest {
+                                filter: None,
+                                exact: true,
+                            })
+                            .map_err(engine_err)?;
+                        Ok(dead >= live as u64)
+                    })
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false));
+        if due {
             self.schedule(&slot.name, Instant::now());
         }
     }
@@ -383,7 +411,7 @@ impl EdgeEngine {
             )),
             || Ok(()),
         )?;
-        self.check_wal(&slot);
+        self.check_due(&slot);
         Ok(())
     }
 
@@ -400,8 +428,9 @@ impl EdgeEngine {
             || files::mark_purge_pending(&dir),
         )?;
         if deleted.is_some() {
+            slot.add_dead();
             self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
-            self.check_wal(&slot);
+            self.check_due(&slot);
         }
         Ok(())
     }

@@ -84,6 +84,9 @@ pub struct Slot {
     /// Set when a swap failed midway: the directory is only repaired at the
     /// next start, so until then the shard refuses to serve.
     broken: AtomicBool,
+    /// Deletes since the shard was opened or last rewritten (1 at open when
+    /// a purge is pending): a rewrite can only shrink a shard that has some.
+    dead: AtomicU64,
     /// Updates applied so far (their sequence numbers).
     applied: AtomicU64,
     /// Which applied updates are flushed, and whether a flush is running.
@@ -110,6 +113,7 @@ impl Slot {
             wal_limit: AtomicU64::new(wal_growth),
             wal_growth,
             broken: AtomicBool::new(false),
+            dead: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             commit: Mutex::new(Commit::default()),
             committed: Condvar::new(),
@@ -142,6 +146,21 @@ impl Slot {
         files::wal_bytes(&self.dir) > self.wal_limit.load(Ordering::Acquire)
     }
 
+    /// Counts a delete; returns the deletes since the last rewrite.
+    pub fn add_dead(&self) -> u64 {
+        self.dead.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Deletes since the shard was opened or last rewritten.
+    pub fn dead(&self) -> u64 {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Restarts the count after a rewrite that kept `left` deleted points.
+    pub fn reset_dead(&self, left: u64) {
+        self.dead.store(left, Ordering::Release);
+    }
+
     /// Opens the shard if its directory exists (or `create` is set).
     /// Returns false when there is nothing to open.
     pub fn ensure_open(&self, create: bool) -> Result<bool, StoreError> {
@@ -167,6 +186,8 @@ impl Slot {
             create_owner_index(&shard)?;
         }
         self.set_wal_baseline(files::read_baseline(&self.dir));
+        let pending = files::purge_pending_since(&self.dir).is_some();
+        self.reset_dead(u64::from(pending));
         *guard = Some(shard);
         self.bump_generation();
         Ok(true)

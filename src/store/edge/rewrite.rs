@@ -170,7 +170,8 @@ impl EdgeEngine {
         let Some(journal) = slot.journal.lock().take() else {
             return Ok(Outcome::Cancelled);
         };
-        let had_deletes = journal.iter().any(is_delete);
+        let deletes = journal.iter().filter(|op| is_delete(op)).count() as u64;
+        let had_deletes = deletes > 0;
         for op in journal {
             fresh.update(op).map_err(engine_err)?;
         }
@@ -201,6 +202,7 @@ impl EdgeEngine {
         };
         let reopened = EdgeShard::load(&slot.dir, Some(shard_config())).map_err(engine_err)?;
         slot.set_wal_baseline(wal_after);
+        slot.reset_dead(deletes);
         *guard = Some(reopened);
         drop(guard);
         if let Some(trash) = trash
