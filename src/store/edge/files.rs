@@ -121,6 +121,25 @@ pub fn wal_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Regular files under `dir`, at any depth.
+pub fn file_count(dir: &Path) -> usize {
+    let mut count = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
 /// The WAL size recorded right after the shard's last rewrite (0 if never).
 pub fn read_baseline(dir: &Path) -> u64 {
     std::fs::read(dir.join(BASELINE_FILE))

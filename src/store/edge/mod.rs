@@ -240,7 +240,13 @@ impl EdgeEngine {
                 (name, now.0 + wait)
             })
             .collect();
-        let pool = Pool::new(&root, settings.max_open_shards, settings.wal_growth_bytes);
+        let map_budget = limit.map_or(usize::MAX, |l| l.saturating_sub(pool::MAPS_HEADROOM));
+        let pool = Pool::new(
+            &root,
+            settings.max_open_shards,
+            map_budget,
+            settings.wal_growth_bytes,
+        );
         Ok(Self {
             settings,
             root,
@@ -499,6 +505,7 @@ impl EdgeEngine {
             drop(guard.take());
             slot.bump_generation();
             files::discard_dir(&self.root, &slot.dir)?;
+            slot.count_maps();
             self.due.lock().remove(&slot.name);
         } else {
             // A shared (collided) shard keeps the other owners' points; the

@@ -203,6 +203,7 @@ impl EdgeEngine {
         let reopened = EdgeShard::load(&slot.dir, Some(shard_config())).map_err(engine_err)?;
         slot.set_wal_baseline(wal_after);
         slot.reset_dead(deletes);
+        slot.count_maps();
         *guard = Some(reopened);
         drop(guard);
         if let Some(trash) = trash
