@@ -158,7 +158,8 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, gives the
     /// requests in flight the grace period to finish, and flushes and closes
-    /// the store. Connections still open after the grace period are dropped.
+    /// the store, which refuses work from then on and waits briefly for the
+    /// requests that still hold a shard.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

@@ -67,14 +67,32 @@ pub fn derive_id(owner: &OwnerHash, key: &str, index: usize) -> Uuid {
 pub fn body_digest(items: &[(String, Map<String, Value>)]) -> String {
     let mut hash = Sha256::new();
     for (text, metadata) in items {
-        // Length-prefixed, so that no two different item lists share a digest.
-        let meta = Value::Object(metadata.clone()).to_string();
+        // Length-prefixed, so that no two different item lists share a digest;
+        // keys sorted, so that a client re-encoding the same body matches.
+        let meta = canonical(&Value::Object(metadata.clone())).to_string();
         for part in [text.as_bytes(), meta.as_bytes()] {
             hash.update((part.len() as u64).to_be_bytes());
             hash.update(part);
         }
     }
     hex::encode(hash.finalize())
+}
+
+/// `value` with every object's keys in sorted order.
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), canonical(&map[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -102,5 +120,20 @@ mod tests {
         assert_eq!(one, body_digest(&[item("ab"), item("c")]));
         assert_ne!(one, body_digest(&[item("a"), item("bc")]));
         assert_ne!(one, body_digest(&[item("ab")]));
+    }
+
+    #[test]
+    fn the_digest_ignores_the_order_of_metadata_keys() {
+        let with = |json: &str| {
+            let Value::Object(m) = serde_json::from_str(json).unwrap() else {
+                unreachable!("literal objects")
+            };
+            body_digest(&[("t".to_owned(), m)])
+        };
+        assert_eq!(
+            with(r#"{"a":1,"b":{"x":1,"y":2}}"#),
+            with(r#"{"b":{"y":2,"x":1},"a":1}"#)
+        );
+        assert_ne!(with(r#"{"a":1}"#), with(r#"{"a":2}"#));
     }
 }

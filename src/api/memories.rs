@@ -90,13 +90,20 @@ async fn store(
                 .map(|i| idempotency::derive_id(&caller.owner, key, i))
                 .collect();
             let digest = idempotency::body_digest(&items);
-            // A write is one engine call, so its first item stands for all.
-            if let Some(earlier) = state.store.get(&caller.owner, ids[0]).await? {
-                return if earlier.request_digest() == Some(digest.as_str()) {
-                    Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })))
-                } else {
-                    Err(ApiError::IdempotencyKeyReused)
-                };
+            // Any item of an earlier write under this key decides: the same
+            // body is a retry (answered with the ids, even if some were
+            // deleted since, which stay deleted); another body is refused.
+            let mut earlier = false;
+            for id in &ids {
+                if let Some(memory) = state.store.get(&caller.owner, *id).await? {
+                    if memory.request_digest() != Some(digest.as_str()) {
+                        return Err(ApiError::IdempotencyKeyReused);
+                    }
+                    earlier = true;
+                }
+            }
+            if earlier {
+                return Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })));
             }
             (ids, Some(digest))
         }

@@ -67,18 +67,36 @@ async fn retries_store_nothing_twice(dir: &Path, configure: impl Fn(&mut Setting
         "the refused body wrote nothing"
     );
 
+    // A retry after one of its memories was deleted does not bring it back.
+    let r = app
+        .delete(&format!("/v1/memories/{}", first[0]), &alice)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let retried = ids_of(store_with_key(&app, &alice, "order-17", &batch).await).await;
+    assert_eq!(retried, first);
+    assert_eq!(listed(&app, &alice).await, vec!["call mum"]);
+    // The item left still tells another body apart.
+    let other_pair = json!({ "memories": [{ "text": "x" }, { "text": "y" }] });
+    let r = store_with_key(&app, &alice, "order-17", &other_pair).await;
+    assert_error(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
     // The same key from another user is another write.
     let bobs = ids_of(store_with_key(&app, &bob, "order-17", &batch).await).await;
     assert!(bobs.iter().all(|id| !first.contains(id)));
     assert_eq!(listed(&app, &bob).await.len(), 2);
-    assert_eq!(listed(&app, &alice).await.len(), 2);
+    assert_eq!(listed(&app, &alice).await.len(), 1);
     app.stop().await;
 
     // Across a restart the key still answers with the first ids.
     let app = spawn_app_on(dir, configure).await;
     let after = ids_of(store_with_key(&app, &alice, "order-17", &batch).await).await;
     assert_eq!(after, first);
-    assert_eq!(listed(&app, &alice).await.len(), 2);
+    assert_eq!(listed(&app, &alice).await.len(), 1);
     app.stop().await;
 }
 

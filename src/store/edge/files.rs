@@ -49,6 +49,23 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| storage_err(&format!("cannot sync {}", dir.display()), e))
 }
 
+/// Syncs every directory under `dir` (and `dir`), so that a tree whose files
+/// are synced is also complete after a power loss.
+pub fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        sync_dir(&d)?;
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| storage_err(&format!("cannot read {}", d.display()), e))?;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Renames `from` to `to` and makes it durable.
 pub fn rename_durably(root: &Path, from: &Path, to: &Path) -> Result<(), StoreError> {
     std::fs::rename(from, to).map_err(|e| {
@@ -67,13 +84,19 @@ pub fn move_to_trash(root: &Path, dir: &Path) -> Result<Option<PathBuf>, StoreEr
     match std::fs::rename(dir, &trash) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(storage_err(&format!("cannot remove {}", dir.display()), e)),
+        Err(e) => {
+            return Err(storage_err(
+                &format!("cannot move {} aside", dir.display()),
+                e,
+            ));
+        }
     }
     sync_dir(root)?;
     Ok(Some(trash))
 }
 
-/// Deletes a directory that [`move_to_trash`] moved aside.
+/// Deletes a directory that is no shard (any more): one that
+/// [`move_to_trash`] moved aside, or an unfinished rewrite.
 pub fn remove_trash(trash: &Path) -> Result<(), StoreError> {
     std::fs::remove_dir_all(trash)
         .map_err(|e| storage_err(&format!("cannot remove {}", trash.display()), e))

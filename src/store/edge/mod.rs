@@ -50,10 +50,13 @@ use pool::{Pool, Slot};
 /// preallocate one (the 32 MiB default would cost 32 MiB of disk per user).
 const WAL_SEGMENT_BYTES: usize = 1024 * 1024;
 
-/// Deletes since the last rewrite past which, once they are as many as the
-/// live points (half the shard), it is rewritten at once; checked every this
-/// many deletes, since it costs a count.
+/// Every this many deletes since its last rewrite, a shard is checked (one
+/// count) and rewritten at once if its deleted points are as many as its
+/// live ones.
 const DEAD_SHARE_MIN: u64 = 64;
+
+/// How long shutdown waits for requests still holding a shard.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How often the maintenance task looks for shards due for a rewrite.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
@@ -291,7 +294,12 @@ impl EdgeEngine {
                             );
                         }
                         Err(e) => {
-                            tracing::error!(shard = %this.shard_tag(&name), error = %e, "shard rewrite panicked");
+                            tracing::error!(shard = %this.shard_tag(&name), error = %e, "shard rewrite panicked; retrying later");
+                            this.schedule(
+                                &name,
+                                Instant::now()
+                                    + this.settings.purge_after.max(Duration::from_secs(5)),
+                            );
                         }
                     }
                 }
@@ -339,7 +347,7 @@ impl EdgeEngine {
         hex.chars().take(12).collect()
     }
 
-    fn slot(&self, owner: &OwnerHash) -> Arc<Slot> {
+    fn slot(&self, owner: &OwnerHash) -> Result<Arc<Slot>, StoreError> {
         let name = owner.collection_name(
             &self.settings.collection_prefix,
             self.settings.name_hex_chars,
@@ -351,8 +359,7 @@ impl EdgeEngine {
     /// has outgrown its bound, or when deleted points are a large share of
     /// it. A shard with nothing deleted is left alone: a rewrite could not
     /// shrink it (its WAL is its live memories).
-    fn check_due(&self, slot: &Slot) {
-        let dead = slot.dead();
+    fn check_due(&self, slot: &Slot, dead: u64) {
         if dead == 0 {
             return;
         }
@@ -409,7 +416,7 @@ impl EdgeEngine {
                 }
             })
             .collect();
-        let slot = self.slot(owner);
+        let slot = self.slot(owner)?;
         slot.update(
             true,
             UpdateOperation::PointOperation(PointOperations::UpsertPoints(
@@ -417,14 +424,14 @@ impl EdgeEngine {
             )),
             || Ok(()),
         )?;
-        self.check_due(&slot);
+        self.check_due(&slot, slot.dead());
         Ok(())
     }
 
     fn delete_blocking(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
         // Deletes always carry the owner condition, drill or not.
         let filter = filter(vec![owner_condition(owner), has_id(id)]).expect("two conditions");
-        let slot = self.slot(owner);
+        let slot = self.slot(owner)?;
         let dir = slot.dir.clone();
         let deleted = slot.update(
             false,
@@ -434,9 +441,9 @@ impl EdgeEngine {
             || files::mark_purge_pending(&dir),
         )?;
         if deleted.is_some() {
-            slot.add_dead();
+            let dead = slot.add_dead();
             self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
-            self.check_due(&slot);
+            self.check_due(&slot, dead);
         }
         Ok(())
     }
@@ -448,7 +455,7 @@ impl EdgeEngine {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
-        let page = self.slot(owner).read(|shard| {
+        let page = self.slot(owner)?.read(|shard| {
             // `offset` is inclusive; ask for one more and skip the cursor itself.
             let (records, next) = shard
                 .scroll(ScrollRequest {
@@ -470,7 +477,7 @@ impl EdgeEngine {
     }
 
     fn erase_blocking(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
-        let slot = self.slot(owner);
+        let slot = self.slot(owner)?;
         if !slot.ensure_open(false)? {
             return Ok(0);
         }
@@ -557,7 +564,7 @@ impl Engine for Arc<EdgeEngine> {
                 with_payload: WithPayloadInterface::Bool(true),
             };
             let found = this
-                .slot(&owner)
+                .slot(&owner)?
                 .read(|shard| shard.query(request).map_err(engine_err))?
                 .unwrap_or_default();
             Ok(found
@@ -611,7 +618,7 @@ impl Engine for Arc<EdgeEngine> {
                 must: None,
                 must_not: Some(vec![owner_condition(&owner)]),
             };
-            let found = this.slot(&owner).read(|shard| {
+            let found = this.slot(&owner)?.read(|shard| {
                 shard
                     .count(CountRequest {
                         filter: Some(others),
@@ -647,7 +654,7 @@ impl Engine for Arc<EdgeEngine> {
         let this = self.clone();
         let _ = EdgeEngine::blocking(move || {
             // Dropping each slot flushes and closes its shard.
-            let n = this.pool.clear();
+            let n = this.pool.close(SHUTDOWN_PATIENCE);
             tracing::info!(shards = n, "closed all shards");
             Ok(())
         })

@@ -15,6 +15,7 @@
 //! acknowledged only after a flush that covers it. Reads may see a write
 //! before it is acknowledged, never one that failed to apply.
 
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,8 +105,21 @@ pub struct Slot {
 /// Group-commit state of a slot.
 #[derive(Default)]
 struct Commit {
+    /// Every update up to this sequence number is durable.
     flushed: u64,
+    /// Whether some caller is flushing now (the others wait for it).
     flushing: bool,
+}
+
+/// Clears `flushing` and wakes the waiters if a flush unwinds, so that a
+/// failed flush never leaves a shard's writers waiting for good.
+struct FlushingReset<'a>(&'a Slot);
+
+impl Drop for FlushingReset<'_> {
+    fn drop(&mut self) {
+        self.0.commit.lock().flushing = false;
+        self.0.committed.notify_all();
+    }
 }
 
 impl Slot {
@@ -272,6 +286,9 @@ impl Slot {
             }
             state.flushing = true;
             drop(state);
+            // Whatever happens to this flush (qdrant-edge panics on I/O
+            // errors), the next waiter must be able to take over.
+            let reset = FlushingReset(self);
             let covered = {
                 let guard = self.shard.write();
                 let covered = self.applied.load(Ordering::Acquire);
@@ -282,6 +299,7 @@ impl Slot {
                 }
                 covered
             };
+            std::mem::forget(reset);
             state = self.commit.lock();
             state.flushed = state.flushed.max(covered);
             state.flushing = false;
@@ -328,6 +346,11 @@ pub struct Pool {
     map_budget: usize,
     wal_growth: u64,
     slots: Mutex<LruCache<String, Arc<Slot>>>,
+    /// Shards whose swap failed midway: refused until a restart repairs
+    /// them, even after their slot leaves the pool.
+    broken: Mutex<HashSet<String>>,
+    /// Set at shutdown: no shard opens any more.
+    closed: AtomicBool,
 }
 
 impl Pool {
@@ -344,20 +367,35 @@ impl Pool {
             slots: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cap).expect("max(1) is non-zero"),
             )),
+            broken: Mutex::new(HashSet::new()),
+            closed: AtomicBool::new(false),
         }
     }
 
-    /// The slot of shard `name`, created closed if it is not in the pool.
-    pub fn slot(&self, name: &str) -> Arc<Slot> {
+    /// Refuses `slot`'s shard until the next start (see [`Pool::broken`]).
+    pub fn mark_broken(&self, slot: &Slot) {
+        self.broken.lock().insert(slot.name.clone());
+        slot.mark_broken();
+    }
+
+    /// The slot of shard `name`, created closed if it is not in the pool;
+    /// refused once the pool is closed.
+    pub fn slot(&self, name: &str) -> Result<Arc<Slot>, StoreError> {
         let mut pool = self.slots.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("shutting down".into()));
+        }
         if let Some(slot) = pool.get(name) {
-            return slot.clone();
+            return Ok(slot.clone());
         }
         let slot = Arc::new(Slot::new(
             name.to_owned(),
             self.root.join(name),
             self.wal_growth,
         ));
+        if self.broken.lock().contains(name) {
+            slot.mark_broken();
+        }
         // Counted before it opens, so that making room for it accounts for it.
         slot.count_maps();
         // `push` never evicts on its own here: capacity is managed below so
@@ -366,7 +404,7 @@ impl Pool {
         pool.resize(grown);
         pool.push(name.to_owned(), slot.clone());
         self.evict_idle(&mut pool);
-        slot
+        Ok(slot)
     }
 
     fn evict_idle(&self, pool: &mut LruCache<String, Arc<Slot>>) {
@@ -398,8 +436,28 @@ impl Pool {
         pool.resize(NonZeroUsize::new(len.max(self.cap)).expect("max(cap>=1) is non-zero"));
     }
 
-    /// Closes every shard; returns how many slots there were.
-    pub fn clear(&self) -> usize {
+    /// Closes the pool: no shard opens from now on. Waits up to `patience`
+    /// for the requests that hold a shard to let go, then closes every
+    /// shard (one still held closes when its last holder lets go, and no
+    /// second handle can open it meanwhile). Returns how many slots there were.
+    pub fn close(&self, patience: std::time::Duration) -> usize {
+        self.closed.store(true, Ordering::Release);
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let held = self
+                .slots
+                .lock()
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) > 1)
+                .count();
+            if held == 0 || std::time::Instant::now() >= deadline {
+                if held > 0 {
+                    tracing::warn!(held, "closing the store while requests still hold shards");
+                }
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let mut pool = self.slots.lock();
         let n = pool.len();
         pool.clear();
@@ -433,10 +491,10 @@ mod tests {
         }
         // Room for 10 shards by count, but for only 10 maps: two shards.
         let pool = Pool::new(root.path(), 10, 10, WAL_GROWTH_BYTES);
-        pool.slot("a");
-        pool.slot("b");
-        let held = pool.slot("a");
-        pool.slot("c");
+        pool.slot("a").unwrap();
+        pool.slot("b").unwrap();
+        let held = pool.slot("a").unwrap();
+        pool.slot("c").unwrap();
         // "c" pushed the maps to 15: the oldest idle shard ("b", since "a"
         // is held) closed; "a" stayed although it is older.
         let names: Vec<String> = pool.slots.lock().iter().map(|(n, _)| n.clone()).collect();

@@ -39,7 +39,7 @@ pub enum Outcome {
     Rewritten {
         /// Live points copied.
         points: usize,
-        /// WAL bytes before and after.
+        /// WAL bytes of the old shard.
         wal_before: u64,
         /// WAL bytes of the fresh shard.
         wal_after: u64,
@@ -62,7 +62,7 @@ fn is_delete(op: &UpdateOperation) -> bool {
 impl EdgeEngine {
     /// Rewrites shard `name` now (blocking; run on the blocking pool).
     pub fn rewrite_blocking(&self, name: &str) -> Result<Outcome, StoreError> {
-        let slot = self.pool.slot(name);
+        let slot = self.pool.slot(name)?;
         if !slot.ensure_open(false)? {
             return Ok(Outcome::Gone);
         }
@@ -76,7 +76,12 @@ impl EdgeEngine {
         };
         let building = files::building_dir(&self.root, name);
         let started = Instant::now();
-        let result = self.copy_and_swap(&slot, generation, &building);
+        // A panic (qdrant-edge panics on I/O errors) is an error like any
+        // other here: the journal must stop and the copy must go.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.copy_and_swap(&slot, generation, &building)
+        }))
+        .unwrap_or_else(|_| Err(StoreError::Internal("a shard rewrite panicked".into())));
         if !matches!(result, Ok(Outcome::Rewritten { .. })) {
             *slot.journal.lock() = None;
             if building.exists() {
@@ -107,14 +112,20 @@ impl EdgeEngine {
         generation: u64,
         building: &std::path::Path,
     ) -> Result<Outcome, StoreError> {
-        // A leftover of an earlier failed attempt in this process.
-        if building.exists() {
-            files::remove_trash(building)?;
+        // Leftovers of an earlier failed attempt in this process. A `.swap-`
+        // left behind would replace the live shard at the next start.
+        let swap = files::swap_dir(&self.root, &slot.name);
+        for leftover in [building, swap.as_path()] {
+            if leftover.exists() {
+                files::remove_trash(leftover)?;
+            }
         }
         std::fs::create_dir_all(building)
             .map_err(|e| files::storage_err(&format!("cannot create {}", building.display()), e))?;
-        let fresh = EdgeShard::new(building, shard_config()).map_err(engine_err)?;
-        create_owner_index(&fresh)?;
+        let fresh = Building(Some(
+            EdgeShard::new(building, shard_config()).map_err(engine_err)?,
+        ));
+        create_owner_index(fresh.shard())?;
         let wal_before = files::wal_bytes(&slot.dir);
         let mut points = 0;
         let mut offset = None;
@@ -150,6 +161,7 @@ impl EdgeEngine {
             points += batch.len();
             if !batch.is_empty() {
                 fresh
+                    .shard()
                     .update(UpdateOperation::PointOperation(
                         PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
                     ))
@@ -173,33 +185,41 @@ impl EdgeEngine {
         let deletes = journal.iter().filter(|op| is_delete(op)).count() as u64;
         let had_deletes = deletes > 0;
         for op in journal {
-            fresh.update(op).map_err(engine_err)?;
+            fresh.shard().update(op).map_err(engine_err)?;
         }
-        fresh.flush();
-        drop(fresh);
+        fresh.close();
         let wal_after = files::wal_bytes(building);
         files::write_baseline(building, wal_after)?;
         if had_deletes {
             // Deleted during the copy: the copy holds that text too.
             files::mark_purge_pending(building)?;
         }
-        let swap = files::swap_dir(&self.root, &slot.name);
-        files::rename_durably(&self.root, building, &swap)?;
+        files::sync_tree(building)?;
+        if let Err(e) = files::rename_durably(&self.root, building, &swap) {
+            // The rename may have happened before the sync failed: a `.swap-`
+            // must not outlive a failed rewrite, or the next start would
+            // prefer it to the writes acknowledged from now on.
+            return Err(self.undo_swap(slot, &swap, e));
+        }
 
         // The copy is now the shard of record: a crash from here on completes
         // the swap at start. Close the old shard first so that its final flush
         // lands in its own directory.
         drop(guard.take());
         slot.bump_generation();
-        let trash = match files::move_to_trash(&self.root, &slot.dir)
-            .and_then(|t| files::rename_durably(&self.root, &swap, &slot.dir).map(|()| t))
-        {
+        let trash = match files::move_to_trash(&self.root, &slot.dir) {
             Ok(trash) => trash,
-            Err(e) => {
-                slot.mark_broken();
-                return Err(e);
-            }
+            // The old shard is still live and reopens on the next request.
+            Err(e) => return Err(self.undo_swap(slot, &swap, e)),
         };
+        if let Err(e) = files::rename_durably(&self.root, &swap, &slot.dir) {
+            if !slot.dir.exists() {
+                // No live shard and a complete copy aside: only a restart's
+                // repair can put it back, so refuse this shard until then.
+                self.pool.mark_broken(slot);
+            }
+            return Err(e);
+        }
         let reopened = EdgeShard::load(&slot.dir, Some(shard_config())).map_err(engine_err)?;
         slot.set_wal_baseline(wal_after);
         slot.reset_dead(deletes);
@@ -217,5 +237,48 @@ impl EdgeEngine {
             wal_before,
             wal_after,
         })
+    }
+}
+
+impl EdgeEngine {
+    /// Removes a `.swap-` copy after a failed step while the old shard is
+    /// still live; if even that fails, refuses the shard until a restart.
+    fn undo_swap(&self, slot: &Slot, swap: &std::path::Path, cause: StoreError) -> StoreError {
+        if swap.exists() && files::remove_trash(swap).is_err() {
+            self.pool.mark_broken(slot);
+        }
+        cause
+    }
+}
+
+/// The fresh shard while it is built. Dropping it flushes it, except while
+/// unwinding from a panic: qdrant-edge's flush panics on I/O errors, and a
+/// second panic during unwinding would abort the process. The directory is
+/// removed by the caller either way.
+struct Building(Option<EdgeShard>);
+
+impl Building {
+    fn shard(&self) -> &EdgeShard {
+        self.0
+            .as_ref()
+            .expect("a building shard is only taken by close")
+    }
+
+    /// Flushes and closes the shard.
+    fn close(mut self) {
+        if let Some(shard) = self.0.take() {
+            shard.flush();
+            drop(shard);
+        }
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        if let Some(shard) = self.0.take()
+            && std::thread::panicking()
+        {
+            std::mem::forget(shard);
+        }
     }
 }
