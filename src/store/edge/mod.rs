@@ -334,6 +334,16 @@ impl EdgeEngine {
         *entry = (*entry).min(at);
     }
 
+    /// Drops any scheduled rewrite of `name`.
+    fn unschedule(&self, name: &str) {
+        self.due.lock().remove(name);
+    }
+
+    /// The purge delay for deleted text.
+    fn purge_after(&self) -> Duration {
+        self.settings.purge_after
+    }
+
     /// Shards scheduled for a rewrite (due or not).
     pub fn scheduled_rewrites(&self) -> usize {
         self.due.lock().len()

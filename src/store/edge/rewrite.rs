@@ -94,6 +94,12 @@ impl EdgeEngine {
             wal_after,
         }) = &result
         {
+            // What fell due during the copy was judged on the old shard; only
+            // deletes replayed onto the copy still need a purge.
+            self.unschedule(name);
+            if files::purge_pending_since(&slot.dir).is_some() {
+                self.schedule(name, Instant::now() + self.purge_after());
+            }
             tracing::info!(
                 shard = %self.shard_tag(name),
                 points,
