@@ -14,47 +14,19 @@ Python standard library only.
 """
 
 import argparse
-import base64
-import hashlib
-import hmac
 import http.client
 import json
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from benchlib import hs256_token, free_port, serve, rss_kib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def hs256_token(key: str, tenant: str, sub: str) -> str:
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = b64(json.dumps({"sub": sub, "tenant": tenant, "exp": int(time.time()) + 86400}).encode())
-    sig = hmac.new(key.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest()
-    return f"{header}.{claims}.{b64(sig)}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def main():
@@ -76,23 +48,10 @@ def main():
         "CORDON_REQUEST_TIMEOUT_SECS": "300",
         "RUST_LOG": "warn,qdrant_edge::common::flags=error",
     })
-    log = open(os.path.join(work, "cordon.log"), "wb")
-    proc = subprocess.Popen([args.bin, "serve"], env=env, stdout=log, stderr=log)
+    proc = serve(args.bin, env, port, os.path.join(work, "cordon.log"))
     token = hs256_token(jwt_key, "bench", "exporter")
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                sys.exit("cordon did not start")
-            time.sleep(0.2)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         for start in range(0, args.memories, 64):
             batch = [{"text": f"memory {n}: something the exporter once said, kept for later",

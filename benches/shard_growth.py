@@ -20,35 +20,21 @@ Python standard library only.
 """
 
 import argparse
-import base64
-import hashlib
-import hmac
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+from benchlib import hs256_token, free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def hs256_token(key: str, tenant: str, sub: str) -> str:
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = b64(json.dumps({"sub": sub, "tenant": tenant, "exp": int(time.time()) + 86400}).encode())
-    signing_input = f"{header}.{claims}".encode()
-    sig = hmac.new(key.encode(), signing_input, hashlib.sha256).digest()
-    return f"{header}.{claims}.{b64(sig)}"
 
 
 def call(method, url, token=None, body=None, timeout=120):
@@ -61,12 +47,6 @@ def call(method, url, token=None, body=None, timeout=120):
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         raw = resp.read()
         return resp.status, json.loads(raw) if raw else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

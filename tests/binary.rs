@@ -109,19 +109,7 @@ async fn a_token_from_cordon_token_stores_and_recalls_and_acknowledged_writes_su
     server.child.wait().expect("reaped");
 
     let mut server = serve(dir.path());
-    let body = json_of(
-        client
-            .get(format!("{}/v1/memories/export", server.base))
-            .bearer_auth(&alice),
-    )
-    .await;
-    let mut recovered: Vec<String> = body["memories"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|m| m["text"].as_str().expect("text").to_owned())
-        .collect();
-    recovered.sort();
+    let recovered = exported_texts(&client, &server, &alice).await;
     acknowledged.sort();
     assert_eq!(recovered, acknowledged, "acknowledged writes were lost");
 
@@ -134,6 +122,24 @@ async fn a_token_from_cordon_token_stores_and_recalls_and_acknowledged_writes_su
 
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");
+}
+
+/// The texts of the caller's memories from `GET /v1/memories/export`, sorted.
+async fn exported_texts(client: &reqwest::Client, server: &Server, token: &str) -> Vec<String> {
+    let body = json_of(
+        client
+            .get(format!("{}/v1/memories/export", server.base))
+            .bearer_auth(token),
+    )
+    .await;
+    let mut texts: Vec<String> = body["memories"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text").to_owned())
+        .collect();
+    texts.sort();
+    texts
 }
 
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
@@ -255,19 +261,7 @@ async fn concurrent_acknowledged_writes_to_one_shard_survive_kill_9() {
     server.child.wait().expect("reaped");
 
     let mut server = serve(dir.path());
-    let body = json_of(
-        client
-            .get(format!("{}/v1/memories/export", server.base))
-            .bearer_auth(&alice),
-    )
-    .await;
-    let mut recovered: Vec<String> = body["memories"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|m| m["text"].as_str().expect("text").to_owned())
-        .collect();
-    recovered.sort();
+    let recovered = exported_texts(&client, &server, &alice).await;
     acknowledged.sort();
     assert_eq!(recovered, acknowledged, "acknowledged writes were lost");
     server.child.kill().expect("killed");
