@@ -103,6 +103,7 @@ impl Application {
                     drill_skip_read_filter: settings.store.collision_drill,
                     purge_after: settings.store.purge_after,
                     wal_growth_bytes: settings.store.wal_growth_bytes,
+                    min_free_bytes: settings.store.min_free_bytes,
                 })?);
                 edge.start_maintenance();
                 Arc::new(edge)

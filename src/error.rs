@@ -59,6 +59,9 @@ pub enum ApiError {
     /// The storage engine cannot serve the request right now.
     #[error("store unavailable")]
     StoreUnavailable,
+    /// The data directory is (nearly) full; the write was refused.
+    #[error("insufficient storage")]
+    InsufficientStorage,
     /// The embedding model cannot serve the request right now.
     #[error("embedder unavailable")]
     EmbedderUnavailable,
@@ -127,6 +130,11 @@ impl ApiError {
                 "store_unavailable",
                 "the memory store is unavailable; retry shortly".into(),
             ),
+            Self::InsufficientStorage => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the memory store is out of disk space; nothing was written. Reads, deletes and erase still work".into(),
+            ),
             Self::EmbedderUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "embedder_unavailable",
@@ -154,6 +162,7 @@ impl IntoResponse for ApiError {
             Self::Overloaded
             | Self::Timeout
             | Self::StoreUnavailable
+            | Self::InsufficientStorage
             | Self::EmbedderUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -178,6 +187,10 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(reason) => {
                 tracing::warn!(%reason, "store unavailable");
                 Self::StoreUnavailable
+            }
+            StoreError::InsufficientStorage(reason) => {
+                tracing::warn!(%reason, "write refused: insufficient storage");
+                Self::InsufficientStorage
             }
             StoreError::Engine(reason) => {
                 tracing::error!(%reason, "store engine error");

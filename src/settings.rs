@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Most user shards kept open at once.
     #[arg(long, env = "CORDON_MAX_OPEN_SHARDS", default_value_t = 1024)]
     pub max_open_shards: usize,
+    /// Free bytes the data directory keeps: below this, stores get 507 instead
+    /// of filling the disk (embedded engine).
+    #[arg(long, env = "CORDON_MIN_FREE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub min_free_bytes: u64,
     /// Longest time, in seconds, a deleted memory's text stays in its shard's
     /// files before the shard is rewritten without it (embedded engine).
     #[arg(long, env = "CORDON_PURGE_AFTER_SECS", default_value_t = 60)]
@@ -205,6 +209,8 @@ pub struct StoreSettings {
     pub purge_after: Duration,
     /// WAL growth that makes a shard due for a rewrite (embedded engine).
     pub wal_growth_bytes: u64,
+    /// Free-space reserve of the data directory (embedded engine).
+    pub min_free_bytes: u64,
     /// Collision drill mode (see [`ServeArgs::collision_drill`]).
     pub collision_drill: bool,
     /// Qdrant server (server engine).
@@ -359,6 +365,7 @@ impl ServeArgs {
                 max_open_shards: self.max_open_shards.max(1),
                 purge_after: Duration::from_secs(self.purge_after_secs),
                 wal_growth_bytes: crate::store::edge::pool::WAL_GROWTH_BYTES,
+                min_free_bytes: self.min_free_bytes,
                 collision_drill: self.collision_drill,
                 qdrant: QdrantConnection {
                     url: self.qdrant_url,

@@ -26,6 +26,9 @@ fn cordon(data_dir: &Path) -> Command {
         )
         .env("CORDON_JWT_HS256_SECRET", SECRET)
         .env("CORDON_EMBED_THREADS", "1")
+        // A machine with little disk left must not fail every test with 507;
+        // the full-disk test sets its own reserve.
+        .env("CORDON_MIN_FREE_BYTES", "0")
         .env("RUST_LOG", "info");
     cmd
 }
@@ -37,7 +40,13 @@ struct Server {
 
 /// Starts `cordon serve` and waits for its "listening" line.
 fn serve(data_dir: &Path) -> Server {
-    let mut child = cordon(data_dir)
+    serve_with(cordon(data_dir))
+}
+
+/// Starts `command serve` (a [`cordon`] command, adjusted) and waits for its
+/// "listening" line.
+fn serve_with(mut command: Command) -> Server {
+    let mut child = command
         .arg("serve")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -264,6 +273,107 @@ async fn concurrent_acknowledged_writes_to_one_shard_survive_kill_9() {
     let recovered = exported_texts(&client, &server, &alice).await;
     acknowledged.sort();
     assert_eq!(recovered, acknowledged, "acknowledged writes were lost");
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
+/// A size-limited tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts `size` (e.g. "24m"), or says why it cannot (needs root).
+    fn mount(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Self { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remount to {size}");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_stores_with_507_and_keeps_reads_and_the_process_alive() {
+    let disk = match SmallDisk::mount("24m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: a size-limited tmpfs cannot be mounted here ({why}); run as root");
+            return;
+        }
+    };
+    let data = disk.dir.path().join("data");
+    let alice = mint(&data, "acme", "alice");
+    let client = reqwest::Client::new();
+    let mut command = cordon(&data);
+    command.env("CORDON_MIN_FREE_BYTES", (8 * 1024 * 1024).to_string());
+    let mut server = serve_with(command);
+
+    // Without the reserve this fills the disk and qdrant-edge's memory-mapped
+    // writes fault (SIGBUS); with it, stores stop at a clean 507.
+    let mut stored = 0;
+    let mut refused = None;
+    for batch in 0..400 {
+        let texts: Vec<Value> = (0..16)
+            .map(|i| json!({ "text": format!("filler {batch}-{i} {}", "x".repeat(1500)) }))
+            .collect();
+        let response = client
+            .post(format!("{}/v1/memories", server.base))
+            .bearer_auth(&alice)
+            .json(&json!({ "memories": texts }))
+            .send()
+            .await
+            .expect("the server answers, full disk or not");
+        if response.status() == StatusCode::CREATED {
+            stored += 16;
+            continue;
+        }
+        refused = Some(response);
+        break;
+    }
+    let refused = refused.expect("the disk filled up within 400 batches");
+    assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let body: Value = refused.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "insufficient_storage");
+    assert!(stored > 0);
+
+    // Reads keep working and hold exactly what was acknowledged.
+    assert_eq!(exported_texts(&client, &server, &alice).await.len(), stored);
+
+    // Space comes back: writes work again, with nothing restarted.
+    disk.resize("64m");
+    let response = client
+        .post(format!("{}/v1/memories", server.base))
+        .bearer_auth(&alice)
+        .json(&json!({ "text": "written once there was room again" }))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(
+        server.child.try_wait().expect("status").is_none(),
+        "the server is still running"
+    );
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");
 }

@@ -34,6 +34,10 @@ pub enum StoreError {
     /// The engine cannot be reached or is shutting down; retrying may work.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The data directory's free space is below the reserve; writes that
+    /// would grow storage are refused until space is back.
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     /// The engine reported an error for this operation.
     #[error("engine error: {0}")]
     Engine(String),

@@ -72,6 +72,7 @@ pub fn settings(data_dir: &Path) -> Settings {
             max_open_shards: 64,
             purge_after: Duration::from_secs(60),
             wal_growth_bytes: cordon::store::edge::pool::WAL_GROWTH_BYTES,
+            min_free_bytes: 0,
             collision_drill: false,
             qdrant: QdrantConnection {
                 url: std::env::var("QDRANT_URL").unwrap_or_else(|_| "http://127.0.0.1:6334".into()),

@@ -158,6 +158,7 @@ fn edge_engine(dir: &TempDir, name_hex_chars: usize, collision_drill: bool) -> A
         drill_skip_read_filter: collision_drill,
         purge_after: std::time::Duration::from_secs(60),
         wal_growth_bytes: cordon::store::edge::pool::WAL_GROWTH_BYTES,
+        min_free_bytes: 0,
     })
     .expect("engine opens");
     Arc::new(Arc::new(engine))

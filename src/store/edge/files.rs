@@ -144,6 +144,26 @@ pub fn wal_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Allocated bytes of the files under `dir` (as `du` counts them).
+pub fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 /// Regular files under `dir`, at any depth.
 pub fn file_count(dir: &Path) -> usize {
     let mut count = 0;

@@ -81,6 +81,12 @@ pub struct EdgeSettings {
     /// WAL growth past twice its size after the last rewrite that makes a
     /// shard due for a rewrite (default [`pool::WAL_GROWTH_BYTES`]).
     pub wal_growth_bytes: u64,
+    /// Free bytes the data directory keeps: stores are refused below it, and
+    /// a rewrite waits until the copy fits above it. qdrant-edge writes
+    /// through memory maps of sparse files, so on a full disk a write faults
+    /// (SIGBUS, killing the process) rather than failing: the reserve keeps
+    /// the engine from getting there.
+    pub min_free_bytes: u64,
 }
 
 /// The embedded qdrant-edge engine.
@@ -409,11 +415,29 @@ impl EdgeEngine {
             .map_err(|e| StoreError::Internal(format!("blocking task failed: {e}")))?
     }
 
+    /// Refuses a write that would grow storage when free space has fallen
+    /// below the reserve plus `extra` bytes.
+    fn check_space(&self, extra: u64) -> Result<(), StoreError> {
+        if self.settings.min_free_bytes == 0 && extra == 0 {
+            return Ok(());
+        }
+        let free = fs4::available_space(&self.root)
+            .map_err(|e| StoreError::Unavailable(format!("cannot read free space: {e}")))?;
+        let needed = self.settings.min_free_bytes + extra;
+        if free < needed {
+            return Err(StoreError::InsufficientStorage(format!(
+                "{free} bytes free in the data directory, {needed} needed"
+            )));
+        }
+        Ok(())
+    }
+
     fn upsert_blocking(
         &self,
         owner: &OwnerHash,
         memories: Vec<NewMemory>,
     ) -> Result<(), StoreError> {
+        self.check_space(0)?;
         let owner_hex = owner.to_hex();
         let points: Vec<PointStructPersisted> = memories
             .into_iter()

@@ -66,6 +66,9 @@ impl EdgeEngine {
         if !slot.ensure_open(false)? {
             return Ok(Outcome::Gone);
         }
+        // The copy needs about the live part of the shard; the shard's whole
+        // size bounds it.
+        self.check_space(files::disk_bytes(&slot.dir))?;
         let generation = {
             let guard = slot.shard.write();
             if guard.is_none() {
