@@ -128,6 +128,7 @@ fn cordon_store(dir: &Path) -> (Arc<EdgeEngine>, GuardedStore) {
             drill_skip_read_filter: false,
             purge_after: std::time::Duration::from_secs(60),
             wal_growth_bytes: cordon::store::edge::pool::WAL_GROWTH_BYTES,
+            min_free_bytes: 0,
         })
         .expect("an engine"),
     );
