@@ -62,3 +62,32 @@ def serve(binary: str, env: dict, port: int, log_path: str):
             proc.kill()
             sys.exit(f"cordon did not start (see {log_path})")
         time.sleep(0.2)
+
+
+def disk_bytes(path: str) -> int:
+    """Allocated bytes under `path`, as `du` counts them (sparse files count what they use)."""
+    import os
+
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def server_env(environ: dict, data_dir: str, model_dir: str, jwt_key: str, port: int, **extra) -> dict:
+    """The environment of a bench server: the caller's without any CORDON_*
+    setting, plus a fresh data directory, the model, an HS256 key and a port."""
+    env = {k: v for k, v in environ.items() if not k.startswith("CORDON_")}
+    env.update({
+        "CORDON_BIND": f"127.0.0.1:{port}",
+        "CORDON_DATA_DIR": data_dir,
+        "CORDON_MODEL_DIR": model_dir,
+        "CORDON_JWT_HS256_SECRET": jwt_key,
+        "RUST_LOG": "warn,qdrant_edge::common::flags=error",
+    })
+    env.update(extra)
+    return env

@@ -18,13 +18,9 @@ unless --keep is given. Python standard library only.
 """
 
 import argparse
-import base64
-import hashlib
-import hmac
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,21 +28,9 @@ import time
 import urllib.error
 import urllib.request
 
+from benchlib import disk_bytes, free_port, hs256_token, rss_kib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def hs256_token(key: str, tenant: str, sub: str) -> str:
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = b64(
-        json.dumps({"sub": sub, "tenant": tenant, "exp": int(time.time()) + 3600}).encode()
-    )
-    signing_input = f"{header}.{claims}".encode()
-    sig = hmac.new(key.encode(), signing_input, hashlib.sha256).digest()
-    return f"{header}.{claims}.{b64(sig)}"
 
 
 def request(method, url, token=None, body=None, timeout=120):
@@ -60,35 +44,9 @@ def request(method, url, token=None, body=None, timeout=120):
         return resp.status, json.loads(resp.read() or b"null")
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def maps(pid: int) -> int:
     with open(f"/proc/{pid}/maps") as f:
         return sum(1 for _ in f)
-
-
-def disk_bytes(path: str) -> int:
-    # Allocated blocks, as `du` counts them (sparse files count what they use).
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def snapshot(pid, storage):
@@ -162,7 +120,7 @@ def main():
         started = time.time()
         tokens = []
         for u in range(args.users):
-            token = hs256_token(jwt_key, "cost", f"user-{u}")
+            token = hs256_token(jwt_key, "cost", f"user-{u}", ttl=3600)
             tokens.append(token)
             memories = [
                 {"text": f"user {u} {SENTENCES[(u + j) % len(SENTENCES)]} (note {j})"}

@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import hs256_token, free_port
+from benchlib import disk_bytes, free_port, hs256_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,17 +79,6 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-
-
-def disk_bytes(path: str) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
 
 
 def shard_dir(data_dir: str) -> str:

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import hs256_token, free_port, serve
+from benchlib import hs256_token, free_port, server_env, serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,14 +102,7 @@ def main():
     work = tempfile.mkdtemp(prefix="cordon-writes-")
     jwt_key = secrets.token_hex(32)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORDON_")}
-    env.update({
-        "CORDON_BIND": f"127.0.0.1:{port}",
-        "CORDON_DATA_DIR": os.path.join(work, "data"),
-        "CORDON_MODEL_DIR": os.path.join(ROOT, "models"),
-        "CORDON_JWT_HS256_SECRET": jwt_key,
-        "RUST_LOG": "warn,qdrant_edge::common::flags=error",
-    })
+    env = server_env(os.environ, os.path.join(work, "data"), os.path.join(ROOT, "models"), jwt_key, port)
     for kv in args.env:
         key, _, value = kv.partition("=")
         env[key] = value

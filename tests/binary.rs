@@ -103,10 +103,7 @@ async fn a_token_from_cordon_token_stores_and_recalls_and_acknowledged_writes_su
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let text = format!("acknowledged memory number {i}");
-        let r = client
-            .post(format!("{}/v1/memories", server.base))
-            .bearer_auth(&alice)
-            .json(&json!({ "text": text }))
+        let r = store_request(&client, &server, &alice, &json!({ "text": text }))
             .send()
             .await
             .expect("sent");
@@ -131,6 +128,19 @@ async fn a_token_from_cordon_token_stores_and_recalls_and_acknowledged_writes_su
 
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");
+}
+
+/// `POST /v1/memories` with `body`, as `token`.
+fn store_request(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{}/v1/memories", server.base))
+        .bearer_auth(token)
+        .json(body)
 }
 
 /// The texts of the caller's memories from `GET /v1/memories/export`, sorted.
@@ -207,11 +217,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_0() {
         let texts: Vec<Value> = (0..16)
             .map(|i| json!({ "text": format!("in flight {batch}-{i}: a note about the garden shed") }))
             .collect();
-        let request = client
-            .post(format!("{}/v1/memories", server.base))
-            .bearer_auth(&alice)
-            .json(&json!({ "memories": texts }))
-            .send();
+        let request = store_request(&client, &server, &alice, &json!({ "memories": texts })).send();
         in_flight.push(tokio::spawn(request));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -253,11 +259,13 @@ async fn concurrent_acknowledged_writes_to_one_shard_survive_kill_9() {
     // still mean that its own write is on disk.
     let mut writers = Vec::new();
     for i in 0..24 {
-        let request = client
-            .post(format!("{}/v1/memories", server.base))
-            .bearer_auth(&alice)
-            .json(&json!({ "text": format!("concurrent write {i}") }))
-            .send();
+        let request = store_request(
+            &client,
+            &server,
+            &alice,
+            &json!({ "text": format!("concurrent write {i}") }),
+        )
+        .send();
         writers.push(tokio::spawn(request));
     }
     let mut acknowledged = Vec::new();
@@ -337,10 +345,7 @@ async fn a_full_disk_refuses_stores_with_507_and_keeps_reads_and_the_process_ali
         let texts: Vec<Value> = (0..16)
             .map(|i| json!({ "text": format!("filler {batch}-{i} {}", "x".repeat(1500)) }))
             .collect();
-        let response = client
-            .post(format!("{}/v1/memories", server.base))
-            .bearer_auth(&alice)
-            .json(&json!({ "memories": texts }))
+        let response = store_request(&client, &server, &alice, &json!({ "memories": texts }))
             .send()
             .await
             .expect("the server answers, full disk or not");
@@ -362,13 +367,15 @@ async fn a_full_disk_refuses_stores_with_507_and_keeps_reads_and_the_process_ali
 
     // Space comes back: writes work again, with nothing restarted.
     disk.resize("64m");
-    let response = client
-        .post(format!("{}/v1/memories", server.base))
-        .bearer_auth(&alice)
-        .json(&json!({ "text": "written once there was room again" }))
-        .send()
-        .await
-        .expect("answered");
+    let response = store_request(
+        &client,
+        &server,
+        &alice,
+        &json!({ "text": "written once there was room again" }),
+    )
+    .send()
+    .await
+    .expect("answered");
     assert_eq!(response.status(), StatusCode::CREATED);
     assert!(
         server.child.try_wait().expect("status").is_none(),

@@ -144,10 +144,8 @@ pub fn wal_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Allocated bytes of the files under `dir` (as `du` counts them).
-pub fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt as _;
-    let mut total = 0;
+/// Calls `f` with the metadata of every file under `dir`, at any depth.
+fn for_each_file(dir: &Path, mut f: impl FnMut(&std::fs::Metadata)) {
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -156,30 +154,25 @@ pub fn disk_bytes(dir: &Path) -> u64 {
         for entry in entries.flatten() {
             match entry.metadata() {
                 Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) => total += m.blocks() * 512,
-                Err(_) => {}
+                Ok(m) if m.is_file() => f(&m),
+                _ => {}
             }
         }
     }
+}
+
+/// Allocated bytes of the files under `dir` (as `du` counts them).
+pub fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0;
+    for_each_file(dir, |m| total += m.blocks() * 512);
     total
 }
 
 /// Regular files under `dir`, at any depth.
 pub fn file_count(dir: &Path) -> usize {
     let mut count = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(entry.path()),
-                Ok(t) if t.is_file() => count += 1,
-                _ => {}
-            }
-        }
-    }
+    for_each_file(dir, |_| count += 1);
     count
 }
 
