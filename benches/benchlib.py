@@ -91,3 +91,18 @@ def server_env(environ: dict, data_dir: str, model_dir: str, jwt_key: str, port:
     })
     env.update(extra)
     return env
+
+
+def call(method: str, url: str, token=None, body=None, timeout=120):
+    """One JSON request; returns (status, parsed body or None). Raises on 4xx/5xx."""
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None

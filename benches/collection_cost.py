@@ -26,22 +26,10 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 
-from benchlib import disk_bytes, free_port, hs256_token, rss_kib
+from benchlib import call, disk_bytes, free_port, hs256_token, rss_kib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def request(method, url, token=None, body=None, timeout=120):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.status, json.loads(resp.read() or b"null")
 
 
 def maps(pid: int) -> int:
@@ -106,7 +94,7 @@ def main():
     try:
         for _ in range(240):
             try:
-                if request("GET", base + "/readyz")[0] == 200:
+                if call("GET", base + "/readyz")[0] == 200:
                     break
             except (urllib.error.URLError, ConnectionError):
                 pass
@@ -126,7 +114,7 @@ def main():
                 {"text": f"user {u} {SENTENCES[(u + j) % len(SENTENCES)]} (note {j})"}
                 for j in range(args.per_user)
             ]
-            status, _ = request("POST", base + "/v1/memories", token, {"memories": memories})
+            status, _ = call("POST", base + "/v1/memories", token, {"memories": memories})
             assert status == 201, status
             if (u + 1) % 100 == 0:
                 print(f"  {u + 1} users stored ({time.time() - started:.0f} s)", file=sys.stderr)
@@ -150,7 +138,7 @@ def main():
         print(json.dumps(result, indent=2))
         if not args.keep:
             for token in tokens:
-                request("DELETE", base + "/v1/memories", token)
+                call("DELETE", base + "/v1/memories", token)
     finally:
         server.terminate()
         server.wait()

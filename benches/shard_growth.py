@@ -30,23 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-from benchlib import disk_bytes, free_port, hs256_token
+from benchlib import call, disk_bytes, free_port, hs256_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def call(method, url, token=None, body=None, timeout=120):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        raw = resp.read()
-        return resp.status, json.loads(raw) if raw else None
 
 
 class Server:
