@@ -143,22 +143,26 @@ fn store_request(
         .json(body)
 }
 
-/// The texts of the caller's memories from `GET /v1/memories/export`, sorted.
-async fn exported_texts(client: &reqwest::Client, server: &Server, token: &str) -> Vec<String> {
+/// The caller's memories from `GET /v1/memories/export`, sorted by text.
+async fn exported(client: &reqwest::Client, server: &Server, token: &str) -> Vec<Value> {
     let body = json_of(
         client
             .get(format!("{}/v1/memories/export", server.base))
             .bearer_auth(token),
     )
     .await;
-    let mut texts: Vec<String> = body["memories"]
-        .as_array()
-        .expect("array")
+    let mut memories = body["memories"].as_array().expect("array").clone();
+    memories.sort_by(|a, b| a["text"].as_str().cmp(&b["text"].as_str()));
+    memories
+}
+
+/// The texts of the caller's memories from `GET /v1/memories/export`, sorted.
+async fn exported_texts(client: &reqwest::Client, server: &Server, token: &str) -> Vec<String> {
+    exported(client, server, token)
+        .await
         .iter()
         .map(|m| m["text"].as_str().expect("text").to_owned())
-        .collect();
-    texts.sort();
-    texts
+        .collect()
 }
 
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
@@ -380,6 +384,157 @@ async fn a_full_disk_refuses_stores_with_507_and_keeps_reads_and_the_process_ali
     assert!(
         server.child.try_wait().expect("status").is_none(),
         "the server is still running"
+    );
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
+/// Directories made immutable (`chattr +i`) for one test, so that creating or
+/// renaming a file in them fails with an I/O error; released when dropped.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    /// Makes every directory under `segments` immutable, or says why it
+    /// cannot (needs root and a file system with attributes, such as ext4).
+    fn segments_of(shard: &Path) -> Result<Self, String> {
+        let dirs: Vec<_> = std::fs::read_dir(shard.join("segments"))
+            .map_err(|e| e.to_string())?
+            .map(|entry| entry.expect("readable entry").path())
+            .filter(|path| path.is_dir())
+            .collect();
+        assert!(!dirs.is_empty(), "the shard has segments");
+        let held = Self(dirs);
+        held.chattr("+i")?;
+        Ok(held)
+    }
+
+    fn chattr(&self, flag: &str) -> Result<(), String> {
+        let out = Command::new("chattr")
+            .arg(flag)
+            .args(&self.0)
+            .output()
+            .map_err(|e| format!("chattr: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = self.chattr("-i");
+    }
+}
+
+#[tokio::test]
+async fn a_write_failing_with_an_io_error_is_503_is_never_half_served_and_a_retry_settles_it() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (alice, bob) = (
+        mint(data.path(), "acme", "alice"),
+        mint(data.path(), "acme", "bob"),
+    );
+    let client = reqwest::Client::new();
+    let mut server = serve(data.path());
+    let store = |token: &str, text: &str| {
+        store_request(&client, &server, token, &json!({ "text": text })).send()
+    };
+    let during = json!({ "text": "alice during the fault", "metadata": { "kind": "retried" } });
+    let store_during = || {
+        store_request(&client, &server, &alice, &during)
+            .header("Idempotency-Key", "write-during-the-fault")
+            .send()
+    };
+    let created = store(&alice, "alice before the fault")
+        .await
+        .expect("answered");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let shards: Vec<_> = std::fs::read_dir(data.path().join("shards"))
+        .expect("shards dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.join("edge_config.json").is_file())
+        .collect();
+    assert_eq!(shards.len(), 1, "alice's shard only");
+    let fault = match Immutable::segments_of(&shards[0]) {
+        Ok(fault) => fault,
+        Err(why) => {
+            eprintln!(
+                "skipped: cannot make a shard's segments immutable here ({why}); run as root on ext4"
+            );
+            server.child.kill().expect("killed");
+            return;
+        }
+    };
+
+    // The flush cannot create its files: the write is refused with 503.
+    let refused = store_during().await.expect("answered");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "store_unavailable");
+
+    // Reads keep working. The refused write's outcome is unknown (here the
+    // flush wrote the data and failed on the segment's state file), but it
+    // is never served in part: absent, or whole with its metadata.
+    let memories = exported(&client, &server, &alice).await;
+    let texts: Vec<&str> = memories
+        .iter()
+        .map(|m| m["text"].as_str().expect("text"))
+        .collect();
+    assert!(
+        texts == ["alice before the fault"]
+            || texts == ["alice before the fault", "alice during the fault"],
+        "{texts:?}"
+    );
+    if let Some(landed) = memories
+        .iter()
+        .find(|m| m["text"] == "alice during the fault")
+    {
+        assert_eq!(landed["metadata"], during["metadata"]);
+    }
+    let search = json_of(
+        client
+            .post(format!("{}/v1/memories/search", server.base))
+            .bearer_auth(&alice)
+            .json(&json!({ "query": "alice" })),
+    )
+    .await;
+    assert_eq!(
+        search["results"].as_array().expect("results").len(),
+        texts.len()
+    );
+    let other = store(&bob, "bob during alice's fault")
+        .await
+        .expect("answered");
+    assert_eq!(other.status(), StatusCode::CREATED);
+
+    // The fault ends: writes work again without a restart, the retry under
+    // the same key leaves exactly one copy, and kill -9 then a restart show
+    // exactly that.
+    drop(fault);
+    let retried = store_during().await.expect("answered");
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    let created = store(&alice, "alice after the fault")
+        .await
+        .expect("answered");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let expected = [
+        "alice after the fault",
+        "alice before the fault",
+        "alice during the fault",
+    ];
+    assert_eq!(exported_texts(&client, &server, &alice).await, expected);
+    assert!(
+        server.child.try_wait().expect("status").is_none(),
+        "the server is still running"
+    );
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+
+    let mut server = serve(data.path());
+    assert_eq!(exported_texts(&client, &server, &alice).await, expected);
+    assert_eq!(
+        exported_texts(&client, &server, &bob).await,
+        ["bob during alice's fault"]
     );
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");

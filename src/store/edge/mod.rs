@@ -3,7 +3,8 @@
 //! Shards live under `<data_dir>/shards/<collection name>`, are created on the
 //! first write and opened lazily on first use; [`pool`] keeps the open ones
 //! bounded, [`rewrite`] keeps each one's files bounded and free of deleted
-//! text, and [`files`] holds the directory steps that must survive a crash.
+//! text, [`files`] holds the directory steps that must survive a crash, and
+//! [`fault`] turns qdrant-edge's panics on I/O errors into errors.
 //! qdrant-edge is synchronous and does disk I/O, so every call runs on tokio's
 //! blocking pool.
 //!
@@ -12,6 +13,7 @@
 //! durable once the segments are flushed. Every write is therefore flushed
 //! before it is acknowledged; there is no faster, weaker mode.
 
+mod fault;
 pub mod files;
 pub mod pool;
 pub mod rewrite;
@@ -540,10 +542,12 @@ impl EdgeEngine {
             .map_err(engine_err)?;
         if left == 0 {
             // Nobody else's points live here: remove the shard entirely. A
-            // rewrite copying it is cancelled. Dropping the shard flushes; we
-            // hold the slot exclusively.
+            // rewrite copying it is cancelled. Its directory goes next, so
+            // a failing last flush does not matter.
             *slot.journal.lock() = None;
-            drop(guard.take());
+            if let Some(shard) = guard.take() {
+                fault::close(shard, &slot.name);
+            }
             slot.bump_generation();
             files::discard_dir(&self.root, &slot.dir)?;
             slot.count_maps();
@@ -551,7 +555,10 @@ impl EdgeEngine {
         } else {
             // A shared (collided) shard keeps the other owners' points; the
             // erased ones' text goes at its next rewrite.
-            shard.flush();
+            if let Err(e) = fault::flush(shard) {
+                slot.retire(&mut guard);
+                return Err(e);
+            }
             if let Some(journal) = slot.journal.lock().as_mut() {
                 journal.push(UpdateOperation::PointOperation(
                     PointOperations::DeletePointsByFilter(mine.expect("one condition")),

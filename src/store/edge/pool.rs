@@ -14,6 +14,14 @@
 //! applied too and one flush makes them all durable (group commit); each is
 //! acknowledged only after a flush that covers it. Reads may see a write
 //! before it is acknowledged, never one that failed to apply.
+//!
+//! A flush that fails (an I/O error) fails every write it covered, with 503.
+//! The slot is then retired: its shard closes, it refuses from then on, and
+//! the pool hands the next request a fresh slot that reopens the directory
+//! from its files. Those hold what the last good flush wrote, plus whatever
+//! the closing flush managed to write, so a refused write may still land,
+//! whole, like a write whose answer timed out (a retry with the same
+//! `Idempotency-Key` settles it).
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -25,11 +33,11 @@ use lru::LruCache;
 use parking_lot::{Condvar, Mutex, RwLock};
 use qdrant_edge::{
     CreateIndex, EdgeShard, FieldIndexOperations, PayloadFieldSchema, PayloadSchemaType,
-    UpdateOperation,
+    PointOperations, UpdateOperation, WithPayloadInterface, WithVector,
 };
 
-use super::files;
 use super::{engine_err, owner_path, shard_config};
+use super::{fault, files};
 use crate::store::StoreError;
 
 /// Memory maps a small user's open shard holds (measured: 100 open shards
@@ -87,6 +95,9 @@ pub struct Slot {
     /// Set when a swap failed midway: the directory is only repaired at the
     /// next start, so until then the shard refuses to serve.
     broken: AtomicBool,
+    /// Set when a write failed to flush: this slot's shard is closed for
+    /// good and the pool replaces the slot (see the module docs).
+    retired: AtomicBool,
     /// Memory maps the open shard holds, estimated at open by its files
     /// (each WAL segment, vector chunk, payload page and index file is one
     /// map; measured: 26 maps for 32 files); 0 while closed.
@@ -109,6 +120,9 @@ struct Commit {
     flushed: u64,
     /// Whether some caller is flushing now (the others wait for it).
     flushing: bool,
+    /// Whether a flush failed: every update not yet flushed then is lost
+    /// (and the slot is retired, so no later update exists).
+    failed: bool,
 }
 
 /// Clears `flushing` and wakes the waiters if a flush unwinds, so that a
@@ -133,6 +147,7 @@ impl Slot {
             wal_limit: AtomicU64::new(wal_growth),
             wal_growth,
             broken: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             maps: AtomicUsize::new(0),
             dead: AtomicU64::new(0),
             applied: AtomicU64::new(0),
@@ -154,6 +169,24 @@ impl Slot {
     /// Refuses service until restart (see the field).
     pub fn mark_broken(&self) {
         self.broken.store(true, Ordering::Release);
+    }
+
+    /// Whether the slot was retired after a failed flush.
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Closes the shard held in `guard` (the slot's exclusive lock) after a
+    /// failed write and retires the slot: a rewrite copying it is cancelled
+    /// and the pool replaces it on the next request.
+    pub fn retire(&self, guard: &mut Option<EdgeShard>) {
+        *self.journal.lock() = None;
+        if let Some(shard) = guard.take() {
+            fault::close(shard, &self.name);
+        }
+        self.retired.store(true, Ordering::Release);
+        self.maps.store(0, Ordering::Release);
+        self.bump_generation();
     }
 
     /// Sets the rewrite bound from the WAL size right after the last rewrite.
@@ -208,6 +241,14 @@ impl Slot {
         if guard.is_some() {
             return Ok(true);
         }
+        // Checked under the lock: `retire` closes the shard under it, and a
+        // request that found this slot just before must not reopen the
+        // directory behind the pool's back.
+        if self.retired() {
+            return Err(StoreError::Unavailable(
+                "a write to this shard failed; it is reopening".into(),
+            ));
+        }
         let exists = self.dir.join("edge_config.json").is_file();
         if !exists && !create {
             return Ok(false);
@@ -256,17 +297,24 @@ impl Slot {
         let applied = self.write(create, |shard| {
             before()?;
             let copy = self.journal.lock().is_some().then(|| op.clone());
-            shard.update(op).map_err(engine_err)?;
+            let undo = undo_of(shard, &op);
+            if let Err(e) = shard.update(op) {
+                // An upsert can fail after some of its points were applied
+                // (a segment refusing a new file); take those out again so
+                // that the next flush cannot make half of a refused write
+                // durable.
+                if let Some(undo) = undo {
+                    let _ = shard.update(undo);
+                }
+                return Err(engine_err(e));
+            }
             if let (Some(op), Some(journal)) = (copy, self.journal.lock().as_mut()) {
                 journal.push(op);
             }
             Ok(self.applied.fetch_add(1, Ordering::AcqRel) + 1)
         })?;
         match applied {
-            Some(seq) => {
-                self.commit(seq);
-                Ok(Some(()))
-            }
+            Some(seq) => self.commit(seq).map(Some),
             None => Ok(None),
         }
     }
@@ -274,11 +322,16 @@ impl Slot {
     /// Waits until update number `seq` is flushed, flushing it if no other
     /// caller is. A flush takes the exclusive lock (qdrant-edge's flush must
     /// not overlap an update) and covers every update applied before it.
-    fn commit(&self, seq: u64) {
+    fn commit(&self, seq: u64) -> Result<(), StoreError> {
         let mut state = self.commit.lock();
         loop {
             if state.flushed >= seq {
-                return;
+                return Ok(());
+            }
+            if state.failed {
+                return Err(StoreError::Unavailable(
+                    "the shard's flush failed (an I/O error); the write may not have landed".into(),
+                ));
             }
             if state.flushing {
                 self.committed.wait(&mut state);
@@ -289,19 +342,24 @@ impl Slot {
             // Whatever happens to this flush (qdrant-edge panics on I/O
             // errors), the next waiter must be able to take over.
             let reset = FlushingReset(self);
-            let covered = {
-                let guard = self.shard.write();
+            let (covered, flushed) = {
+                let mut guard = self.shard.write();
                 let covered = self.applied.load(Ordering::Acquire);
                 // No shard: it was closed (erase, or a rewrite's swap) after
                 // this update, and closing flushed it.
-                if let Some(shard) = guard.as_ref() {
-                    shard.flush();
+                let flushed = guard.as_ref().map_or(Ok(()), fault::flush);
+                if let Err(e) = &flushed {
+                    tracing::error!(shard = %self.name, error = %e, "write failed; closing the shard");
+                    self.retire(&mut guard);
                 }
-                covered
+                (covered, flushed)
             };
             std::mem::forget(reset);
             state = self.commit.lock();
-            state.flushed = state.flushed.max(covered);
+            match flushed {
+                Ok(()) => state.flushed = state.flushed.max(covered),
+                Err(_) => state.failed = true,
+            }
             state.flushing = false;
             self.committed.notify_all();
         }
@@ -324,6 +382,40 @@ impl Slot {
             // Erased between open and write: open again.
         }
     }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(shard) = self.shard.get_mut().take() {
+            fault::close(shard, &self.name);
+        }
+    }
+}
+
+/// The update that takes out again the points `op` would add to `shard`
+/// (those it does not hold yet: an upsert over existing points, such as
+/// two racing retries under one `Idempotency-Key`, must not delete them).
+fn undo_of(shard: &EdgeShard, op: &UpdateOperation) -> Option<UpdateOperation> {
+    let UpdateOperation::PointOperation(
+        points @ (PointOperations::UpsertPoints(_) | PointOperations::UpsertPointsConditional(_)),
+    ) = op
+    else {
+        return None;
+    };
+    let ids = points.point_ids()?;
+    let held: HashSet<_> = shard
+        .retrieve(
+            &ids,
+            Some(WithPayloadInterface::Bool(false)),
+            Some(WithVector::Bool(false)),
+        )
+        .ok()?
+        .into_iter()
+        .map(|record| record.id)
+        .collect();
+    let ids: Vec<_> = ids.into_iter().filter(|id| !held.contains(id)).collect();
+    (!ids.is_empty())
+        .then(|| UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))
 }
 
 /// Creates the keyword index on the owner field, which every read filters on.
@@ -386,7 +478,12 @@ impl Pool {
             return Err(StoreError::Unavailable("shutting down".into()));
         }
         if let Some(slot) = pool.get(name) {
-            return Ok(slot.clone());
+            if !slot.retired() {
+                return Ok(slot.clone());
+            }
+            // Its shard is closed (see `Slot::retire`); a fresh slot reopens
+            // the directory. Requests still holding the old one get 503.
+            pool.pop(name);
         }
         let slot = Arc::new(Slot::new(
             name.to_owned(),
