@@ -12,6 +12,9 @@
 #                 engine; collections get a fresh prefix and are erased by the
 #                 tool's users at the end.
 #
+# CORDON_BIN runs that server binary instead of building this checkout's
+# (for before/after runs of the same load tool against two builds).
+#
 # Everything after `--` goes to the load tool (see `cargo bench --bench load -- --help`),
 # e.g. `-- --users 1000 --json /tmp/load.json`. The server's log is kept in
 # $LOAD_LOG (default: a temporary file, printed at the end).
@@ -31,7 +34,10 @@ while [ $# -gt 0 ]; do
 done
 
 scripts/setup >/dev/null
-cargo build --release --locked --quiet --bin cordon
+if [ -z "${CORDON_BIN:-}" ]; then
+  cargo build --release --locked --quiet --bin cordon
+  CORDON_BIN="$CARGO_TARGET_DIR/release/cordon"
+fi
 cargo bench --locked --bench load --no-run
 
 data=$(mktemp -d)
@@ -60,7 +66,7 @@ cleanup() {
   rm -rf "$data"
 }
 trap cleanup EXIT
-env "${server_env[@]}" "$CARGO_TARGET_DIR/release/cordon" serve >"$log" 2>&1 &
+env "${server_env[@]}" "$CORDON_BIN" serve >"$log" 2>&1 &
 server=$!
 
 ready() {
