@@ -12,7 +12,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::api::{self, AppState};
+use crate::access::file_log::FileLog;
+use crate::access::qdrant_log::QdrantLog;
+use crate::access::{Access, AccessError, AccessLog};
+use crate::api::{self, AdminKey, AppState};
 use crate::auth::{AuthState, KeyError, Verifier, VerifierConfig, load_keys};
 use crate::embed::{EmbedError, Embedder};
 use crate::guard::Guard;
@@ -35,6 +38,9 @@ pub enum StartupError {
     /// The storage engine could not be opened.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// The access rules could not be loaded.
+    #[error("{0}")]
+    Access(#[from] AccessError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -120,6 +126,20 @@ impl Application {
                 "COLLISION DRILL: engine reads skip the owner filter, so only the guard separates users, and every store call costs one extra count. Never run this in production."
             );
         }
+        let log: Arc<dyn AccessLog> = match settings.store.kind {
+            StoreKind::Edge => Arc::new(FileLog::open(&settings.data_dir)?),
+            StoreKind::Qdrant => Arc::new(QdrantLog::new(
+                &settings.store.qdrant,
+                &settings.store.collection_prefix,
+            )?),
+        };
+        let access = Access::open(
+            log,
+            settings.access.tenants_file.as_deref(),
+            settings.server_secret.clone(),
+        )
+        .await?;
+        access.spawn_poller(settings.access.poll_interval);
         let mut store = GuardedStore::new(engine, Guard::new(metrics.clone()));
         if settings.store.collision_drill {
             store = store.with_shared_census(metrics.clone());
@@ -128,6 +148,7 @@ impl Application {
             auth: AuthState {
                 verifier: Arc::new(verifier),
                 server_secret: Arc::new(settings.server_secret.clone()),
+                access,
                 metrics: metrics.clone(),
             },
             store,
@@ -135,6 +156,7 @@ impl Application {
             limits: Arc::new(settings.limits.clone()),
             metrics,
             in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
+            admin_key: AdminKey(settings.access.admin_key.clone().map(Arc::new)),
         };
         let listener =
             TcpListener::bind(settings.bind)
@@ -172,9 +194,12 @@ impl Application {
             shutdown.await;
             let _ = begun.send(());
         };
-        let serve = axum::serve(self.listener, router)
-            .with_graceful_shutdown(signal)
-            .into_future();
+        let serve = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal)
+        .into_future();
         let grace = self.shutdown_grace;
         let deadline = async move {
             if begun_rx.await.is_err() {

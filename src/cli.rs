@@ -99,7 +99,11 @@ fn token(args: TokenArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    telemetry::init(std::env::var("CORDON_LOG_JSON").is_ok_and(|v| v == "1" || v == "true"));
+    // Before the settings, so that what loading them logs is not lost.
+    let _audit_writer = telemetry::init(
+        std::env::var("CORDON_LOG_JSON").is_ok_and(|v| v == "1" || v == "true"),
+        &crate::settings::AuditSink::parse(&args.audit),
+    );
     let settings = match args.into_settings() {
         Ok(s) => s,
         Err(e) => {

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::access::{AccessError, Denied, Refusal};
 use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::store::StoreError;
@@ -21,6 +22,15 @@ pub enum ApiError {
     /// Any authentication failure; the reason is logged, never returned.
     #[error("unauthorized")]
     Unauthorized,
+    /// A valid token that an admin revoked (by issue time or version).
+    #[error("token revoked")]
+    TokenRevoked,
+    /// The tenant registry is on and does not know the caller's tenant.
+    #[error("tenant unknown")]
+    TenantUnknown,
+    /// The caller's tenant is disabled.
+    #[error("tenant disabled")]
+    TenantDisabled,
     /// The body is not valid JSON, or a path or query parameter is malformed.
     #[error("{code}: {message}")]
     BadRequest {
@@ -82,6 +92,21 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid bearer token is required".into(),
+            ),
+            Self::TokenRevoked => (
+                StatusCode::UNAUTHORIZED,
+                "token_revoked",
+                "this token was revoked; get a new one".into(),
+            ),
+            Self::TenantUnknown => (
+                StatusCode::FORBIDDEN,
+                "tenant_unknown",
+                "this token's tenant is not registered here".into(),
+            ),
+            Self::TenantDisabled => (
+                StatusCode::FORBIDDEN,
+                "tenant_disabled",
+                "this token's tenant is disabled".into(),
             ),
             Self::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone()),
             Self::Validation(message) => (
@@ -158,6 +183,12 @@ impl IntoResponse for ApiError {
         match self {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::TokenRevoked => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
             }
             Self::Overloaded
             | Self::Timeout
@@ -251,5 +282,23 @@ impl From<QueryRejection> for ApiError {
             code: "invalid_query",
             message: rejection.body_text(),
         }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Denied(Denied::TokenRevoked) => Self::TokenRevoked,
+            Refusal::Denied(Denied::TenantUnknown) => Self::TenantUnknown,
+            Refusal::Denied(Denied::TenantDisabled) => Self::TenantDisabled,
+            Refusal::NotReady => Self::StoreUnavailable,
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(err: AccessError) -> Self {
+        tracing::error!(error = %err, "access log unavailable");
+        Self::StoreUnavailable
     }
 }

@@ -84,6 +84,8 @@ impl Guard {
         let stored = point.payload.get(OWNER_FIELD).and_then(Value::as_str);
         if !stored.is_some_and(|s| owner.matches_hex(s)) {
             self.metrics.guard_dropped(path);
+            let stored_tag = stored.map_or("<missing>", |s| s.get(..12).unwrap_or(s));
+            crate::audit::guard_dropped(owner, stored_tag, path);
             tracing::error!(
                 event = "cross_tenant_leak_detected",
                 caller = %owner.log_tag(),

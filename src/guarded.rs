@@ -140,6 +140,11 @@ impl GuardedStore {
         self.engine.erase(owner).await
     }
 
+    /// How many memories `owner` holds (a number, no memory passes out).
+    pub async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        self.engine.count(owner).await
+    }
+
     /// Whether the engine can serve requests.
     pub async fn ready(&self) -> Result<(), StoreError> {
         self.engine.ready().await

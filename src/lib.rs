@@ -5,8 +5,10 @@
 //! Texts are embedded locally ([`embed`]); every point read back passes the
 //! [`guard`] in the [`guarded`] store before the [`api`] returns it.
 
+pub mod access;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod embed;

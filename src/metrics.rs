@@ -3,8 +3,11 @@
 //! Counters only, no labels that carry identities: a metric must never become
 //! a side channel for who stored what.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 /// Counters shared by the whole process.
 #[derive(Debug, Default)]
@@ -12,7 +15,8 @@ pub struct Metrics {
     guard_dropped_search: AtomicU64,
     guard_dropped_get: AtomicU64,
     guard_dropped_list: AtomicU64,
-    auth_failures: AtomicU64,
+    auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    admin_changes: Mutex<BTreeMap<&'static str, u64>>,
     memories_stored: AtomicU64,
     searches: AtomicU64,
     shared_collection_requests: AtomicU64,
@@ -36,9 +40,15 @@ impl Metrics {
             + self.guard_dropped_list.load(Ordering::Relaxed)
     }
 
-    /// Counts one refused token.
-    pub fn auth_failed(&self) {
-        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    /// Counts one refused token, by reason (a fixed word).
+    pub fn auth_failed(&self, reason: &'static str) {
+        *self.auth_failures.lock().entry(reason).or_default() += 1;
+    }
+
+    /// Counts one admin change, by kind (`revocation`, `min_version`,
+    /// `tenant_enabled`, `tenant_disabled`).
+    pub fn admin_change(&self, kind: &'static str) {
+        *self.admin_changes.lock().entry(kind).or_default() += 1;
     }
 
     /// Counts stored memories.
@@ -81,14 +91,19 @@ impl Metrics {
             );
         }
         out.push_str(
-            "# HELP cordon_auth_failures_total Requests refused for a missing or invalid token.\n",
+            "# HELP cordon_auth_failures_total Requests refused for a missing, invalid or revoked token, or a refused tenant, by reason.\n",
         );
         out.push_str("# TYPE cordon_auth_failures_total counter\n");
-        let _ = writeln!(
-            out,
-            "cordon_auth_failures_total {}",
-            get(&self.auth_failures)
+        for (reason, n) in self.auth_failures.lock().iter() {
+            let _ = writeln!(out, "cordon_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP cordon_admin_changes_total Admin changes made through this process, by kind.\n",
         );
+        out.push_str("# TYPE cordon_admin_changes_total counter\n");
+        for (kind, n) in self.admin_changes.lock().iter() {
+            let _ = writeln!(out, "cordon_admin_changes_total{{kind=\"{kind}\"}} {n}");
+        }
         out.push_str("# HELP cordon_memories_stored_total Memories written.\n");
         out.push_str("# TYPE cordon_memories_stored_total counter\n");
         let _ = writeln!(

@@ -45,6 +45,13 @@ impl OwnerHash {
         hex::encode(self.0)
     }
 
+    /// Parses a full hash written by [`OwnerHash::to_hex`].
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
     /// Constant-time comparison against a hex string read back from storage.
     pub fn matches_hex(&self, stored: &str) -> bool {
         let mut decoded = [0u8; 32];
@@ -73,6 +80,46 @@ impl OwnerHash {
 impl fmt::Debug for OwnerHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "OwnerHash({}…)", self.log_tag())
+    }
+}
+
+/// The keyed identity of one tenant, for the tenant registry and the audit
+/// trail: `HMAC-SHA256(server_secret, tenant)`. No owner hash input lacks the
+/// 0x00 separator and no tenant name holds one (control characters are
+/// refused in claims), so a tenant hash never equals an owner hash.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TenantHash([u8; 32]);
+
+impl TenantHash {
+    /// Derives the hash of `tenant` under the server secret.
+    pub fn derive(secret: &Secret, tenant: &str) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
+            .expect("HMAC-SHA256 accepts keys of any length");
+        mac.update(tenant.as_bytes());
+        Self(mac.finalize().into_bytes().into())
+    }
+
+    /// Lowercase hex of the full hash.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses a full hash written by [`TenantHash::to_hex`].
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    /// A short tag for logs, like [`OwnerHash::log_tag`].
+    pub fn log_tag(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl fmt::Debug for TenantHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TenantHash({}…)", self.log_tag())
     }
 }
 

@@ -122,6 +122,26 @@ pub struct ServeArgs {
     /// Seconds that requests in flight get to finish after SIGTERM or SIGINT.
     #[arg(long, env = "CORDON_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// The admin API's bearer key (at least 32 bytes); unset: no admin API.
+    #[arg(
+        long,
+        env = "CORDON_ADMIN_KEY",
+        hide_env_values = true,
+        conflicts_with = "admin_key_file"
+    )]
+    pub admin_key: Option<Secret>,
+    /// File holding the admin key, instead of `CORDON_ADMIN_KEY`.
+    #[arg(long, env = "CORDON_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+    /// Tenants file (JSON: tenant name to "enabled" or "disabled"); turns the tenant registry on.
+    #[arg(long, env = "CORDON_TENANTS_FILE")]
+    pub tenants_file: Option<PathBuf>,
+    /// How often a replica reads the other replicas' admin changes (Qdrant engine), ms.
+    #[arg(long, env = "CORDON_ACCESS_POLL_MS", default_value_t = 200)]
+    pub access_poll_ms: u64,
+    /// Where audit events go: `stdout`, `off`, or a directory for daily-rotated files.
+    #[arg(long, env = "CORDON_AUDIT", default_value = "stdout")]
+    pub audit: String,
 }
 
 /// JWT verification flags.
@@ -236,6 +256,39 @@ pub struct Limits {
     pub max_in_flight: usize,
 }
 
+/// Admin changes and the tenant registry.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// The admin API's bearer key; `None` turns the admin API off.
+    pub admin_key: Option<Secret>,
+    /// The tenants file; `Some` turns the registry on.
+    pub tenants_file: Option<PathBuf>,
+    /// Poll interval of a shared change log.
+    pub poll_interval: Duration,
+}
+
+/// Where audit events are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines in `audit.log.<date>` files in this directory, rotated daily.
+    Dir(PathBuf),
+    /// Nowhere.
+    Off,
+}
+
+impl AuditSink {
+    /// Parses `CORDON_AUDIT`.
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "stdout" | "" => Self::Stdout,
+            "off" | "none" => Self::Off,
+            dir => Self::Dir(PathBuf::from(dir)),
+        }
+    }
+}
+
 /// Everything `cordon serve` needs, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -255,6 +308,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Time that requests in flight get to finish once shutdown begins.
     pub shutdown_grace: Duration,
+    /// Admin key, tenant registry, change polling.
+    pub access: AccessSettings,
+    /// Audit sink.
+    pub audit: AuditSink,
 }
 
 /// Why settings could not be loaded.
@@ -337,6 +394,29 @@ impl ServeArgs {
             None if kind == StoreKind::Qdrant => read_secret(&secret_path)?,
             None => load_or_create_secret(&secret_path)?,
         };
+        let admin_key = match (self.admin_key, &self.admin_key_file) {
+            (Some(key), _) => Some(key),
+            (None, Some(path)) => Some(read_key_file(path)?),
+            (None, None) => None,
+        };
+        if let Some(key) = &admin_key {
+            if key.expose().len() < MIN_SERVER_SECRET_BYTES {
+                return Err(SettingsError::Invalid(format!(
+                    "CORDON_ADMIN_KEY is shorter than {MIN_SERVER_SECRET_BYTES} bytes"
+                )));
+            }
+            if self
+                .jwt
+                .jwt_hs256_secret
+                .as_ref()
+                .is_some_and(|hs| hs.expose() == key.expose())
+                || server_secret.expose() == key.expose()
+            {
+                return Err(SettingsError::Invalid(
+                    "CORDON_ADMIN_KEY must differ from the JWT secret and the server secret".into(),
+                ));
+            }
+        }
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(Settings {
             bind: self.bind,
@@ -384,6 +464,12 @@ impl ServeArgs {
                 max_in_flight: self.max_in_flight.max(1),
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            access: AccessSettings {
+                admin_key,
+                tenants_file: self.tenants_file,
+                poll_interval: Duration::from_millis(self.access_poll_ms.clamp(10, 60_000)),
+            },
+            audit: AuditSink::parse(&self.audit),
         })
     }
 }
@@ -395,6 +481,16 @@ fn long_enough(bytes: &[u8]) -> Option<Secret> {
     let text = String::from_utf8_lossy(bytes);
     let trimmed = text.trim();
     (trimmed.len() >= MIN_SERVER_SECRET_BYTES).then(|| Secret::new(trimmed.as_bytes().to_vec()))
+}
+
+/// Reads a key file (the admin key), trimmed.
+fn read_key_file(path: &Path) -> Result<Secret, SettingsError> {
+    let bytes = std::fs::read(path).map_err(|source| SettingsError::SecretFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(Secret::new(text.trim().as_bytes().to_vec()))
 }
 
 /// Reads an existing server secret at `path`.

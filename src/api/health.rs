@@ -24,6 +24,11 @@ async fn healthz() -> Json<Value> {
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ready().await?;
+    // Not ready until the access rules are read: until then every token is
+    // refused (see `Access::check`).
+    if !state.auth.access.loaded() {
+        return Err(ApiError::StoreUnavailable);
+    }
     Ok(Json(json!({ "status": "ready" })))
 }
 

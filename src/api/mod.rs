@@ -5,6 +5,7 @@
 //! on requests in flight (shed with 503 and `Retry-After`, never queued
 //! without bound).
 
+mod admin;
 mod embeddings;
 mod extract;
 mod health;
@@ -20,6 +21,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 use tower_http::trace::TraceLayer;
+
+pub use admin::AdminKey;
 
 use crate::auth::AuthState;
 use crate::embed::Embedder;
@@ -43,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Permits for requests in flight.
     pub in_flight: Arc<Semaphore>,
+    /// The admin API's key (`None`: no admin API).
+    pub admin_key: AdminKey,
 }
 
 impl FromRef<AppState> for AuthState {
@@ -57,6 +62,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(memories::router())
         .merge(embeddings::router())
+        .merge(admin::router())
         .layer(middleware::from_fn_with_state(state.clone(), bounded));
     Router::new()
         .merge(health::router())

@@ -1,15 +1,18 @@
 //! The [`Caller`] extractor: the only way a handler learns who is calling.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{FromRef, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::{AuthError, Verifier};
+use crate::access::{Access, Denied, Refusal};
+use crate::audit;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::owner::OwnerHash;
+use crate::owner::{OwnerHash, TenantHash};
 use crate::secret::Secret;
 
 /// The authenticated caller of a request.
@@ -17,6 +20,8 @@ use crate::secret::Secret;
 pub struct Caller {
     /// The caller's keyed identity; every store call takes it.
     pub owner: OwnerHash,
+    /// The caller's keyed tenant.
+    pub tenant: TenantHash,
 }
 
 /// What the extractor needs from the application state.
@@ -26,6 +31,8 @@ pub struct AuthState {
     pub verifier: Arc<Verifier>,
     /// The HMAC key behind owner hashes.
     pub server_secret: Arc<Secret>,
+    /// Revocations and the tenant registry.
+    pub access: Arc<Access>,
     /// Counts refused tokens.
     pub metrics: Arc<Metrics>,
 }
@@ -39,23 +46,45 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let auth = AuthState::from_ref(state);
-        let result = bearer(parts).and_then(|token| auth.verifier.verify(token));
-        match result {
-            Ok(principal) => {
-                let owner =
-                    OwnerHash::derive(&auth.server_secret, &principal.tenant, &principal.subject);
-                Ok(Caller { owner })
-            }
+        let principal = match bearer(parts).and_then(|token| auth.verifier.verify(token)) {
+            Ok(principal) => principal,
             Err(reason) => {
-                auth.metrics.auth_failed();
+                auth.metrics.auth_failed(reason.code());
                 tracing::info!(%reason, "authentication failed");
-                Err(ApiError::from(reason))
+                audit::auth_failed(reason.code(), &client_tag(parts, &auth.server_secret));
+                return Err(ApiError::from(reason));
             }
+        };
+        let owner = OwnerHash::derive(&auth.server_secret, &principal.tenant, &principal.subject);
+        let tenant = TenantHash::derive(&auth.server_secret, &principal.tenant);
+        if let Err(refusal) = auth.access.check(&tenant, &owner, principal.facts) {
+            let reason = match refusal {
+                Refusal::Denied(Denied::TokenRevoked) => "token_revoked",
+                Refusal::Denied(Denied::TenantUnknown) => "tenant_unknown",
+                Refusal::Denied(Denied::TenantDisabled) => "tenant_disabled",
+                Refusal::NotReady => "rules_not_loaded",
+            };
+            auth.metrics.auth_failed(reason);
+            audit::access_refused(reason, &owner, &tenant);
+            return Err(ApiError::from(refusal));
         }
+        Ok(Caller { owner, tenant })
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, AuthError> {
+/// The keyed tag of the client's address ("unknown" without one).
+pub fn client_tag(parts: &Parts, secret: &Secret) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(
+            || "unknown".into(),
+            |info| audit::client_tag(secret, info.0.ip()),
+        )
+}
+
+/// The bearer token of a request.
+pub fn bearer(parts: &Parts) -> Result<&str, AuthError> {
     let value = parts.headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
     let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;

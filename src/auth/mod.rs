@@ -9,7 +9,7 @@ mod keys;
 mod mint;
 mod verifier;
 
-pub use caller::{AuthState, Caller};
+pub use caller::{AuthState, Caller, bearer, client_tag};
 pub use keys::{KeyError, load_keys};
 pub use mint::{MintError, mint_dev_token};
 pub use verifier::{Principal, Verifier, VerifierConfig};
@@ -39,4 +39,28 @@ pub enum AuthError {
     /// A required identity claim is absent or not a usable string.
     #[error("claim `{0}` is missing or malformed")]
     BadClaim(String),
+}
+
+impl AuthError {
+    /// A fixed word for the reason, for metrics labels and the audit trail.
+    pub fn code(&self) -> &'static str {
+        use jsonwebtoken::errors::ErrorKind;
+        match self {
+            Self::Missing => "missing",
+            Self::NotBearer => "not_bearer",
+            Self::TooLarge(_) => "too_large",
+            Self::MalformedHeader(_) => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::Rejected(e) => match e.kind() {
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::ImmatureSignature => "not_yet_valid",
+                ErrorKind::InvalidSignature => "bad_signature",
+                ErrorKind::InvalidIssuer => "wrong_issuer",
+                ErrorKind::InvalidAudience => "wrong_audience",
+                ErrorKind::MissingRequiredClaim(_) => "missing_claim",
+                _ => "rejected",
+            },
+            Self::BadClaim(_) => "bad_claim",
+        }
+    }
 }

@@ -11,17 +11,21 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
 
 use super::AuthError;
+use crate::access::TokenFacts;
 
 /// Longest `sub` or tenant value accepted, in bytes.
 const MAX_IDENTITY_BYTES: usize = 256;
 
-/// A verified identity: the token's subject and tenant claims.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A verified identity: the token's subject and tenant claims, and what
+/// revocation looks at (`iat`, `ver`).
+#[derive(Debug, Clone)]
 pub struct Principal {
     /// The tenant claim.
     pub tenant: String,
     /// The `sub` claim.
     pub subject: String,
+    /// Issue time and version.
+    pub facts: TokenFacts,
 }
 
 /// One key the server accepts tokens from.
@@ -108,7 +112,15 @@ impl Verifier {
     fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
         let subject = identity_claim(claims, "sub")?;
         let tenant = identity_claim(claims, &self.config.tenant_claim)?;
-        Ok(Principal { tenant, subject })
+        let facts = TokenFacts {
+            issued_at_ms: issued_at_ms(claims)?,
+            version: version(claims)?,
+        };
+        Ok(Principal {
+            tenant,
+            subject,
+            facts,
+        })
     }
 }
 
@@ -148,5 +160,28 @@ fn identity_claim(claims: &Map<String, Value>, name: &str) -> Result<String, Aut
             Ok(s.clone())
         }
         _ => Err(AuthError::BadClaim(name.to_owned())),
+    }
+}
+
+/// `iat` in Unix milliseconds; fractional seconds are kept, so a token
+/// issued within the second after a revocation can show it.
+fn issued_at_ms(claims: &Map<String, Value>) -> Result<Option<u64>, AuthError> {
+    match claims.get("iat") {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(secs) if secs.is_finite() && secs >= 0.0 => Ok(Some((secs * 1000.0) as u64)),
+            _ => Err(AuthError::BadClaim("iat".into())),
+        },
+        Some(_) => Err(AuthError::BadClaim("iat".into())),
+    }
+}
+
+/// `ver`: a non-negative integer, 0 when absent.
+fn version(claims: &Map<String, Value>) -> Result<u64, AuthError> {
+    match claims.get("ver") {
+        None => Ok(0),
+        Some(value) => value
+            .as_u64()
+            .ok_or_else(|| AuthError::BadClaim("ver".into())),
     }
 }

@@ -189,6 +189,8 @@ pub trait Engine: Send + Sync {
     /// (possible only with shortened names). A yes or no, never the points:
     /// collision drills use it to count requests that touch a shared collection.
     async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError>;
+    /// How many memories the owner holds (exact).
+    async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError>;
     /// Whether the engine can serve requests.
     async fn ready(&self) -> Result<(), StoreError>;
     /// Flushes and closes everything; called once at shutdown.

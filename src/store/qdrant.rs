@@ -80,7 +80,7 @@ fn is_not_found(e: &QdrantError) -> bool {
 /// Maps a client error: a request Qdrant rejects as malformed is an engine
 /// error (a bug here); everything else (down, slow, overloaded, failing) is
 /// "unavailable", which clients may retry.
-fn store_err(e: QdrantError) -> StoreError {
+pub(crate) fn store_err(e: QdrantError) -> StoreError {
     use tonic::Code;
     match &e {
         QdrantError::ResponseError { status }
@@ -176,22 +176,27 @@ async fn create_collection(
     Ok(())
 }
 
+/// A client for `connection` (lazy: it connects on its first call).
+pub fn client(connection: &QdrantConnection) -> Result<Qdrant, StoreError> {
+    let mut builder = Qdrant::from_url(&connection.url)
+        .timeout(connection.timeout)
+        .connect_timeout(connection.connect_timeout)
+        .skip_compatibility_check();
+    if let Some(key) = &connection.api_key {
+        let key = std::str::from_utf8(key.expose())
+            .map_err(|_| StoreError::Engine("the Qdrant API key is not UTF-8".into()))?;
+        builder = builder.api_key(key.to_owned());
+    }
+    builder
+        .build()
+        .map_err(|e| StoreError::Engine(format!("Qdrant URL {}: {e}", connection.url)))
+}
+
 impl QdrantEngine {
     /// Builds the client; no connection is made until the first call, so
     /// Cordon starts (not ready) while Qdrant is still down.
     pub fn connect(settings: QdrantSettings) -> Result<Self, StoreError> {
-        let mut builder = Qdrant::from_url(&settings.connection.url)
-            .timeout(settings.connection.timeout)
-            .connect_timeout(settings.connection.connect_timeout)
-            .skip_compatibility_check();
-        if let Some(key) = &settings.connection.api_key {
-            let key = std::str::from_utf8(key.expose())
-                .map_err(|_| StoreError::Engine("the Qdrant API key is not UTF-8".into()))?;
-            builder = builder.api_key(key.to_owned());
-        }
-        let client = builder.build().map_err(|e| {
-            StoreError::Engine(format!("Qdrant URL {}: {e}", settings.connection.url))
-        })?;
+        let client = client(&settings.connection)?;
         tracing::info!(url = %settings.connection.url, prefix = %settings.collection_prefix, "storing in a Qdrant server");
         Ok(Self {
             client,
@@ -494,6 +499,15 @@ impl QdrantEngine {
         }
     }
 
+    async fn count_op(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        let mine = Filter::must([owner_condition(owner)]);
+        match self.count(&self.name(owner), Some(mine)).await {
+            Ok(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            Err(e) if is_not_found(&e) => Ok(0),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
     async fn ready_op(&self) -> Result<(), StoreError> {
         let reply = self.client.health_check().await.map_err(store_err)?;
         // The health check needs no API key; this call does, so a wrong key
@@ -549,6 +563,10 @@ impl Engine for Arc<QdrantEngine> {
 
     async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
         self.bounded(self.holds_other_owners_op(owner)).await
+    }
+
+    async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        self.bounded(self.count_op(owner)).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

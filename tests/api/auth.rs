@@ -199,5 +199,9 @@ async fn every_data_endpoint_requires_a_token() {
     for request in calls {
         assert_unauthorized(request.send().await.expect("sent")).await;
     }
-    assert!(app.metrics().await.contains("cordon_auth_failures_total 8"));
+    assert!(
+        app.metrics()
+            .await
+            .contains("cordon_auth_failures_total{reason=\"missing\"} 8")
+    );
 }

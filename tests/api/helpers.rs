@@ -8,7 +8,8 @@ use cordon::app::Application;
 use cordon::embed::{EmbedSettings, Embedder};
 use cordon::secret::Secret;
 use cordon::settings::{
-    AuthSettings, Limits, QdrantConnection, Settings, StoreKind, StoreSettings,
+    AccessSettings, AuditSink, AuthSettings, Limits, QdrantConnection, Settings, StoreKind,
+    StoreSettings,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Response, StatusCode};
@@ -22,6 +23,8 @@ pub const HS_SECRET: &str = "test-hs256-secret-that-is-long-enough-0123456789";
 /// Required issuer and audience of the test servers.
 pub const ISSUER: &str = "cordon-tests";
 pub const AUDIENCE: &str = "cordon";
+/// The admin key of the test servers.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef-0123456789";
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -91,6 +94,12 @@ pub fn settings(data_dir: &Path) -> Settings {
             max_in_flight: 512,
         },
         shutdown_grace: Duration::from_secs(10),
+        access: AccessSettings {
+            admin_key: Some(Secret::new(ADMIN_KEY.as_bytes().to_vec())),
+            tenants_file: None,
+            poll_interval: Duration::from_millis(100),
+        },
+        audit: AuditSink::Off,
     }
 }
 
@@ -120,7 +129,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 pub async fn spawn_app_on(data_dir: &Path, configure: impl FnOnce(&mut Settings)) -> TestApp {
     // Server logs show with `--nocapture` when RUST_LOG is set.
     if std::env::var_os("RUST_LOG").is_some() {
-        cordon::telemetry::init(false);
+        cordon::telemetry::init(false, &cordon::settings::AuditSink::Off);
     }
     let mut s = settings(data_dir);
     configure(&mut s);
@@ -247,6 +256,11 @@ impl TestApp {
         assert_eq!(r.status(), StatusCode::OK);
         let body: Value = r.json().await.expect("json body");
         texts(&body["results"])
+    }
+
+    /// POSTs `body` to the admin API at `path` with the admin key.
+    pub async fn admin(&self, path: &str, body: &Value) -> Response {
+        self.post(path, ADMIN_KEY, body).await
     }
 
     pub async fn metrics(&self) -> String {

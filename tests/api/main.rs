@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real server (real model, real embedded
 //! engine) on a random loopback port and speaks HTTP to it.
 
+mod access;
 mod auth;
 mod embeddings;
 mod helpers;

@@ -672,6 +672,23 @@ impl Engine for Arc<EdgeEngine> {
         .await
     }
 
+    async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+        let (this, owner) = (self.clone(), owner.clone());
+        EdgeEngine::blocking(move || {
+            let mine = filter(vec![owner_condition(&owner)]);
+            let found = this.slot(&owner)?.read(|shard| {
+                shard
+                    .count(CountRequest {
+                        filter: mine,
+                        exact: true,
+                    })
+                    .map_err(engine_err)
+            })?;
+            Ok(found.unwrap_or(0))
+        })
+        .await
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         let root = self.root.clone();
         EdgeEngine::blocking(move || {

@@ -1,0 +1,160 @@
+//! The change log of the Qdrant server engine: one point per change in the
+//! system collection `<prefix>access`, shared by every replica.
+//!
+//! User collections are named `<prefix>` plus hex digits, so no user's
+//! collection can ever be named `...access` (`s` is not a hex digit). The
+//! points carry no vector; `at_ms` has an integer index so that replicas can
+//! poll for recent changes cheaply.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use qdrant_client::qdrant::{
+    Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, FieldType, Filter,
+    PointStruct, Range, ScrollPointsBuilder, UpsertPointsBuilder, Vector,
+};
+use qdrant_client::{Payload, Qdrant};
+
+use super::rules::Change;
+use super::{AccessError, AccessLog};
+use crate::settings::QdrantConnection;
+use crate::store::qdrant::{client, store_err};
+
+/// Suffix of the system collection's name, after the deployment's prefix.
+pub const COLLECTION_SUFFIX: &str = "access";
+
+/// Points read per scroll page.
+const PAGE: u32 = 1_000;
+
+/// The change log in a Qdrant system collection.
+pub struct QdrantLog {
+    client: Qdrant,
+    name: String,
+    timeout: std::time::Duration,
+}
+
+impl QdrantLog {
+    /// A log over `connection` in `<prefix>access`; nothing is called yet.
+    pub fn new(connection: &QdrantConnection, prefix: &str) -> Result<Self, AccessError> {
+        Ok(Self {
+            client: client(connection).map_err(AccessError::Store)?,
+            name: format!("{prefix}{COLLECTION_SUFFIX}"),
+            timeout: connection.timeout,
+        })
+    }
+
+    /// Creates the collection and its index unless they exist (replicas may
+    /// race here: "already exists" is success).
+    async fn ensure(&self) -> Result<(), AccessError> {
+        let exists = self
+            .client
+            .collection_exists(&self.name)
+            .await
+            .map_err(|e| AccessError::Store(store_err(e)))?;
+        if !exists
+            && let Err(e) = self
+                .client
+                .create_collection(CreateCollectionBuilder::new(&self.name).shard_number(1))
+                .await
+        {
+            let exists = self
+                .client
+                .collection_exists(&self.name)
+                .await
+                .map_err(|e| AccessError::Store(store_err(e)))?;
+            if !exists {
+                return Err(AccessError::Store(store_err(e)));
+            }
+        }
+        self.client
+            .create_field_index(
+                CreateFieldIndexCollectionBuilder::new(&self.name, "at_ms", FieldType::Integer)
+                    .wait(true),
+            )
+            .await
+            .map_err(|e| AccessError::Store(store_err(e)))?;
+        Ok(())
+    }
+
+    async fn scroll(&self, filter: Option<Filter>) -> Result<Vec<Change>, AccessError> {
+        let mut changes = Vec::new();
+        let mut offset = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(&self.name)
+                .limit(PAGE)
+                .with_payload(true)
+                .with_vectors(false);
+            if let Some(filter) = filter.clone() {
+                request = request.filter(filter);
+            }
+            if let Some(offset) = offset.take() {
+                request = request.offset(offset);
+            }
+            let page = self
+                .bounded(self.client.scroll(request))
+                .await?
+                .map_err(|e| AccessError::Store(store_err(e)))?;
+            for point in page.result {
+                let json: serde_json::Map<String, serde_json::Value> = point
+                    .payload
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_json()))
+                    .collect();
+                let change = serde_json::from_value(serde_json::Value::Object(json))
+                    .map_err(|e| AccessError::Corrupt(format!("{}: {e}", self.name)))?;
+                changes.push(change);
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(changes),
+            }
+        }
+    }
+
+    async fn bounded<F: std::future::Future>(&self, call: F) -> Result<F::Output, AccessError> {
+        tokio::time::timeout(self.timeout, call).await.map_err(|_| {
+            AccessError::Store(crate::store::StoreError::Unavailable(format!(
+                "Qdrant did not answer within {:?}",
+                self.timeout
+            )))
+        })
+    }
+}
+
+#[async_trait]
+impl AccessLog for QdrantLog {
+    async fn load(&self) -> Result<Vec<Change>, AccessError> {
+        self.ensure().await?;
+        self.scroll(None).await
+    }
+
+    async fn since(&self, since_ms: u64) -> Result<Vec<Change>, AccessError> {
+        let range = Range {
+            gte: Some(since_ms as f64),
+            ..Range::default()
+        };
+        self.scroll(Some(Filter::must([Condition::range("at_ms", range)])))
+            .await
+    }
+
+    async fn append(&self, change: &Change) -> Result<(), AccessError> {
+        let json = serde_json::to_value(change).expect("a change always serialises");
+        let payload = Payload::try_from(json).expect("a change serialises to a JSON object");
+        let point = PointStruct::new(
+            change.id.to_string(),
+            HashMap::<String, Vector>::new(),
+            payload,
+        );
+        self.bounded(
+            self.client
+                .upsert_points(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true)),
+        )
+        .await?
+        .map_err(|e| AccessError::Store(store_err(e)))?;
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,348 @@
+//! The access rules as data: what every admin change leaves behind, and the
+//! check each request passes.
+//!
+//! Admin changes are [`Change`] records, appended and never rewritten. The
+//! state is their fold, and the fold does not depend on order or repetition:
+//! a user's revocation time and minimum version only ever rise (the larger
+//! wins), and a tenant's state is the one with the latest `(at_ms, id)`.
+//! So every replica that has read the same records holds the same rules,
+//! whichever order it read them in, and reading a record twice is harmless.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::owner::{OwnerHash, TenantHash};
+
+/// One admin change, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Unique id (UUID v7, so time-ordered).
+    pub id: Uuid,
+    /// When the change was made, Unix milliseconds (the admin's replica clock).
+    pub at_ms: u64,
+    /// What changed.
+    #[serde(flatten)]
+    pub rule: Rule,
+}
+
+/// What a change sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rule {
+    /// Tokens of `owner` issued at or before `revoked_before_ms`, or with a
+    /// `ver` below `min_version`, are refused.
+    User {
+        /// Full owner hash, hex.
+        owner: String,
+        /// Issue-time cut-off, Unix milliseconds (0: none).
+        #[serde(default)]
+        revoked_before_ms: u64,
+        /// Lowest accepted `ver` claim (0: any).
+        #[serde(default)]
+        min_version: u64,
+    },
+    /// A tenant in the registry, enabled or not.
+    Tenant {
+        /// Full tenant hash, hex.
+        tenant: String,
+        /// Whether its users may call.
+        enabled: bool,
+    },
+}
+
+/// Why a verified token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// Issued before a revocation, or below the user's minimum version.
+    #[error("token revoked")]
+    TokenRevoked,
+    /// The registry is on and does not know the tenant.
+    #[error("tenant unknown")]
+    TenantUnknown,
+    /// The tenant is disabled.
+    #[error("tenant disabled")]
+    TenantDisabled,
+}
+
+/// The claims the check looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenFacts {
+    /// `iat`, Unix milliseconds (fractional seconds kept), if present.
+    pub issued_at_ms: Option<u64>,
+    /// `ver`, 0 when absent.
+    pub version: u64,
+}
+
+/// A user's revocation rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UserRule {
+    /// Tokens issued at or before this (Unix ms) are refused; 0: none.
+    pub revoked_before_ms: u64,
+    /// Lowest accepted `ver`.
+    pub min_version: u64,
+}
+
+/// A tenant's registry entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TenantEntry {
+    enabled: bool,
+    at_ms: u64,
+    id: Uuid,
+}
+
+/// The fold of every change read so far.
+#[derive(Debug, Default)]
+pub struct Rules {
+    users: HashMap<OwnerHash, UserRule>,
+    tenants: HashMap<TenantHash, TenantEntry>,
+}
+
+impl Rules {
+    /// Folds one change in; a malformed hash is skipped (and reported).
+    pub fn apply(&mut self, change: &Change) -> bool {
+        match &change.rule {
+            Rule::User {
+                owner,
+                revoked_before_ms,
+                min_version,
+            } => {
+                let Some(owner) = OwnerHash::from_hex(owner) else {
+                    return false;
+                };
+                let rule = self.users.entry(owner).or_default();
+                rule.revoked_before_ms = rule.revoked_before_ms.max(*revoked_before_ms);
+                rule.min_version = rule.min_version.max(*min_version);
+            }
+            Rule::Tenant { tenant, enabled } => {
+                let Some(tenant) = TenantHash::from_hex(tenant) else {
+                    return false;
+                };
+                let entry = TenantEntry {
+                    enabled: *enabled,
+                    at_ms: change.at_ms,
+                    id: change.id,
+                };
+                let newer = |old: &TenantEntry| (entry.at_ms, entry.id) > (old.at_ms, old.id);
+                match self.tenants.get(&tenant) {
+                    Some(old) if !newer(old) => {}
+                    _ => {
+                        self.tenants.insert(tenant, entry);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Refuses a verified token whose rules say no. `registry` says whether
+    /// tenants must be known.
+    pub fn check(
+        &self,
+        registry: bool,
+        tenant: &TenantHash,
+        owner: &OwnerHash,
+        token: TokenFacts,
+    ) -> Result<(), Denied> {
+        if registry {
+            match self.tenants.get(tenant) {
+                None => return Err(Denied::TenantUnknown),
+                Some(entry) if !entry.enabled => return Err(Denied::TenantDisabled),
+                Some(_) => {}
+            }
+        }
+        if let Some(rule) = self.users.get(owner) {
+            if token.version < rule.min_version {
+                return Err(Denied::TokenRevoked);
+            }
+            // A token without `iat` cannot show it came after the cut-off.
+            if rule.revoked_before_ms > 0
+                && token
+                    .issued_at_ms
+                    .is_none_or(|iat| iat <= rule.revoked_before_ms)
+            {
+                return Err(Denied::TokenRevoked);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rule held for `owner`.
+    pub fn user(&self, owner: &OwnerHash) -> UserRule {
+        self.users.get(owner).copied().unwrap_or_default()
+    }
+
+    /// The state of `tenant`: `None` when the registry does not know it.
+    pub fn tenant_enabled(&self, tenant: &TenantHash) -> Option<bool> {
+        self.tenants.get(tenant).map(|entry| entry.enabled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn secret() -> Secret {
+        Secret::new(b"rules-test-secret-0123456789abcdef".to_vec())
+    }
+
+    fn change(at_ms: u64, rule: Rule) -> Change {
+        Change {
+            id: Uuid::now_v7(),
+            at_ms,
+            rule,
+        }
+    }
+
+    fn revoke(owner: &OwnerHash, before: u64, min_version: u64) -> Change {
+        change(
+            before,
+            Rule::User {
+                owner: owner.to_hex(),
+                revoked_before_ms: before,
+                min_version,
+            },
+        )
+    }
+
+    fn facts(issued_at_ms: Option<u64>, version: u64) -> TokenFacts {
+        TokenFacts {
+            issued_at_ms,
+            version,
+        }
+    }
+
+    #[test]
+    fn a_token_issued_at_or_before_the_cut_off_is_revoked_and_a_later_one_is_not() {
+        let (tenant, owner) = (
+            TenantHash::derive(&secret(), "acme"),
+            OwnerHash::derive(&secret(), "acme", "alice"),
+        );
+        let mut rules = Rules::default();
+        rules.apply(&revoke(&owner, 5_000, 0));
+        for (iat, ok) in [
+            (Some(4_000), false),
+            (Some(5_000), false),
+            (None, false),
+            (Some(5_001), true),
+        ] {
+            assert_eq!(
+                rules.check(false, &tenant, &owner, facts(iat, 0)).is_ok(),
+                ok,
+                "iat {iat:?}"
+            );
+        }
+        let bob = OwnerHash::derive(&secret(), "acme", "bob");
+        assert!(rules.check(false, &tenant, &bob, facts(None, 0)).is_ok());
+    }
+
+    #[test]
+    fn the_minimum_version_refuses_older_tokens_and_tokens_without_ver() {
+        let (tenant, owner) = (
+            TenantHash::derive(&secret(), "acme"),
+            OwnerHash::derive(&secret(), "acme", "alice"),
+        );
+        let mut rules = Rules::default();
+        rules.apply(&revoke(&owner, 0, 3));
+        assert_eq!(
+            rules.check(false, &tenant, &owner, facts(Some(1), 2)),
+            Err(Denied::TokenRevoked)
+        );
+        assert_eq!(
+            rules.check(false, &tenant, &owner, facts(None, 0)),
+            Err(Denied::TokenRevoked)
+        );
+        assert!(rules.check(false, &tenant, &owner, facts(None, 3)).is_ok());
+    }
+
+    #[test]
+    fn the_fold_is_the_same_in_any_order_and_with_repeats() {
+        let owner = OwnerHash::derive(&secret(), "acme", "alice");
+        let tenant = TenantHash::derive(&secret(), "acme");
+        let changes = [
+            revoke(&owner, 9_000, 1),
+            revoke(&owner, 4_000, 7),
+            change(
+                10,
+                Rule::Tenant {
+                    tenant: tenant.to_hex(),
+                    enabled: false,
+                },
+            ),
+            change(
+                20,
+                Rule::Tenant {
+                    tenant: tenant.to_hex(),
+                    enabled: true,
+                },
+            ),
+        ];
+        let orders: [&[usize]; 3] = [&[0, 1, 2, 3], &[3, 2, 1, 0], &[1, 3, 0, 2, 3, 1]];
+        for order in orders {
+            let mut rules = Rules::default();
+            for &i in order {
+                rules.apply(&changes[i]);
+            }
+            assert_eq!(
+                rules.user(&owner),
+                UserRule {
+                    revoked_before_ms: 9_000,
+                    min_version: 7
+                }
+            );
+            assert_eq!(
+                rules.tenant_enabled(&tenant),
+                Some(true),
+                "the later change wins"
+            );
+        }
+    }
+
+    #[test]
+    fn with_the_registry_on_unknown_and_disabled_tenants_are_refused() {
+        let owner = OwnerHash::derive(&secret(), "acme", "alice");
+        let (acme, globex) = (
+            TenantHash::derive(&secret(), "acme"),
+            TenantHash::derive(&secret(), "globex"),
+        );
+        let mut rules = Rules::default();
+        rules.apply(&change(
+            1,
+            Rule::Tenant {
+                tenant: acme.to_hex(),
+                enabled: false,
+            },
+        ));
+        assert_eq!(
+            rules.check(true, &acme, &owner, facts(None, 0)),
+            Err(Denied::TenantDisabled)
+        );
+        assert_eq!(
+            rules.check(true, &globex, &owner, facts(None, 0)),
+            Err(Denied::TenantUnknown)
+        );
+        assert!(
+            rules.check(false, &globex, &owner, facts(None, 0)).is_ok(),
+            "registry off"
+        );
+        rules.apply(&change(
+            2,
+            Rule::Tenant {
+                tenant: acme.to_hex(),
+                enabled: true,
+            },
+        ));
+        assert!(rules.check(true, &acme, &owner, facts(None, 0)).is_ok());
+    }
+
+    #[test]
+    fn a_change_round_trips_through_json() {
+        let owner = OwnerHash::derive(&secret(), "acme", "alice");
+        let c = revoke(&owner, 123, 4);
+        let text = serde_json::to_string(&c).expect("serialises");
+        assert!(text.contains("\"kind\":\"user\""), "{text}");
+        assert_eq!(serde_json::from_str::<Change>(&text).expect("parses"), c);
+    }
+}

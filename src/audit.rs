@@ -1,0 +1,75 @@
+//! The audit trail: security events as `tracing` events under the target
+//! `audit`, which [`crate::telemetry`] writes as JSON lines to a sink of their
+//! own (stdout, or daily-rotated files).
+//!
+//! Every field is a hashed tag or a fixed word: owner and tenant tags are
+//! the first 12 hex digits of their keyed hashes, a client address is keyed
+//! the same way, and no event carries memory text, a token or a raw subject.
+
+use std::net::IpAddr;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::owner::{OwnerHash, TenantHash};
+use crate::secret::Secret;
+
+/// The target every audit event is emitted under.
+pub const TARGET: &str = "audit";
+
+/// A keyed, truncated tag of a client address.
+pub fn client_tag(secret: &Secret, ip: IpAddr) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
+        .expect("HMAC-SHA256 accepts keys of any length");
+    mac.update(b"client address\0");
+    mac.update(ip.to_string().as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..6])
+}
+
+/// A token was refused before any rule was looked up.
+pub fn auth_failed(reason: &'static str, client: &str) {
+    tracing::info!(target: TARGET, event = "auth_failed", reason, client);
+}
+
+/// A verified token was refused by the access rules.
+pub fn access_refused(reason: &'static str, owner: &OwnerHash, tenant: &TenantHash) {
+    tracing::info!(
+        target: TARGET,
+        event = "access_refused",
+        reason,
+        owner = %owner.log_tag(),
+        tenant = %tenant.log_tag(),
+    );
+}
+
+/// An admin call, whatever its outcome.
+pub fn admin_call(action: &'static str, target: &str, outcome: &'static str) {
+    tracing::info!(target: TARGET, event = "admin_call", action, subject = target, outcome);
+}
+
+/// A user's tokens were revoked (cut-off time and minimum version now held).
+pub fn revoked(owner: &OwnerHash, revoked_before_ms: u64, min_version: u64) {
+    tracing::info!(
+        target: TARGET,
+        event = "revocation",
+        owner = %owner.log_tag(),
+        revoked_before_ms,
+        min_version,
+    );
+}
+
+/// A tenant was enabled or disabled.
+pub fn tenant_changed(tenant: &TenantHash, enabled: bool) {
+    tracing::info!(target: TARGET, event = "tenant_change", tenant = %tenant.log_tag(), enabled);
+}
+
+/// The guard dropped a point that was not the caller's; `stored` is the
+/// tag of the owner the point carried, if any.
+pub fn guard_dropped(owner: &OwnerHash, stored: &str, path: &str) {
+    tracing::info!(target: TARGET, event = "guard_drop", owner = %owner.log_tag(), stored_owner = stored, path);
+}
+
+/// A caller asked for a memory id that is not theirs (or does not exist).
+pub fn memory_not_found(owner: &OwnerHash) {
+    tracing::info!(target: TARGET, event = "memory_not_found", owner = %owner.log_tag());
+}
