@@ -191,8 +191,15 @@ async fn get_one(
 ) -> Result<axum::Json<Memory>, ApiError> {
     match state.store.get(&caller.owner, id).await? {
         Some(memory) => Ok(axum::Json(memory)),
-        None => Err(ApiError::NotFound),
+        None => Err(not_found(&caller)),
     }
+}
+
+/// A memory id that is not the caller's: 404, and an audit event (a caller
+/// probing other users' ids shows up in the trail).
+fn not_found(caller: &Caller) -> ApiError {
+    crate::audit::memory_not_found(&caller.owner);
+    ApiError::NotFound
 }
 
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
@@ -204,7 +211,7 @@ async fn delete_one(
     if state.store.delete(&caller.owner, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::NotFound)
+        Err(not_found(&caller))
     }
 }
 

@@ -1,6 +1,8 @@
 //! The `cordon` binary as an operator runs it: `cordon token`, `cordon serve`,
 //! start-up errors, and a `kill -9` right after acknowledged writes.
 
+mod access;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
