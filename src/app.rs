@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::access::file_log::FileLog;
+use crate::access::lockout::Lockout;
 use crate::access::qdrant_log::QdrantLog;
 use crate::access::{Access, AccessError, AccessLog};
 use crate::api::{self, AdminKey, AppState};
@@ -149,6 +150,7 @@ impl Application {
                 verifier: Arc::new(verifier),
                 server_secret: Arc::new(settings.server_secret.clone()),
                 access,
+                lockout: Arc::new(Lockout::new(settings.access.lockout)),
                 metrics: metrics.clone(),
             },
             store,

@@ -69,6 +69,24 @@ pub fn guard_dropped(owner: &OwnerHash, stored: &str, path: &str) {
     tracing::info!(target: TARGET, event = "guard_drop", owner = %owner.log_tag(), stored_owner = stored, path);
 }
 
+/// A principal was locked out: `principal` is `owner` or `client`, `tag` its
+/// hashed tag.
+pub fn lockout_alert(principal: &'static str, tag: &str, cooldown_secs: u64) {
+    tracing::warn!(
+        target: TARGET,
+        event = "alert",
+        kind = "lockout",
+        principal,
+        tag,
+        cooldown_secs,
+    );
+}
+
+/// A request of a locked-out principal was refused.
+pub fn locked_out(principal: &'static str, tag: &str) {
+    tracing::info!(target: TARGET, event = "locked_out", principal, tag);
+}
+
 /// A caller asked for a memory id that is not theirs (or does not exist).
 pub fn memory_not_found(owner: &OwnerHash) {
     tracing::info!(target: TARGET, event = "memory_not_found", owner = %owner.log_tag());

@@ -31,6 +31,12 @@ pub enum ApiError {
     /// The caller's tenant is disabled.
     #[error("tenant disabled")]
     TenantDisabled,
+    /// Too many rejected attempts: refused until the cool-down ends.
+    #[error("locked out for {retry_after_secs} s")]
+    LockedOut {
+        /// Seconds until the cool-down ends (rounded up).
+        retry_after_secs: u64,
+    },
     /// The body is not valid JSON, or a path or query parameter is malformed.
     #[error("{code}: {message}")]
     BadRequest {
@@ -108,6 +114,11 @@ impl ApiError {
                 "tenant_disabled",
                 "this token's tenant is disabled".into(),
             ),
+            Self::LockedOut { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked_out",
+                format!("too many rejected attempts; retry in {retry_after_secs} s"),
+            ),
             Self::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone()),
             Self::Validation(message) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -183,6 +194,9 @@ impl IntoResponse for ApiError {
         match self {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::LockedOut { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             Self::TokenRevoked => {
                 headers.insert(
@@ -281,6 +295,15 @@ impl From<QueryRejection> for ApiError {
         Self::BadRequest {
             code: "invalid_query",
             message: rejection.body_text(),
+        }
+    }
+}
+
+impl ApiError {
+    /// A lockout with `remaining` left of its cool-down.
+    pub fn locked_out(remaining: std::time::Duration) -> Self {
+        Self::LockedOut {
+            retry_after_secs: remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0),
         }
     }
 }

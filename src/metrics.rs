@@ -17,6 +17,8 @@ pub struct Metrics {
     guard_dropped_list: AtomicU64,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     admin_changes: Mutex<BTreeMap<&'static str, u64>>,
+    lockouts: Mutex<BTreeMap<&'static str, u64>>,
+    limit_hits: Mutex<BTreeMap<&'static str, u64>>,
     memories_stored: AtomicU64,
     searches: AtomicU64,
     shared_collection_requests: AtomicU64,
@@ -43,6 +45,16 @@ impl Metrics {
     /// Counts one refused token, by reason (a fixed word).
     pub fn auth_failed(&self, reason: &'static str) {
         *self.auth_failures.lock().entry(reason).or_default() += 1;
+    }
+
+    /// Counts one lockout, by principal kind (`owner` or `client`).
+    pub fn lockout(&self, principal: &'static str) {
+        *self.lockouts.lock().entry(principal).or_default() += 1;
+    }
+
+    /// Counts one request refused by a limit, by limit name.
+    pub fn limit_hit(&self, limit: &'static str) {
+        *self.limit_hits.lock().entry(limit).or_default() += 1;
     }
 
     /// Counts one admin change, by kind (`revocation`, `min_version`,
@@ -90,19 +102,36 @@ impl Metrics {
                 get(c)
             );
         }
-        out.push_str(
-            "# HELP cordon_auth_failures_total Requests refused for a missing, invalid or revoked token, or a refused tenant, by reason.\n",
-        );
-        out.push_str("# TYPE cordon_auth_failures_total counter\n");
-        for (reason, n) in self.auth_failures.lock().iter() {
-            let _ = writeln!(out, "cordon_auth_failures_total{{reason=\"{reason}\"}} {n}");
-        }
-        out.push_str(
-            "# HELP cordon_admin_changes_total Admin changes made through this process, by kind.\n",
-        );
-        out.push_str("# TYPE cordon_admin_changes_total counter\n");
-        for (kind, n) in self.admin_changes.lock().iter() {
-            let _ = writeln!(out, "cordon_admin_changes_total{{kind=\"{kind}\"}} {n}");
+        for (name, help, label, counts) in [
+            (
+                "cordon_auth_failures_total",
+                "Requests refused for a missing, invalid or revoked token, or a refused tenant, by reason.",
+                "reason",
+                &self.auth_failures,
+            ),
+            (
+                "cordon_admin_changes_total",
+                "Admin changes made through this process, by kind.",
+                "kind",
+                &self.admin_changes,
+            ),
+            (
+                "cordon_lockouts_total",
+                "Principals locked out after too many rejected attempts, by kind.",
+                "principal",
+                &self.lockouts,
+            ),
+            (
+                "cordon_limit_hits_total",
+                "Requests refused by a per-user limit or a lockout, by limit.",
+                "limit",
+                &self.limit_hits,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (value, n) in counts.lock().iter() {
+                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+            }
         }
         out.push_str("# HELP cordon_memories_stored_total Memories written.\n");
         out.push_str("# TYPE cordon_memories_stored_total counter\n");

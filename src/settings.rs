@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+pub use crate::access::lockout::LockoutSettings;
 use crate::embed::EmbedSettings;
 use crate::owner::DEFAULT_NAME_HEX_CHARS;
 use crate::secret::Secret;
@@ -142,6 +143,22 @@ pub struct ServeArgs {
     /// Where audit events go: `stdout`, `off`, or a directory for daily-rotated files.
     #[arg(long, env = "CORDON_AUDIT", default_value = "stdout")]
     pub audit: String,
+    /// Refused tokens from one address within the window that lock it out; 0: never.
+    #[arg(long, env = "CORDON_LOCKOUT_THRESHOLD", default_value_t = 20)]
+    pub lockout_threshold: u32,
+    /// 404s on memory ids of one user within the window that lock that user out; 0: never.
+    #[arg(
+        long,
+        env = "CORDON_LOCKOUT_NOT_FOUND_THRESHOLD",
+        default_value_t = 1000
+    )]
+    pub lockout_not_found_threshold: u32,
+    /// The lockout counting window, seconds.
+    #[arg(long, env = "CORDON_LOCKOUT_WINDOW_SECS", default_value_t = 60)]
+    pub lockout_window_secs: u64,
+    /// How long a lockout lasts, seconds.
+    #[arg(long, env = "CORDON_LOCKOUT_SECS", default_value_t = 300)]
+    pub lockout_secs: u64,
 }
 
 /// JWT verification flags.
@@ -265,6 +282,8 @@ pub struct AccessSettings {
     pub tenants_file: Option<PathBuf>,
     /// Poll interval of a shared change log.
     pub poll_interval: Duration,
+    /// Lockout of principals with many rejected attempts.
+    pub lockout: LockoutSettings,
 }
 
 /// Where audit events are written.
@@ -468,6 +487,12 @@ impl ServeArgs {
                 admin_key,
                 tenants_file: self.tenants_file,
                 poll_interval: Duration::from_millis(self.access_poll_ms.clamp(10, 60_000)),
+                lockout: LockoutSettings {
+                    threshold: self.lockout_threshold,
+                    not_found_threshold: self.lockout_not_found_threshold,
+                    window: Duration::from_secs(self.lockout_window_secs.max(1)),
+                    cooldown: Duration::from_secs(self.lockout_secs.max(1)),
+                },
             },
             audit: AuditSink::parse(&self.audit),
         })

@@ -6,7 +6,7 @@ use std::io::IsTerminal as _;
 
 use tracing::Level;
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::filter::{EnvFilter, Targets, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
@@ -22,19 +22,25 @@ const DEFAULT_FILTER: &str = "info,qdrant_edge::common::flags=error";
 /// Installs the global subscriber; `json` selects JSON lines for the log.
 /// Keep the returned guard until exit: it flushes the audit file writer.
 pub fn init(json: bool, audit_sink: &AuditSink) -> Option<WorkerGuard> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let not_audit = filter_fn(|meta| meta.target() != audit::TARGET);
+    // Audit events go to their own sink only. Excluded by a directive, not
+    // by a filter function: a function has no level hint, and without one
+    // `log` records (qdrant-edge logs through `log`) are built and
+    // dispatched at every level (the full-disk test in tests/binary took
+    // 50 s instead of 10 s).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+        .add_directive(
+            format!("{}=off", audit::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
     let log = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let log = if json {
-        log.json()
-            .with_filter(filter)
-            .with_filter(not_audit)
-            .boxed()
+        log.json().with_filter(filter).boxed()
     } else {
-        log.with_filter(filter).with_filter(not_audit).boxed()
+        log.with_filter(filter).boxed()
     };
     let only_audit = Targets::new().with_target(audit::TARGET, Level::INFO);
     let (audit_layer, guard) = match audit_sink {

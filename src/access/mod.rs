@@ -12,6 +12,7 @@
 //! within a second. The per-request check reads memory only.
 
 pub mod file_log;
+pub mod lockout;
 pub mod qdrant_log;
 pub mod rules;
 

@@ -20,7 +20,7 @@ use super::AppState;
 use super::extract::Json as JsonBody;
 use crate::access::{Rule, now_ms};
 use crate::audit;
-use crate::auth::{bearer, client_tag};
+use crate::auth::{bearer, client_locked, client_rejected, client_tag};
 use crate::error::ApiError;
 use crate::owner::{OwnerHash, TenantHash};
 use crate::secret::Secret;
@@ -65,9 +65,12 @@ where
         if presented.is_some_and(|token| bool::from(token.as_bytes().ct_eq(key.expose()))) {
             return Ok(Admin);
         }
+        // As with user tokens, only a failed attempt meets the lockout.
         let app = AppState::from_ref(state);
+        client_locked(parts, &app.auth)?;
         app.metrics.auth_failed("admin_key");
         audit::auth_failed("admin_key", &client_tag(parts, &app.auth.server_secret));
+        client_rejected(parts, &app.auth);
         Err(ApiError::Unauthorized)
     }
 }

@@ -191,14 +191,16 @@ async fn get_one(
 ) -> Result<axum::Json<Memory>, ApiError> {
     match state.store.get(&caller.owner, id).await? {
         Some(memory) => Ok(axum::Json(memory)),
-        None => Err(not_found(&caller)),
+        None => Err(not_found(&state, &caller)),
     }
 }
 
-/// A memory id that is not the caller's: 404, and an audit event (a caller
-/// probing other users' ids shows up in the trail).
-fn not_found(caller: &Caller) -> ApiError {
+/// A memory id that is not the caller's: 404, an audit event (a caller
+/// probing other users' ids shows up in the trail), and a rejection counted
+/// towards the caller's lockout.
+fn not_found(state: &AppState, caller: &Caller) -> ApiError {
     crate::audit::memory_not_found(&caller.owner);
+    crate::auth::owner_rejected(&caller.owner, &state.auth);
     ApiError::NotFound
 }
 
@@ -211,7 +213,7 @@ async fn delete_one(
     if state.store.delete(&caller.owner, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(not_found(&caller))
+        Err(not_found(&state, &caller))
     }
 }
 

@@ -8,6 +8,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::{AuthError, Verifier};
+use crate::access::lockout::{Lockout, Principal};
 use crate::access::{Access, Denied, Refusal};
 use crate::audit;
 use crate::error::ApiError;
@@ -33,6 +34,8 @@ pub struct AuthState {
     pub server_secret: Arc<Secret>,
     /// Revocations and the tenant registry.
     pub access: Arc<Access>,
+    /// Rejection counts and lockouts.
+    pub lockout: Arc<Lockout>,
     /// Counts refused tokens.
     pub metrics: Arc<Metrics>,
 }
@@ -49,15 +52,26 @@ where
         let principal = match bearer(parts).and_then(|token| auth.verifier.verify(token)) {
             Ok(principal) => principal,
             Err(reason) => {
+                client_locked(parts, &auth)?;
                 auth.metrics.auth_failed(reason.code());
                 tracing::info!(%reason, "authentication failed");
                 audit::auth_failed(reason.code(), &client_tag(parts, &auth.server_secret));
+                client_rejected(parts, &auth);
                 return Err(ApiError::from(reason));
             }
         };
         let owner = OwnerHash::derive(&auth.server_secret, &principal.tenant, &principal.subject);
+        if let Some(remaining) = auth.lockout.locked(&Principal::Owner(owner.clone())) {
+            audit::locked_out("owner", &owner.log_tag());
+            auth.metrics.limit_hit("locked_out");
+            return Err(ApiError::locked_out(remaining));
+        }
         let tenant = TenantHash::derive(&auth.server_secret, &principal.tenant);
         if let Err(refusal) = auth.access.check(&tenant, &owner, principal.facts) {
+            // Counted against the address, not the owner: replaying a
+            // revoked token must not lock the real user out.
+            client_locked(parts, &auth)?;
+            client_rejected(parts, &auth);
             let reason = match refusal {
                 Refusal::Denied(Denied::TokenRevoked) => "token_revoked",
                 Refusal::Denied(Denied::TenantUnknown) => "tenant_unknown",
@@ -70,6 +84,50 @@ where
         }
         Ok(Caller { owner, tenant })
     }
+}
+
+/// Refuses a request from a locked-out client address.
+pub fn client_locked(parts: &Parts, auth: &AuthState) -> Result<(), ApiError> {
+    let Some(ip) = client_ip(parts) else {
+        return Ok(());
+    };
+    match auth.lockout.locked(&Principal::Client(ip)) {
+        Some(remaining) => {
+            audit::locked_out("client", &audit::client_tag(&auth.server_secret, ip));
+            auth.metrics.limit_hit("locked_out");
+            Err(ApiError::locked_out(remaining))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Counts a rejected request against the client's address.
+pub fn client_rejected(parts: &Parts, auth: &AuthState) {
+    if let Some(ip) = client_ip(parts)
+        && let Some(cooldown) = auth.lockout.rejected(Principal::Client(ip))
+    {
+        auth.metrics.lockout("client");
+        audit::lockout_alert(
+            "client",
+            &audit::client_tag(&auth.server_secret, ip),
+            cooldown.as_secs(),
+        );
+    }
+}
+
+/// Counts a rejected request (another user's memory id) against `owner`.
+pub fn owner_rejected(owner: &OwnerHash, auth: &AuthState) {
+    if let Some(cooldown) = auth.lockout.rejected(Principal::Owner(owner.clone())) {
+        auth.metrics.lockout("owner");
+        audit::lockout_alert("owner", &owner.log_tag(), cooldown.as_secs());
+    }
+}
+
+fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 /// The keyed tag of the client's address ("unknown" without one).

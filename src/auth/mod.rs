@@ -9,7 +9,9 @@ mod keys;
 mod mint;
 mod verifier;
 
-pub use caller::{AuthState, Caller, bearer, client_tag};
+pub use caller::{
+    AuthState, Caller, bearer, client_locked, client_rejected, client_tag, owner_rejected,
+};
 pub use keys::{KeyError, load_keys};
 pub use mint::{MintError, mint_dev_token};
 pub use verifier::{Principal, Verifier, VerifierConfig};

@@ -8,8 +8,8 @@ use cordon::app::Application;
 use cordon::embed::{EmbedSettings, Embedder};
 use cordon::secret::Secret;
 use cordon::settings::{
-    AccessSettings, AuditSink, AuthSettings, Limits, QdrantConnection, Settings, StoreKind,
-    StoreSettings,
+    AccessSettings, AuditSink, AuthSettings, Limits, LockoutSettings, QdrantConnection, Settings,
+    StoreKind, StoreSettings,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Response, StatusCode};
@@ -98,6 +98,12 @@ pub fn settings(data_dir: &Path) -> Settings {
             admin_key: Some(Secret::new(ADMIN_KEY.as_bytes().to_vec())),
             tenants_file: None,
             poll_interval: Duration::from_millis(100),
+            lockout: LockoutSettings {
+                threshold: 20,
+                not_found_threshold: 1000,
+                window: Duration::from_secs(60),
+                cooldown: Duration::from_secs(300),
+            },
         },
         audit: AuditSink::Off,
     }

@@ -66,7 +66,9 @@ async fn the_audit_trail_records_refusals_revocations_and_admin_calls_with_hashe
     command
         .env("CORDON_AUDIT", audit.path())
         .env("CORDON_ADMIN_KEY", ADMIN_KEY)
-        .env("CORDON_TENANTS_FILE", &tenants);
+        .env("CORDON_TENANTS_FILE", &tenants)
+        // Above this test's own five rejections from its main address.
+        .env("CORDON_LOCKOUT_THRESHOLD", "6");
     let mut server = serve_with(command);
     let client = reqwest::Client::new();
 
@@ -128,6 +130,22 @@ async fn the_audit_trail_records_refusals_revocations_and_admin_calls_with_hashe
         .await
         .expect("answered");
     assert_eq!(wrong_admin.status(), StatusCode::UNAUTHORIZED);
+    // Another address sprays bad tokens until it is locked out.
+    let sprayer = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 9]))
+        .build()
+        .expect("client");
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        let response = sprayer
+            .get(format!("{}/v1/memories", server.base))
+            .bearer_auth("garbage")
+            .send()
+            .await
+            .expect("answered");
+        codes.push(response.status().as_u16());
+    }
+    assert_eq!(codes, [401, 401, 401, 401, 401, 401, 429]);
     // SIGTERM flushes the audit writer.
     terminate(&server);
     assert!(server.child.wait().expect("exits").success());
@@ -161,6 +179,8 @@ async fn the_audit_trail_records_refusals_revocations_and_admin_calls_with_hashe
             .any(|e| e["fields"]["event"] == "memory_not_found"),
         "{raw}"
     );
+    assert!(has("alert", "kind", "lockout"), "{raw}");
+    assert!(has("locked_out", "principal", "client"), "{raw}");
     for secret in [
         "alice-the-user",
         "acme-corp",
