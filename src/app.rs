@@ -21,6 +21,7 @@ use crate::auth::{AuthState, KeyError, Verifier, VerifierConfig, load_keys};
 use crate::embed::{EmbedError, Embedder};
 use crate::guard::Guard;
 use crate::guarded::GuardedStore;
+use crate::limits::{UserLimitSettings, UserLimits};
 use crate::metrics::Metrics;
 use crate::settings::{Settings, StoreKind};
 use crate::store::edge::{EdgeEngine, EdgeSettings};
@@ -151,6 +152,7 @@ impl Application {
                 server_secret: Arc::new(settings.server_secret.clone()),
                 access,
                 lockout: Arc::new(Lockout::new(settings.access.lockout)),
+                limits: user_limits(settings.access.user_limits),
                 metrics: metrics.clone(),
             },
             store,
@@ -221,6 +223,24 @@ impl Application {
         tracing::info!("shutdown complete");
         result
     }
+}
+
+/// The per-user limits, with a task that forgets idle users' rate state
+/// every minute (it ends with the runtime).
+fn user_limits(settings: UserLimitSettings) -> Arc<UserLimits> {
+    let limits = Arc::new(UserLimits::new(settings));
+    let weak = Arc::downgrade(&limits);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            match weak.upgrade() {
+                Some(limits) => limits.forget_idle(),
+                None => return,
+            }
+        }
+    });
+    limits
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -87,6 +87,11 @@ pub fn locked_out(principal: &'static str, tag: &str) {
     tracing::info!(target: TARGET, event = "locked_out", principal, tag);
 }
 
+/// A request was refused by a per-user limit.
+pub fn limit_hit(limit: &'static str, owner: &OwnerHash) {
+    tracing::info!(target: TARGET, event = "limit_hit", limit, owner = %owner.log_tag());
+}
+
 /// A caller asked for a memory id that is not theirs (or does not exist).
 pub fn memory_not_found(owner: &OwnerHash) {
     tracing::info!(target: TARGET, event = "memory_not_found", owner = %owner.log_tag());

@@ -31,6 +31,14 @@ pub enum ApiError {
     /// The caller's tenant is disabled.
     #[error("tenant disabled")]
     TenantDisabled,
+    /// A per-user limit on request rate or concurrency; `limit` names it.
+    #[error("rate limited: {limit}")]
+    RateLimited {
+        /// The limit's name, as in the settings.
+        limit: &'static str,
+        /// Seconds after which a retry may pass.
+        retry_after_secs: u64,
+    },
     /// Too many rejected attempts: refused until the cool-down ends.
     #[error("locked out for {retry_after_secs} s")]
     LockedOut {
@@ -114,6 +122,11 @@ impl ApiError {
                 "tenant_disabled",
                 "this token's tenant is disabled".into(),
             ),
+            Self::RateLimited { limit, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("this user is over the per-user limit `{limit}`; retry shortly"),
+            ),
             Self::LockedOut { retry_after_secs } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "locked_out",
@@ -195,7 +208,10 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::LockedOut { retry_after_secs } => {
+            Self::LockedOut { retry_after_secs }
+            | Self::RateLimited {
+                retry_after_secs, ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             Self::TokenRevoked => {
@@ -253,6 +269,10 @@ impl From<EmbedError> for ApiError {
     fn from(err: EmbedError) -> Self {
         match err {
             EmbedError::Overloaded => Self::Overloaded,
+            EmbedError::OwnerBusy => Self::RateLimited {
+                limit: "embedding_queue_per_user",
+                retry_after_secs: 1,
+            },
             other => {
                 tracing::error!(error = %other, "embedding failed");
                 Self::EmbedderUnavailable
@@ -303,7 +323,28 @@ impl ApiError {
     /// A lockout with `remaining` left of its cool-down.
     pub fn locked_out(remaining: std::time::Duration) -> Self {
         Self::LockedOut {
-            retry_after_secs: remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0),
+            retry_after_secs: whole_secs(remaining),
+        }
+    }
+}
+
+/// Seconds, rounded up (at least 1): what `Retry-After` carries.
+fn whole_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+impl From<crate::limits::Limited> for ApiError {
+    fn from(limited: crate::limits::Limited) -> Self {
+        use crate::limits::Limited;
+        match limited {
+            Limited::InFlight => Self::RateLimited {
+                limit: "max_in_flight_per_user",
+                retry_after_secs: 1,
+            },
+            Limited::Rate(wait) => Self::RateLimited {
+                limit: "user_requests_per_second",
+                retry_after_secs: whole_secs(wait),
+            },
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod embed;
 pub mod error;
 pub mod guard;
 pub mod guarded;
+pub mod limits;
 pub mod metrics;
 pub mod owner;
 pub mod secret;

@@ -14,6 +14,7 @@ use clap::Args;
 
 pub use crate::access::lockout::LockoutSettings;
 use crate::embed::EmbedSettings;
+pub use crate::limits::UserLimitSettings;
 use crate::owner::DEFAULT_NAME_HEX_CHARS;
 use crate::secret::Secret;
 
@@ -102,6 +103,9 @@ pub struct ServeArgs {
     /// Most embedding jobs waiting; beyond this requests get 503.
     #[arg(long, env = "CORDON_EMBED_QUEUE", default_value_t = 1024)]
     pub embed_queue: usize,
+    /// Most embedding jobs one user may have queued (default: an eighth of the queue); beyond it that user gets 429.
+    #[arg(long, env = "CORDON_EMBED_QUEUE_PER_USER")]
+    pub embed_queue_per_user: Option<usize>,
     /// Largest request body in bytes.
     #[arg(long, env = "CORDON_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -159,6 +163,15 @@ pub struct ServeArgs {
     /// How long a lockout lasts, seconds.
     #[arg(long, env = "CORDON_LOCKOUT_SECS", default_value_t = 300)]
     pub lockout_secs: u64,
+    /// Most requests one user may have in flight (default: an eighth of CORDON_MAX_IN_FLIGHT).
+    #[arg(long, env = "CORDON_MAX_IN_FLIGHT_PER_USER")]
+    pub max_in_flight_per_user: Option<usize>,
+    /// Requests per second one user may make on average; 0: no rate limit.
+    #[arg(long, env = "CORDON_USER_RPS", default_value_t = 0)]
+    pub user_rps: u32,
+    /// Requests one user may make at once above that rate (default: one second's worth).
+    #[arg(long, env = "CORDON_USER_BURST", default_value_t = 0)]
+    pub user_burst: u32,
 }
 
 /// JWT verification flags.
@@ -284,6 +297,8 @@ pub struct AccessSettings {
     pub poll_interval: Duration,
     /// Lockout of principals with many rejected attempts.
     pub lockout: LockoutSettings,
+    /// Per-user in-flight cap and request rate.
+    pub user_limits: UserLimitSettings,
 }
 
 /// Where audit events are written.
@@ -456,6 +471,10 @@ impl ServeArgs {
                 intra_threads: self.embed_threads.unwrap_or(cores),
                 max_batch: self.embed_max_batch.max(1),
                 queue_capacity: self.embed_queue.max(1),
+                queue_per_user: self
+                    .embed_queue_per_user
+                    .unwrap_or(self.embed_queue / 8)
+                    .max(1),
             },
             store: StoreSettings {
                 kind,
@@ -492,6 +511,14 @@ impl ServeArgs {
                     not_found_threshold: self.lockout_not_found_threshold,
                     window: Duration::from_secs(self.lockout_window_secs.max(1)),
                     cooldown: Duration::from_secs(self.lockout_secs.max(1)),
+                },
+                user_limits: UserLimitSettings {
+                    max_in_flight: self
+                        .max_in_flight_per_user
+                        .unwrap_or(self.max_in_flight / 8)
+                        .max(1),
+                    requests_per_second: self.user_rps,
+                    burst: self.user_burst,
                 },
             },
             audit: AuditSink::parse(&self.audit),

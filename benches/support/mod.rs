@@ -62,6 +62,7 @@ pub fn embedder() -> Embedder {
         intra_threads: cores,
         max_batch: 32,
         queue_capacity: 1024,
+        queue_per_user: 128,
     })
     .expect("model assets present: run `python3 models/fetch.py`")
 }

@@ -12,6 +12,7 @@ use crate::access::lockout::{Lockout, Principal};
 use crate::access::{Access, Denied, Refusal};
 use crate::audit;
 use crate::error::ApiError;
+use crate::limits::{InFlight, UserLimits};
 use crate::metrics::Metrics;
 use crate::owner::{OwnerHash, TenantHash};
 use crate::secret::Secret;
@@ -23,6 +24,9 @@ pub struct Caller {
     pub owner: OwnerHash,
     /// The caller's keyed tenant.
     pub tenant: TenantHash,
+    /// The caller's slot among their requests in flight, held until the
+    /// handler is done with the caller.
+    _in_flight: Arc<InFlight>,
 }
 
 /// What the extractor needs from the application state.
@@ -36,6 +40,8 @@ pub struct AuthState {
     pub access: Arc<Access>,
     /// Rejection counts and lockouts.
     pub lockout: Arc<Lockout>,
+    /// Per-user in-flight caps and request rates.
+    pub limits: Arc<UserLimits>,
     /// Counts refused tokens.
     pub metrics: Arc<Metrics>,
 }
@@ -82,7 +88,22 @@ where
             audit::access_refused(reason, &owner, &tenant);
             return Err(ApiError::from(refusal));
         }
-        Ok(Caller { owner, tenant })
+        let in_flight = match auth.limits.admit(&owner) {
+            Ok(slot) => slot,
+            Err(limited) => {
+                let error = ApiError::from(limited);
+                if let ApiError::RateLimited { limit, .. } = &error {
+                    auth.metrics.limit_hit(limit);
+                    audit::limit_hit(limit, &owner);
+                }
+                return Err(error);
+            }
+        };
+        Ok(Caller {
+            owner,
+            tenant,
+            _in_flight: Arc::new(in_flight),
+        })
     }
 }
 

@@ -1,11 +1,13 @@
-//! Dynamic batching: one worker thread owns the model and drains the queue.
+//! Dynamic batching: one worker thread owns the model and drains the queue,
+//! taking users' jobs in turns (see [`super::fair`]).
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread;
 
 use tokio::sync::oneshot;
 
+use super::fair::{FairQueue, Refused, Texts};
 use super::model::{Encoded, Model};
 use super::{EmbedError, EmbedSettings};
 use crate::owner::OwnerHash;
@@ -19,23 +21,46 @@ struct Job {
     reply: oneshot::Sender<Result<Encoded, EmbedError>>,
 }
 
+impl Texts for Job {
+    fn texts(&self) -> usize {
+        self.texts.len()
+    }
+}
+
 /// Handle to the embedding worker; clones share the worker.
 #[derive(Clone)]
 pub struct Embedder {
-    jobs: SyncSender<Job>,
+    queue: Arc<FairQueue<Job>>,
+    // The last handle to go closes the queue, which ends the worker.
+    _closer: Arc<Closer>,
+}
+
+struct Closer(Arc<FairQueue<Job>>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Embedder {
     /// Loads the model and starts the worker thread.
     pub fn start(settings: &EmbedSettings) -> Result<Self, EmbedError> {
         let model = Model::load(settings)?;
-        let (jobs, queue) = mpsc::sync_channel(settings.queue_capacity.max(1));
+        let queue = Arc::new(FairQueue::new(
+            settings.queue_capacity,
+            settings.queue_per_user,
+        ));
         let max_batch = settings.max_batch.max(1);
+        let worker_queue = queue.clone();
         thread::Builder::new()
             .name("cordon-embed".into())
-            .spawn(move || worker(model, queue, max_batch))
+            .spawn(move || worker(model, &worker_queue, max_batch))
             .map_err(|e| EmbedError::Runtime(format!("cannot start embedding worker: {e}")))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            _closer: Arc::new(Closer(queue.clone())),
+            queue,
+        })
     }
 
     /// Embeds `texts` for `owner`; one vector per text, in order.
@@ -50,31 +75,20 @@ impl Embedder {
             texts,
             reply,
         };
-        match self.jobs.try_send(job) {
+        match self.queue.push(owner, job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(EmbedError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => return Err(EmbedError::WorkerGone),
+            Err(Refused::Full) => return Err(EmbedError::Overloaded),
+            Err(Refused::OwnerFull) => return Err(EmbedError::OwnerBusy),
+            Err(Refused::Closed) => return Err(EmbedError::WorkerGone),
         }
         answer.await.map_err(|_| EmbedError::WorkerGone)?
     }
 }
 
-fn worker(mut model: Model, queue: Receiver<Job>, max_batch: usize) {
-    // Ends when every Embedder handle is dropped.
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        let mut texts = jobs[0].texts.len();
-        // Take what is already waiting, up to one batch of texts: requests that
-        // arrived while the previous batch ran share the next model call.
-        while texts < max_batch {
-            match queue.try_recv() {
-                Ok(job) => {
-                    texts += job.texts.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+fn worker(mut model: Model, queue: &FairQueue<Job>, max_batch: usize) {
+    // Requests that arrived while the previous batch ran share the next model
+    // call, in turns by owner. Ends when every Embedder handle is dropped.
+    while let Some(jobs) = queue.take_batch(max_batch) {
         // A panic inside the runtime must not take the worker down for good:
         // the jobs of that batch see their reply channel close (503), and the
         // next batch runs as usual.

@@ -10,6 +10,7 @@
 //! thing users share.
 
 mod batcher;
+mod fair;
 mod model;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ pub struct EmbedSettings {
     pub max_batch: usize,
     /// Most jobs waiting for the worker; beyond this requests get 503.
     pub queue_capacity: usize,
+    /// Most jobs one user may have waiting; beyond this that user gets 429.
+    pub queue_per_user: usize,
 }
 
 impl EmbedSettings {
@@ -68,6 +71,9 @@ pub enum EmbedError {
     /// The job queue is full.
     #[error("embedding queue is full")]
     Overloaded,
+    /// This user already has their share of the queue waiting.
+    #[error("this user's share of the embedding queue is full")]
+    OwnerBusy,
     /// The worker thread is gone.
     #[error("embedding worker stopped")]
     WorkerGone,

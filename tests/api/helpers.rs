@@ -9,7 +9,7 @@ use cordon::embed::{EmbedSettings, Embedder};
 use cordon::secret::Secret;
 use cordon::settings::{
     AccessSettings, AuditSink, AuthSettings, Limits, LockoutSettings, QdrantConnection, Settings,
-    StoreKind, StoreSettings,
+    StoreKind, StoreSettings, UserLimitSettings,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Response, StatusCode};
@@ -36,6 +36,7 @@ fn embed_settings() -> EmbedSettings {
         intra_threads: 2,
         max_batch: 32,
         queue_capacity: 1024,
+        queue_per_user: 128,
     }
 }
 
@@ -103,6 +104,11 @@ pub fn settings(data_dir: &Path) -> Settings {
                 not_found_threshold: 1000,
                 window: Duration::from_secs(60),
                 cooldown: Duration::from_secs(300),
+            },
+            user_limits: UserLimitSettings {
+                max_in_flight: 64,
+                requests_per_second: 0,
+                burst: 0,
             },
         },
         audit: AuditSink::Off,

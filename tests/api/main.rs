@@ -7,6 +7,7 @@ mod embeddings;
 mod helpers;
 mod idempotency;
 mod isolation;
+mod limits;
 mod lockout;
 mod memories;
 mod qdrant;

@@ -1,0 +1,85 @@
+//! Per-user limits: a user over their request rate or their share of the
+//! requests in flight gets 429 `rate_limited` naming the limit; other users
+//! are not slowed by them.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_error, spawn_app_with, token};
+
+#[tokio::test]
+async fn a_user_over_the_rate_limit_gets_429_naming_it_and_others_do_not() {
+    let app = spawn_app_with(|s| {
+        s.access.user_limits.requests_per_second = 1;
+        s.access.user_limits.burst = 3;
+    })
+    .await;
+    let (alice, bob) = (token("acme", "alice"), token("acme", "bob"));
+    for _ in 0..3 {
+        assert_eq!(
+            app.get("/v1/memories", &alice).await.status(),
+            StatusCode::OK
+        );
+    }
+    let r = app.get("/v1/memories", &alice).await;
+    assert!(r.headers().contains_key("retry-after"));
+    let message = assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert!(message.contains("user_requests_per_second"), "{message}");
+    assert_eq!(app.get("/v1/memories", &bob).await.status(), StatusCode::OK);
+    assert!(
+        app.metrics()
+            .await
+            .contains("cordon_limit_hits_total{limit=\"user_requests_per_second\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn a_user_past_their_share_of_requests_in_flight_gets_429_and_another_user_is_served() {
+    let app = spawn_app_with(|s| s.access.user_limits.max_in_flight = 2).await;
+    let (alice, bob) = (token("acme", "alice"), token("acme", "bob"));
+    let long: Vec<Value> = (0..16)
+        .map(|i| json!({ "text": format!("{i} {}", "slow to embed ".repeat(120)) }))
+        .collect();
+    let body = json!({ "memories": long });
+    let stores = (0..6).map(|_| {
+        let (client, url, alice, body) = (
+            app.client.clone(),
+            app.url("/v1/memories"),
+            alice.clone(),
+            body.clone(),
+        );
+        tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(alice)
+                .json(&body)
+                .send()
+                .await
+                .expect("sent");
+            let status = r.status();
+            let code = r
+                .json::<Value>()
+                .await
+                .ok()
+                .map(|b| b["error"]["code"].clone());
+            (status, code)
+        })
+    });
+    let stores: Vec<_> = stores.collect();
+    // While alice's stores run, bob is served.
+    let r = app
+        .post("/v1/memories", &bob, &json!({ "text": "bob" }))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let mut created = 0;
+    let mut limited = 0;
+    for store in stores {
+        match store.await.expect("joins") {
+            (StatusCode::CREATED, _) => created += 1,
+            (StatusCode::TOO_MANY_REQUESTS, Some(code)) if code == "rate_limited" => limited += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(created >= 2, "{created} created");
+    assert!(limited >= 1, "none of six concurrent stores was limited");
+}
