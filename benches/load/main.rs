@@ -19,13 +19,14 @@
 //! ```
 
 mod canary;
+mod flood;
 mod report;
 mod scrape;
 mod workload;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -117,6 +118,11 @@ struct Args {
     /// before the run counts as failed.
     #[arg(long, default_value_t = 0.01)]
     max_error_share: f64,
+    /// Connections of one extra user that store 16 texts and search, back
+    /// to back, while the normal users run (0: no flooder). Its answers are
+    /// reported apart and kept out of the latency figures.
+    #[arg(long, default_value_t = 0)]
+    flood_clients: usize,
     /// Seed for texts and operation choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -195,6 +201,31 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
         "load: run {run_id} · {} users × ({} memories + {} ops) · {} clients · {}",
         args.users, args.memories, args.ops, args.clients, base
     );
+    let stop_flood = Arc::new(AtomicBool::new(false));
+    let flood_tally = Arc::new(flood::FloodTally::default());
+    let flood_token = if args.flood_clients > 0 {
+        Some(mint_dev_token(
+            &args.hs256_secret,
+            &args.tenant_claim,
+            &tenant,
+            "flooder",
+            Duration::from_secs(24 * 3600),
+            args.issuer.as_deref(),
+            args.audience.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    let flooders = flood_token.as_ref().map_or_else(Vec::new, |token| {
+        flood::start(
+            http.clone(),
+            base.clone(),
+            token.clone(),
+            args.flood_clients,
+            stop_flood.clone(),
+            flood_tally.clone(),
+        )
+    });
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let tokens = Arc::new(tokens);
@@ -224,6 +255,13 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
     for worker in workers {
         worker.await?;
     }
+    stop_flood.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.await?;
+    }
+    if let (Some(token), false) = (&flood_token, args.keep) {
+        flood::erase(&http, &base, token).await;
+    }
     progress.abort();
     let elapsed = started.elapsed();
     let after = scrape::counters(&http, &base).await?;
@@ -239,6 +277,9 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
     };
     let summary = shared.tally.summary(elapsed, server);
     print!("{}", summary.text());
+    if args.flood_clients > 0 {
+        println!("{}", flood_tally.line(args.flood_clients));
+    }
     if let Some(path) = &args.json {
         let config = json!({
             "url": base,
@@ -254,8 +295,9 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
             "collision": args.collision,
             "seed": args.seed,
         });
-        let text = serde_json::to_string_pretty(&summary.json(config))
-            .expect("a JSON value always serialises");
+        let mut report = summary.json(config);
+        report["flood"] = flood_tally.json(args.flood_clients);
+        let text = serde_json::to_string_pretty(&report).expect("a JSON value always serialises");
         if path == "-" {
             println!("{text}");
         } else {
