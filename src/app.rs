@@ -16,7 +16,7 @@ use crate::access::file_log::FileLog;
 use crate::access::lockout::Lockout;
 use crate::access::qdrant_log::QdrantLog;
 use crate::access::{Access, AccessError, AccessLog};
-use crate::api::{self, AdminKey, AppState};
+use crate::api::{self, AdminKey, AppState, Quotas};
 use crate::auth::{AuthState, KeyError, Verifier, VerifierConfig, load_keys};
 use crate::embed::{EmbedError, Embedder};
 use crate::guard::Guard;
@@ -161,6 +161,10 @@ impl Application {
             metrics,
             in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
             admin_key: AdminKey(settings.access.admin_key.clone().map(Arc::new)),
+            quotas: Arc::new(Quotas::new(
+                settings.limits.max_memories_per_user,
+                settings.limits.max_bytes_per_user,
+            )),
         };
         let listener =
             TcpListener::bind(settings.bind)

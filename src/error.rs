@@ -39,6 +39,12 @@ pub enum ApiError {
         /// Seconds after which a retry may pass.
         retry_after_secs: u64,
     },
+    /// A store would take the user past a storage quota; `quota` names it.
+    #[error("quota exceeded: {quota}")]
+    QuotaExceeded {
+        /// The quota's name, as in the settings.
+        quota: &'static str,
+    },
     /// Too many rejected attempts: refused until the cool-down ends.
     #[error("locked out for {retry_after_secs} s")]
     LockedOut {
@@ -121,6 +127,11 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "tenant_disabled",
                 "this token's tenant is disabled".into(),
+            ),
+            Self::QuotaExceeded { quota } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "quota_exceeded",
+                format!("this store would pass the per-user quota `{quota}`; nothing was written. Delete memories to make room"),
             ),
             Self::RateLimited { limit, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -44,6 +44,12 @@ impl Memory {
         &self.text
     }
 
+    /// What the memory counts towards its owner's byte quota: its text and
+    /// its metadata as JSON.
+    pub fn stored_bytes(&self) -> u64 {
+        stored_bytes(&self.text, &self.metadata)
+    }
+
     /// The similarity score, for search results.
     pub fn score(&self) -> Option<f32> {
         self.score
@@ -53,6 +59,12 @@ impl Memory {
     pub fn request_digest(&self) -> Option<&str> {
         self.request.as_deref()
     }
+}
+
+/// Bytes a memory of `text` and `metadata` counts towards its owner's quota.
+pub fn stored_bytes(text: &str, metadata: &Map<String, Value>) -> u64 {
+    let metadata = serde_json::to_string(metadata).map_or(0, |m| m.len());
+    (text.len() + metadata) as u64
 }
 
 /// Re-checks every point against its owner.

@@ -1,11 +1,14 @@
 //! Process counters, rendered in the Prometheus text format at `/metrics`.
 //!
-//! Counters only, no labels that carry identities: a metric must never become
-//! a side channel for who stored what.
+//! Counters and latency histograms, with no label that carries an identity:
+//! a metric must never become a side channel for who stored what. Routes
+//! are labelled by their template (`/v1/memories/{id}`), never by the path
+//! a request asked for.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -22,6 +25,33 @@ pub struct Metrics {
     memories_stored: AtomicU64,
     searches: AtomicU64,
     shared_collection_requests: AtomicU64,
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A Prometheus histogram: cumulative counts per bucket, their sum, their count.
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (bucket, bound) in self.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
 }
 
 impl Metrics {
@@ -45,6 +75,21 @@ impl Metrics {
     /// Counts one refused token, by reason (a fixed word).
     pub fn auth_failed(&self, reason: &'static str) {
         *self.auth_failures.lock().entry(reason).or_default() += 1;
+    }
+
+    /// Records one answered request: `route` is the matched route's
+    /// template, never the requested path.
+    pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        *self
+            .requests
+            .lock()
+            .entry((route.to_owned(), method.to_owned(), status))
+            .or_default() += 1;
+        self.latency
+            .lock()
+            .entry((route.to_owned(), method.to_owned()))
+            .or_default()
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one lockout, by principal kind (`owner` or `client`).
@@ -88,6 +133,28 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        out.push_str("# HELP cordon_http_requests_total Requests answered, by route template, method and status.\n# TYPE cordon_http_requests_total counter\n");
+        for ((route, method, status), n) in self.requests.lock().iter() {
+            let _ = writeln!(
+                out,
+                "cordon_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP cordon_http_request_duration_seconds Time to answer, by route template and method.\n# TYPE cordon_http_request_duration_seconds histogram\n");
+        for ((route, method), h) in self.latency.lock().iter() {
+            let labels = format!("route=\"{route}\",method=\"{method}\"");
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "cordon_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "cordon_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\ncordon_http_request_duration_seconds_sum{{{labels}}} {}\ncordon_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count, h.sum, h.count
+            );
+        }
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push_str("# HELP cordon_guard_dropped_total Points dropped by the owner re-check (cross_tenant_leak_detected).\n");
         out.push_str("# TYPE cordon_guard_dropped_total counter\n");

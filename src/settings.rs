@@ -163,6 +163,12 @@ pub struct ServeArgs {
     /// How long a lockout lasts, seconds.
     #[arg(long, env = "CORDON_LOCKOUT_SECS", default_value_t = 300)]
     pub lockout_secs: u64,
+    /// Most memories one user may keep; 0: no quota.
+    #[arg(long, env = "CORDON_MAX_MEMORIES_PER_USER", default_value_t = 0)]
+    pub max_memories_per_user: u64,
+    /// Most bytes of text and metadata one user may keep; 0: no quota.
+    #[arg(long, env = "CORDON_MAX_BYTES_PER_USER", default_value_t = 0)]
+    pub max_bytes_per_user: u64,
     /// Most requests one user may have in flight (default: an eighth of CORDON_MAX_IN_FLIGHT).
     #[arg(long, env = "CORDON_MAX_IN_FLIGHT_PER_USER")]
     pub max_in_flight_per_user: Option<usize>,
@@ -172,6 +178,9 @@ pub struct ServeArgs {
     /// Requests one user may make at once above that rate (default: one second's worth).
     #[arg(long, env = "CORDON_USER_BURST", default_value_t = 0)]
     pub user_burst: u32,
+    /// How long a request over the user's in-flight cap waits for a slot before 429, ms.
+    #[arg(long, env = "CORDON_IN_FLIGHT_WAIT_MS", default_value_t = 1000)]
+    pub in_flight_wait_ms: u64,
 }
 
 /// JWT verification flags.
@@ -284,6 +293,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Most requests in flight.
     pub max_in_flight: usize,
+    /// Most memories one user may keep (0: no quota).
+    pub max_memories_per_user: u64,
+    /// Most bytes of text and metadata one user may keep (0: no quota).
+    pub max_bytes_per_user: u64,
 }
 
 /// Admin changes and the tenant registry.
@@ -500,6 +513,8 @@ impl ServeArgs {
                 max_page: 100,
                 request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
                 max_in_flight: self.max_in_flight.max(1),
+                max_memories_per_user: self.max_memories_per_user,
+                max_bytes_per_user: self.max_bytes_per_user,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             access: AccessSettings {
@@ -519,6 +534,7 @@ impl ServeArgs {
                         .max(1),
                     requests_per_second: self.user_rps,
                     burst: self.user_burst,
+                    wait: Duration::from_millis(self.in_flight_wait_ms),
                 },
             },
             audit: AuditSink::parse(&self.audit),

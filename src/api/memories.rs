@@ -109,6 +109,21 @@ async fn store(
         }
         None => (items.iter().map(|_| Uuid::now_v7()).collect(), None),
     };
+    let bytes: u64 = items
+        .iter()
+        .map(|(text, metadata)| crate::guard::stored_bytes(text, metadata))
+        .sum();
+    if let Err(e) = state
+        .quotas
+        .admit(&state.store, &caller.owner, items.len(), bytes)
+        .await
+    {
+        if let ApiError::QuotaExceeded { quota } = &e {
+            state.metrics.limit_hit(quota);
+            crate::audit::limit_hit(quota, &caller.owner);
+        }
+        return Err(e);
+    }
     let texts = items.iter().map(|(text, _)| text.clone()).collect();
     let encoded = state.embedder.embed(&caller.owner, texts).await?;
     let created_at = now_millis();
@@ -127,6 +142,7 @@ async fn store(
         .collect();
     let n = memories.len();
     state.store.put(&caller.owner, memories).await?;
+    state.quotas.stored(&caller.owner, bytes);
     state.metrics.stored(n);
     Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })))
 }
@@ -211,6 +227,7 @@ async fn delete_one(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete(&caller.owner, id).await? {
+        state.quotas.forget(&caller.owner);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(&state, &caller))
@@ -259,6 +276,7 @@ async fn erase(
     caller: Caller,
 ) -> Result<axum::Json<EraseResponse>, ApiError> {
     let deleted = state.store.erase(&caller.owner).await?;
+    state.quotas.forget(&caller.owner);
     tracing::info!(deleted, "erased all memories of the caller");
     Ok(axum::Json(EraseResponse { deleted }))
 }

@@ -11,18 +11,21 @@ mod extract;
 mod health;
 mod idempotency;
 mod memories;
+mod quota;
 mod validate;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 use tower_http::trace::TraceLayer;
 
 pub use admin::AdminKey;
+pub use quota::Quotas;
 
 use crate::auth::AuthState;
 use crate::embed::Embedder;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// The admin API's key (`None`: no admin API).
     pub admin_key: AdminKey,
+    /// Per-user storage quotas.
+    pub quotas: Arc<Quotas>,
 }
 
 impl FromRef<AppState> for AuthState {
@@ -67,11 +72,33 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(api)
+        // A route layer: it runs once a route matched, so the route's
+        // template is known (requests matching no route are not observed).
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts each answered request and its latency by route template.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Sheds load beyond the in-flight cap and bounds each request's time.

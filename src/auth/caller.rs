@@ -88,7 +88,7 @@ where
             audit::access_refused(reason, &owner, &tenant);
             return Err(ApiError::from(refusal));
         }
-        let in_flight = match auth.limits.admit(&owner) {
+        let in_flight = match auth.limits.admit(&owner).await {
             Ok(slot) => slot,
             Err(limited) => {
                 let error = ApiError::from(limited);

@@ -291,3 +291,27 @@ async fn a_request_in_flight_when_the_revocation_returns_completes_as_before() {
     // Checked once, at the start: a request already past the check completes.
     assert_eq!(status, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_status_without_identities() {
+    let app = spawn_app().await;
+    let alice = token("acme", "alice");
+    let ids = app.store_texts(&alice, &["a note"]).await;
+    app.get_json(&format!("/v1/memories/{}", ids[0]), &alice)
+        .await;
+    let missing = "0190d6a4-0000-7000-8000-000000000000";
+    let r = app.get(&format!("/v1/memories/{missing}"), &alice).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let metrics = app.metrics().await;
+    for line in [
+        "cordon_http_requests_total{route=\"/v1/memories\",method=\"POST\",status=\"201\"} 1",
+        "cordon_http_requests_total{route=\"/v1/memories/{id}\",method=\"GET\",status=\"200\"} 1",
+        "cordon_http_requests_total{route=\"/v1/memories/{id}\",method=\"GET\",status=\"404\"} 1",
+        "cordon_http_request_duration_seconds_count{route=\"/v1/memories/{id}\",method=\"GET\"} 2",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
+    }
+    for secret in [ids[0].as_str(), missing, "alice", "acme"] {
+        assert!(!metrics.contains(secret), "/metrics holds `{secret}`");
+    }
+}

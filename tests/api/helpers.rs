@@ -93,6 +93,8 @@ pub fn settings(data_dir: &Path) -> Settings {
             max_page: 100,
             request_timeout: Duration::from_secs(60),
             max_in_flight: 512,
+            max_memories_per_user: 0,
+            max_bytes_per_user: 0,
         },
         shutdown_grace: Duration::from_secs(10),
         access: AccessSettings {
@@ -109,6 +111,7 @@ pub fn settings(data_dir: &Path) -> Settings {
                 max_in_flight: 64,
                 requests_per_second: 0,
                 burst: 0,
+                wait: Duration::from_millis(200),
             },
         },
         audit: AuditSink::Off,

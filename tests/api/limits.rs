@@ -83,3 +83,48 @@ async fn a_user_past_their_share_of_requests_in_flight_gets_429_and_another_user
     assert!(created >= 2, "{created} created");
     assert!(limited >= 1, "none of six concurrent stores was limited");
 }
+
+#[tokio::test]
+async fn a_store_past_the_memory_quota_is_413_naming_it_and_writes_nothing() {
+    let app = spawn_app_with(|s| s.limits.max_memories_per_user = 3).await;
+    let (alice, bob) = (token("acme", "alice"), token("acme", "bob"));
+    app.store_texts(&alice, &["one", "two"]).await;
+    let r = app
+        .post(
+            "/v1/memories",
+            &alice,
+            &json!({ "memories": [{ "text": "three" }, { "text": "four" }] }),
+        )
+        .await;
+    let message = assert_error(r, StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded").await;
+    assert!(message.contains("max_memories_per_user"), "{message}");
+    let body = app.get_json("/v1/memories", &alice).await;
+    assert_eq!(body["memories"].as_array().expect("array").len(), 2);
+    // One more fits; other users have their own quota.
+    app.store_texts(&alice, &["three"]).await;
+    app.store_texts(&bob, &["b1", "b2", "b3"]).await;
+}
+
+#[tokio::test]
+async fn a_store_past_the_byte_quota_is_413_and_a_delete_makes_room() {
+    let app = spawn_app_with(|s| s.limits.max_bytes_per_user = 100).await;
+    let alice = token("acme", "alice");
+    // Text plus metadata as JSON: 40 + 2 ("{}") bytes each.
+    let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+    let ids = app.store_texts(&alice, &[a.as_str(), b.as_str()]).await;
+    let r = app
+        .post("/v1/memories", &alice, &json!({ "text": c }))
+        .await;
+    let message = assert_error(r, StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded").await;
+    assert!(message.contains("max_bytes_per_user"), "{message}");
+    let r = app
+        .delete(&format!("/v1/memories/{}", ids[0]), &alice)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    app.store_texts(&alice, &[c.as_str()]).await;
+    assert!(
+        app.metrics()
+            .await
+            .contains("cordon_limit_hits_total{limit=\"max_bytes_per_user\"} 1")
+    );
+}

@@ -40,6 +40,16 @@ struct Server {
     base: String,
 }
 
+impl Drop for Server {
+    // A failed assertion must not leave the server running after the test.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `cordon serve` and waits for its "listening" line.
 fn serve(data_dir: &Path) -> Server {
     serve_with(cordon(data_dir))
