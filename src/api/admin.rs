@@ -159,23 +159,7 @@ async fn revoke(
     JsonBody(user): JsonBody<UserRef>,
 ) -> Result<Json<UserAnswer>, ApiError> {
     let owner = owner_of(&state, &user)?;
-    let result = async {
-        state
-            .auth
-            .access
-            .record(Rule::User {
-                owner: owner.to_hex(),
-                revoked_before_ms: now_ms(),
-                min_version: 0,
-            })
-            .await?;
-        let answer = answer(&state, &owner);
-        state.metrics.admin_change("revocation");
-        audit::revoked(&owner, answer.revoked_before_ms, answer.min_version);
-        Ok(Json(answer))
-    }
-    .await;
-    audited("revoke", &owner.log_tag(), result)
+    record_user(&state, &owner, now_ms(), 0, "revoke", "revocation").await
 }
 
 async fn min_version(
@@ -183,30 +167,49 @@ async fn min_version(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<MinVersion>,
 ) -> Result<Json<UserAnswer>, ApiError> {
-    let owner = owner_of(
+    let user = UserRef {
+        tenant: body.tenant,
+        sub: body.sub,
+    };
+    let owner = owner_of(&state, &user)?;
+    record_user(
         &state,
-        &UserRef {
-            tenant: body.tenant,
-            sub: body.sub,
-        },
-    )?;
+        &owner,
+        0,
+        body.min_version,
+        "min_version",
+        "min_version",
+    )
+    .await
+}
+
+/// Stores a user rule (a cut-off, a minimum version, or both), then counts,
+/// audits and answers the rule now held.
+async fn record_user(
+    state: &AppState,
+    owner: &OwnerHash,
+    revoked_before_ms: u64,
+    min_version: u64,
+    action: &'static str,
+    kind: &'static str,
+) -> Result<Json<UserAnswer>, ApiError> {
     let result = async {
         state
             .auth
             .access
             .record(Rule::User {
                 owner: owner.to_hex(),
-                revoked_before_ms: 0,
-                min_version: body.min_version,
+                revoked_before_ms,
+                min_version,
             })
             .await?;
-        let answer = answer(&state, &owner);
-        state.metrics.admin_change("min_version");
-        audit::revoked(&owner, answer.revoked_before_ms, answer.min_version);
+        let answer = answer(state, owner);
+        state.metrics.admin_change(kind);
+        audit::revoked(owner, answer.revoked_before_ms, answer.min_version);
         Ok(Json(answer))
     }
     .await;
-    audited("min_version", &owner.log_tag(), result)
+    audited(action, &owner.log_tag(), result)
 }
 
 async fn status(
