@@ -93,6 +93,8 @@ impl AccessLog for FileLog {
     }
 
     async fn append(&self, change: &Change) -> Result<(), AccessError> {
+        // A blocking write and fsync on the caller's thread: only admin calls
+        // append, rarely, and the call must not return before the sync.
         let mut line = serde_json::to_vec(change).expect("a change always serialises");
         line.push(b'\n');
         let mut file = self.file.lock();
