@@ -1,11 +1,15 @@
 //! The embedding queue, shared fairly between users.
 //!
-//! Jobs wait in one queue per owner; the worker takes them in turns, one
-//! job per owner per turn, until a batch is full. So a user with a hundred
-//! jobs waiting and a user with one both get a job into the next batch: the
-//! second waits for at most the batch in progress and the next one, however
-//! much the first has queued. Each owner may hold only a share of the
-//! queue's capacity, so one user cannot fill it for everyone.
+//! Jobs wait in one queue per owner; the worker takes them in turns until a
+//! batch is full, sharing texts rather than jobs (deficit round robin): each
+//! turn credits an owner with a quantum of texts, and a job runs once its
+//! owner's credit covers it. So a user with one short text waiting gets into
+//! the next batch however much another user has queued, and a user sending
+//! 16 texts per request gets no more of each batch than users sending one.
+//! An owner alone in the queue, at the start of a batch, never waits for
+//! credit. Each owner may hold
+//! only a share of the queue's capacity, so one user cannot fill it for
+//! everyone.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -30,8 +34,14 @@ pub trait Texts {
     fn texts(&self) -> usize;
 }
 
+/// One owner's waiting jobs and unspent credit, in texts.
+struct Lane<J> {
+    jobs: VecDeque<J>,
+    credit: usize,
+}
+
 struct State<J> {
-    per_owner: HashMap<OwnerHash, VecDeque<J>>,
+    per_owner: HashMap<OwnerHash, Lane<J>>,
     turns: VecDeque<OwnerHash>,
     len: usize,
     closed: bool,
@@ -70,7 +80,7 @@ impl<J: Texts> FairQueue<J> {
         if state.len >= self.capacity {
             return Err(Refused::Full);
         }
-        let waiting = state.per_owner.get(owner).map_or(0, VecDeque::len);
+        let waiting = state.per_owner.get(owner).map_or(0, |lane| lane.jobs.len());
         if waiting >= self.per_owner {
             return Err(Refused::OwnerFull);
         }
@@ -80,7 +90,11 @@ impl<J: Texts> FairQueue<J> {
         state
             .per_owner
             .entry(owner.clone())
-            .or_default()
+            .or_insert_with(|| Lane {
+                jobs: VecDeque::new(),
+                credit: 0,
+            })
+            .jobs
             .push_back(job);
         state.len += 1;
         drop(state);
@@ -89,8 +103,8 @@ impl<J: Texts> FairQueue<J> {
     }
 
     /// Waits for work, then takes jobs in turns until they hold `max_texts`
-    /// texts (a first job larger than that is taken alone). `None` once the
-    /// queue is closed and empty.
+    /// texts, or a whole round of turns adds nothing (a first job larger than
+    /// that is taken alone). `None` once the queue is closed and empty.
     pub fn take_batch(&self, max_texts: usize) -> Option<Vec<J>> {
         let mut state = self.state.lock();
         while state.len == 0 {
@@ -99,20 +113,42 @@ impl<J: Texts> FairQueue<J> {
             }
             self.ready.wait(&mut state);
         }
+        let quantum = (max_texts / 8).max(1);
         let mut batch = Vec::new();
         let mut texts = 0;
+        // Turns in a row that took nothing; a whole round of them ends a
+        // batch that has something (an empty one waits for credit to grow).
+        let mut idle = 0;
         while let Some(owner) = state.turns.pop_front() {
-            let queue = state
+            let others = state.turns.len();
+            let lane = state
                 .per_owner
                 .get_mut(&owner)
-                .expect("an owner in the turns has a queue");
-            let next = queue.front().map_or(0, Texts::texts);
-            if !batch.is_empty() && texts + next > max_texts {
-                state.turns.push_front(owner);
-                break;
+                .expect("an owner in the turns has a lane");
+            let next = lane.jobs.front().map_or(0, Texts::texts);
+            let fits = batch.is_empty() || texts + next <= max_texts;
+            if fits {
+                lane.credit += quantum;
             }
-            let job = queue.pop_front().expect("an owner in the turns has a job");
-            if queue.is_empty() {
+            // Credit decides whenever someone else is waiting or already in
+            // the batch: a flooder must not top up the others' batch with a
+            // long job it has not earned (that makes the batch slower for
+            // them). Alone at the start of a batch, nobody waits on it.
+            if !fits || ((others > 0 || !batch.is_empty()) && lane.credit < next) {
+                state.turns.push_back(owner);
+                idle += 1;
+                if !batch.is_empty() && idle > others {
+                    break;
+                }
+                continue;
+            }
+            idle = 0;
+            lane.credit = lane.credit.saturating_sub(next);
+            let job = lane
+                .jobs
+                .pop_front()
+                .expect("an owner in the turns has a job");
+            if lane.jobs.is_empty() {
                 state.per_owner.remove(&owner);
             } else {
                 state.turns.push_back(owner);
@@ -182,14 +218,49 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_stops_at_the_text_budget_and_a_big_job_goes_alone() {
+    fn a_short_job_is_not_held_behind_a_big_one_which_then_goes_alone() {
         let queue = FairQueue::new(10, 10);
         queue.push(&owner("a"), Job("big", 50)).expect("queued");
         queue.push(&owner("b"), Job("small", 1)).expect("queued");
         let first = queue.take_batch(32).expect("work");
-        assert_eq!(first.iter().map(|j| j.0).collect::<Vec<_>>(), ["big"]);
+        assert_eq!(first.iter().map(|j| j.0).collect::<Vec<_>>(), ["small"]);
         let second = queue.take_batch(32).expect("work");
-        assert_eq!(second.iter().map(|j| j.0).collect::<Vec<_>>(), ["small"]);
+        assert_eq!(second.iter().map(|j| j.0).collect::<Vec<_>>(), ["big"]);
+    }
+
+    #[test]
+    fn owners_share_texts_not_jobs() {
+        let queue = FairQueue::new(100, 100);
+        for _ in 0..10 {
+            queue
+                .push(&owner("flood"), Job("flood", 16))
+                .expect("queued");
+            queue.push(&owner("calm"), Job("calm", 1)).expect("queued");
+        }
+        let first = queue.take_batch(32).expect("work");
+        let count = |name| {
+            first
+                .iter()
+                .filter(|j| j.0 == name)
+                .map(|j| j.1)
+                .sum::<usize>()
+        };
+        // One job per turn would have put 16 flood texts next to each calm
+        // one; by credit, the calm owner's ten jobs all go first.
+        assert_eq!(
+            count("calm"),
+            10,
+            "{:?}",
+            first.iter().map(|j| j.0).collect::<Vec<_>>()
+        );
+        assert!(count("flood") <= 16);
+    }
+
+    #[test]
+    fn an_owner_alone_never_waits_for_credit() {
+        let queue = FairQueue::new(10, 10);
+        queue.push(&owner("a"), Job("big", 20)).expect("queued");
+        assert_eq!(queue.take_batch(32).map(|b| b.len()), Some(1));
     }
 
     #[test]
