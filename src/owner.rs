@@ -32,12 +32,10 @@ pub struct OwnerHash([u8; 32]);
 impl OwnerHash {
     /// Derives the owner hash of `(tenant, subject)` under the server secret.
     pub fn derive(secret: &Secret, tenant: &str, subject: &str) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
-            .expect("HMAC-SHA256 accepts keys of any length");
-        mac.update(tenant.as_bytes());
-        mac.update(&[0]);
-        mac.update(subject.as_bytes());
-        Self(mac.finalize().into_bytes().into())
+        Self(keyed(
+            secret,
+            &[tenant.as_bytes(), &[0], subject.as_bytes()],
+        ))
     }
 
     /// Lowercase hex of the full hash, as stored in point payloads.
@@ -47,9 +45,7 @@ impl OwnerHash {
 
     /// Parses a full hash written by [`OwnerHash::to_hex`].
     pub fn from_hex(text: &str) -> Option<Self> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).ok()?;
-        Some(Self(bytes))
+        parse_hex(text).map(Self)
     }
 
     /// Constant-time comparison against a hex string read back from storage.
@@ -93,10 +89,7 @@ pub struct TenantHash([u8; 32]);
 impl TenantHash {
     /// Derives the hash of `tenant` under the server secret.
     pub fn derive(secret: &Secret, tenant: &str) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
-            .expect("HMAC-SHA256 accepts keys of any length");
-        mac.update(tenant.as_bytes());
-        Self(mac.finalize().into_bytes().into())
+        Self(keyed(secret, &[tenant.as_bytes()]))
     }
 
     /// Lowercase hex of the full hash.
@@ -106,15 +99,30 @@ impl TenantHash {
 
     /// Parses a full hash written by [`TenantHash::to_hex`].
     pub fn from_hex(text: &str) -> Option<Self> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).ok()?;
-        Some(Self(bytes))
+        parse_hex(text).map(Self)
     }
 
     /// A short tag for logs, like [`OwnerHash::log_tag`].
     pub fn log_tag(&self) -> String {
         hex::encode(&self.0[..6])
     }
+}
+
+/// HMAC-SHA256 of the concatenated `parts` under the server secret.
+fn keyed(secret: &Secret, parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
+        .expect("HMAC-SHA256 accepts keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// 32 bytes from 64 hex digits.
+fn parse_hex(text: &str) -> Option<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 impl fmt::Debug for TenantHash {
