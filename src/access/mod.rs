@@ -173,20 +173,14 @@ impl Access {
         self.registry
     }
 
-    /// The per-request check: memory only, no I/O.
-    pub fn check(
-        &self,
-        tenant: &TenantHash,
-        owner: &OwnerHash,
-        token: TokenFacts,
-    ) -> Result<(), Refusal> {
+    /// The per-request check: memory only, no I/O. The tenant is hashed
+    /// only when the registry is on.
+    pub fn check(&self, tenant: &str, owner: &OwnerHash, token: TokenFacts) -> Result<(), Refusal> {
         if !self.loaded.load(Ordering::Acquire) {
             return Err(Refusal::NotReady);
         }
-        Ok(self
-            .rules
-            .read()
-            .check(self.registry, tenant, owner, token)?)
+        let tenant = self.registry.then(|| self.tenant_hash(tenant));
+        Ok(self.rules.read().check(tenant.as_ref(), owner, token)?)
     }
 
     /// Stores `rule` and applies it here; from its return on, this process

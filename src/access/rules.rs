@@ -136,16 +136,16 @@ impl Rules {
         true
     }
 
-    /// Refuses a verified token whose rules say no. `registry` says whether
-    /// tenants must be known.
+    /// Refuses a verified token whose rules say no. `tenant` is the
+    /// caller's tenant when the registry is on (`None`: tenants are not
+    /// checked).
     pub fn check(
         &self,
-        registry: bool,
-        tenant: &TenantHash,
+        tenant: Option<&TenantHash>,
         owner: &OwnerHash,
         token: TokenFacts,
     ) -> Result<(), Denied> {
-        if registry {
+        if let Some(tenant) = tenant {
             match self.tenants.get(tenant) {
                 None => return Err(Denied::TenantUnknown),
                 Some(entry) if !entry.enabled => return Err(Denied::TenantDisabled),
@@ -216,10 +216,7 @@ mod tests {
 
     #[test]
     fn a_token_issued_at_or_before_the_cut_off_is_revoked_and_a_later_one_is_not() {
-        let (tenant, owner) = (
-            TenantHash::derive(&secret(), "acme"),
-            OwnerHash::derive(&secret(), "acme", "alice"),
-        );
+        let owner = OwnerHash::derive(&secret(), "acme", "alice");
         let mut rules = Rules::default();
         rules.apply(&revoke(&owner, 5_000, 0));
         for (iat, ok) in [
@@ -229,32 +226,29 @@ mod tests {
             (Some(5_001), true),
         ] {
             assert_eq!(
-                rules.check(false, &tenant, &owner, facts(iat, 0)).is_ok(),
+                rules.check(None, &owner, facts(iat, 0)).is_ok(),
                 ok,
                 "iat {iat:?}"
             );
         }
         let bob = OwnerHash::derive(&secret(), "acme", "bob");
-        assert!(rules.check(false, &tenant, &bob, facts(None, 0)).is_ok());
+        assert!(rules.check(None, &bob, facts(None, 0)).is_ok());
     }
 
     #[test]
     fn the_minimum_version_refuses_older_tokens_and_tokens_without_ver() {
-        let (tenant, owner) = (
-            TenantHash::derive(&secret(), "acme"),
-            OwnerHash::derive(&secret(), "acme", "alice"),
-        );
+        let owner = OwnerHash::derive(&secret(), "acme", "alice");
         let mut rules = Rules::default();
         rules.apply(&revoke(&owner, 0, 3));
         assert_eq!(
-            rules.check(false, &tenant, &owner, facts(Some(1), 2)),
+            rules.check(None, &owner, facts(Some(1), 2)),
             Err(Denied::TokenRevoked)
         );
         assert_eq!(
-            rules.check(false, &tenant, &owner, facts(None, 0)),
+            rules.check(None, &owner, facts(None, 0)),
             Err(Denied::TokenRevoked)
         );
-        assert!(rules.check(false, &tenant, &owner, facts(None, 3)).is_ok());
+        assert!(rules.check(None, &owner, facts(None, 3)).is_ok());
     }
 
     #[test]
@@ -316,15 +310,15 @@ mod tests {
             },
         ));
         assert_eq!(
-            rules.check(true, &acme, &owner, facts(None, 0)),
+            rules.check(Some(&acme), &owner, facts(None, 0)),
             Err(Denied::TenantDisabled)
         );
         assert_eq!(
-            rules.check(true, &globex, &owner, facts(None, 0)),
+            rules.check(Some(&globex), &owner, facts(None, 0)),
             Err(Denied::TenantUnknown)
         );
         assert!(
-            rules.check(false, &globex, &owner, facts(None, 0)).is_ok(),
+            rules.check(None, &owner, facts(None, 0)).is_ok(),
             "registry off"
         );
         rules.apply(&change(
@@ -334,7 +328,7 @@ mod tests {
                 enabled: true,
             },
         ));
-        assert!(rules.check(true, &acme, &owner, facts(None, 0)).is_ok());
+        assert!(rules.check(Some(&acme), &owner, facts(None, 0)).is_ok());
     }
 
     #[test]

@@ -48,11 +48,6 @@ impl Quotas {
         }
     }
 
-    /// The configured quotas (memories, bytes), 0 meaning none.
-    pub fn limits(&self) -> (u64, u64) {
-        (self.max_memories, self.max_bytes)
-    }
-
     /// Refuses a store of `memories` memories holding `bytes` bytes that
     /// would take `owner` past a quota.
     pub async fn admit(

@@ -22,8 +22,6 @@ use crate::secret::Secret;
 pub struct Caller {
     /// The caller's keyed identity; every store call takes it.
     pub owner: OwnerHash,
-    /// The caller's keyed tenant.
-    pub tenant: TenantHash,
     /// The caller's slot among their requests in flight, held until the
     /// handler is done with the caller.
     _in_flight: Arc<InFlight>,
@@ -72,8 +70,10 @@ where
             auth.metrics.limit_hit("locked_out");
             return Err(ApiError::locked_out(remaining));
         }
-        let tenant = TenantHash::derive(&auth.server_secret, &principal.tenant);
-        if let Err(refusal) = auth.access.check(&tenant, &owner, principal.facts) {
+        if let Err(refusal) = auth
+            .access
+            .check(&principal.tenant, &owner, principal.facts)
+        {
             // Counted against the address, not the owner: replaying a
             // revoked token must not lock the real user out.
             client_locked(parts, &auth)?;
@@ -85,6 +85,7 @@ where
                 Refusal::NotReady => "rules_not_loaded",
             };
             auth.metrics.auth_failed(reason);
+            let tenant = TenantHash::derive(&auth.server_secret, &principal.tenant);
             audit::access_refused(reason, &owner, &tenant);
             return Err(ApiError::from(refusal));
         }
@@ -101,7 +102,6 @@ where
         };
         Ok(Caller {
             owner,
-            tenant,
             _in_flight: Arc::new(in_flight),
         })
     }
