@@ -546,28 +546,31 @@ impl ServeArgs {
 /// Read as (lossy) UTF-8, as it always has been, so existing secrets keep
 /// deriving the same owner hashes.
 fn long_enough(bytes: &[u8]) -> Option<Secret> {
-    let text = String::from_utf8_lossy(bytes);
-    let trimmed = text.trim();
-    (trimmed.len() >= MIN_SERVER_SECRET_BYTES).then(|| Secret::new(trimmed.as_bytes().to_vec()))
+    let key = trimmed(bytes);
+    (key.len() >= MIN_SERVER_SECRET_BYTES).then_some(key)
 }
 
-/// Reads a key file (the admin key), trimmed.
+/// `bytes` as (lossy) UTF-8 without surrounding whitespace.
+fn trimmed(bytes: &[u8]) -> Secret {
+    Secret::new(String::from_utf8_lossy(bytes).trim().as_bytes().to_vec())
+}
+
+/// Reads a key file, trimmed (the caller checks its length).
 fn read_key_file(path: &Path) -> Result<Secret, SettingsError> {
     let bytes = std::fs::read(path).map_err(|source| SettingsError::SecretFile {
         path: path.to_owned(),
         source,
     })?;
-    let text = String::from_utf8_lossy(&bytes);
-    Ok(Secret::new(text.trim().as_bytes().to_vec()))
+    Ok(trimmed(&bytes))
 }
 
 /// Reads an existing server secret at `path`.
 pub fn read_secret(path: &Path) -> Result<Secret, SettingsError> {
-    let bytes = std::fs::read(path).map_err(|source| SettingsError::SecretFile {
-        path: path.to_owned(),
-        source,
-    })?;
-    long_enough(&bytes).ok_or_else(|| SettingsError::ShortSecret(path.to_owned()))
+    let key = read_key_file(path)?;
+    if key.len() < MIN_SERVER_SECRET_BYTES {
+        return Err(SettingsError::ShortSecret(path.to_owned()));
+    }
+    Ok(key)
 }
 
 /// Reads the server secret at `path`, creating it (mode 0600, 32 random

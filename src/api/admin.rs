@@ -107,7 +107,7 @@ struct UserAnswer {
 }
 
 fn identity(value: &str, what: &str) -> Result<(), ApiError> {
-    if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+    if !crate::auth::is_identity(value) {
         return Err(ApiError::validation(format!(
             "`{what}` must be 1 to 256 bytes without control characters"
         )));

@@ -14,7 +14,7 @@ pub use caller::{
 };
 pub use keys::{KeyError, load_keys};
 pub use mint::{MintError, mint_dev_token};
-pub use verifier::{Principal, Verifier, VerifierConfig};
+pub use verifier::{Principal, Verifier, VerifierConfig, is_identity};
 
 /// Why a token was refused. Logged with hashed identifiers only; every
 /// variant becomes the same 401 response.

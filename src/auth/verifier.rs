@@ -152,15 +152,15 @@ fn validation(config: &VerifierConfig, alg: Algorithm) -> Validation {
 
 fn identity_claim(claims: &Map<String, Value>, name: &str) -> Result<String, AuthError> {
     match claims.get(name) {
-        Some(Value::String(s))
-            if !s.is_empty()
-                && s.len() <= MAX_IDENTITY_BYTES
-                && !s.chars().any(char::is_control) =>
-        {
-            Ok(s.clone())
-        }
+        Some(Value::String(s)) if is_identity(s) => Ok(s.clone()),
         _ => Err(AuthError::BadClaim(name.to_owned())),
     }
+}
+
+/// Whether `value` can be a subject or tenant: 1 to 256 bytes, no control
+/// characters (so no 0x00, which separates them in the owner hash).
+pub fn is_identity(value: &str) -> bool {
+    !value.is_empty() && value.len() <= MAX_IDENTITY_BYTES && !value.chars().any(char::is_control)
 }
 
 /// `iat` in Unix milliseconds; fractional seconds are kept, so a token
