@@ -8,10 +8,7 @@
 
 use std::net::IpAddr;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-use crate::owner::{OwnerHash, TenantHash};
+use crate::owner::{OwnerHash, TenantHash, keyed};
 use crate::secret::Secret;
 
 /// The target every audit event is emitted under.
@@ -19,11 +16,8 @@ pub const TARGET: &str = "audit";
 
 /// A keyed, truncated tag of a client address.
 pub fn client_tag(secret: &Secret, ip: IpAddr) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
-        .expect("HMAC-SHA256 accepts keys of any length");
-    mac.update(b"client address\0");
-    mac.update(ip.to_string().as_bytes());
-    hex::encode(&mac.finalize().into_bytes()[..6])
+    let hash = keyed(secret, &[b"client address\0", ip.to_string().as_bytes()]);
+    hex::encode(&hash[..6])
 }
 
 /// A token was refused before any rule was looked up.

@@ -109,7 +109,7 @@ impl TenantHash {
 }
 
 /// HMAC-SHA256 of the concatenated `parts` under the server secret.
-fn keyed(secret: &Secret, parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn keyed(secret: &Secret, parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
         .expect("HMAC-SHA256 accepts keys of any length");
     for part in parts {
