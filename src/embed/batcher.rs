@@ -1,5 +1,7 @@
 //! Dynamic batching: one worker thread owns the model and drains the queue,
-//! taking users' jobs in turns (see [`super::fair`]).
+//! taking users' jobs in turns (see [`super::fair`]). A request is queued
+//! as pieces of an eighth of a batch, so that its texts can be shared out
+//! over several batches like everyone else's.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -12,7 +14,8 @@ use super::model::{Encoded, Model};
 use super::{EmbedError, EmbedSettings};
 use crate::owner::OwnerHash;
 
-/// Texts to embed for one owner, with the channel its answer goes back on.
+/// Texts to embed for one owner (one piece of a request), with the channel
+/// its answer goes back on.
 struct Job {
     // A job cannot exist without its owner: the worker logs by owner tag and a
     // job is never answered on any channel but its own.
@@ -31,6 +34,7 @@ impl Texts for Job {
 #[derive(Clone)]
 pub struct Embedder {
     queue: Arc<FairQueue<Job>>,
+    piece: usize,
     // The last handle to go closes the queue, which ends the worker.
     _closer: Arc<Closer>,
 }
@@ -60,6 +64,7 @@ impl Embedder {
         Ok(Self {
             _closer: Arc::new(Closer(queue.clone())),
             queue,
+            piece: (max_batch / 16).max(1),
         })
     }
 
@@ -69,19 +74,35 @@ impl Embedder {
         owner: &OwnerHash,
         texts: Vec<String>,
     ) -> Result<Encoded, EmbedError> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            owner: owner.clone(),
-            texts,
-            reply,
-        };
-        match self.queue.push(owner, job) {
+        let total = texts.len();
+        let mut jobs = Vec::with_capacity(total.div_ceil(self.piece));
+        let mut answers = Vec::with_capacity(jobs.capacity());
+        let mut texts = texts.into_iter().peekable();
+        while texts.peek().is_some() {
+            let (reply, answer) = oneshot::channel();
+            jobs.push(Job {
+                owner: owner.clone(),
+                texts: texts.by_ref().take(self.piece).collect(),
+                reply,
+            });
+            answers.push(answer);
+        }
+        match self.queue.push(owner, jobs) {
             Ok(()) => {}
             Err(Refused::Full) => return Err(EmbedError::Overloaded),
             Err(Refused::OwnerFull) => return Err(EmbedError::OwnerBusy),
             Err(Refused::Closed) => return Err(EmbedError::WorkerGone),
         }
-        answer.await.map_err(|_| EmbedError::WorkerGone)?
+        let mut encoded = Encoded {
+            vectors: Vec::with_capacity(total),
+            tokens: Vec::with_capacity(total),
+        };
+        for answer in answers {
+            let piece = answer.await.map_err(|_| EmbedError::WorkerGone)??;
+            encoded.vectors.extend(piece.vectors);
+            encoded.tokens.extend(piece.tokens);
+        }
+        Ok(encoded)
     }
 }
 

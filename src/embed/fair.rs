@@ -10,8 +10,15 @@
 //! credit. Each owner may hold
 //! only a share of the queue's capacity, so one user cannot fill it for
 //! everyone.
+//!
+//! The model cannot be interrupted, so a text that arrives while a batch
+//! runs waits for all of it. While several owners have been using the
+//! queue, no owner puts more than a quarter of a batch's texts into one
+//! batch: the others then wait for short batches, not full ones. Alone for
+//! a while, an owner gets full batches again.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -34,18 +41,32 @@ pub trait Texts {
     fn texts(&self) -> usize;
 }
 
-/// One owner's waiting jobs and unspent credit, in texts.
+/// One owner's waiting requests (each a run of jobs, its pieces) and
+/// unspent credit, in texts.
 struct Lane<J> {
-    jobs: VecDeque<J>,
+    requests: VecDeque<VecDeque<J>>,
     credit: usize,
+    /// Batches in a row this owner was left out of in favour of lighter ones.
+    passed_over: u32,
 }
+
+/// Batches in a row an owner with a backlog may be left out of while owners
+/// with a single request wait; then it gets its share of the next one.
+const PASS_OVER_LIMIT: u32 = 4;
 
 struct State<J> {
     per_owner: HashMap<OwnerHash, Lane<J>>,
     turns: VecDeque<OwnerHash>,
     len: usize,
     closed: bool,
+    /// Until when one owner's part of a batch stays capped.
+    shared_until: Option<Instant>,
 }
+
+/// How long the queue counts as shared after two owners were in it at once.
+/// Long enough to span the gaps between one agent's requests under load,
+/// short enough that a bulk load on a quiet server soon gets full batches.
+const SHARED_FOR: Duration = Duration::from_secs(1);
 
 /// A queue of jobs per owner, taken in turns.
 pub struct FairQueue<J> {
@@ -56,7 +77,7 @@ pub struct FairQueue<J> {
 }
 
 impl<J: Texts> FairQueue<J> {
-    /// A queue of at most `capacity` jobs, `per_owner` of them per owner.
+    /// A queue of at most `capacity` requests, `per_owner` of them per owner.
     pub fn new(capacity: usize, per_owner: usize) -> Self {
         Self {
             state: Mutex::new(State {
@@ -64,6 +85,7 @@ impl<J: Texts> FairQueue<J> {
                 turns: VecDeque::new(),
                 len: 0,
                 closed: false,
+                shared_until: None,
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
@@ -71,8 +93,10 @@ impl<J: Texts> FairQueue<J> {
         }
     }
 
-    /// Queues `job` for `owner`.
-    pub fn push(&self, owner: &OwnerHash, job: J) -> Result<(), Refused> {
+    /// Queues one request of `owner`, split into `jobs` that may run in
+    /// different batches. The capacity and the owner's share count
+    /// requests, however many pieces each has.
+    pub fn push(&self, owner: &OwnerHash, jobs: Vec<J>) -> Result<(), Refused> {
         let mut state = self.state.lock();
         if state.closed {
             return Err(Refused::Closed);
@@ -80,22 +104,32 @@ impl<J: Texts> FairQueue<J> {
         if state.len >= self.capacity {
             return Err(Refused::Full);
         }
-        let waiting = state.per_owner.get(owner).map_or(0, |lane| lane.jobs.len());
+        let waiting = state
+            .per_owner
+            .get(owner)
+            .map_or(0, |lane| lane.requests.len());
         if waiting >= self.per_owner {
             return Err(Refused::OwnerFull);
         }
+        if jobs.is_empty() {
+            return Ok(());
+        }
         if waiting == 0 {
+            if !state.turns.is_empty() {
+                state.shared_until = Some(Instant::now() + SHARED_FOR);
+            }
             state.turns.push_back(owner.clone());
         }
         state
             .per_owner
             .entry(owner.clone())
             .or_insert_with(|| Lane {
-                jobs: VecDeque::new(),
+                requests: VecDeque::new(),
                 credit: 0,
+                passed_over: 0,
             })
-            .jobs
-            .push_back(job);
+            .requests
+            .push_back(jobs.into());
         state.len += 1;
         drop(state);
         self.ready.notify_one();
@@ -113,9 +147,28 @@ impl<J: Texts> FairQueue<J> {
             }
             self.ready.wait(&mut state);
         }
-        let quantum = (max_texts / 8).max(1);
+        let quantum = (max_texts / 16).max(1);
+        let shared = state
+            .shared_until
+            .is_some_and(|until| Instant::now() < until);
+        let share = if shared { quantum } else { max_texts };
+        // While owners share the queue, one with a backlog (several requests
+        // waiting) steps aside for owners with a single request: their
+        // batch then holds none of its texts and is as short as if it were
+        // not there. It is passed over a few batches at most, so a steady
+        // stream of light requests cannot starve it.
+        let light_waiting = shared
+            && state.turns.iter().any(|o| {
+                state
+                    .per_owner
+                    .get(o)
+                    .is_some_and(|l| l.requests.len() == 1)
+            });
+        let mut passed: Vec<OwnerHash> = Vec::new();
         let mut batch = Vec::new();
         let mut texts = 0;
+        // Texts each owner already has in this batch.
+        let mut taken: Vec<(OwnerHash, usize)> = Vec::new();
         // Turns in a row that took nothing; a whole round of them ends a
         // batch that has something (an empty one waits for credit to grow).
         let mut idle = 0;
@@ -125,8 +178,33 @@ impl<J: Texts> FairQueue<J> {
                 .per_owner
                 .get_mut(&owner)
                 .expect("an owner in the turns has a lane");
-            let next = lane.jobs.front().map_or(0, Texts::texts);
-            let fits = batch.is_empty() || texts + next <= max_texts;
+            let next = lane
+                .requests
+                .front()
+                .and_then(VecDeque::front)
+                .map_or(0, Texts::texts);
+            let had = taken
+                .iter()
+                .find(|(o, _)| *o == owner)
+                .map_or(0, |(_, n)| *n);
+            let pass_over = light_waiting
+                && had == 0
+                && lane.requests.len() > 1
+                && (passed.contains(&owner) || lane.passed_over < PASS_OVER_LIMIT);
+            if pass_over {
+                if !passed.contains(&owner) {
+                    lane.passed_over += 1;
+                    passed.push(owner.clone());
+                }
+                state.turns.push_back(owner);
+                idle += 1;
+                if !batch.is_empty() && idle > others {
+                    break;
+                }
+                continue;
+            }
+            let fits = batch.is_empty()
+                || (texts + next <= max_texts && (had == 0 || had + next <= share));
             if fits {
                 lane.credit += quantum;
             }
@@ -143,19 +221,33 @@ impl<J: Texts> FairQueue<J> {
                 continue;
             }
             idle = 0;
+            lane.passed_over = 0;
             lane.credit = lane.credit.saturating_sub(next);
-            let job = lane
-                .jobs
+            let request = lane
+                .requests
+                .front_mut()
+                .expect("an owner in the turns has a request");
+            let job = request
                 .pop_front()
-                .expect("an owner in the turns has a job");
-            if lane.jobs.is_empty() {
+                .expect("a queued request has a piece left");
+            let request_done = request.is_empty();
+            if request_done {
+                lane.requests.pop_front();
+            }
+            if lane.requests.is_empty() {
                 state.per_owner.remove(&owner);
             } else {
-                state.turns.push_back(owner);
+                state.turns.push_back(owner.clone());
             }
-            state.len -= 1;
+            if request_done {
+                state.len -= 1;
+            }
             texts += next;
             batch.push(job);
+            match taken.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, n)) => *n += next,
+                None => taken.push((owner, next)),
+            }
             if texts >= max_texts {
                 break;
             }
@@ -187,18 +279,89 @@ mod tests {
         OwnerHash::derive(&Secret::new(vec![3u8; 32]), "t", name)
     }
 
+    fn push(queue: &FairQueue<Job>, owner: &OwnerHash, job: Job) -> Result<(), Refused> {
+        queue.push(owner, vec![job])
+    }
+
+    fn texts_of(batch: &[Job], name: &str) -> usize {
+        batch.iter().filter(|j| j.0 == name).map(|j| j.1).sum()
+    }
+
+    #[test]
+    fn while_owners_share_the_queue_batches_stay_short() {
+        let queue = FairQueue::new(1000, 1000);
+        for _ in 0..100 {
+            push(&queue, &owner("flood"), Job("flood", 1)).expect("queued");
+        }
+        push(&queue, &owner("calm"), Job("calm", 1)).expect("queued");
+        let shared = queue.take_batch(32).expect("work");
+        assert_eq!(texts_of(&shared, "calm"), 1);
+        assert_eq!(texts_of(&shared, "flood"), 0, "the backlog steps aside");
+        // The calm owner has gone, but it was here a moment ago: the
+        // flooder alone gets a short batch (a sixteenth of the most), so
+        // whoever comes next does not wait behind a full one.
+        let alone = queue.take_batch(32).expect("work");
+        assert_eq!(texts_of(&alone, "flood"), 2);
+    }
+
+    #[test]
+    fn an_owner_with_a_backlog_steps_aside_for_single_requests_but_is_not_starved() {
+        let queue = FairQueue::new(1000, 1000);
+        for _ in 0..100 {
+            push(&queue, &owner("flood"), Job("flood", 1)).expect("queued");
+        }
+        let mut with_flood = Vec::new();
+        for round in 0..10 {
+            push(&queue, &owner(&format!("calm{round}")), Job("calm", 1)).expect("queued");
+            let batch = queue.take_batch(32).expect("work");
+            assert_eq!(texts_of(&batch, "calm"), 1, "round {round}");
+            with_flood.push(texts_of(&batch, "flood") > 0);
+        }
+        // Left out four batches in a row, then in the fifth.
+        assert_eq!(
+            with_flood,
+            [
+                false, false, false, false, true, false, false, false, false, true
+            ]
+        );
+    }
+
+    #[test]
+    fn an_owner_that_has_been_alone_gets_full_batches() {
+        let queue = FairQueue::new(1000, 1000);
+        for _ in 0..100 {
+            push(&queue, &owner("bulk"), Job("bulk", 1)).expect("queued");
+        }
+        assert_eq!(queue.take_batch(32).map(|b| b.len()), Some(32));
+    }
+
+    #[test]
+    fn a_request_counts_once_against_the_share_however_many_pieces_it_has() {
+        let queue = FairQueue::new(100, 2);
+        let pieces = || (0..6).map(|_| Job("a", 1)).collect::<Vec<_>>();
+        queue.push(&owner("a"), pieces()).expect("first request");
+        // Two pieces run; the rest of the first request still waits and
+        // still counts.
+        assert_eq!(queue.take_batch(2).map(|b| b.len()), Some(2));
+        queue.push(&owner("a"), pieces()).expect("second request");
+        assert_eq!(queue.push(&owner("a"), pieces()), Err(Refused::OwnerFull));
+        let mut left = 0;
+        while left < 10 {
+            left += queue.take_batch(32).map_or(0, |b| b.len());
+        }
+        assert_eq!(left, 10);
+        queue.push(&owner("a"), pieces()).expect("room again");
+    }
+
     #[test]
     fn a_user_with_one_job_shares_the_next_batch_with_a_flooder() {
         let queue = FairQueue::new(1000, 1000);
         for _ in 0..100 {
-            queue
-                .push(&owner("flood"), Job("flood", 1))
-                .expect("queued");
+            push(&queue, &owner("flood"), Job("flood", 1)).expect("queued");
         }
-        queue.push(&owner("calm"), Job("calm", 1)).expect("queued");
+        push(&queue, &owner("calm"), Job("calm", 1)).expect("queued");
         let batch = queue.take_batch(4).expect("work");
         let names: Vec<&str> = batch.iter().map(|j| j.0).collect();
-        assert_eq!(names.len(), 4);
         assert!(names.contains(&"calm"), "{names:?}");
     }
 
@@ -206,22 +369,20 @@ mod tests {
     fn one_owner_cannot_take_more_than_its_share() {
         let queue = FairQueue::new(10, 3);
         for _ in 0..3 {
-            queue.push(&owner("a"), Job("a", 1)).expect("queued");
+            push(&queue, &owner("a"), Job("a", 1)).expect("queued");
         }
         assert_eq!(
-            queue.push(&owner("a"), Job("a", 1)),
+            push(&queue, &owner("a"), Job("a", 1)),
             Err(Refused::OwnerFull)
         );
-        queue
-            .push(&owner("b"), Job("b", 1))
-            .expect("another owner still fits");
+        push(&queue, &owner("b"), Job("b", 1)).expect("another owner still fits");
     }
 
     #[test]
     fn a_short_job_is_not_held_behind_a_big_one_which_then_goes_alone() {
         let queue = FairQueue::new(10, 10);
-        queue.push(&owner("a"), Job("big", 50)).expect("queued");
-        queue.push(&owner("b"), Job("small", 1)).expect("queued");
+        push(&queue, &owner("a"), Job("big", 50)).expect("queued");
+        push(&queue, &owner("b"), Job("small", 1)).expect("queued");
         let first = queue.take_batch(32).expect("work");
         assert_eq!(first.iter().map(|j| j.0).collect::<Vec<_>>(), ["small"]);
         let second = queue.take_batch(32).expect("work");
@@ -231,44 +392,33 @@ mod tests {
     #[test]
     fn owners_share_texts_not_jobs() {
         let queue = FairQueue::new(100, 100);
-        for _ in 0..10 {
-            queue
-                .push(&owner("flood"), Job("flood", 16))
-                .expect("queued");
-            queue.push(&owner("calm"), Job("calm", 1)).expect("queued");
+        for i in 0..10 {
+            push(&queue, &owner("flood"), Job("flood", 16)).expect("queued");
+            if i < 6 {
+                push(&queue, &owner("calm"), Job("calm", 1)).expect("queued");
+            }
         }
         let first = queue.take_batch(32).expect("work");
-        let count = |name| {
-            first
-                .iter()
-                .filter(|j| j.0 == name)
-                .map(|j| j.1)
-                .sum::<usize>()
-        };
         // One job per turn would have put 16 flood texts next to each calm
-        // one; by credit, the calm owner's ten jobs all go first.
-        assert_eq!(
-            count("calm"),
-            10,
-            "{:?}",
-            first.iter().map(|j| j.0).collect::<Vec<_>>()
-        );
-        assert!(count("flood") <= 16);
+        // one; by credit, the flood job waits until its turns have earned
+        // 16 texts, and the calm owner gets its share of the batch (2).
+        assert_eq!(texts_of(&first, "calm"), 2);
+        assert_eq!(texts_of(&first, "flood"), 0);
     }
 
     #[test]
     fn an_owner_alone_never_waits_for_credit() {
         let queue = FairQueue::new(10, 10);
-        queue.push(&owner("a"), Job("big", 20)).expect("queued");
+        push(&queue, &owner("a"), Job("big", 20)).expect("queued");
         assert_eq!(queue.take_batch(32).map(|b| b.len()), Some(1));
     }
 
     #[test]
     fn a_closed_queue_is_drained_then_ends() {
         let queue = FairQueue::new(10, 10);
-        queue.push(&owner("a"), Job("a", 1)).expect("queued");
+        push(&queue, &owner("a"), Job("a", 1)).expect("queued");
         queue.close();
-        assert_eq!(queue.push(&owner("a"), Job("a", 1)), Err(Refused::Closed));
+        assert_eq!(push(&queue, &owner("a"), Job("a", 1)), Err(Refused::Closed));
         assert_eq!(queue.take_batch(8).map(|b| b.len()), Some(1));
         assert!(queue.take_batch(8).is_none());
     }

@@ -92,6 +92,45 @@ async fn a_single_string_input_gives_one_embedding_and_batching_does_not_change_
 }
 
 #[tokio::test]
+async fn a_list_longer_than_one_queue_piece_comes_back_in_order() {
+    // The queue takes a request in pieces of an eighth of a batch (4 texts
+    // by default); ten texts span three pieces that may run in different
+    // batches.
+    let app = spawn_app().await;
+    let t = token("acme", "alice");
+    let texts: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                "note {i}: the {} is on the table",
+                ["cat", "dog", "key", "cup", "map"][i % 5]
+            )
+        })
+        .collect();
+    let many: Value = app
+        .post("/v1/embeddings", &t, &json!({ "input": texts }))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let data = many["data"].as_array().expect("data");
+    assert_eq!(data.len(), texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(data[i]["index"], i);
+        let one: Value = app
+            .post("/v1/embeddings", &t, &json!({ "input": text }))
+            .await
+            .json()
+            .await
+            .expect("json");
+        let similarity = cosine(&vector(&data[i]), &vector(&one["data"][0]));
+        assert!(
+            similarity > 0.9999,
+            "text {i} came back as another: {similarity}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_unknown_model_name_is_rejected() {
     let app = spawn_app().await;
     let r = app
