@@ -67,6 +67,7 @@ fn memory(i: usize, text: String, vector: Vec<f32>) -> NewMemory {
         created_at: 1_763_900_000_000,
         vector,
         request: None,
+        sealed: None,
     }
 }
 
@@ -145,6 +146,7 @@ fn query(vector: &[f32]) -> SearchQuery {
         limit: LIMIT,
         min_score: None,
         metadata: vec![],
+        tags: Vec::new(),
     }
 }
 

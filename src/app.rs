@@ -43,6 +43,9 @@ pub enum StartupError {
     /// The access rules could not be loaded.
     #[error("{0}")]
     Access(#[from] AccessError),
+    /// Encryption at rest could not be set up, or the data does not suit it.
+    #[error("encryption at rest: {0}")]
+    Seal(#[from] crate::seal::SealError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -142,10 +145,13 @@ impl Application {
         )
         .await?;
         access.spawn_poller(settings.access.poll_interval);
+        let sealing =
+            crate::seal::setup::prepare(&settings, engine.clone(), metrics.clone()).await?;
         let mut store = GuardedStore::new(engine, Guard::new(metrics.clone()));
         if settings.store.collision_drill {
             store = store.with_shared_census(metrics.clone());
         }
+        store = store.with_sealing(sealing);
         let state = AppState {
             auth: AuthState {
                 verifier: Arc::new(verifier),

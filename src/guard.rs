@@ -92,7 +92,21 @@ impl Guard {
             .collect()
     }
 
-    fn check(&self, owner: &OwnerHash, mut point: RawPoint, path: &'static str) -> Option<Memory> {
+    /// Keeps the points whose stored owner is `owner`, still as stored;
+    /// drops and reports the rest.
+    pub fn owned(
+        &self,
+        owner: &OwnerHash,
+        points: Vec<RawPoint>,
+        path: &'static str,
+    ) -> Vec<RawPoint> {
+        points
+            .into_iter()
+            .filter(|point| self.is_owner(owner, point, path))
+            .collect()
+    }
+
+    fn is_owner(&self, owner: &OwnerHash, point: &RawPoint, path: &'static str) -> bool {
         let stored = point.payload.get(OWNER_FIELD).and_then(Value::as_str);
         if !stored.is_some_and(|s| owner.matches_hex(s)) {
             self.metrics.guard_dropped(path);
@@ -106,6 +120,13 @@ impl Guard {
                 path,
                 "cross_tenant_leak_detected: dropped a point whose owner is not the caller"
             );
+            return false;
+        }
+        true
+    }
+
+    fn check(&self, owner: &OwnerHash, mut point: RawPoint, path: &'static str) -> Option<Memory> {
+        if !self.is_owner(owner, &point, path) {
             return None;
         }
         let text = match point.payload.remove(TEXT_FIELD) {

@@ -3,6 +3,9 @@
 //! This layer sits above both [`crate::store`] (the engines, which return
 //! unverified points) and [`crate::guard`] (which checks them): it is the one
 //! place that joins the two, so that neither depends on the other's caller.
+//! With encryption at rest it is also where memories are sealed on the way
+//! in and opened on the way out ([`crate::seal`]): a point must pass the
+//! owner check, then open under its owner's key, then the guard again.
 
 use std::sync::Arc;
 
@@ -11,7 +14,9 @@ use uuid::Uuid;
 use crate::guard::{Guard, Memory};
 use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
-use crate::store::{Engine, NewMemory, SearchQuery, StoreError};
+use crate::seal::SealError;
+use crate::seal::setup::SealGate;
+use crate::store::{Engine, NewMemory, RawPoint, SearchQuery, StoreError};
 
 /// The store handlers use: an engine whose every read passes the guard.
 #[derive(Clone)]
@@ -21,6 +26,17 @@ pub struct GuardedStore {
     /// Set in collision drills: where requests that touch a shared
     /// collection are counted.
     census: Option<Arc<Metrics>>,
+    /// Whether memories are encrypted at rest (and with what).
+    sealing: Arc<SealGate>,
+}
+
+impl From<SealError> for StoreError {
+    fn from(e: SealError) -> Self {
+        // The key store is part of storage: when it cannot be read the
+        // request fails like any storage outage, and says nothing more.
+        tracing::error!(error = %e, "key store");
+        StoreError::Unavailable(e.to_string())
+    }
 }
 
 /// One page of verified memories.
@@ -39,7 +55,32 @@ impl GuardedStore {
             engine,
             guard,
             census: None,
+            sealing: Arc::new(SealGate::decided(None)),
         }
+    }
+
+    /// Seals every memory written and opens every memory read as `gate`
+    /// decides.
+    pub fn with_sealing(mut self, gate: Arc<SealGate>) -> Self {
+        self.sealing = gate;
+        self
+    }
+
+    /// The caller's own points, opened when sealed, as memories.
+    async fn admit(
+        &self,
+        owner: &OwnerHash,
+        points: Vec<RawPoint>,
+        path: &'static str,
+    ) -> Result<Vec<Memory>, StoreError> {
+        let Some(sealer) = self.sealing.sealer()? else {
+            return Ok(self.guard.admit(owner, points, path));
+        };
+        // Foreign points are the guard's to count; only the caller's own are
+        // worth a key lookup.
+        let own = self.guard.owned(owner, points, path);
+        let opened = sealer.open(owner, own, path).await?;
+        Ok(self.guard.admit(owner, opened, path))
     }
 
     /// Also counts, in `metrics`, every call whose collection holds another
@@ -62,8 +103,17 @@ impl GuardedStore {
     }
 
     /// Writes memories for `owner`.
-    pub async fn put(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
+    pub async fn put(
+        &self,
+        owner: &OwnerHash,
+        mut memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError> {
         self.census(owner).await;
+        let Some(sealer) = self.sealing.sealer()? else {
+            return self.engine.upsert(owner, memories).await;
+        };
+        let _no_erase = sealer.stripe(owner).read().await;
+        sealer.seal(owner, &mut memories).await?;
         self.engine.upsert(owner, memories).await
     }
 
@@ -71,11 +121,16 @@ impl GuardedStore {
     pub async fn search(
         &self,
         owner: &OwnerHash,
-        query: SearchQuery,
+        mut query: SearchQuery,
     ) -> Result<Vec<Memory>, StoreError> {
         self.census(owner).await;
+        if let Some(sealer) = self.sealing.sealer()?
+            && !sealer.seal_query(owner, &mut query).await?
+        {
+            return Ok(Vec::new());
+        }
         let points = self.engine.search(owner, query).await?;
-        Ok(self.guard.admit(owner, points, "search"))
+        self.admit(owner, points, "search").await
     }
 
     /// One of `owner`'s memories, or `None` (also when it is someone else's).
@@ -87,8 +142,8 @@ impl GuardedStore {
     async fn guarded_get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
         let point = self.engine.get(owner, id).await?;
         Ok(self
-            .guard
             .admit(owner, point.into_iter().collect(), "get")
+            .await?
             .pop())
     }
 
@@ -112,7 +167,7 @@ impl GuardedStore {
         self.census(owner).await;
         loop {
             let page = self.engine.scroll(owner, after, limit).await?;
-            let memories = self.guard.admit(owner, page.points, "list");
+            let memories = self.admit(owner, page.points, "list").await?;
             // The cursor handed out is always one of the caller's own ids; a
             // page the guard emptied (possible only when the engine filter
             // failed) is skipped rather than answered with a foreign cursor.
@@ -137,6 +192,13 @@ impl GuardedStore {
     /// Deletes all of `owner`'s memories.
     pub async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
         self.census(owner).await;
+        let Some(sealer) = self.sealing.sealer()? else {
+            return self.engine.erase(owner).await;
+        };
+        // The key goes first: should the erase stop halfway, what is left
+        // is already unreadable, and a retry removes it.
+        let _exclusive = sealer.stripe(owner).write().await;
+        sealer.shred(owner).await?;
         self.engine.erase(owner).await
     }
 
@@ -147,6 +209,7 @@ impl GuardedStore {
 
     /// Whether the engine can serve requests.
     pub async fn ready(&self) -> Result<(), StoreError> {
+        self.sealing.sealer()?;
         self.engine.ready().await
     }
 

@@ -3,7 +3,8 @@
 //! A request's identity comes from a verified JWT ([`auth`]), becomes a keyed
 //! [`owner::OwnerHash`], and selects one collection per user in the [`store`].
 //! Texts are embedded locally ([`embed`]); every point read back passes the
-//! [`guard`] in the [`guarded`] store before the [`api`] returns it.
+//! [`guard`] in the [`guarded`] store before the [`api`] returns it. With a
+//! KEK configured, memories are sealed at rest under a key per user ([`seal`]).
 
 pub mod access;
 pub mod api;
@@ -18,6 +19,7 @@ pub mod guarded;
 pub mod limits;
 pub mod metrics;
 pub mod owner;
+pub mod seal;
 pub mod secret;
 pub mod settings;
 pub mod store;

@@ -22,6 +22,7 @@ pub struct Metrics {
     admin_changes: Mutex<BTreeMap<&'static str, u64>>,
     lockouts: Mutex<BTreeMap<&'static str, u64>>,
     limit_hits: Mutex<BTreeMap<&'static str, u64>>,
+    unsealing_failures: Mutex<BTreeMap<&'static str, u64>>,
     memories_stored: AtomicU64,
     searches: AtomicU64,
     shared_collection_requests: AtomicU64,
@@ -100,6 +101,12 @@ impl Metrics {
     /// Counts one request refused by a limit, by limit name.
     pub fn limit_hit(&self, limit: &'static str) {
         *self.limit_hits.lock().entry(limit).or_default() += 1;
+    }
+
+    /// Counts one stored memory that did not open under its owner's key, by
+    /// read path (it is also counted as a guard drop).
+    pub fn unsealing_failed(&self, path: &'static str) {
+        *self.unsealing_failures.lock().entry(path).or_default() += 1;
     }
 
     /// Counts one admin change, by kind (`revocation`, `min_version`,
@@ -193,6 +200,12 @@ impl Metrics {
                 "Requests refused by a per-user limit or a lockout, by limit.",
                 "limit",
                 &self.limit_hits,
+            ),
+            (
+                "cordon_unsealing_failures_total",
+                "Stored memories dropped because they did not open under the caller's key (copied, altered or unsealed records), by path.",
+                "path",
+                &self.unsealing_failures,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -16,6 +16,8 @@ pub use crate::access::lockout::LockoutSettings;
 use crate::embed::EmbedSettings;
 pub use crate::limits::UserLimitSettings;
 use crate::owner::DEFAULT_NAME_HEX_CHARS;
+pub use crate::seal::CacheSettings;
+use crate::seal::kek::LocalKek;
 use crate::secret::Secret;
 
 /// File name of the auto-created server secret inside the data directory.
@@ -181,6 +183,34 @@ pub struct ServeArgs {
     /// How long a request over the user's in-flight cap waits for a slot before 429, ms.
     #[arg(long, env = "CORDON_IN_FLIGHT_WAIT_MS", default_value_t = 1000)]
     pub in_flight_wait_ms: u64,
+    /// Key-encryption key (64 hex digits or the base64 of 32 bytes); set, memories are encrypted at rest.
+    #[arg(
+        long,
+        env = "CORDON_KEK",
+        hide_env_values = true,
+        conflicts_with = "kek_file"
+    )]
+    pub kek: Option<Secret>,
+    /// File holding the KEK, instead of `CORDON_KEK`.
+    #[arg(long, env = "CORDON_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// The previous KEK, accepted for unwrapping until `cordon keys rotate` has re-wrapped every key.
+    #[arg(
+        long,
+        env = "CORDON_KEK_PREVIOUS",
+        hide_env_values = true,
+        conflicts_with = "kek_previous_file"
+    )]
+    pub kek_previous: Option<Secret>,
+    /// File holding the previous KEK, instead of `CORDON_KEK_PREVIOUS`.
+    #[arg(long, env = "CORDON_KEK_PREVIOUS_FILE")]
+    pub kek_previous_file: Option<PathBuf>,
+    /// Most users whose data keys are held unwrapped in memory.
+    #[arg(long, env = "CORDON_DEK_CACHE", default_value_t = 10_000)]
+    pub dek_cache: usize,
+    /// Longest a data key is held unwrapped, seconds.
+    #[arg(long, env = "CORDON_DEK_CACHE_SECS", default_value_t = 300)]
+    pub dek_cache_secs: u64,
 }
 
 /// JWT verification flags.
@@ -359,6 +389,19 @@ pub struct Settings {
     pub access: AccessSettings,
     /// Audit sink.
     pub audit: AuditSink,
+    /// Encryption at rest, when a KEK is configured.
+    pub seal: Option<SealSettings>,
+}
+
+/// Encryption-at-rest settings.
+#[derive(Debug, Clone)]
+pub struct SealSettings {
+    /// The KEK every new data key is wrapped with.
+    pub kek: Secret,
+    /// A previous KEK still accepted for unwrapping.
+    pub previous: Option<Secret>,
+    /// Cache of unwrapped data keys.
+    pub cache: CacheSettings,
 }
 
 /// Why settings could not be loaded.
@@ -464,6 +507,43 @@ impl ServeArgs {
                 ));
             }
         }
+        let optional_key = |value: Option<Secret>, file: &Option<PathBuf>| match (value, file) {
+            (Some(key), _) => Ok(Some(key)),
+            (None, Some(path)) => read_key_file(path).map(Some),
+            (None, None) => Ok(None),
+        };
+        let kek = optional_key(self.kek, &self.kek_file)?;
+        let previous = optional_key(self.kek_previous, &self.kek_previous_file)?;
+        if previous.is_some() && kek.is_none() {
+            return Err(SettingsError::Invalid(
+                "CORDON_KEK_PREVIOUS is set without CORDON_KEK".into(),
+            ));
+        }
+        for key in kek.iter().chain(&previous) {
+            LocalKek::parse(key).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+            let reused = [
+                Some(&server_secret),
+                admin_key.as_ref(),
+                self.jwt.jwt_hs256_secret.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|other| other.expose() == key.expose());
+            if reused {
+                return Err(SettingsError::Invalid(
+                    "the KEK must differ from the server secret, the admin key and the JWT secret"
+                        .into(),
+                ));
+            }
+        }
+        let seal = kek.map(|kek| SealSettings {
+            kek,
+            previous,
+            cache: CacheSettings {
+                capacity: self.dek_cache.max(1),
+                ttl: Duration::from_secs(self.dek_cache_secs.max(1)),
+            },
+        });
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(Settings {
             bind: self.bind,
@@ -538,6 +618,7 @@ impl ServeArgs {
                 },
             },
             audit: AuditSink::parse(&self.audit),
+            seal,
         })
     }
 }

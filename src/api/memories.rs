@@ -138,6 +138,7 @@ async fn store(
             created_at,
             vector,
             request: request.clone(),
+            sealed: None,
         })
         .collect();
     let n = memories.len();
@@ -192,6 +193,7 @@ async fn search(
                 limit,
                 min_score: request.min_score,
                 metadata,
+                tags: Vec::new(),
             },
         )
         .await?;

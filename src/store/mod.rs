@@ -27,6 +27,11 @@ pub const CREATED_FIELD: &str = "created_at";
 /// Payload field holding the digest of the request that stored the memory
 /// under an `Idempotency-Key` (absent otherwise).
 pub const REQUEST_FIELD: &str = "request";
+/// Payload field holding a sealed memory's ciphertext (base64), in place of
+/// the text, metadata and request fields.
+pub const SEALED_FIELD: &str = "sealed";
+/// Payload field holding a sealed memory's metadata tags, which filters match.
+pub const TAGS_FIELD: &str = "tags";
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +66,18 @@ pub struct NewMemory {
     pub vector: Vec<f32>,
     /// Digest of the idempotent request that stored it, if any.
     pub request: Option<String>,
+    /// Text, metadata and request sealed together (encryption at rest); the
+    /// three plain fields are then empty and not stored.
+    pub sealed: Option<Sealed>,
+}
+
+/// A memory's sealed content.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The ciphertext, base64.
+    pub blob: String,
+    /// Keyed tags of its filterable metadata values.
+    pub tags: Vec<String>,
 }
 
 impl NewMemory {
@@ -69,11 +86,22 @@ impl NewMemory {
     pub fn into_parts(self, owner_hex: &str) -> (Uuid, Vec<f32>, Map<String, Value>) {
         let mut payload = Map::new();
         payload.insert(OWNER_FIELD.into(), Value::String(owner_hex.to_owned()));
-        payload.insert(TEXT_FIELD.into(), Value::String(self.text));
-        payload.insert(METADATA_FIELD.into(), Value::Object(self.metadata));
         payload.insert(CREATED_FIELD.into(), Value::from(self.created_at));
-        if let Some(request) = self.request {
-            payload.insert(REQUEST_FIELD.into(), Value::String(request));
+        match self.sealed {
+            Some(sealed) => {
+                payload.insert(SEALED_FIELD.into(), Value::String(sealed.blob));
+                if !sealed.tags.is_empty() {
+                    let tags = sealed.tags.into_iter().map(Value::String).collect();
+                    payload.insert(TAGS_FIELD.into(), Value::Array(tags));
+                }
+            }
+            None => {
+                payload.insert(TEXT_FIELD.into(), Value::String(self.text));
+                payload.insert(METADATA_FIELD.into(), Value::Object(self.metadata));
+                if let Some(request) = self.request {
+                    payload.insert(REQUEST_FIELD.into(), Value::String(request));
+                }
+            }
         }
         (self.id, self.vector, payload)
     }
@@ -112,6 +140,8 @@ pub struct SearchQuery {
     pub min_score: Option<f32>,
     /// Metadata key/value pairs that must all match.
     pub metadata: Vec<(String, MetaValue)>,
+    /// Tags that must all be present (the sealed form of `metadata`).
+    pub tags: Vec<String>,
 }
 
 /// One page of an owner's memories in id order.
@@ -159,6 +189,13 @@ impl RawPage {
     }
 }
 
+/// Whether `name` is a user's collection (or shard directory) under `prefix`:
+/// the prefix followed by hex digits only, which no system collection is.
+pub fn is_user_collection(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A storage backend. Every method is scoped to one owner.
 #[async_trait]
 pub trait Engine: Send + Sync {
@@ -191,6 +228,9 @@ pub trait Engine: Send + Sync {
     async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError>;
     /// How many memories the owner holds (exact).
     async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError>;
+    /// Whether any user's collection exists (a yes or no about the whole
+    /// deployment, for the start-up check of encryption at rest).
+    async fn holds_memories(&self) -> Result<bool, StoreError>;
     /// Whether the engine can serve requests.
     async fn ready(&self) -> Result<(), StoreError>;
     /// Flushes and closes everything; called once at shutdown.

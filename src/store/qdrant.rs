@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::{
     Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
-    StoreError,
+    StoreError, TAGS_FIELD,
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
@@ -114,6 +114,10 @@ fn metadata_condition(key: &str, value: &MetaValue) -> Condition {
         MetaValue::Int(i) => Condition::matches(field, *i),
         MetaValue::Bool(b) => Condition::matches(field, *b),
     }
+}
+
+fn tag_condition(tag: &str) -> Condition {
+    Condition::matches(TAGS_FIELD, tag.to_owned())
 }
 
 fn to_raw(
@@ -384,6 +388,7 @@ impl QdrantEngine {
             .metadata
             .iter()
             .map(|(k, v)| metadata_condition(k, v))
+            .chain(query.tags.iter().map(|t| tag_condition(t)))
             .collect();
         let mut request = QueryPointsBuilder::new(&name)
             .query(Query::new_nearest(query.vector))
@@ -567,6 +572,17 @@ impl Engine for Arc<QdrantEngine> {
 
     async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
         self.bounded(self.count_op(owner)).await
+    }
+
+    async fn holds_memories(&self) -> Result<bool, StoreError> {
+        let prefix = self.settings.collection_prefix.clone();
+        let listed = self
+            .bounded(async { self.client.list_collections().await.map_err(store_err) })
+            .await?;
+        Ok(listed
+            .collections
+            .iter()
+            .any(|c| crate::store::is_user_collection(&c.name, &prefix)))
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -115,6 +115,7 @@ pub fn settings(data_dir: &Path) -> Settings {
             },
         },
         audit: AuditSink::Off,
+        seal: None,
     }
 }
 
@@ -335,4 +336,62 @@ pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> String
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Two KEKs for the encryption tests (64 hex digits each).
+pub const KEK_ONE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+pub const KEK_TWO: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+/// Turns encryption at rest on, with `kek` current and `previous` accepted.
+pub fn seal_with(s: &mut Settings, kek: &str, previous: Option<&str>) {
+    s.seal = Some(cordon::settings::SealSettings {
+        kek: Secret::new(kek.as_bytes().to_vec()),
+        previous: previous.map(|p| Secret::new(p.as_bytes().to_vec())),
+        cache: cordon::settings::CacheSettings {
+            capacity: 100,
+            ttl: Duration::from_secs(60),
+        },
+    });
+}
+
+/// The owner hash the test servers derive for `(tenant, sub)`.
+pub fn owner_of(tenant: &str, sub: &str) -> cordon::owner::OwnerHash {
+    cordon::owner::OwnerHash::derive(
+        &Secret::new(b"test-server-secret-0123456789abcdef".to_vec()),
+        tenant,
+        sub,
+    )
+}
+
+/// Files under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_containing_any(dir, &[needle])
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect()
+}
+
+/// Each (needle index, file) under `dir` (recursively) whose bytes contain
+/// that needle; every file is read once.
+pub fn files_containing_any(dir: &Path, needles: &[&[u8]]) -> Vec<(usize, PathBuf)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("readable dir").flatten() {
+                stack.push(entry.path());
+            }
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path).expect("readable file");
+            for (i, needle) in needles.iter().enumerate() {
+                if memchr::memmem::find(&bytes, needle).is_some() {
+                    found.push((i, path.clone()));
+                }
+            }
+        }
+    }
+    found
 }

@@ -4,6 +4,7 @@
 mod access;
 mod auth;
 mod embeddings;
+mod encryption;
 mod helpers;
 mod idempotency;
 mod isolation;

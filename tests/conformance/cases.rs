@@ -37,6 +37,7 @@ pub async fn reads_of_an_unknown_user(h: &Harness) {
         limit: 5,
         min_score: None,
         metadata: vec![],
+        tags: Vec::new(),
     };
     assert!(
         h.store
@@ -83,6 +84,7 @@ pub async fn search(h: &Harness) {
         limit: 10,
         min_score,
         metadata,
+        tags: Vec::new(),
     };
     let all = h
         .store
@@ -226,6 +228,7 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
             limit: 50,
             min_score: None,
             metadata: vec![("k".into(), MetaValue::Str("same".into()))],
+            tags: Vec::new(),
         };
         assert_eq!(
             texts(&h.store.search(&owner, query).await.expect("search")),
@@ -309,6 +312,7 @@ pub async fn shared_census(h: &Harness) {
         limit: 5,
         min_score: None,
         metadata: vec![],
+        tags: Vec::new(),
     };
     store.search(&a, query).await.expect("search");
     assert_eq!(
@@ -336,6 +340,7 @@ pub async fn concurrent_users(h: &Harness) {
             limit: 50,
             min_score: None,
             metadata: vec![],
+            tags: Vec::new(),
         };
         let found = h.store.search(&owner, query).await.expect("search");
         let mut got: Vec<String> = found.iter().map(|m| m.text().to_owned()).collect();

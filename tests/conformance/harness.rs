@@ -265,5 +265,6 @@ pub fn memory(text: &str, vector: Vec<f32>, metadata: Value) -> NewMemory {
         created_at: 1,
         vector,
         request: None,
+        sealed: None,
     }
 }

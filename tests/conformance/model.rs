@@ -65,6 +65,7 @@ pub async fn random_operations_match_the_model(h: &Harness, users: usize, seed: 
                     limit: 100,
                     min_score: None,
                     metadata: vec![],
+                    tags: Vec::new(),
                 };
                 let found = h.store.search(&owner, query).await.expect("search");
                 assert_eq!(found.len(), mine.len(), "step {step}: search count");

@@ -42,7 +42,7 @@ pub use pool::{MAPS_PER_OPEN_SHARD, fit_open_shards, max_map_count};
 
 use super::{
     Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
-    StoreError,
+    StoreError, TAGS_FIELD,
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
@@ -138,6 +138,29 @@ pub fn shard_config() -> EdgeConfig {
     }
 }
 
+/// Takes the data directory's lock, held for as long as the file is open.
+/// Two processes on one data directory would open the same shard twice; an
+/// offline command (`cordon keys rotate`) takes it too, so it cannot run
+/// beside a server.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let lock_path = data_dir.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
+        })?;
+    lock.try_lock().map_err(|_| {
+        StoreError::Unavailable(format!(
+            "{} is in use by another cordon process",
+            data_dir.display()
+        ))
+    })?;
+    Ok(lock)
+}
+
 pub(crate) fn owner_path() -> JsonPath {
     JsonPath::try_from(OWNER_FIELD).expect("the owner field name is a valid JSON path")
 }
@@ -165,6 +188,16 @@ fn metadata_condition(key: &str, value: &MetaValue) -> Result<Condition, StoreEr
         path,
         Match::Value(MatchValue { value }),
     )))
+}
+
+fn tag_condition(tag: &str) -> Condition {
+    let path = JsonPath::try_from(TAGS_FIELD).expect("the tags field name is a valid JSON path");
+    Condition::Field(FieldCondition::new_match(
+        path,
+        Match::Value(MatchValue {
+            value: ValueVariants::String(tag.to_owned()),
+        }),
+    ))
 }
 
 fn has_id(id: Uuid) -> Condition {
@@ -216,22 +249,7 @@ impl EdgeEngine {
         std::fs::create_dir_all(&root).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", root.display()))
         })?;
-        // Two processes on one data directory would open the same shard twice.
-        let lock_path = settings.data_dir.join(".lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| {
-                StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
-            })?;
-        lock.try_lock().map_err(|_| {
-            StoreError::Unavailable(format!(
-                "{} is in use by another cordon process",
-                settings.data_dir.display()
-            ))
-        })?;
+        let lock = lock_data_dir(&settings.data_dir)?;
         let repaired = files::repair(&root)?;
         if repaired != files::Repaired::default() {
             tracing::warn!(
@@ -585,11 +603,12 @@ impl Engine for Arc<EdgeEngine> {
     ) -> Result<Vec<RawPoint>, StoreError> {
         let (this, owner) = (self.clone(), owner.clone());
         EdgeEngine::blocking(move || {
-            let extra = query
+            let mut extra = query
                 .metadata
                 .iter()
                 .map(|(k, v)| metadata_condition(k, v))
                 .collect::<Result<Vec<_>, _>>()?;
+            extra.extend(query.tags.iter().map(|t| tag_condition(t)));
             let request = QueryRequest {
                 prefetches: vec![],
                 query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
@@ -685,6 +704,22 @@ impl Engine for Arc<EdgeEngine> {
                     .map_err(engine_err)
             })?;
             Ok(found.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn holds_memories(&self) -> Result<bool, StoreError> {
+        let (root, prefix) = (self.root.clone(), self.settings.collection_prefix.clone());
+        EdgeEngine::blocking(move || {
+            let entries = std::fs::read_dir(&root).map_err(|e| {
+                StoreError::Unavailable(format!("cannot read {}: {e}", root.display()))
+            })?;
+            Ok(entries.flatten().any(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|name| super::is_user_collection(name, &prefix))
+            }))
         })
         .await
     }

@@ -1,0 +1,262 @@
+//! Wrapped data keys of the embedded engine: one small JSON file per owner
+//! under `<data>/keys/`, next to (not inside) the shard directories.
+//!
+//! A key is created with a hard link from a synced temporary file, which
+//! fails if the name exists, so two racing first writes agree on one key. A
+//! destroyed key's file is overwritten with zeros and synced before it is
+//! unlinked; the README says what that does not reach (file-system journals,
+//! SSD remapping, backups).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::SealError;
+use super::vault::{MARKER, Vault, WrappedDek};
+use crate::owner::OwnerHash;
+
+/// Directory name under the data directory.
+pub const KEYS_DIR: &str = "keys";
+const MARKER_FILE: &str = "SEALED";
+
+/// Wrapped keys as files.
+pub struct FileVault {
+    dir: PathBuf,
+    // Serialises this process's writers; other processes are kept out by the
+    // data directory's lock.
+    write: tokio::sync::Mutex<()>,
+}
+
+impl FileVault {
+    /// The vault under `data_dir`; the directory is created on first write.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join(KEYS_DIR),
+            write: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn path(&self, owner: &OwnerHash) -> PathBuf {
+        self.dir.join(format!("{}.json", owner.to_hex()))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
+    ) -> Result<T, SealError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || f(&dir))
+            .await
+            .map_err(|e| SealError::Vault(format!("key store task failed: {e}")))?
+            .map_err(|e| SealError::Vault(format!("{}: {e}", self.dir.display())))
+    }
+}
+
+fn read(path: &Path) -> io::Result<Option<WrappedDek>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to a fresh temporary file in `dir`, synced.
+fn temp_file(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let path = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(path)
+}
+
+fn encode(dek: &WrappedDek) -> Vec<u8> {
+    serde_json::to_vec(dek).expect("a wrapped key always serialises")
+}
+
+#[async_trait]
+impl Vault for FileVault {
+    async fn get(&self, owner: &OwnerHash) -> Result<Option<WrappedDek>, SealError> {
+        let path = self.path(owner);
+        self.blocking(move |_| read(&path)).await
+    }
+
+    async fn create(&self, owner: &OwnerHash, dek: WrappedDek) -> Result<WrappedDek, SealError> {
+        let _write = self.write.lock().await;
+        let path = self.path(owner);
+        self.blocking(move |dir| {
+            if let Some(existing) = read(&path)? {
+                return Ok(existing);
+            }
+            let temp = temp_file(dir, &encode(&dek))?;
+            let linked = fs::hard_link(&temp, &path);
+            fs::remove_file(&temp)?;
+            match linked {
+                Ok(()) => {
+                    sync_dir(dir)?;
+                    Ok(dek)
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read(&path)?
+                    .ok_or_else(|| io::Error::other("a key vanished while being created")),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn rewrap(
+        &self,
+        owner: &OwnerHash,
+        under: &str,
+        dek: WrappedDek,
+    ) -> Result<bool, SealError> {
+        let _write = self.write.lock().await;
+        let path = self.path(owner);
+        let under = under.to_owned();
+        self.blocking(move |dir| {
+            match read(&path)? {
+                Some(current) if current.kek == under => {}
+                _ => return Ok(false),
+            }
+            let temp = temp_file(dir, &encode(&dek))?;
+            fs::rename(&temp, &path)?;
+            sync_dir(dir)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn destroy(&self, owner: &OwnerHash) -> Result<(), SealError> {
+        let _write = self.write.lock().await;
+        let path = self.path(owner);
+        self.blocking(move |dir| {
+            let len = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            // Overwrite in place first, so the file system's free blocks do
+            // not keep the wrapped key after the unlink.
+            let mut file = OpenOptions::new().write(true).open(&path)?;
+            file.write_all(&vec![0u8; len as usize])?;
+            file.sync_all()?;
+            drop(file);
+            fs::remove_file(&path)?;
+            sync_dir(dir)
+        })
+        .await
+    }
+
+    async fn all(&self) -> Result<Vec<WrappedDek>, SealError> {
+        self.blocking(|dir| {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut keys = Vec::new();
+            for entry in entries {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "json")
+                    && let Some(dek) = read(&path)?
+                {
+                    keys.push(dek);
+                }
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn sealed(&self) -> Result<bool, SealError> {
+        self.blocking(|dir| match fs::read_to_string(dir.join(MARKER_FILE)) {
+            Ok(text) => Ok(text.trim() == MARKER),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn mark_sealed(&self) -> Result<(), SealError> {
+        let _write = self.write.lock().await;
+        self.blocking(|dir| {
+            let temp = temp_file(dir, format!("{MARKER}\n").as_bytes())?;
+            fs::rename(&temp, dir.join(MARKER_FILE))?;
+            sync_dir(dir)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn dek(owner: &OwnerHash, kek: &str, wrapped: &str) -> WrappedDek {
+        WrappedDek {
+            owner: owner.to_hex(),
+            kek: kek.into(),
+            wrapped: wrapped.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_key_created_wins_and_a_destroyed_one_is_gone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let vault = FileVault::new(dir.path());
+        let alice = OwnerHash::derive(&Secret::new(vec![2u8; 32]), "t", "alice");
+        let first = vault
+            .create(&alice, dek(&alice, "k1", "AAAA"))
+            .await
+            .expect("created");
+        let second = vault
+            .create(&alice, dek(&alice, "k1", "BBBB"))
+            .await
+            .expect("kept");
+        assert_eq!(first, second);
+        assert!(
+            !vault
+                .rewrap(&alice, "k0", dek(&alice, "k2", "CCCC"))
+                .await
+                .expect("ran")
+        );
+        assert!(
+            vault
+                .rewrap(&alice, "k1", dek(&alice, "k2", "CCCC"))
+                .await
+                .expect("ran")
+        );
+        assert_eq!(vault.all().await.expect("listed").len(), 1);
+        vault.destroy(&alice).await.expect("destroyed");
+        assert_eq!(vault.get(&alice).await.expect("read"), None);
+        assert!(
+            !vault
+                .rewrap(&alice, "k2", dek(&alice, "k3", "DDDD"))
+                .await
+                .expect("ran")
+        );
+        assert_eq!(
+            vault.get(&alice).await.expect("read"),
+            None,
+            "rewrap resurrected it"
+        );
+        assert!(!vault.sealed().await.expect("read"));
+        vault.mark_sealed().await.expect("marked");
+        assert!(vault.sealed().await.expect("read"));
+    }
+}

@@ -1,0 +1,308 @@
+//! Encryption at rest: every user's memories sealed under a data key of
+//! their own.
+//!
+//! Each owner gets a random data key (DEK) on their first write. Text,
+//! metadata and the idempotency digest are sealed together into one
+//! ciphertext per memory ([`dek`]), bound to the owner hash and memory id.
+//! The DEK is stored only wrapped by the KEK ([`kek`]), in a [`vault::Vault`]
+//! apart from the memories, and cached unwrapped for a while ([`cache`]).
+//! What stays readable in storage: the owner hash, the creation time, the
+//! vector, and keyed tags of filterable metadata values ([`dek::RecordKeys::tag`]).
+//! Erase destroys the wrapped DEK before any memory, so every copy of the
+//! memories, backups included, becomes noise.
+
+pub mod cache;
+pub mod dek;
+pub mod file_vault;
+pub mod kek;
+pub mod qdrant_vault;
+pub mod rotate;
+pub mod setup;
+pub mod vault;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use self::cache::DekCache;
+use self::dek::{Dek, RecordKeys, TagValue};
+use self::kek::Keyring;
+use self::vault::{Vault, WrappedDek};
+use crate::metrics::Metrics;
+use crate::owner::OwnerHash;
+use crate::store::{
+    METADATA_FIELD, MetaValue, NewMemory, REQUEST_FIELD, RawPoint, SEALED_FIELD, Sealed,
+    SearchQuery, TAGS_FIELD, TEXT_FIELD,
+};
+
+/// Why sealing or opening failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The key store cannot be read or written.
+    #[error("key store: {0}")]
+    Vault(String),
+    /// The configured KEK is unusable.
+    #[error("KEK: {0}")]
+    BadKek(String),
+    /// A stored key or marker is damaged, or wrapped by a KEK not configured.
+    #[error("key store: {0}")]
+    Corrupt(String),
+    /// The data and the configuration disagree about encryption.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// Cache settings of the unwrapped data keys.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Most owners whose keys are held unwrapped.
+    pub capacity: usize,
+    /// Longest an unwrapped key is held.
+    pub ttl: Duration,
+}
+
+/// What is sealed into each memory's ciphertext.
+#[derive(Serialize, Deserialize)]
+struct Plain {
+    text: String,
+    metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request: Option<String>,
+}
+
+/// Seals memories on their way into storage and opens them on the way out.
+pub struct Sealer {
+    keyring: Keyring,
+    vault: Arc<dyn Vault>,
+    cache: DekCache,
+    // Stores hold a stripe's read lock from taking the key to the durable
+    // write, erase its write lock from destroying the key to removing the
+    // memories: no store can land, under a destroyed key, after the erase.
+    stripes: Vec<tokio::sync::RwLock<()>>,
+    metrics: Arc<Metrics>,
+}
+
+const STRIPES: usize = 64;
+
+impl Sealer {
+    /// A sealer that wraps with `keyring` into `vault`.
+    pub fn new(
+        keyring: Keyring,
+        vault: Arc<dyn Vault>,
+        cache: &CacheSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            keyring,
+            vault,
+            cache: DekCache::new(cache.capacity, cache.ttl),
+            stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+            metrics,
+        }
+    }
+
+    /// The lock that orders `owner`'s stores against its erase.
+    pub fn stripe(&self, owner: &OwnerHash) -> &tokio::sync::RwLock<()> {
+        let byte = owner.to_hex().as_bytes()[0] as usize;
+        &self.stripes[byte % STRIPES]
+    }
+
+    /// The owner's record keys; created (and stored wrapped) when `create`
+    /// is set and the owner has none yet.
+    async fn keys(
+        &self,
+        owner: &OwnerHash,
+        create: bool,
+    ) -> Result<Option<Arc<RecordKeys>>, SealError> {
+        if let Some(keys) = self.cache.get(owner) {
+            return Ok(Some(keys));
+        }
+        let wrapped = match self.vault.get(owner).await? {
+            Some(wrapped) => wrapped,
+            None if create => {
+                let dek = Dek::random();
+                let kek = self.keyring.current();
+                let wrapped = WrappedDek {
+                    owner: owner.to_hex(),
+                    kek: kek.id().to_owned(),
+                    wrapped: BASE64.encode(kek.wrap(owner, &dek).await?),
+                };
+                // Another request or replica may have created one meanwhile;
+                // the vault's copy is the one to use.
+                self.vault.create(owner, wrapped).await?
+            }
+            None => return Ok(None),
+        };
+        let keys = Arc::new(self.unwrap(owner, &wrapped).await?.keys());
+        self.cache.insert(owner, keys.clone());
+        Ok(Some(keys))
+    }
+
+    async fn unwrap(&self, owner: &OwnerHash, wrapped: &WrappedDek) -> Result<Dek, SealError> {
+        if wrapped.owner != owner.to_hex() {
+            return Err(SealError::Corrupt(format!(
+                "the key filed under owner {} names another owner",
+                owner.log_tag()
+            )));
+        }
+        let kek = self.keyring.find(&wrapped.kek).ok_or_else(|| {
+            SealError::Corrupt(format!(
+                "the key of owner {} is wrapped by KEK {}, which is not configured (set it as CORDON_KEK_PREVIOUS_FILE until `cordon keys rotate` has run)",
+                owner.log_tag(),
+                wrapped.kek
+            ))
+        })?;
+        let bytes = BASE64
+            .decode(&wrapped.wrapped)
+            .map_err(|_| SealError::Corrupt("a wrapped key is not base64".into()))?;
+        kek.unwrap(owner, &bytes).await
+    }
+
+    /// Seals each memory's text, metadata and request digest, leaving only
+    /// the ciphertext and the metadata tags to be stored.
+    pub async fn seal(
+        &self,
+        owner: &OwnerHash,
+        memories: &mut [NewMemory],
+    ) -> Result<(), SealError> {
+        let keys = self
+            .keys(owner, true)
+            .await?
+            .expect("keys are created when asked to");
+        for memory in memories {
+            let plain = Plain {
+                text: std::mem::take(&mut memory.text),
+                metadata: std::mem::take(&mut memory.metadata),
+                request: memory.request.take(),
+            };
+            let tags = tags(&keys, &plain.metadata);
+            let bytes = zeroize::Zeroizing::new(
+                serde_json::to_vec(&plain).expect("a memory always serialises"),
+            );
+            let blob = keys.seal(owner, memory.id, &bytes);
+            memory.sealed = Some(Sealed {
+                blob: BASE64.encode(blob),
+                tags,
+            });
+        }
+        Ok(())
+    }
+
+    /// Turns the query's metadata conditions into tag conditions. `false`
+    /// when the owner has no key, so nothing of theirs can match.
+    pub async fn seal_query(
+        &self,
+        owner: &OwnerHash,
+        query: &mut SearchQuery,
+    ) -> Result<bool, SealError> {
+        if query.metadata.is_empty() {
+            return Ok(true);
+        }
+        let Some(keys) = self.keys(owner, false).await? else {
+            return Ok(false);
+        };
+        query.tags = query
+            .metadata
+            .drain(..)
+            .map(|(key, value)| keys.tag(&key, &meta_tag(&value)))
+            .collect();
+        Ok(true)
+    }
+
+    /// Opens each point into the plain payload the guard reads. A point that
+    /// does not open (sealed for another owner or id, altered, or stored in
+    /// the clear) is dropped, counted and logged like a guard drop.
+    pub async fn open(
+        &self,
+        owner: &OwnerHash,
+        points: Vec<RawPoint>,
+        path: &'static str,
+    ) -> Result<Vec<RawPoint>, SealError> {
+        if points.is_empty() {
+            return Ok(points);
+        }
+        let keys = self.keys(owner, false).await?;
+        Ok(points
+            .into_iter()
+            .filter_map(|point| {
+                let id = point.id;
+                let opened = keys.as_deref().and_then(|k| open_point(k, owner, point));
+                if opened.is_none() {
+                    self.metrics.guard_dropped(path);
+                    self.metrics.unsealing_failed(path);
+                    crate::audit::guard_dropped(owner, "<does-not-open>", path);
+                    tracing::error!(
+                        event = "undecryptable_memory",
+                        caller = %owner.log_tag(),
+                        point = %id,
+                        path,
+                        "dropped a stored memory that does not open under the caller's key"
+                    );
+                }
+                opened
+            })
+            .collect())
+    }
+
+    /// Destroys the owner's key, so that every copy of their memories is
+    /// unreadable from now on.
+    pub async fn shred(&self, owner: &OwnerHash) -> Result<(), SealError> {
+        self.cache.remove(owner);
+        self.vault.destroy(owner).await?;
+        // A request that read the key before the destroy may have cached it
+        // again meanwhile.
+        self.cache.remove(owner);
+        Ok(())
+    }
+}
+
+fn open_point(keys: &RecordKeys, owner: &OwnerHash, mut point: RawPoint) -> Option<RawPoint> {
+    let blob = match point.payload.remove(SEALED_FIELD) {
+        Some(Value::String(b)) => BASE64.decode(b).ok()?,
+        _ => return None,
+    };
+    point.payload.remove(TAGS_FIELD);
+    let bytes = keys.open(owner, point.id, &blob)?;
+    let plain: Plain = serde_json::from_slice(&bytes).ok()?;
+    point
+        .payload
+        .insert(TEXT_FIELD.into(), Value::String(plain.text));
+    point
+        .payload
+        .insert(METADATA_FIELD.into(), Value::Object(plain.metadata));
+    if let Some(request) = plain.request {
+        point
+            .payload
+            .insert(REQUEST_FIELD.into(), Value::String(request));
+    }
+    Some(point)
+}
+
+/// Tags of every metadata value a filter can match (strings, integers,
+/// booleans at the top level).
+fn tags(keys: &RecordKeys, metadata: &Map<String, Value>) -> Vec<String> {
+    metadata
+        .iter()
+        .filter_map(|(key, value)| {
+            let value = match value {
+                Value::String(s) => TagValue::Str(s),
+                Value::Bool(b) => TagValue::Bool(*b),
+                Value::Number(n) => TagValue::Int(n.as_i64()?),
+                _ => return None,
+            };
+            Some(keys.tag(key, &value))
+        })
+        .collect()
+}
+
+fn meta_tag(value: &MetaValue) -> TagValue<'_> {
+    match value {
+        MetaValue::Str(s) => TagValue::Str(s),
+        MetaValue::Int(i) => TagValue::Int(*i),
+        MetaValue::Bool(b) => TagValue::Bool(*b),
+    }
+}

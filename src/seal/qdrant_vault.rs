@@ -1,0 +1,255 @@
+//! Wrapped data keys of the Qdrant engine: one vectorless point per owner in
+//! the system collection `<prefix>keys`, shared by every replica.
+//!
+//! User collections are named `<prefix>` plus hex digits, so none can be
+//! named `...keys`. A key is created with `insert_only` (a racing replica's
+//! write cannot replace it) and re-wrapped with `update_only` filtered on the
+//! KEK it was under (a key destroyed meanwhile is not brought back).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use qdrant_client::qdrant::{
+    Condition, CreateCollectionBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, PointId,
+    PointStruct, PointsIdsList, ScrollPointsBuilder, UpdateMode, UpsertPointsBuilder, Vector,
+};
+use qdrant_client::{Payload, Qdrant};
+use uuid::Uuid;
+
+use super::SealError;
+use super::vault::{MARKER, Vault, WrappedDek};
+use crate::owner::OwnerHash;
+use crate::settings::QdrantConnection;
+use crate::store::qdrant::{client, store_err};
+
+/// Suffix of the system collection's name, after the deployment's prefix.
+pub const COLLECTION_SUFFIX: &str = "keys";
+const PAGE: u32 = 1_000;
+
+/// Wrapped keys in a Qdrant system collection.
+pub struct QdrantVault {
+    client: Qdrant,
+    name: String,
+    timeout: std::time::Duration,
+}
+
+fn point_id(owner: &OwnerHash) -> Uuid {
+    // The owner hash is already a keyed hash; its first 128 bits name the
+    // point.
+    let hex = owner.to_hex();
+    Uuid::parse_str(&hex[..32]).expect("32 hex digits are a UUID")
+}
+
+/// The marker's point: the nil UUID, which no owner's point id can be.
+fn marker_id() -> Uuid {
+    Uuid::nil()
+}
+
+fn vault_err(e: qdrant_client::QdrantError) -> SealError {
+    SealError::Vault(store_err(e).to_string())
+}
+
+impl QdrantVault {
+    /// A vault over `connection` in `<prefix>keys`; nothing is called yet.
+    pub fn new(connection: &QdrantConnection, prefix: &str) -> Result<Self, SealError> {
+        Ok(Self {
+            client: client(connection).map_err(|e| SealError::Vault(e.to_string()))?,
+            name: format!("{prefix}{COLLECTION_SUFFIX}"),
+            timeout: connection.timeout,
+        })
+    }
+
+    async fn bounded<F: std::future::Future>(&self, call: F) -> Result<F::Output, SealError> {
+        tokio::time::timeout(self.timeout, call).await.map_err(|_| {
+            SealError::Vault(format!("Qdrant did not answer within {:?}", self.timeout))
+        })
+    }
+
+    async fn exists(&self) -> Result<bool, SealError> {
+        self.bounded(self.client.collection_exists(&self.name))
+            .await?
+            .map_err(vault_err)
+    }
+
+    /// Creates the collection unless it exists (replicas may race here).
+    async fn ensure(&self) -> Result<(), SealError> {
+        if self.exists().await? {
+            return Ok(());
+        }
+        let created = self
+            .bounded(
+                self.client
+                    .create_collection(CreateCollectionBuilder::new(&self.name).shard_number(1)),
+            )
+            .await?;
+        if let Err(e) = created
+            && !self.exists().await?
+        {
+            return Err(vault_err(e));
+        }
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<HashMap<String, serde_json::Value>>, SealError> {
+        if !self.exists().await? {
+            return Ok(None);
+        }
+        let found = self
+            .bounded(
+                self.client.get_points(
+                    GetPointsBuilder::new(&self.name, vec![PointId::from(id.to_string())])
+                        .with_payload(true)
+                        .with_vectors(false),
+                ),
+            )
+            .await?
+            .map_err(vault_err)?;
+        Ok(found.result.into_iter().next().map(|p| {
+            p.payload
+                .into_iter()
+                .map(|(k, v)| (k, v.into_json()))
+                .collect()
+        }))
+    }
+
+    async fn write(
+        &self,
+        id: Uuid,
+        payload: serde_json::Value,
+        builder: impl FnOnce(UpsertPointsBuilder) -> UpsertPointsBuilder,
+    ) -> Result<(), SealError> {
+        self.ensure().await?;
+        let payload = Payload::try_from(payload).expect("a wrapped key serialises to an object");
+        let point = PointStruct::new(id.to_string(), HashMap::<String, Vector>::new(), payload);
+        let request = builder(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true));
+        self.bounded(self.client.upsert_points(request))
+            .await?
+            .map_err(vault_err)?;
+        Ok(())
+    }
+}
+
+fn parse(payload: HashMap<String, serde_json::Value>) -> Result<WrappedDek, SealError> {
+    serde_json::from_value(serde_json::Value::Object(payload.into_iter().collect()))
+        .map_err(|e| SealError::Corrupt(format!("a wrapped key in Qdrant: {e}")))
+}
+
+fn to_json(dek: &WrappedDek) -> serde_json::Value {
+    serde_json::to_value(dek).expect("a wrapped key always serialises")
+}
+
+#[async_trait]
+impl Vault for QdrantVault {
+    async fn get(&self, owner: &OwnerHash) -> Result<Option<WrappedDek>, SealError> {
+        self.read(point_id(owner)).await?.map(parse).transpose()
+    }
+
+    async fn create(&self, owner: &OwnerHash, dek: WrappedDek) -> Result<WrappedDek, SealError> {
+        let id = point_id(owner);
+        // `insert_only` leaves an existing point alone; the filter, which no
+        // point matches, does the same on a server that ignores the mode.
+        let never = Filter::must([Condition::matches("kek", "-".to_owned())]);
+        self.write(id, to_json(&dek), |b| {
+            b.update_mode(UpdateMode::InsertOnly).update_filter(never)
+        })
+        .await?;
+        self.get(owner)
+            .await?
+            .ok_or_else(|| SealError::Vault("a key just written is not there".into()))
+    }
+
+    async fn rewrap(
+        &self,
+        owner: &OwnerHash,
+        under: &str,
+        dek: WrappedDek,
+    ) -> Result<bool, SealError> {
+        if self
+            .get(owner)
+            .await?
+            .is_none_or(|current| current.kek != under)
+        {
+            return Ok(false);
+        }
+        let id = point_id(owner);
+        let still_under = Filter::must([Condition::matches("kek", under.to_owned())]);
+        let expected = dek.clone();
+        self.write(id, to_json(&dek), |b| {
+            b.update_mode(UpdateMode::UpdateOnly)
+                .update_filter(still_under)
+        })
+        .await?;
+        Ok(self.get(owner).await? == Some(expected))
+    }
+
+    async fn destroy(&self, owner: &OwnerHash) -> Result<(), SealError> {
+        if !self.exists().await? {
+            return Ok(());
+        }
+        let ids = PointsIdsList {
+            ids: vec![PointId::from(point_id(owner).to_string())],
+        };
+        self.bounded(
+            self.client
+                .delete_points(DeletePointsBuilder::new(&self.name).points(ids).wait(true)),
+        )
+        .await?
+        .map_err(vault_err)?;
+        Ok(())
+    }
+
+    async fn all(&self) -> Result<Vec<WrappedDek>, SealError> {
+        if !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::new();
+        let mut offset = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(&self.name)
+                .limit(PAGE)
+                .with_payload(true)
+                .with_vectors(false);
+            if let Some(offset) = offset.take() {
+                request = request.offset(offset);
+            }
+            let page = self
+                .bounded(self.client.scroll(request))
+                .await?
+                .map_err(vault_err)?;
+            for point in page.result {
+                let payload: HashMap<String, serde_json::Value> = point
+                    .payload
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_json()))
+                    .collect();
+                if payload.contains_key("owner") {
+                    keys.push(parse(payload)?);
+                }
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    async fn sealed(&self) -> Result<bool, SealError> {
+        Ok(self
+            .read(marker_id())
+            .await?
+            .and_then(|p| {
+                p.get("format")
+                    .and_then(|v| v.as_str())
+                    .map(|s| s == MARKER)
+            })
+            .unwrap_or(false))
+    }
+
+    async fn mark_sealed(&self) -> Result<(), SealError> {
+        self.write(marker_id(), serde_json::json!({ "format": MARKER }), |b| b)
+            .await
+    }
+}
