@@ -1,4 +1,6 @@
-//! The command line: `cordon serve` and `cordon token`.
+//! The command line: `cordon serve`, `cordon token` and `cordon keys`.
+
+mod keys;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +27,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a development token signed with the HS256 secret.
     Token(TokenArgs),
+    /// Manage the keys of encryption at rest.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +78,7 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Token(args) => token(args),
         Command::Serve(args) => serve(*args),
+        Command::Keys(command) => keys::run(command),
     }
 }
 
