@@ -24,9 +24,7 @@ use crate::guarded::GuardedStore;
 use crate::limits::{UserLimitSettings, UserLimits};
 use crate::metrics::Metrics;
 use crate::settings::{Settings, StoreKind};
-use crate::store::edge::{EdgeEngine, EdgeSettings};
-use crate::store::qdrant::{QdrantEngine, QdrantSettings};
-use crate::store::{Engine, StoreError};
+use crate::store::StoreError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,28 +102,8 @@ impl Application {
             },
         );
         let metrics = Arc::new(Metrics::default());
-        let engine: Arc<dyn Engine> = match settings.store.kind {
-            StoreKind::Edge => {
-                let edge = Arc::new(EdgeEngine::open(EdgeSettings {
-                    data_dir: settings.data_dir.clone(),
-                    collection_prefix: settings.store.collection_prefix.clone(),
-                    name_hex_chars: settings.store.name_hex_chars,
-                    max_open_shards: settings.store.max_open_shards,
-                    drill_skip_read_filter: settings.store.collision_drill,
-                    purge_after: settings.store.purge_after,
-                    wal_growth_bytes: settings.store.wal_growth_bytes,
-                    min_free_bytes: settings.store.min_free_bytes,
-                })?);
-                edge.start_maintenance();
-                Arc::new(edge)
-            }
-            StoreKind::Qdrant => Arc::new(Arc::new(QdrantEngine::connect(QdrantSettings {
-                connection: settings.store.qdrant.clone(),
-                collection_prefix: settings.store.collection_prefix.clone(),
-                name_hex_chars: settings.store.name_hex_chars,
-                drill_skip_read_filter: settings.store.collision_drill,
-            })?)),
-        };
+        let opened = crate::store::open_engine(&settings)?;
+        let engine = opened.engine.clone();
         if settings.store.collision_drill {
             tracing::warn!(
                 "COLLISION DRILL: engine reads skip the owner filter, so only the guard separates users, and every store call costs one extra count. Never run this in production."
@@ -147,6 +125,9 @@ impl Application {
         access.spawn_poller(settings.access.poll_interval);
         let sealing =
             crate::seal::setup::prepare(&settings, engine.clone(), metrics.clone()).await?;
+        // Only once the server will run: a refused start leaves nothing
+        // behind that holds the data directory.
+        opened.start_maintenance();
         let mut store = GuardedStore::new(engine, Guard::new(metrics.clone()));
         if settings.store.collision_drill {
             store = store.with_shared_census(metrics.clone());

@@ -2,7 +2,10 @@
 //!
 //! `generate` prints a fresh KEK; `rotate` re-wraps every user's data key
 //! under the current KEK (`CORDON_KEK`), unwrapping with the previous one
-//! (`CORDON_KEK_PREVIOUS`). Both read the same settings as `cordon serve`.
+//! (`CORDON_KEK_PREVIOUS`); `migrate` seals the memories of a deployment
+//! that stored them in the clear. All read the same settings as
+//! `cordon serve`, and run with the server stopped (the embedded engine's
+//! data directory lock makes sure of it).
 
 use std::process::ExitCode;
 
@@ -10,8 +13,8 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::seal::kek::LocalKek;
-use crate::seal::{rotate, setup};
-use crate::settings::{ServeArgs, StoreKind};
+use crate::seal::{migrate, rotate};
+use crate::settings::{ServeArgs, Settings};
 
 /// What `cordon keys` does.
 #[derive(Debug, Subcommand)]
@@ -20,63 +23,59 @@ pub enum KeysCommand {
     Generate,
     /// Re-wrap every data key under CORDON_KEK, unwrapping with CORDON_KEK_PREVIOUS; resumable.
     Rotate(Box<ServeArgs>),
+    /// Seal memories stored in the clear under CORDON_KEK, so the server can start with it; resumable.
+    Migrate(Box<ServeArgs>),
 }
 
 /// Runs one `cordon keys` command.
 pub fn run(command: KeysCommand) -> ExitCode {
-    match command {
+    let (name, outcome) = match command {
         KeysCommand::Generate => {
             println!("{}", LocalKek::generate().as_str());
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
-        KeysCommand::Rotate(args) => match rotate_keys(*args) {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("cordon keys rotate: {message}");
-                ExitCode::FAILURE
-            }
-        },
+        KeysCommand::Rotate(args) => ("rotate", rotate_keys(*args)),
+        KeysCommand::Migrate(args) => ("migrate", migrate_memories(*args)),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("cordon keys {name}: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn rotate_keys(args: ServeArgs) -> Result<ExitCode, String> {
+/// Settings, a runtime and a progress bar, which both long commands need.
+fn prepare(
+    args: ServeArgs,
+    unit: &str,
+) -> Result<(Settings, tokio::runtime::Runtime, ProgressBar), String> {
     let settings = args.into_settings().map_err(|e| e.to_string())?;
-    let seal = settings
-        .seal
-        .as_ref()
-        .ok_or("set CORDON_KEK (the new KEK) and CORDON_KEK_PREVIOUS (the old one)")?;
-    // The embedded engine's keys must not change under a running server.
-    let _lock = match settings.store.kind {
-        StoreKind::Edge => Some(
-            crate::store::edge::lock_data_dir(&settings.data_dir)
-                .map_err(|e| format!("{e}; stop the server first"))?,
-        ),
-        StoreKind::Qdrant => None,
-    };
-    let keyring = setup::keyring(seal).map_err(|e| e.to_string())?;
-    let vault = setup::vault_for(&settings).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} keys re-wrapped ({eta} left)")
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{eta}} left)"))
             .expect("the progress template is valid"),
     );
-    let report = runtime
-        .block_on(rotate::rotate(&keyring, &*vault, |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        }))
+    Ok((settings, runtime, bar))
+}
+
+fn rotate_keys(args: ServeArgs) -> Result<ExitCode, String> {
+    let (settings, runtime, bar) = prepare(args, "keys")?;
+    let progress = |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let (kek, report) = runtime
+        .block_on(rotate::run(&settings, &progress))
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     println!(
-        "keys under KEK {}: {} re-wrapped now, {} already, {} erased meanwhile, {} failed",
-        keyring.current().id(),
-        report.rotated,
-        report.current,
-        report.gone,
-        report.failed
+        "keys under KEK {kek}: {} re-wrapped now, {} already, {} erased meanwhile, {} failed",
+        report.rotated, report.current, report.gone, report.failed
     );
     if report.failed > 0 {
         eprintln!(
@@ -85,5 +84,22 @@ fn rotate_keys(args: ServeArgs) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::FAILURE);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn migrate_memories(args: ServeArgs) -> Result<ExitCode, String> {
+    let (settings, runtime, bar) = prepare(args, "collections")?;
+    let progress = |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let report = runtime
+        .block_on(migrate::run(&settings, &progress))
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    println!(
+        "sealed {} memories of {} users; the server can start with CORDON_KEK now",
+        report.sealed, report.owners
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::SealError;
-use super::vault::{MARKER, Vault, WrappedDek};
+use super::vault::{Marker, Vault, WrappedDek};
 use crate::owner::OwnerHash;
 
 /// Directory name under the data directory.
@@ -182,19 +182,22 @@ impl Vault for FileVault {
         .await
     }
 
-    async fn sealed(&self) -> Result<bool, SealError> {
-        self.blocking(|dir| match fs::read_to_string(dir.join(MARKER_FILE)) {
-            Ok(text) => Ok(text.trim() == MARKER),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        })
-        .await
+    async fn marker(&self) -> Result<Marker, SealError> {
+        let text = self
+            .blocking(|dir| match fs::read_to_string(dir.join(MARKER_FILE)) {
+                Ok(text) => Ok(text),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+                Err(e) => Err(e),
+            })
+            .await?;
+        Marker::parse(&text)
     }
 
-    async fn mark_sealed(&self) -> Result<(), SealError> {
+    async fn mark(&self, marker: Marker) -> Result<(), SealError> {
         let _write = self.write.lock().await;
-        self.blocking(|dir| {
-            let temp = temp_file(dir, format!("{MARKER}\n").as_bytes())?;
+        let text = format!("{}\n", marker.text());
+        self.blocking(move |dir| {
+            let temp = temp_file(dir, text.as_bytes())?;
             fs::rename(&temp, dir.join(MARKER_FILE))?;
             sync_dir(dir)
         })
@@ -255,8 +258,10 @@ mod tests {
             None,
             "rewrap resurrected it"
         );
-        assert!(!vault.sealed().await.expect("read"));
-        vault.mark_sealed().await.expect("marked");
-        assert!(vault.sealed().await.expect("read"));
+        assert_eq!(vault.marker().await.expect("read"), Marker::Plain);
+        vault.mark(Marker::Sealing).await.expect("marked");
+        assert_eq!(vault.marker().await.expect("read"), Marker::Sealing);
+        vault.mark(Marker::Sealed).await.expect("marked");
+        assert_eq!(vault.marker().await.expect("read"), Marker::Sealed);
     }
 }

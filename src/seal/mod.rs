@@ -15,6 +15,7 @@ pub mod cache;
 pub mod dek;
 pub mod file_vault;
 pub mod kek;
+pub mod migrate;
 pub mod qdrant_vault;
 pub mod rotate;
 pub mod setup;
@@ -162,6 +163,14 @@ impl Sealer {
         kek.unwrap(owner, &bytes).await
     }
 
+    /// The owner's record keys, created (and stored wrapped) if it has none.
+    pub async fn keys_for(&self, owner: &OwnerHash) -> Result<Arc<RecordKeys>, SealError> {
+        Ok(self
+            .keys(owner, true)
+            .await?
+            .expect("keys are created when asked to"))
+    }
+
     /// Seals each memory's text, metadata and request digest, leaving only
     /// the ciphertext and the metadata tags to be stored.
     pub async fn seal(
@@ -169,25 +178,14 @@ impl Sealer {
         owner: &OwnerHash,
         memories: &mut [NewMemory],
     ) -> Result<(), SealError> {
-        let keys = self
-            .keys(owner, true)
-            .await?
-            .expect("keys are created when asked to");
+        let keys = self.keys_for(owner).await?;
         for memory in memories {
             let plain = Plain {
                 text: std::mem::take(&mut memory.text),
                 metadata: std::mem::take(&mut memory.metadata),
                 request: memory.request.take(),
             };
-            let tags = tags(&keys, &plain.metadata);
-            let bytes = zeroize::Zeroizing::new(
-                serde_json::to_vec(&plain).expect("a memory always serialises"),
-            );
-            let blob = keys.seal(owner, memory.id, &bytes);
-            memory.sealed = Some(Sealed {
-                blob: BASE64.encode(blob),
-                tags,
-            });
+            memory.sealed = Some(seal_plain(&keys, owner, memory.id, &plain));
         }
         Ok(())
     }
@@ -258,6 +256,51 @@ impl Sealer {
         self.cache.remove(owner);
         Ok(())
     }
+}
+
+fn seal_plain(keys: &RecordKeys, owner: &OwnerHash, id: uuid::Uuid, plain: &Plain) -> Sealed {
+    let bytes =
+        zeroize::Zeroizing::new(serde_json::to_vec(plain).expect("a memory always serialises"));
+    Sealed {
+        blob: BASE64.encode(keys.seal(owner, id, &bytes)),
+        tags: tags(keys, &plain.metadata),
+    }
+}
+
+/// Seals a stored plain payload in place (the migration's step); `false`,
+/// with nothing changed, when it is sealed already or holds no text.
+pub fn seal_payload(
+    keys: &RecordKeys,
+    owner: &OwnerHash,
+    id: uuid::Uuid,
+    payload: &mut Map<String, Value>,
+) -> bool {
+    if payload.contains_key(SEALED_FIELD) {
+        return false;
+    }
+    let Some(Value::String(text)) = payload.remove(TEXT_FIELD) else {
+        return false;
+    };
+    let metadata = match payload.remove(METADATA_FIELD) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let request = match payload.remove(REQUEST_FIELD) {
+        Some(Value::String(r)) => Some(r),
+        _ => None,
+    };
+    let plain = Plain {
+        text,
+        metadata,
+        request,
+    };
+    let sealed = seal_plain(keys, owner, id, &plain);
+    payload.insert(SEALED_FIELD.into(), Value::String(sealed.blob));
+    if !sealed.tags.is_empty() {
+        let tags = sealed.tags.into_iter().map(Value::String).collect();
+        payload.insert(TAGS_FIELD.into(), Value::Array(tags));
+    }
+    true
 }
 
 fn open_point(keys: &RecordKeys, owner: &OwnerHash, mut point: RawPoint) -> Option<RawPoint> {

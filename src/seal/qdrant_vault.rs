@@ -17,7 +17,7 @@ use qdrant_client::{Payload, Qdrant};
 use uuid::Uuid;
 
 use super::SealError;
-use super::vault::{MARKER, Vault, WrappedDek};
+use super::vault::{Marker, Vault, WrappedDek};
 use crate::owner::OwnerHash;
 use crate::settings::QdrantConnection;
 use crate::store::qdrant::{client, store_err};
@@ -236,20 +236,21 @@ impl Vault for QdrantVault {
         }
     }
 
-    async fn sealed(&self) -> Result<bool, SealError> {
-        Ok(self
+    async fn marker(&self) -> Result<Marker, SealError> {
+        let text = self
             .read(marker_id())
             .await?
-            .and_then(|p| {
-                p.get("format")
-                    .and_then(|v| v.as_str())
-                    .map(|s| s == MARKER)
-            })
-            .unwrap_or(false))
+            .and_then(|p| p.get("format").and_then(|v| v.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        Marker::parse(&text)
     }
 
-    async fn mark_sealed(&self) -> Result<(), SealError> {
-        self.write(marker_id(), serde_json::json!({ "format": MARKER }), |b| b)
-            .await
+    async fn mark(&self, marker: Marker) -> Result<(), SealError> {
+        self.write(
+            marker_id(),
+            serde_json::json!({ "format": marker.text() }),
+            |b| b,
+        )
+        .await
     }
 }

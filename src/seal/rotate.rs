@@ -91,3 +91,29 @@ async fn rewrap_one(
         Ok(Outcome::Gone)
     }
 }
+
+/// Runs the rotation the settings describe: the current KEK is
+/// `CORDON_KEK`, the old one `CORDON_KEK_PREVIOUS`. On the embedded engine
+/// it holds the data directory's lock throughout. Returns the current KEK's
+/// id with the report.
+pub async fn run(
+    settings: &crate::settings::Settings,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<(String, Report), SealError> {
+    let seal = settings.seal.as_ref().ok_or_else(|| {
+        SealError::Mismatch(
+            "set CORDON_KEK (the new KEK) and CORDON_KEK_PREVIOUS (the old one)".into(),
+        )
+    })?;
+    let _lock = match settings.store.kind {
+        crate::settings::StoreKind::Edge => Some(
+            crate::store::edge::lock_data_dir(&settings.data_dir)
+                .map_err(|e| SealError::Mismatch(format!("{e}; stop the server first")))?,
+        ),
+        crate::settings::StoreKind::Qdrant => None,
+    };
+    let keyring = super::setup::keyring(seal)?;
+    let vault = super::setup::vault_for(settings)?;
+    let report = rotate(&keyring, &*vault, progress).await?;
+    Ok((keyring.current().id().to_owned(), report))
+}

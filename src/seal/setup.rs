@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::file_vault::FileVault;
 use super::kek::{Kek, Keyring, LocalKek};
 use super::qdrant_vault::QdrantVault;
-use super::vault::Vault;
+use super::vault::{Marker, Vault};
 use super::{SealError, Sealer};
 use crate::metrics::Metrics;
 use crate::settings::{SealSettings, Settings, StoreKind};
@@ -127,16 +127,21 @@ async fn check(
     metrics: Arc<Metrics>,
 ) -> Result<Option<Arc<Sealer>>, SealError> {
     let vault = vault_for(settings)?;
-    let sealed = vault.sealed().await?;
+    let marker = vault.marker().await?;
+    if marker == Marker::Sealing {
+        return Err(SealError::Mismatch(
+            "`cordon keys migrate` was interrupted: run it again (with CORDON_KEK) to finish sealing the memories".into(),
+        ));
+    }
     let Some(seal) = &settings.seal else {
-        if sealed {
+        if marker == Marker::Sealed {
             return Err(SealError::Mismatch(
                 "the memories here are encrypted at rest: start with the KEK (CORDON_KEK or CORDON_KEK_FILE) they were sealed under".into(),
             ));
         }
         return Ok(None);
     };
-    if !sealed {
+    if marker == Marker::Plain {
         let plain = engine
             .holds_memories()
             .await
@@ -146,7 +151,7 @@ async fn check(
                 "CORDON_KEK is set, but the memories here were stored without encryption; they would be served as undecryptable. Seal them first with `cordon keys migrate` (same settings, server stopped), or start without CORDON_KEK".into(),
             ));
         }
-        vault.mark_sealed().await?;
+        vault.mark(Marker::Sealed).await?;
     }
     let keyring = keyring(seal)?;
     tracing::info!(

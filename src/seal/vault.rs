@@ -45,11 +45,43 @@ pub trait Vault: Send + Sync {
     async fn destroy(&self, owner: &OwnerHash) -> Result<(), SealError>;
     /// Every wrapped key (for rotation).
     async fn all(&self) -> Result<Vec<WrappedDek>, SealError>;
-    /// Whether the deployment's memories are marked as sealed.
-    async fn sealed(&self) -> Result<bool, SealError>;
-    /// Marks the deployment's memories as sealed; durable when this returns.
-    async fn mark_sealed(&self) -> Result<(), SealError>;
+    /// What the deployment's marker says.
+    async fn marker(&self) -> Result<Marker, SealError>;
+    /// Sets the marker; durable when this returns.
+    async fn mark(&self, marker: Marker) -> Result<(), SealError>;
 }
 
-/// The text of the sealed marker.
-pub const MARKER: &str = "cordon sealed v1";
+/// The deployment's state of encryption at rest, kept next to the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// No marker: memories are stored in the clear (or there are none).
+    Plain,
+    /// `cordon keys migrate` has begun sealing plain memories.
+    Sealing,
+    /// Every memory is sealed.
+    Sealed,
+}
+
+impl Marker {
+    /// The marker's stored text (none for [`Marker::Plain`]).
+    pub fn text(self) -> &'static str {
+        match self {
+            Marker::Plain => "",
+            Marker::Sealing => "cordon sealing v1",
+            Marker::Sealed => "cordon sealed v1",
+        }
+    }
+
+    /// The marker a stored text stands for; an unknown text is refused
+    /// rather than guessed.
+    pub fn parse(text: &str) -> Result<Self, SealError> {
+        match text.trim() {
+            "" => Ok(Marker::Plain),
+            t if t == Marker::Sealing.text() => Ok(Marker::Sealing),
+            t if t == Marker::Sealed.text() => Ok(Marker::Sealed),
+            other => Err(SealError::Corrupt(format!(
+                "unknown encryption marker `{other}`"
+            ))),
+        }
+    }
+}

@@ -189,6 +189,58 @@ impl RawPage {
     }
 }
 
+/// An opened engine, with the embedded one's handle kept for its
+/// background rewrites.
+pub struct OpenedEngine {
+    /// The engine.
+    pub engine: std::sync::Arc<dyn Engine>,
+    edge: Option<std::sync::Arc<edge::EdgeEngine>>,
+}
+
+impl OpenedEngine {
+    /// Starts the embedded engine's background shard rewrites (a server
+    /// wants them once it is sure to run; an offline command does its own).
+    pub fn start_maintenance(&self) {
+        if let Some(edge) = &self.edge {
+            edge.start_maintenance();
+        }
+    }
+}
+
+/// Opens the engine `settings` choose; nothing runs in the background yet.
+pub fn open_engine(settings: &crate::settings::Settings) -> Result<OpenedEngine, StoreError> {
+    use std::sync::Arc;
+    Ok(match settings.store.kind {
+        crate::settings::StoreKind::Edge => {
+            let edge = Arc::new(edge::EdgeEngine::open(edge::EdgeSettings {
+                data_dir: settings.data_dir.clone(),
+                collection_prefix: settings.store.collection_prefix.clone(),
+                name_hex_chars: settings.store.name_hex_chars,
+                max_open_shards: settings.store.max_open_shards,
+                drill_skip_read_filter: settings.store.collision_drill,
+                purge_after: settings.store.purge_after,
+                wal_growth_bytes: settings.store.wal_growth_bytes,
+                min_free_bytes: settings.store.min_free_bytes,
+            })?);
+            OpenedEngine {
+                engine: Arc::new(edge.clone()),
+                edge: Some(edge),
+            }
+        }
+        crate::settings::StoreKind::Qdrant => OpenedEngine {
+            engine: Arc::new(Arc::new(qdrant::QdrantEngine::connect(
+                qdrant::QdrantSettings {
+                    connection: settings.store.qdrant.clone(),
+                    collection_prefix: settings.store.collection_prefix.clone(),
+                    name_hex_chars: settings.store.name_hex_chars,
+                    drill_skip_read_filter: settings.store.collision_drill,
+                },
+            )?)),
+            edge: None,
+        },
+    })
+}
+
 /// Whether `name` is a user's collection (or shard directory) under `prefix`:
 /// the prefix followed by hex digits only, which no system collection is.
 pub fn is_user_collection(name: &str, prefix: &str) -> bool {
@@ -196,7 +248,12 @@ pub fn is_user_collection(name: &str, prefix: &str) -> bool {
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// A storage backend. Every method is scoped to one owner.
+/// A rewrite of one stored payload (point id, payload); `true` when it
+/// changed it. See [`Engine::reseal_all`].
+pub type Reseal = std::sync::Arc<dyn Fn(Uuid, &mut Map<String, Value>) -> bool + Send + Sync>;
+
+/// A storage backend. Every method is scoped to one owner, except the two
+/// offline maintenance calls at the end, which the server never makes.
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// Writes memories into the owner's collection, creating it if needed.
@@ -235,4 +292,15 @@ pub trait Engine: Send + Sync {
     async fn ready(&self) -> Result<(), StoreError>;
     /// Flushes and closes everything; called once at shutdown.
     async fn shutdown(&self);
+    /// Every owner hash stored in any collection (offline maintenance only:
+    /// `cordon keys migrate`, with no server running).
+    async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError>;
+    /// Passes every stored payload through `reseal` and keeps what it
+    /// changed, durably; returns how many changed (offline maintenance only).
+    /// `progress(done, total)` follows the collections.
+    async fn reseal_all(
+        &self,
+        reseal: Reseal,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<usize, StoreError>;
 }

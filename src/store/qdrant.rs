@@ -23,9 +23,9 @@ use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeleteCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter,
-    HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct, Query,
-    QueryPointsBuilder, ScrollPointsBuilder, UpsertPointsBuilder, Value as QValue,
-    VectorParamsBuilder, WalConfigDiffBuilder,
+    HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, Query,
+    QueryPointsBuilder, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder,
+    Value as QValue, VectorParamsBuilder, WalConfigDiffBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use tokio::sync::RwLock;
@@ -531,6 +531,22 @@ impl QdrantEngine {
     }
 }
 
+impl QdrantEngine {
+    /// Names of the deployment's user collections.
+    async fn user_collections(&self) -> Result<Vec<String>, StoreError> {
+        let listed = self.client.list_collections().await.map_err(store_err)?;
+        let prefix = &self.settings.collection_prefix;
+        let mut names: Vec<String> = listed
+            .collections
+            .into_iter()
+            .map(|c| c.name)
+            .filter(|name| super::is_user_collection(name, prefix))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
 #[async_trait]
 impl Engine for Arc<QdrantEngine> {
     async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
@@ -572,6 +588,70 @@ impl Engine for Arc<QdrantEngine> {
 
     async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
         self.bounded(self.count_op(owner)).await
+    }
+
+    async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError> {
+        let mut owners = std::collections::BTreeSet::new();
+        for name in self.user_collections().await? {
+            let mut after = None;
+            loop {
+                let page = self.scroll_filtered(&name, None, after, 256).await?;
+                for point in &page.points {
+                    if let Some(hex) = point.payload.get(OWNER_FIELD).and_then(|v| v.as_str()) {
+                        owners.insert(hex.to_owned());
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(owners
+            .iter()
+            .filter_map(|hex| OwnerHash::from_hex(hex))
+            .collect())
+    }
+
+    async fn reseal_all(
+        &self,
+        reseal: super::Reseal,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<usize, StoreError> {
+        let names = self.user_collections().await?;
+        let total = names.len() as u64;
+        let mut changed = 0;
+        for (done, name) in names.iter().enumerate() {
+            let mut after = None;
+            loop {
+                let page = self.scroll_filtered(name, None, after, 256).await?;
+                for mut point in page.points {
+                    if !reseal(point.id, &mut point.payload) {
+                        continue;
+                    }
+                    let payload = Payload::try_from(serde_json::Value::Object(point.payload))
+                        .map_err(|e| StoreError::Internal(e.to_string()))?;
+                    let ids = PointsIdsList {
+                        ids: vec![PointId::from(point.id.to_string())],
+                    };
+                    self.client
+                        .overwrite_payload(
+                            SetPayloadPointsBuilder::new(name, payload)
+                                .points_selector(ids)
+                                .wait(true),
+                        )
+                        .await
+                        .map_err(store_err)?;
+                    changed += 1;
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            progress(done as u64 + 1, total);
+        }
+        Ok(changed)
     }
 
     async fn holds_memories(&self) -> Result<bool, StoreError> {

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use cordon::app::Application;
 use cordon::seal::file_vault::FileVault;
+use cordon::seal::migrate;
 use cordon::seal::rotate::rotate;
 use cordon::seal::setup::keyring;
+use cordon::seal::vault::{Marker, Vault};
 use cordon::store::edge::{EdgeEngine, EdgeSettings};
 use cordon::store::{Engine, NewMemory, Sealed};
 use reqwest::StatusCode;
@@ -284,7 +286,7 @@ async fn a_kek_on_plain_memories_and_no_kek_on_sealed_ones_both_refuse_to_start(
 #[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
 async fn on_a_qdrant_server_memories_are_sealed_keys_rotate_and_erase_shreds() {
     use cordon::seal::qdrant_vault::QdrantVault;
-    use cordon::seal::vault::{Vault, WrappedDek};
+    use cordon::seal::vault::WrappedDek;
 
     let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
     let prefix = format!(
@@ -403,6 +405,109 @@ async fn on_a_qdrant_server_memories_are_sealed_keys_rotate_and_erase_shreds() {
     // Tidy the test's users away.
     let app = crate::helpers::spawn_app_with(|s| on_qdrant(s, KEK_TWO, None)).await;
     for user in users {
+        app.delete("/v1/memories", &token("acme", user)).await;
+    }
+    app.stop().await;
+}
+
+async fn search_by_label(app: &TestApp, user: &str, label: &str) -> Vec<String> {
+    let r = app
+        .post(
+            "/v1/memories/search",
+            &token("acme", user),
+            &json!({ "query": "tea", "filter": { "label": label } }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.expect("json");
+    texts(&body["results"])
+}
+
+#[tokio::test]
+async fn migrate_seals_a_plain_data_directory_leaving_no_plain_text() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(dir.path(), |_| {}).await;
+    let canaries = store_canaries(&app, &["alice", "bob"]).await;
+    app.stop().await;
+
+    let mut s = settings(dir.path());
+    sealed_settings(&mut s);
+    let report = migrate::run(&s, &|_, _| {}).await.expect("migrated");
+    assert_eq!((report.owners, report.sealed), (2, 2));
+    let again = migrate::run(&s, &|_, _| {}).await.expect("migrated");
+    assert_eq!(again.sealed, 0, "a second run seals nothing twice");
+    for (_, text, meta) in &canaries {
+        for needle in [text, meta] {
+            let found = files_containing(dir.path(), needle.as_bytes());
+            assert!(found.is_empty(), "{needle} in {found:?}");
+        }
+    }
+
+    let app = spawn_app_on(dir.path(), sealed_settings).await;
+    for (user, text, meta) in &canaries {
+        let found = search_by_label(&app, user, meta).await;
+        assert_eq!(found.len(), 1, "{user}");
+        assert!(found[0].starts_with(text.as_str()));
+    }
+    app.stop().await;
+    let message = build_error(dir.path(), |_| {}).await;
+    assert!(message.contains("CORDON_KEK"), "{message}");
+}
+
+#[tokio::test]
+async fn an_interrupted_migration_keeps_every_server_off_until_it_is_run_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(dir.path(), |_| {}).await;
+    app.store_texts(&token("acme", "alice"), &["plain"]).await;
+    app.stop().await;
+    FileVault::new(dir.path())
+        .mark(Marker::Sealing)
+        .await
+        .expect("marked");
+    for configure in [
+        sealed_settings as fn(&mut cordon::settings::Settings),
+        |_| {},
+    ] {
+        let message = build_error(dir.path(), configure).await;
+        assert!(message.contains("cordon keys migrate"), "{message}");
+    }
+    let mut s = settings(dir.path());
+    sealed_settings(&mut s);
+    migrate::run(&s, &|_, _| {}).await.expect("migrated");
+    let app = spawn_app_on(dir.path(), sealed_settings).await;
+    assert_eq!(list(&app, "alice").await, ["plain"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
+async fn migrate_seals_a_plain_deployment_on_a_qdrant_server() {
+    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
+    let prefix = format!(
+        "cordon_test_{}_",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let on_qdrant = |s: &mut cordon::settings::Settings, sealed: bool| {
+        crate::qdrant::use_qdrant_at(s, url.clone());
+        s.store.collection_prefix = prefix.clone();
+        if sealed {
+            seal_with(s, KEK_ONE, None);
+        }
+    };
+    let app = crate::helpers::spawn_app_with(|s| on_qdrant(s, false)).await;
+    let canaries = store_canaries(&app, &["alice", "bob"]).await;
+    app.stop().await;
+
+    let mut s = settings(Path::new("/nonexistent"));
+    on_qdrant(&mut s, true);
+    let report = migrate::run(&s, &|_, _| {}).await.expect("migrated");
+    assert_eq!((report.owners, report.sealed), (2, 2));
+
+    let app = crate::helpers::spawn_app_with(|s| on_qdrant(s, true)).await;
+    for (user, text, meta) in &canaries {
+        let found = search_by_label(&app, user, meta).await;
+        assert_eq!(found.len(), 1, "{user}");
+        assert!(found[0].starts_with(text.as_str()));
         app.delete("/v1/memories", &token("acme", user)).await;
     }
     app.stop().await;

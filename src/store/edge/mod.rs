@@ -753,4 +753,26 @@ impl Engine for Arc<EdgeEngine> {
         })
         .await;
     }
+
+    async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError> {
+        let this = self.clone();
+        EdgeEngine::blocking(move || this.owners_blocking()).await
+    }
+
+    async fn reseal_all(
+        &self,
+        reseal: super::Reseal,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<usize, StoreError> {
+        let this = self.clone();
+        let names = EdgeEngine::blocking(move || this.shard_names()).await?;
+        let total = names.len() as u64;
+        let mut changed = 0;
+        for (done, name) in names.into_iter().enumerate() {
+            let (this, reseal) = (self.clone(), reseal.clone());
+            changed += EdgeEngine::blocking(move || this.reseal_blocking(&name, &reseal)).await?;
+            progress(done as u64 + 1, total);
+        }
+        Ok(changed)
+    }
 }

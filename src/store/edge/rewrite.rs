@@ -59,9 +59,105 @@ fn is_delete(op: &UpdateOperation) -> bool {
     )
 }
 
+/// A change made to each payload as it is copied (offline migration).
+pub type Transform<'a> =
+    &'a (dyn Fn(uuid::Uuid, &mut serde_json::Map<String, serde_json::Value>) -> bool + Send + Sync);
+
 impl EdgeEngine {
     /// Rewrites shard `name` now (blocking; run on the blocking pool).
     pub fn rewrite_blocking(&self, name: &str) -> Result<Outcome, StoreError> {
+        self.rewrite_with(name, None)
+    }
+
+    /// Names of the user shard directories.
+    pub(super) fn shard_names(&self) -> Result<Vec<String>, StoreError> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| files::storage_err(&format!("cannot read {}", self.root.display()), e))?;
+        let prefix = &self.settings.collection_prefix;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| crate::store::is_user_collection(name, prefix))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every owner hash in any shard (offline migration).
+    pub(super) fn owners_blocking(&self) -> Result<Vec<crate::owner::OwnerHash>, StoreError> {
+        let mut owners = std::collections::BTreeSet::new();
+        for name in self.shard_names()? {
+            let slot = self.pool.slot(&name)?;
+            let mut offset = None;
+            loop {
+                let page = slot.read(|shard| {
+                    shard
+                        .scroll(ScrollRequest {
+                            offset,
+                            limit: Some(COPY_PAGE),
+                            filter: None,
+                            with_payload: Some(WithPayloadInterface::Bool(true)),
+                            with_vector: WithVector::Bool(false),
+                            order_by: None,
+                        })
+                        .map_err(engine_err)
+                })?;
+                let Some((records, next)) = page else { break };
+                for record in records {
+                    let owner = record
+                        .payload
+                        .as_ref()
+                        .and_then(|p| p.0.get(crate::store::OWNER_FIELD))
+                        .and_then(serde_json::Value::as_str)
+                        .and_then(crate::owner::OwnerHash::from_hex);
+                    if let Some(owner) = owner {
+                        owners.insert(owner.to_hex());
+                    }
+                }
+                match next {
+                    Some(next) => offset = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(owners
+            .iter()
+            .filter_map(|hex| crate::owner::OwnerHash::from_hex(hex))
+            .collect())
+    }
+
+    /// Rewrites shard `name` with `reseal` applied to every payload, so
+    /// that no old payload stays in its files; returns how many changed.
+    pub(super) fn reseal_blocking(
+        &self,
+        name: &str,
+        reseal: &crate::store::Reseal,
+    ) -> Result<usize, StoreError> {
+        let changed = std::sync::atomic::AtomicUsize::new(0);
+        let counting = |id, payload: &mut serde_json::Map<String, serde_json::Value>| {
+            let did = reseal(id, payload);
+            if did {
+                changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            did
+        };
+        match self.rewrite_with(name, Some(&counting))? {
+            Outcome::Rewritten { .. } | Outcome::Gone => {
+                Ok(changed.load(std::sync::atomic::Ordering::Relaxed))
+            }
+            Outcome::Cancelled => Err(StoreError::Unavailable(format!(
+                "the rewrite of shard {} was cancelled",
+                self.shard_tag(name)
+            ))),
+        }
+    }
+
+    /// Rewrites shard `name`, passing each payload through `transform`.
+    fn rewrite_with(
+        &self,
+        name: &str,
+        transform: Option<Transform<'_>>,
+    ) -> Result<Outcome, StoreError> {
         let slot = self.pool.slot(name)?;
         if !slot.ensure_open(false)? {
             return Ok(Outcome::Gone);
@@ -82,7 +178,7 @@ impl EdgeEngine {
         // A panic (qdrant-edge panics on I/O errors) is an error like any
         // other here: the journal must stop and the copy must go.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.copy_and_swap(&slot, generation, &building)
+            self.copy_and_swap(&slot, generation, &building, transform)
         }))
         .unwrap_or_else(|_| Err(StoreError::Internal("a shard rewrite panicked".into())));
         if !matches!(result, Ok(Outcome::Rewritten { .. })) {
@@ -120,6 +216,7 @@ impl EdgeEngine {
         slot: &Slot,
         generation: u64,
         building: &std::path::Path,
+        transform: Option<Transform<'_>>,
     ) -> Result<Outcome, StoreError> {
         // Leftovers of an earlier failed attempt in this process. A `.swap-`
         // left behind would replace the live shard at the next start.
@@ -162,11 +259,21 @@ impl EdgeEngine {
                     .map_err(engine_err)?
             };
             let (records, next) = page;
-            let batch = records
+            let mut batch = records
                 .into_iter()
                 .map(PointStructPersisted::try_from)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(engine_err)?;
+            if let Some(transform) = transform {
+                for point in &mut batch {
+                    if let qdrant_edge::PointId::Uuid(id) = point.id {
+                        let payload = point
+                            .payload
+                            .get_or_insert_with(|| qdrant_edge::Payload(Default::default()));
+                        transform(id, &mut payload.0);
+                    }
+                }
+            }
             points += batch.len();
             if !batch.is_empty() {
                 fresh
