@@ -512,8 +512,11 @@ impl ServeArgs {
             (None, Some(path)) => read_key_file(path).map(Some),
             (None, None) => Ok(None),
         };
-        let kek = optional_key(self.kek, &self.kek_file)?;
-        let previous = optional_key(self.kek_previous, &self.kek_previous_file)?;
+        // An empty value is unset: compose files pass `CORDON_KEK: ""` when
+        // the operator leaves encryption off.
+        let set = |key: Option<Secret>| key.filter(|k| !trimmed(k.expose()).is_empty());
+        let kek = set(optional_key(self.kek, &self.kek_file)?);
+        let previous = set(optional_key(self.kek_previous, &self.kek_previous_file)?);
         if previous.is_some() && kek.is_none() {
             return Err(SettingsError::Invalid(
                 "CORDON_KEK_PREVIOUS is set without CORDON_KEK".into(),
@@ -706,6 +709,38 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let second = load_or_create_secret(&path).expect("reused");
         assert_eq!(first.expose(), second.expose());
+    }
+
+    fn serve_args(data_dir: &Path, extra: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let dir = data_dir.to_str().expect("utf-8 temp dir");
+        let mut argv = vec!["cordon", "--data-dir", dir];
+        argv.extend_from_slice(extra);
+        <Wrapper as clap::Parser>::try_parse_from(argv)
+            .expect("valid flags")
+            .args
+    }
+
+    #[test]
+    fn a_kek_is_checked_at_start_and_an_empty_one_means_off() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let good = "ab".repeat(32);
+        let on = serve_args(dir.path(), &["--kek", &good]).into_settings();
+        assert!(on.expect("valid").seal.is_some());
+        let off = serve_args(dir.path(), &["--kek", " "]).into_settings();
+        assert!(off.expect("valid").seal.is_none());
+        let bad = serve_args(dir.path(), &["--kek", "not a key"]).into_settings();
+        assert!(matches!(bad, Err(SettingsError::Invalid(_))));
+        let secret = "cd".repeat(32);
+        let reused =
+            serve_args(dir.path(), &["--server-secret", &secret, "--kek", &secret]).into_settings();
+        assert!(matches!(reused, Err(SettingsError::Invalid(m)) if m.contains("differ")));
+        let orphan = serve_args(dir.path(), &["--kek-previous", &good]).into_settings();
+        assert!(matches!(orphan, Err(SettingsError::Invalid(_))));
     }
 
     #[test]
