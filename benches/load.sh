@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start a fresh release Cordon on loopback, run the load tool against it, stop it.
 #
-#   benches/load.sh [--collision] [--qdrant URL] [-- LOAD TOOL FLAGS...]
+#   benches/load.sh [--collision] [--qdrant URL] [--sealed] [-- LOAD TOOL FLAGS...]
 #
 #   --collision   start the server with CORDON_COLLECTION_HEX_CHARS=${HEX_CHARS:-1}
 #                 and CORDON_COLLISION_DRILL=true (users share collections and
@@ -11,6 +11,7 @@
 #   --qdrant URL  use a running Qdrant 1.18+ (gRPC URL) instead of the embedded
 #                 engine; collections get a fresh prefix and are erased by the
 #                 tool's users at the end.
+#   --sealed      start the server with a fresh KEK: memories encrypted at rest.
 #
 # CORDON_BIN runs that server binary instead of building this checkout's
 # (for before/after runs of the same load tool against two builds).
@@ -24,10 +25,12 @@ source scripts/env.sh
 
 collision=false
 qdrant_url=""
+sealed=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --collision) collision=true; shift ;;
     --qdrant) qdrant_url="${2:?--qdrant needs a gRPC URL}"; shift 2 ;;
+    --sealed) sealed=true; shift ;;
     --) shift; break ;;
     *) echo "load.sh: unknown flag $1" >&2; exit 2 ;;
   esac
@@ -54,6 +57,9 @@ server_env=(
 if $collision; then
   server_env+=(CORDON_COLLECTION_HEX_CHARS="${HEX_CHARS:-1}" CORDON_COLLISION_DRILL=true)
   set -- --collision "$@"
+fi
+if $sealed; then
+  server_env+=(CORDON_KEK="$(hex)")
 fi
 if [ -n "$qdrant_url" ]; then
   server_env+=(CORDON_STORE=qdrant CORDON_QDRANT_URL="$qdrant_url"
@@ -90,7 +96,7 @@ if ! $up; then
   exit 2
 fi
 
-echo "load.sh: server on 127.0.0.1:$port ($([ -n "$qdrant_url" ] && echo "Qdrant at $qdrant_url" || echo embedded)), collision drill: $collision" >&2
+echo "load.sh: server on 127.0.0.1:$port ($([ -n "$qdrant_url" ] && echo "Qdrant at $qdrant_url" || echo embedded)), collision drill: $collision, sealed: $sealed" >&2
 rc=0
 cargo bench --locked --quiet --bench load -- --url "http://127.0.0.1:$port" "$@" || rc=$?
 echo "server log: $log ($(grep -c cross_tenant_leak_detected "$log" || true) cross_tenant_leak_detected lines)"
