@@ -32,10 +32,14 @@ pub struct GuardedStore {
 
 impl From<SealError> for StoreError {
     fn from(e: SealError) -> Self {
-        // The key store is part of storage: when it cannot be read the
-        // request fails like any storage outage, and says nothing more.
-        tracing::error!(error = %e, "key store");
-        StoreError::Unavailable(e.to_string())
+        // The key store is part of storage: a request it fails gets 503 and
+        // says nothing more. An unreachable key store may come back; a key
+        // that does not open is the operator's to fix, and is logged as an
+        // error where storage errors become responses.
+        match e {
+            SealError::Vault(_) => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Engine(e.to_string()),
+        }
     }
 }
 

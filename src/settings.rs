@@ -184,23 +184,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CORDON_IN_FLIGHT_WAIT_MS", default_value_t = 1000)]
     pub in_flight_wait_ms: u64,
     /// Key-encryption key (64 hex digits or the base64 of 32 bytes); set, memories are encrypted at rest.
-    #[arg(
-        long,
-        env = "CORDON_KEK",
-        hide_env_values = true,
-        conflicts_with = "kek_file"
-    )]
+    #[arg(long, env = "CORDON_KEK", hide_env_values = true)]
     pub kek: Option<Secret>,
     /// File holding the KEK, instead of `CORDON_KEK`.
     #[arg(long, env = "CORDON_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
     /// The previous KEK, accepted for unwrapping until `cordon keys rotate` has re-wrapped every key.
-    #[arg(
-        long,
-        env = "CORDON_KEK_PREVIOUS",
-        hide_env_values = true,
-        conflicts_with = "kek_previous_file"
-    )]
+    #[arg(long, env = "CORDON_KEK_PREVIOUS", hide_env_values = true)]
     pub kek_previous: Option<Secret>,
     /// File holding the previous KEK, instead of `CORDON_KEK_PREVIOUS`.
     #[arg(long, env = "CORDON_KEK_PREVIOUS_FILE")]
@@ -507,16 +497,35 @@ impl ServeArgs {
                 ));
             }
         }
-        let optional_key = |value: Option<Secret>, file: &Option<PathBuf>| match (value, file) {
-            (Some(key), _) => Ok(Some(key)),
-            (None, Some(path)) => read_key_file(path).map(Some),
-            (None, None) => Ok(None),
-        };
         // An empty value is unset: compose files pass `CORDON_KEK: ""` when
-        // the operator leaves encryption off.
-        let set = |key: Option<Secret>| key.filter(|k| !trimmed(k.expose()).is_empty());
-        let kek = set(optional_key(self.kek, &self.kek_file)?);
-        let previous = set(optional_key(self.kek_previous, &self.kek_previous_file)?);
+        // the operator leaves encryption off. An empty file is an error: it
+        // is a KEK that failed to arrive, and must not mean "off".
+        let optional_key = |name: &str, value: Option<Secret>, file: &Option<PathBuf>| {
+            let value = value.filter(|k| !trimmed(k.expose()).is_empty());
+            match (value, file) {
+                (Some(_), Some(_)) => Err(SettingsError::Invalid(format!(
+                    "set {name} or {name}_FILE, not both"
+                ))),
+                (Some(key), None) => Ok(Some(key)),
+                (None, Some(path)) => {
+                    let key = read_key_file(path)?;
+                    if key.is_empty() {
+                        return Err(SettingsError::Invalid(format!(
+                            "{name}_FILE {} is empty",
+                            path.display()
+                        )));
+                    }
+                    Ok(Some(key))
+                }
+                (None, None) => Ok(None),
+            }
+        };
+        let kek = optional_key("CORDON_KEK", self.kek, &self.kek_file)?;
+        let previous = optional_key(
+            "CORDON_KEK_PREVIOUS",
+            self.kek_previous,
+            &self.kek_previous_file,
+        )?;
         if previous.is_some() && kek.is_none() {
             return Err(SettingsError::Invalid(
                 "CORDON_KEK_PREVIOUS is set without CORDON_KEK".into(),
@@ -741,6 +750,17 @@ mod tests {
         assert!(matches!(reused, Err(SettingsError::Invalid(m)) if m.contains("differ")));
         let orphan = serve_args(dir.path(), &["--kek-previous", &good]).into_settings();
         assert!(matches!(orphan, Err(SettingsError::Invalid(_))));
+        let empty_file = dir.path().join("kek.hex");
+        std::fs::write(&empty_file, "\n").expect("write");
+        let file = empty_file.to_str().expect("utf-8");
+        let missing = serve_args(dir.path(), &["--kek-file", file]).into_settings();
+        assert!(matches!(missing, Err(SettingsError::Invalid(m)) if m.contains("empty")));
+        let blank_value =
+            serve_args(dir.path(), &["--kek", "", "--kek-file", file]).into_settings();
+        assert!(matches!(blank_value, Err(SettingsError::Invalid(m)) if m.contains("empty")));
+        std::fs::write(&empty_file, &good).expect("write");
+        let from_file = serve_args(dir.path(), &["--kek", "", "--kek-file", file]).into_settings();
+        assert!(from_file.expect("valid").seal.is_some());
     }
 
     #[test]

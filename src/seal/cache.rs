@@ -21,8 +21,12 @@ pub struct DekCache {
     ttl: Duration,
 }
 
+/// A cached owner: its keys, the wrapped form they came from (so a write can
+/// tell whether the vault still holds the same key), and when.
+type Entry = (Arc<RecordKeys>, String, Instant);
+
 struct Inner {
-    entries: HashMap<OwnerHash, (Arc<RecordKeys>, Instant)>,
+    entries: HashMap<OwnerHash, Entry>,
     // Insertion order, oldest first; an element whose time no longer matches
     // its entry is stale (the entry was removed or replaced) and is skipped.
     order: VecDeque<(OwnerHash, Instant)>,
@@ -41,28 +45,24 @@ impl DekCache {
         }
     }
 
-    /// The owner's keys, unless absent or expired.
-    pub fn get(&self, owner: &OwnerHash) -> Option<Arc<RecordKeys>> {
+    /// The owner's keys and their wrapped form, unless absent or expired.
+    /// Every call also drops the entries that have expired, so that an idle
+    /// server does not hold keys past their time.
+    pub fn get(&self, owner: &OwnerHash) -> Option<(Arc<RecordKeys>, String)> {
         let mut inner = self.inner.lock();
-        match inner.entries.get(owner) {
-            Some((keys, at)) if at.elapsed() < self.ttl => Some(keys.clone()),
-            Some(_) => {
-                inner.entries.remove(owner);
-                None
-            }
-            None => None,
-        }
+        self.evict(&mut inner, Instant::now(), usize::MAX);
+        inner
+            .entries
+            .get(owner)
+            .map(|(keys, wrapped, _)| (keys.clone(), wrapped.clone()))
     }
 
-    /// Caches the owner's keys, evicting expired entries and, when full,
-    /// the oldest.
-    pub fn insert(&self, owner: &OwnerHash, keys: Arc<RecordKeys>) {
-        let mut inner = self.inner.lock();
-        let now = Instant::now();
+    /// Drops expired entries, and the oldest while more than `keep` remain.
+    fn evict(&self, inner: &mut Inner, now: Instant, keep: usize) {
         while let Some((oldest, at)) = inner.order.front().cloned() {
-            let live = inner.entries.get(&oldest).is_some_and(|(_, t)| *t == at);
+            let live = inner.entries.get(&oldest).is_some_and(|(_, _, t)| *t == at);
             let expired = now.duration_since(at) >= self.ttl;
-            if live && !expired && inner.entries.len() < self.capacity {
+            if live && !expired && inner.entries.len() <= keep {
                 break;
             }
             inner.order.pop_front();
@@ -70,7 +70,15 @@ impl DekCache {
                 inner.entries.remove(&oldest);
             }
         }
-        inner.entries.insert(owner.clone(), (keys, now));
+    }
+
+    /// Caches the owner's keys, evicting expired entries and, when full,
+    /// the oldest.
+    pub fn insert(&self, owner: &OwnerHash, keys: Arc<RecordKeys>, wrapped: String) {
+        let mut inner = self.inner.lock();
+        let now = Instant::now();
+        self.evict(&mut inner, now, self.capacity - 1);
+        inner.entries.insert(owner.clone(), (keys, wrapped, now));
         inner.order.push_back((owner.clone(), now));
     }
 
@@ -104,7 +112,7 @@ mod tests {
     fn the_cache_holds_at_most_its_bound_and_forgets_the_oldest() {
         let cache = DekCache::new(3, Duration::from_secs(60));
         for i in 0..5 {
-            cache.insert(&owner(i), Arc::new(Dek::random().keys()));
+            cache.insert(&owner(i), Arc::new(Dek::random().keys()), String::new());
         }
         assert_eq!(cache.len(), 3);
         assert!(cache.get(&owner(0)).is_none());
@@ -116,8 +124,10 @@ mod tests {
     #[test]
     fn an_entry_expires() {
         let cache = DekCache::new(3, Duration::from_millis(1));
-        cache.insert(&owner(1), Arc::new(Dek::random().keys()));
+        cache.insert(&owner(1), Arc::new(Dek::random().keys()), String::new());
         std::thread::sleep(Duration::from_millis(5));
-        assert!(cache.get(&owner(1)).is_none());
+        // Any read sweeps what has expired, not only the owner asked for.
+        assert!(cache.get(&owner(2)).is_none());
+        assert!(cache.is_empty());
     }
 }

@@ -9,6 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -73,11 +74,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to a fresh temporary file in `dir`, synced.
 fn temp_file(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
+    // Wrapped keys are no secret without the KEK, but nobody else needs
+    // to read them either.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let path = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)?;
     file.write_all(bytes)?;
     file.sync_all()?;
@@ -180,6 +187,28 @@ impl Vault for FileVault {
             Ok(keys)
         })
         .await
+    }
+
+    async fn any(&self) -> Result<Option<WrappedDek>, SealError> {
+        self.blocking(|dir| {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    return read(&path);
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    fn shared(&self) -> bool {
+        false
     }
 
     async fn marker(&self) -> Result<Marker, SealError> {

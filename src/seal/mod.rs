@@ -84,6 +84,9 @@ pub struct Sealer {
     // write, erase its write lock from destroying the key to removing the
     // memories: no store can land, under a destroyed key, after the erase.
     stripes: Vec<tokio::sync::RwLock<()>>,
+    // Bumped by every shred, per stripe: a key read from the vault before a
+    // shred of its owner is not put back into the cache after it.
+    shreds: Vec<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -102,27 +105,55 @@ impl Sealer {
             vault,
             cache: DekCache::new(cache.capacity, cache.ttl),
             stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+            shreds: (0..STRIPES)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
             metrics,
         }
     }
 
+    fn stripe_of(owner: &OwnerHash) -> usize {
+        // The owner hash is uniformly random; its first 64 bits pick the
+        // stripe.
+        let hex = owner.to_hex();
+        let n = u64::from_str_radix(&hex[..16], 16).expect("an owner hash is hex");
+        (n % STRIPES as u64) as usize
+    }
+
     /// The lock that orders `owner`'s stores against its erase.
     pub fn stripe(&self, owner: &OwnerHash) -> &tokio::sync::RwLock<()> {
-        let byte = owner.to_hex().as_bytes()[0] as usize;
-        &self.stripes[byte % STRIPES]
+        &self.stripes[Self::stripe_of(owner)]
+    }
+
+    fn shreds_of(&self, owner: &OwnerHash) -> u64 {
+        self.shreds[Self::stripe_of(owner)].load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The owner's record keys; created (and stored wrapped) when `create`
-    /// is set and the owner has none yet.
+    /// is set and the owner has none yet. `create` is what writes ask for:
+    /// when other replicas share the vault, a write also checks that the
+    /// cached key is still the vault's (an erase on another replica
+    /// destroys it), so that no write is sealed under a destroyed key.
     async fn keys(
         &self,
         owner: &OwnerHash,
         create: bool,
     ) -> Result<Option<Arc<RecordKeys>>, SealError> {
-        if let Some(keys) = self.cache.get(owner) {
-            return Ok(Some(keys));
+        let cached = self.cache.get(owner);
+        let recheck = create && self.vault.shared();
+        if let Some((keys, _)) = &cached
+            && !recheck
+        {
+            return Ok(Some(keys.clone()));
         }
-        let wrapped = match self.vault.get(owner).await? {
+        let shreds = self.shreds_of(owner);
+        let stored = self.vault.get(owner).await?;
+        if let (Some((keys, wrapped)), Some(stored)) = (&cached, &stored)
+            && wrapped == &stored.wrapped
+        {
+            return Ok(Some(keys.clone()));
+        }
+        let wrapped = match stored {
             Some(wrapped) => wrapped,
             None if create => {
                 let dek = Dek::random();
@@ -139,7 +170,9 @@ impl Sealer {
             None => return Ok(None),
         };
         let keys = Arc::new(self.unwrap(owner, &wrapped).await?.keys());
-        self.cache.insert(owner, keys.clone());
+        if self.shreds_of(owner) == shreds {
+            self.cache.insert(owner, keys.clone(), wrapped.wrapped);
+        }
         Ok(Some(keys))
     }
 
@@ -165,10 +198,9 @@ impl Sealer {
 
     /// The owner's record keys, created (and stored wrapped) if it has none.
     pub async fn keys_for(&self, owner: &OwnerHash) -> Result<Arc<RecordKeys>, SealError> {
-        Ok(self
-            .keys(owner, true)
+        self.keys(owner, true)
             .await?
-            .expect("keys are created when asked to"))
+            .ok_or_else(|| SealError::Vault("no key after creating one".into()))
     }
 
     /// Seals each memory's text, metadata and request digest, leaving only
@@ -249,6 +281,7 @@ impl Sealer {
     /// Destroys the owner's key, so that every copy of their memories is
     /// unreadable from now on.
     pub async fn shred(&self, owner: &OwnerHash) -> Result<(), SealError> {
+        self.shreds[Self::stripe_of(owner)].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.cache.remove(owner);
         self.vault.destroy(owner).await?;
         // A request that read the key before the destroy may have cached it
@@ -275,7 +308,8 @@ pub fn seal_payload(
     id: uuid::Uuid,
     payload: &mut Map<String, Value>,
 ) -> bool {
-    if payload.contains_key(SEALED_FIELD) {
+    if payload.contains_key(SEALED_FIELD) || !payload.get(TEXT_FIELD).is_some_and(Value::is_string)
+    {
         return false;
     }
     let Some(Value::String(text)) = payload.remove(TEXT_FIELD) else {
@@ -328,18 +362,27 @@ fn open_point(keys: &RecordKeys, owner: &OwnerHash, mut point: RawPoint) -> Opti
 /// Tags of every metadata value a filter can match (strings, integers,
 /// booleans at the top level).
 fn tags(keys: &RecordKeys, metadata: &Map<String, Value>) -> Vec<String> {
-    metadata
-        .iter()
-        .filter_map(|(key, value)| {
-            let value = match value {
-                Value::String(s) => TagValue::Str(s),
-                Value::Bool(b) => TagValue::Bool(*b),
-                Value::Number(n) => TagValue::Int(n.as_i64()?),
-                _ => return None,
-            };
-            Some(keys.tag(key, &value))
-        })
-        .collect()
+    let tag = |key: &str, value: &Value| {
+        let value = match value {
+            Value::String(s) => TagValue::Str(s),
+            Value::Bool(b) => TagValue::Bool(*b),
+            Value::Number(n) => TagValue::Int(n.as_i64()?),
+            _ => return None,
+        };
+        Some(keys.tag(key, &value))
+    };
+    let mut out = Vec::new();
+    for (key, value) in metadata {
+        match value {
+            // An engine's filter matches any element of an array; so do
+            // the tags.
+            Value::Array(items) => out.extend(items.iter().filter_map(|v| tag(key, v))),
+            v => out.extend(tag(key, v)),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn meta_tag(value: &MetaValue) -> TagValue<'_> {

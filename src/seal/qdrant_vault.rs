@@ -236,6 +236,39 @@ impl Vault for QdrantVault {
         }
     }
 
+    async fn any(&self) -> Result<Option<WrappedDek>, SealError> {
+        if !self.exists().await? {
+            return Ok(None);
+        }
+        // Two points: one of them may be the marker.
+        let page = self
+            .bounded(
+                self.client.scroll(
+                    ScrollPointsBuilder::new(&self.name)
+                        .limit(2)
+                        .with_payload(true)
+                        .with_vectors(false),
+                ),
+            )
+            .await?
+            .map_err(vault_err)?;
+        for point in page.result {
+            let payload: HashMap<String, serde_json::Value> = point
+                .payload
+                .into_iter()
+                .map(|(k, v)| (k, v.into_json()))
+                .collect();
+            if payload.contains_key("owner") {
+                return parse(payload).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn marker(&self) -> Result<Marker, SealError> {
         let text = self
             .read(marker_id())

@@ -91,7 +91,7 @@ pub async fn prepare(
 ) -> Result<Arc<SealGate>, SealError> {
     match check(settings, &*engine, metrics.clone()).await {
         Ok(sealer) => Ok(Arc::new(SealGate::decided(sealer))),
-        Err(e @ SealError::Mismatch(_)) => Err(e),
+        Err(e @ (SealError::Mismatch(_) | SealError::Corrupt(_) | SealError::BadKek(_))) => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "cannot check the encryption state yet; storage answers 503 until it can");
             let gate = Arc::new(SealGate::pending());
@@ -105,12 +105,12 @@ pub async fn prepare(
                             waiting.decide(Ok(sealer));
                             return;
                         }
-                        Err(SealError::Mismatch(message)) => {
-                            tracing::error!(error = %message, "storage stays closed");
-                            waiting.decide(Err(message));
+                        Err(SealError::Vault(_)) => continue,
+                        Err(e) => {
+                            tracing::error!(error = %e, "storage stays closed");
+                            waiting.decide(Err(e.to_string()));
                             return;
                         }
-                        Err(_) => continue,
                     }
                 }
             });
@@ -154,6 +154,27 @@ async fn check(
         vault.mark(Marker::Sealed).await?;
     }
     let keyring = keyring(seal)?;
+    // A wrong KEK would start a server that answers 503 to every user who
+    // has memories; one key tells.
+    if let Some(sample) = vault.any().await? {
+        let owner = crate::owner::OwnerHash::from_hex(&sample.owner)
+            .ok_or_else(|| SealError::Corrupt("a key names no valid owner hash".into()))?;
+        let kek = keyring.find(&sample.kek).ok_or_else(|| {
+            SealError::Mismatch(format!(
+                "the stored keys are wrapped by KEK {}, which is neither CORDON_KEK nor CORDON_KEK_PREVIOUS",
+                sample.kek
+            ))
+        })?;
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &sample.wrapped)
+                .map_err(|_| SealError::Corrupt("a wrapped key is not base64".into()))?;
+        kek.unwrap(&owner, &bytes).await.map_err(|_| {
+            SealError::Mismatch(format!(
+                "a stored key does not open with the configured KEK {}",
+                sample.kek
+            ))
+        })?;
+    }
     tracing::info!(
         kek = keyring.current().id(),
         "memories are encrypted at rest"

@@ -49,6 +49,12 @@ pub trait Vault: Send + Sync {
     async fn marker(&self) -> Result<Marker, SealError>;
     /// Sets the marker; durable when this returns.
     async fn mark(&self, marker: Marker) -> Result<(), SealError>;
+    /// One wrapped key, if there is any (the start-up check that the
+    /// configured KEKs open the vault).
+    async fn any(&self) -> Result<Option<WrappedDek>, SealError>;
+    /// Whether other processes write this vault too (replicas on one
+    /// Qdrant): then a cached key may have been destroyed elsewhere.
+    fn shared(&self) -> bool;
 }
 
 /// The deployment's state of encryption at rest, kept next to the keys.

@@ -4,20 +4,24 @@
 use std::path::Path;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use cordon::app::Application;
 use cordon::seal::file_vault::FileVault;
+use cordon::seal::kek::{Kek, LocalKek};
 use cordon::seal::migrate;
 use cordon::seal::rotate::rotate;
 use cordon::seal::setup::keyring;
 use cordon::seal::vault::{Marker, Vault};
+use cordon::secret::Secret;
 use cordon::store::edge::{EdgeEngine, EdgeSettings};
 use cordon::store::{Engine, NewMemory, Sealed};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    KEK_ONE, KEK_TWO, TestApp, assert_error, files_containing, files_containing_any, owner_of,
-    seal_with, settings, spawn_app_on, texts, token,
+    KEK_ONE, KEK_TWO, TestApp, files_containing, files_containing_any, owner_of, seal_with,
+    settings, spawn_app_on, texts, token,
 };
 
 /// Stores, for each user, one memory whose text and metadata value are
@@ -244,12 +248,16 @@ async fn rotation_keeps_every_memory_readable_and_the_old_kek_then_opens_nothing
     }
     app.stop().await;
 
-    let app = spawn_app_on(dir.path(), |s| seal_with(s, KEK_ONE, None)).await;
-    let r = app
-        .get("/v1/memories?limit=100", &token("acme", "alice"))
-        .await;
-    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable").await;
-    app.stop().await;
+    // The old KEK opens none of the keys, and a server given it alone
+    // refuses to start rather than answer 503 to everyone.
+    let old = LocalKek::parse(&Secret::new(KEK_ONE.as_bytes().to_vec())).expect("a KEK");
+    for wrapped in vault.all().await.expect("listed") {
+        let owner = cordon::owner::OwnerHash::from_hex(&wrapped.owner).expect("owner");
+        let bytes = BASE64.decode(&wrapped.wrapped).expect("base64");
+        assert!(old.unwrap(&owner, &bytes).await.is_err());
+    }
+    let message = build_error(dir.path(), |s| seal_with(s, KEK_ONE, None)).await;
+    assert!(message.contains("neither CORDON_KEK"), "{message}");
 }
 
 async fn build_error(
@@ -368,12 +376,33 @@ async fn on_a_qdrant_server_memories_are_sealed_keys_rotate_and_erase_shreds() {
     );
     app.stop().await;
 
-    let app = crate::helpers::spawn_app_with(|s| on_qdrant(s, KEK_ONE, None)).await;
-    let r = app
-        .get("/v1/memories?limit=10", &token("acme", "bob"))
-        .await;
-    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable").await;
-    app.stop().await;
+    let mut s = settings(Path::new("/nonexistent"));
+    on_qdrant(&mut s, KEK_ONE, None);
+    let embedder = cordon::embed::Embedder::start(&s.embed).expect("model");
+    match Application::build_with_embedder(s, embedder).await {
+        Ok(_) => panic!("a server with the old KEK alone started"),
+        Err(e) => assert!(e.to_string().contains("neither CORDON_KEK"), "{e}"),
+    }
+
+    // Two replicas: one has bob's key cached, the other erases bob. A store
+    // on the first afterwards must not be sealed under the destroyed key.
+    let one = crate::helpers::spawn_app_with(|s| on_qdrant(s, KEK_TWO, None)).await;
+    let two = crate::helpers::spawn_app_with(|s| on_qdrant(s, KEK_TWO, None)).await;
+    let bob = token("acme", "bob");
+    assert_eq!(
+        list(&one, "bob").await.len(),
+        1,
+        "bob's key is now cached on one"
+    );
+    assert_eq!(
+        two.delete("/v1/memories", &bob).await.status(),
+        StatusCode::OK
+    );
+    one.store_texts(&bob, &["after the erase"]).await;
+    assert_eq!(list(&two, "bob").await, ["after the erase"]);
+    assert_eq!(list(&one, "bob").await, ["after the erase"]);
+    one.stop().await;
+    two.stop().await;
 
     // The vault's writes: the first key created wins, and a key destroyed
     // meanwhile is not brought back by a re-wrap.
@@ -511,4 +540,33 @@ async fn migrate_seals_a_plain_deployment_on_a_qdrant_server() {
         app.delete("/v1/memories", &token("acme", user)).await;
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sealed_filter_matches_an_element_of_a_metadata_array_as_a_plain_one_does() {
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app = spawn_app_on(dir.path(), |s| {
+            if sealed {
+                sealed_settings(s)
+            }
+        })
+        .await;
+        let alice = token("acme", "alice");
+        let r = app
+            .post(
+                "/v1/memories",
+                &alice,
+                &json!({ "text": "green tea at four", "metadata": { "label": ["drinks", "habits"] } }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(
+            search_by_label(&app, "alice", "habits").await.len(),
+            1,
+            "sealed: {sealed}"
+        );
+        assert!(search_by_label(&app, "alice", "food").await.is_empty());
+        app.stop().await;
+    }
 }
