@@ -11,20 +11,17 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, FieldType, Filter,
-    PointStruct, Range, ScrollPointsBuilder, UpsertPointsBuilder, Vector,
+    PointStruct, Range, UpsertPointsBuilder, Vector,
 };
 use qdrant_client::{Payload, Qdrant};
 
 use super::rules::Change;
 use super::{AccessError, AccessLog};
 use crate::settings::QdrantConnection;
-use crate::store::qdrant::{client, store_err};
+use crate::store::qdrant::{client, scroll_payloads, store_err};
 
 /// Suffix of the system collection's name, after the deployment's prefix.
 pub const COLLECTION_SUFFIX: &str = "access";
-
-/// Points read per scroll page.
-const PAGE: u32 = 1_000;
 
 /// The change log in a Qdrant system collection.
 pub struct QdrantLog {
@@ -77,38 +74,15 @@ impl QdrantLog {
     }
 
     async fn scroll(&self, filter: Option<Filter>) -> Result<Vec<Change>, AccessError> {
-        let mut changes = Vec::new();
-        let mut offset = None;
-        loop {
-            let mut request = ScrollPointsBuilder::new(&self.name)
-                .limit(PAGE)
-                .with_payload(true)
-                .with_vectors(false);
-            if let Some(filter) = filter.clone() {
-                request = request.filter(filter);
-            }
-            if let Some(offset) = offset.take() {
-                request = request.offset(offset);
-            }
-            let page = self
-                .bounded(self.client.scroll(request))
-                .await?
-                .map_err(|e| AccessError::Store(store_err(e)))?;
-            for point in page.result {
-                let json: serde_json::Map<String, serde_json::Value> = point
-                    .payload
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_json()))
-                    .collect();
-                let change = serde_json::from_value(serde_json::Value::Object(json))
-                    .map_err(|e| AccessError::Corrupt(format!("{}: {e}", self.name)))?;
-                changes.push(change);
-            }
-            match page.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => return Ok(changes),
-            }
-        }
+        scroll_payloads(&self.client, &self.name, filter, self.timeout)
+            .await
+            .map_err(AccessError::Store)?
+            .into_iter()
+            .map(|json| {
+                serde_json::from_value(serde_json::Value::Object(json))
+                    .map_err(|e| AccessError::Corrupt(format!("{}: {e}", self.name)))
+            })
+            .collect()
     }
 
     async fn bounded<F: std::future::Future>(&self, call: F) -> Result<F::Output, AccessError> {

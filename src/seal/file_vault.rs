@@ -91,6 +91,23 @@ fn temp_file(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
     Ok(path)
 }
 
+/// The key files in `dir` (none when it does not exist yet).
+fn key_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 fn encode(dek: &WrappedDek) -> Vec<u8> {
     serde_json::to_vec(dek).expect("a wrapped key always serialises")
 }
@@ -170,19 +187,9 @@ impl Vault for FileVault {
 
     async fn all(&self) -> Result<Vec<WrappedDek>, SealError> {
         self.blocking(|dir| {
-            let entries = match fs::read_dir(dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            };
             let mut keys = Vec::new();
-            for entry in entries {
-                let path = entry?.path();
-                if path.extension().is_some_and(|e| e == "json")
-                    && let Some(dek) = read(&path)?
-                {
-                    keys.push(dek);
-                }
+            for path in key_files(dir)? {
+                keys.extend(read(&path)?);
             }
             Ok(keys)
         })
@@ -190,19 +197,9 @@ impl Vault for FileVault {
     }
 
     async fn any(&self) -> Result<Option<WrappedDek>, SealError> {
-        self.blocking(|dir| {
-            let entries = match fs::read_dir(dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let path = entry?.path();
-                if path.extension().is_some_and(|e| e == "json") {
-                    return read(&path);
-                }
-            }
-            Ok(None)
+        self.blocking(|dir| match key_files(dir)?.first() {
+            Some(path) => read(path),
+            None => Ok(None),
         })
         .await
     }

@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use super::SealError;
 use super::dek::{Dek, nonce_of};
+use super::vault::WrappedDek;
 use crate::owner::OwnerHash;
 use crate::secret::Secret;
 
@@ -172,6 +173,25 @@ impl Keyring {
         std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|k| k.id() == id)
+    }
+
+    /// The owner and data key a wrapped key holds, unwrapped by whichever
+    /// configured KEK wrapped it.
+    pub async fn open(&self, wrapped: &WrappedDek) -> Result<(OwnerHash, Dek), SealError> {
+        let owner = OwnerHash::from_hex(&wrapped.owner)
+            .ok_or_else(|| SealError::Corrupt("a key names no valid owner hash".into()))?;
+        let kek = self.find(&wrapped.kek).ok_or_else(|| {
+            SealError::Corrupt(format!(
+                "the key of owner {} is wrapped by KEK {}, which is neither CORDON_KEK nor CORDON_KEK_PREVIOUS",
+                owner.log_tag(),
+                wrapped.kek
+            ))
+        })?;
+        let bytes = BASE64
+            .decode(&wrapped.wrapped)
+            .map_err(|_| SealError::Corrupt("a wrapped key is not base64".into()))?;
+        let dek = kek.unwrap(&owner, &bytes).await?;
+        Ok((owner, dek))
     }
 }
 

@@ -183,17 +183,7 @@ impl Sealer {
                 owner.log_tag()
             )));
         }
-        let kek = self.keyring.find(&wrapped.kek).ok_or_else(|| {
-            SealError::Corrupt(format!(
-                "the key of owner {} is wrapped by KEK {}, which is not configured (set it as CORDON_KEK_PREVIOUS_FILE until `cordon keys rotate` has run)",
-                owner.log_tag(),
-                wrapped.kek
-            ))
-        })?;
-        let bytes = BASE64
-            .decode(&wrapped.wrapped)
-            .map_err(|_| SealError::Corrupt("a wrapped key is not base64".into()))?;
-        kek.unwrap(owner, &bytes).await
+        Ok(self.keyring.open(wrapped).await?.1)
     }
 
     /// The owner's record keys, created (and stored wrapped) if it has none.

@@ -20,11 +20,10 @@ use super::SealError;
 use super::vault::{Marker, Vault, WrappedDek};
 use crate::owner::OwnerHash;
 use crate::settings::QdrantConnection;
-use crate::store::qdrant::{client, store_err};
+use crate::store::qdrant::{client, json_payload, scroll_payloads, store_err};
 
 /// Suffix of the system collection's name, after the deployment's prefix.
 pub const COLLECTION_SUFFIX: &str = "keys";
-const PAGE: u32 = 1_000;
 
 /// Wrapped keys in a Qdrant system collection.
 pub struct QdrantVault {
@@ -90,10 +89,7 @@ impl QdrantVault {
         Ok(())
     }
 
-    async fn read(
-        &self,
-        id: Uuid,
-    ) -> Result<Option<HashMap<String, serde_json::Value>>, SealError> {
+    async fn read(&self, id: Uuid) -> Result<Option<Json>, SealError> {
         if !self.exists().await? {
             return Ok(None);
         }
@@ -107,12 +103,11 @@ impl QdrantVault {
             )
             .await?
             .map_err(vault_err)?;
-        Ok(found.result.into_iter().next().map(|p| {
-            p.payload
-                .into_iter()
-                .map(|(k, v)| (k, v.into_json()))
-                .collect()
-        }))
+        Ok(found
+            .result
+            .into_iter()
+            .next()
+            .map(|p| json_payload(p.payload)))
     }
 
     async fn write(
@@ -132,10 +127,18 @@ impl QdrantVault {
     }
 }
 
-fn parse(payload: HashMap<String, serde_json::Value>) -> Result<WrappedDek, SealError> {
-    serde_json::from_value(serde_json::Value::Object(payload.into_iter().collect()))
+fn parse(payload: Json) -> Result<WrappedDek, SealError> {
+    serde_json::from_value(serde_json::Value::Object(payload))
         .map_err(|e| SealError::Corrupt(format!("a wrapped key in Qdrant: {e}")))
 }
+
+/// The wrapped key a payload holds; `None` for the marker.
+fn key_of(payload: Json) -> Option<Result<WrappedDek, SealError>> {
+    payload.contains_key("owner").then(|| parse(payload))
+}
+
+/// A point's payload as JSON.
+type Json = serde_json::Map<String, serde_json::Value>;
 
 fn to_json(dek: &WrappedDek) -> serde_json::Value {
     serde_json::to_value(dek).expect("a wrapped key always serialises")
@@ -205,35 +208,12 @@ impl Vault for QdrantVault {
         if !self.exists().await? {
             return Ok(Vec::new());
         }
-        let mut keys = Vec::new();
-        let mut offset = None;
-        loop {
-            let mut request = ScrollPointsBuilder::new(&self.name)
-                .limit(PAGE)
-                .with_payload(true)
-                .with_vectors(false);
-            if let Some(offset) = offset.take() {
-                request = request.offset(offset);
-            }
-            let page = self
-                .bounded(self.client.scroll(request))
-                .await?
-                .map_err(vault_err)?;
-            for point in page.result {
-                let payload: HashMap<String, serde_json::Value> = point
-                    .payload
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_json()))
-                    .collect();
-                if payload.contains_key("owner") {
-                    keys.push(parse(payload)?);
-                }
-            }
-            match page.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => return Ok(keys),
-            }
-        }
+        scroll_payloads(&self.client, &self.name, None, self.timeout)
+            .await
+            .map_err(|e| SealError::Vault(e.to_string()))?
+            .into_iter()
+            .filter_map(key_of)
+            .collect()
     }
 
     async fn any(&self) -> Result<Option<WrappedDek>, SealError> {
@@ -252,17 +232,10 @@ impl Vault for QdrantVault {
             )
             .await?
             .map_err(vault_err)?;
-        for point in page.result {
-            let payload: HashMap<String, serde_json::Value> = point
-                .payload
-                .into_iter()
-                .map(|(k, v)| (k, v.into_json()))
-                .collect();
-            if payload.contains_key("owner") {
-                return parse(payload).map(Some);
-            }
-        }
-        Ok(None)
+        page.result
+            .into_iter()
+            .find_map(|point| key_of(json_payload(point.payload)))
+            .transpose()
     }
 
     fn shared(&self) -> bool {

@@ -11,7 +11,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use super::SealError;
 use super::kek::Keyring;
 use super::vault::{Vault, WrappedDek};
-use crate::owner::OwnerHash;
 
 /// What a rotation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -68,18 +67,7 @@ async fn rewrap_one(
     if wrapped.kek == current.id() {
         return Ok(Outcome::Current);
     }
-    let owner = OwnerHash::from_hex(&wrapped.owner)
-        .ok_or_else(|| SealError::Corrupt("a key names no valid owner hash".into()))?;
-    let old = keyring.find(&wrapped.kek).ok_or_else(|| {
-        SealError::Corrupt(format!(
-            "a key is wrapped by KEK {}, which is not configured",
-            wrapped.kek
-        ))
-    })?;
-    let bytes = BASE64
-        .decode(&wrapped.wrapped)
-        .map_err(|_| SealError::Corrupt("a wrapped key is not base64".into()))?;
-    let dek = old.unwrap(&owner, &bytes).await?;
+    let (owner, dek) = keyring.open(&wrapped).await?;
     let new = WrappedDek {
         owner: wrapped.owner.clone(),
         kek: current.id().to_owned(),

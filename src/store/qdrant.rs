@@ -181,6 +181,56 @@ async fn create_collection(
 }
 
 /// A client for `connection` (lazy: it connects on its first call).
+/// Every point's payload, as JSON, of the system collection `name` (the
+/// access log, the key vault), page by page, each call within `timeout`.
+pub async fn scroll_payloads(
+    client: &Qdrant,
+    name: &str,
+    filter: Option<Filter>,
+    timeout: std::time::Duration,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError> {
+    const PAGE: u32 = 1_000;
+    let mut payloads = Vec::new();
+    let mut offset = None;
+    loop {
+        let mut request = ScrollPointsBuilder::new(name)
+            .limit(PAGE)
+            .with_payload(true)
+            .with_vectors(false);
+        if let Some(filter) = filter.clone() {
+            request = request.filter(filter);
+        }
+        if let Some(offset) = offset.take() {
+            request = request.offset(offset);
+        }
+        let page = tokio::time::timeout(timeout, client.scroll(request))
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("Qdrant did not answer within {timeout:?}"))
+            })?
+            .map_err(store_err)?;
+        payloads.extend(
+            page.result
+                .into_iter()
+                .map(|point| json_payload(point.payload)),
+        );
+        match page.next_page_offset {
+            Some(next) => offset = Some(next),
+            None => return Ok(payloads),
+        }
+    }
+}
+
+/// A Qdrant payload as a JSON object.
+pub fn json_payload(
+    payload: impl IntoIterator<Item = (String, QValue)>,
+) -> serde_json::Map<String, serde_json::Value> {
+    payload
+        .into_iter()
+        .map(|(k, v)| (k, v.into_json()))
+        .collect()
+}
+
 pub fn client(connection: &QdrantConnection) -> Result<Qdrant, StoreError> {
     let mut builder = Qdrant::from_url(&connection.url)
         .timeout(connection.timeout)
