@@ -39,7 +39,36 @@ struct EmbeddingsRequest {
 struct Embedding {
     object: &'static str,
     index: usize,
-    embedding: Vec<f32>,
+    embedding: Vector,
+}
+
+/// A vector as `encoding_format` asks: a JSON array of floats, or the
+/// base64 of its little-endian `f32` bytes (what OpenAI's SDKs ask for by
+/// default, and decode with `frombuffer(..., float32)`).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Vector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+fn encode(format: Format, vector: Vec<f32>) -> Vector {
+    match format {
+        Format::Float => Vector::Float(vector),
+        Format::Base64 => {
+            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Vector::Base64(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                bytes,
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Float,
+    Base64,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,13 +99,15 @@ async fn embeddings(
             "model `{model}` is not served here; this server embeds with `{MODEL_NAME}`"
         )));
     }
-    if let Some(format) = &request.encoding_format
-        && format != "float"
-    {
-        return Err(ApiError::validation(
-            "only `encoding_format: \"float\"` is supported",
-        ));
-    }
+    let format = match request.encoding_format.as_deref() {
+        None | Some("float") => Format::Float,
+        Some("base64") => Format::Base64,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "`encoding_format` must be \"float\" or \"base64\", not `{other}`"
+            )));
+        }
+    };
     let texts = match request.input {
         Input::One(s) => vec![s],
         Input::Many(v) => v,
@@ -92,10 +123,10 @@ async fn embeddings(
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(index, embedding)| Embedding {
+        .map(|(index, vector)| Embedding {
             object: "embedding",
             index,
-            embedding,
+            embedding: encode(format, vector),
         })
         .collect();
     Ok(axum::Json(EmbeddingsResponse {

@@ -131,6 +131,56 @@ async fn a_list_longer_than_one_queue_piece_comes_back_in_order() {
 }
 
 #[tokio::test]
+async fn base64_encoding_carries_the_same_little_endian_floats() {
+    use base64::Engine as _;
+    let app = spawn_app().await;
+    let t = token("acme", "alice");
+    let input = json!(["The cat sits on the mat", "a second text"]);
+    let float: Value = app
+        .post(
+            "/v1/embeddings",
+            &t,
+            &json!({ "input": input, "encoding_format": "float" }),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let r = app
+        .post(
+            "/v1/embeddings",
+            &t,
+            &json!({ "input": input, "encoding_format": "base64" }),
+        )
+        .await;
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let packed: Value = r.json().await.expect("json");
+    for i in 0..2 {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(
+                packed["data"][i]["embedding"]
+                    .as_str()
+                    .expect("a base64 string"),
+            )
+            .expect("valid base64");
+        assert_eq!(bytes.len(), 384 * 4);
+        let decoded: Vec<f64> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect();
+        assert!(cosine(&decoded, &vector(&float["data"][i])) > 0.9999);
+    }
+    let r = app
+        .post(
+            "/v1/embeddings",
+            &t,
+            &json!({ "input": "x", "encoding_format": "int8" }),
+        )
+        .await;
+    assert_eq!(r.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
 async fn an_unknown_model_name_is_rejected() {
     let app = spawn_app().await;
     let r = app
