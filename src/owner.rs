@@ -57,6 +57,13 @@ impl OwnerHash {
         self.0.ct_eq(&decoded).into()
     }
 
+    /// Which of `buckets` this owner falls in (the hash is uniform, so its
+    /// first 64 bits spread owners evenly); for striped locks.
+    pub fn bucket(&self, buckets: usize) -> usize {
+        let first: [u8; 8] = self.0[..8].try_into().expect("a 32-byte hash has 8 bytes");
+        (u64::from_le_bytes(first) % buckets.max(1) as u64) as usize
+    }
+
     /// A short, non-reversible tag for logs: enough to correlate lines, too
     /// short to serve as a collection name.
     pub fn log_tag(&self) -> String {

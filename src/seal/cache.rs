@@ -87,13 +87,13 @@ impl DekCache {
         self.inner.lock().entries.remove(owner);
     }
 
-    /// Owners cached now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.lock().entries.len()
     }
 
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

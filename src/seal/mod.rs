@@ -113,11 +113,7 @@ impl Sealer {
     }
 
     fn stripe_of(owner: &OwnerHash) -> usize {
-        // The owner hash is uniformly random; its first 64 bits pick the
-        // stripe.
-        let hex = owner.to_hex();
-        let n = u64::from_str_radix(&hex[..16], 16).expect("an owner hash is hex");
-        (n % STRIPES as u64) as usize
+        owner.bucket(STRIPES)
     }
 
     /// The lock that orders `owner`'s stores against its erase.

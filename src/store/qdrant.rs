@@ -705,14 +705,7 @@ impl Engine for Arc<QdrantEngine> {
     }
 
     async fn holds_memories(&self) -> Result<bool, StoreError> {
-        let prefix = self.settings.collection_prefix.clone();
-        let listed = self
-            .bounded(async { self.client.list_collections().await.map_err(store_err) })
-            .await?;
-        Ok(listed
-            .collections
-            .iter()
-            .any(|c| crate::store::is_user_collection(&c.name, &prefix)))
+        Ok(!self.bounded(self.user_collections()).await?.is_empty())
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

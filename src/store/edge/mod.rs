@@ -709,19 +709,8 @@ impl Engine for Arc<EdgeEngine> {
     }
 
     async fn holds_memories(&self) -> Result<bool, StoreError> {
-        let (root, prefix) = (self.root.clone(), self.settings.collection_prefix.clone());
-        EdgeEngine::blocking(move || {
-            let entries = std::fs::read_dir(&root).map_err(|e| {
-                StoreError::Unavailable(format!("cannot read {}: {e}", root.display()))
-            })?;
-            Ok(entries.flatten().any(|entry| {
-                entry
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|name| super::is_user_collection(name, &prefix))
-            }))
-        })
-        .await
+        let this = self.clone();
+        EdgeEngine::blocking(move || Ok(!this.shard_names()?.is_empty())).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
