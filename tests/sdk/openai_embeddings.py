@@ -13,38 +13,19 @@ Exits non-zero on the first failed check. Run by scripts/sdk-tests.
 import argparse
 import base64
 import math
-import os
-import secrets
-import socket
 import struct
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 
 from openai import OpenAI
+
+from cordon_server import CordonServer, check
 
 MODEL = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cosine(a, b) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
-
-
-def check(condition: bool, what: str) -> None:
-    if not condition:
-        print(f"FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 def main() -> None:
@@ -53,36 +34,9 @@ def main() -> None:
     parser.add_argument("--model-dir", default="models")
     args = parser.parse_args()
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORDON_")}
-    env.update(
-        CORDON_BIND=f"127.0.0.1:{port}",
-        CORDON_JWT_HS256_SECRET=secrets.token_hex(32),
-        CORDON_MODEL_DIR=os.path.abspath(args.model_dir),
-        CORDON_MIN_FREE_BYTES="0",
-        RUST_LOG="warn",
-    )
-    with tempfile.TemporaryDirectory() as data:
-        env["CORDON_DATA_DIR"] = data
-        token = subprocess.run(
-            [args.bin, "token", "--tenant", "acme", "--sub", "sdk-user"],
-            env=env, check=True, capture_output=True, text=True,
-        ).stdout.strip()
-        server = subprocess.Popen([args.bin, "serve"], env=env)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(120):
-                try:
-                    urllib.request.urlopen(f"{base}/readyz", timeout=1)
-                    break
-                except Exception:
-                    if server.poll() is not None:
-                        sys.exit(f"cordon exited with {server.returncode}")
-                    time.sleep(0.5)
-            run_checks(OpenAI(base_url=f"{base}/v1", api_key=token))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with CordonServer(args.bin, args.model_dir) as server:
+        token = server.token("acme", "sdk-user")
+        run_checks(OpenAI(base_url=f"{server.base_url}/v1", api_key=token))
 
 
 def run_checks(client: OpenAI) -> None:
