@@ -13,10 +13,11 @@
 #                 tool's users at the end.
 #   --sealed      start the server with a fresh KEK: memories encrypted at rest.
 #
-# CORDON_BIN runs that server binary instead of building this checkout's
-# (for before/after runs of the same load tool against two builds).
+# The load tool is `cordon load` of this checkout's release build. CORDON_BIN
+# runs that server binary instead of the same build (for before/after runs of
+# the same load tool against two builds).
 #
-# Everything after `--` goes to the load tool (see `cargo bench --bench load -- --help`),
+# Everything after `--` goes to the load tool (see `cordon load --help`),
 # e.g. `-- --users 1000 --json /tmp/load.json`. The server's log is kept in
 # $LOAD_LOG (default: a temporary file, printed at the end).
 set -euo pipefail
@@ -37,11 +38,9 @@ while [ $# -gt 0 ]; do
 done
 
 scripts/setup >/dev/null
-if [ -z "${CORDON_BIN:-}" ]; then
-  cargo build --release --locked --quiet --bin cordon
-  CORDON_BIN="$CARGO_TARGET_DIR/release/cordon"
-fi
-cargo bench --locked --bench load --no-run
+cargo build --release --locked --quiet --bin cordon
+load_bin="$CARGO_TARGET_DIR/release/cordon"
+CORDON_BIN="${CORDON_BIN:-$load_bin}"
 
 data=$(mktemp -d)
 log=${LOAD_LOG:-$(mktemp --suffix=.cordon-server.log)}
@@ -98,6 +97,6 @@ fi
 
 echo "load.sh: server on 127.0.0.1:$port ($([ -n "$qdrant_url" ] && echo "Qdrant at $qdrant_url" || echo embedded)), collision drill: $collision, sealed: $sealed" >&2
 rc=0
-cargo bench --locked --quiet --bench load -- --url "http://127.0.0.1:$port" "$@" || rc=$?
+"$load_bin" load --url "http://127.0.0.1:$port" "$@" || rc=$?
 echo "server log: $log ($(grep -c cross_tenant_leak_detected "$log" || true) cross_tenant_leak_detected lines)"
 exit "$rc"

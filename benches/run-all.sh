@@ -21,7 +21,7 @@ mkdir -p "$out"
 
 scripts/setup
 cargo build --release --locked --bin cordon
-cargo bench --locked --no-run --bench load --bench naming --bench isolation --bench embedding --bench search
+cargo bench --locked --no-run --bench naming --bench isolation --bench embedding --bench search
 
 say() { echo "run-all: $*" >&2; }
 failed=()

@@ -1,6 +1,7 @@
-//! The command line: `cordon serve`, `cordon token` and `cordon keys`.
+//! The command line: `cordon serve`, `token`, `keys`, `export`, `import` and `load`.
 
 mod keys;
+mod transfer;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
-use crate::auth::mint_dev_token;
+use crate::auth::{Claims, Signer};
 use crate::secret::Secret;
 use crate::settings::ServeArgs;
 use crate::telemetry;
@@ -25,11 +26,17 @@ pub struct Cli {
 enum Command {
     /// Run the HTTP server.
     Serve(Box<ServeArgs>),
-    /// Print a development token signed with the HS256 secret.
+    /// Print a token signed with the HS256 secret or a private key.
     Token(TokenArgs),
     /// Manage the keys of encryption at rest.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Write one user's memories as NDJSON, through the API with their token.
+    Export(transfer::ExportArgs),
+    /// Store NDJSON memories for one user, through the API with their token.
+    Import(transfer::ImportArgs),
+    /// Drive a running Cordon with many users and count leaks.
+    Load(Box<crate::load::LoadArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,7 +52,14 @@ struct TokenArgs {
     ttl: Duration,
     /// HS256 secret to sign with.
     #[arg(long, env = "CORDON_JWT_HS256_SECRET", hide_env_values = true)]
-    jwt_hs256_secret: Secret,
+    jwt_hs256_secret: Option<Secret>,
+    /// A private key (PEM: RSA, P-256 or Ed25519) to sign with instead, for a
+    /// server configured with its public key.
+    #[arg(long)]
+    private_key_pem: Option<std::path::PathBuf>,
+    /// `kid` header, for a server reading a JWKS.
+    #[arg(long)]
+    kid: Option<String>,
     /// Name of the tenant claim.
     #[arg(long, env = "CORDON_JWT_TENANT_CLAIM", default_value = "tenant")]
     jwt_tenant_claim: String,
@@ -79,20 +93,26 @@ pub fn run() -> ExitCode {
         Command::Token(args) => token(args),
         Command::Serve(args) => serve(*args),
         Command::Keys(command) => keys::run(command),
+        Command::Export(args) => transfer::export(args),
+        Command::Import(args) => transfer::import(args),
+        Command::Load(args) => crate::load::main(*args),
     }
 }
 
 fn token(args: TokenArgs) -> ExitCode {
-    let secret = args.jwt_hs256_secret;
-    match mint_dev_token(
-        &secret,
-        &args.jwt_tenant_claim,
-        &args.tenant,
-        &args.sub,
-        args.ttl,
-        args.jwt_issuer.as_deref(),
-        args.jwt_audience.as_deref(),
-    ) {
+    let claims = Claims {
+        tenant_claim: &args.jwt_tenant_claim,
+        ttl: args.ttl,
+        issuer: args.jwt_issuer.as_deref(),
+        audience: args.jwt_audience.as_deref(),
+    };
+    let minted = Signer::from_options(
+        args.jwt_hs256_secret.as_ref(),
+        args.private_key_pem.as_deref(),
+        args.kid,
+    )
+    .and_then(|signer| signer.mint(&claims, &args.tenant, &args.sub));
+    match minted {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

@@ -5,6 +5,8 @@
 //! Texts are embedded locally ([`embed`]); every point read back passes the
 //! [`guard`] in the [`guarded`] store before the [`api`] returns it. With a
 //! KEK configured, memories are sealed at rest under a key per user ([`seal`]).
+//! The binary's commands live in [`cli`]; [`load`] is its leak and collision
+//! load tool (`cordon load`).
 
 pub mod access;
 pub mod api;
@@ -17,6 +19,7 @@ pub mod error;
 pub mod guard;
 pub mod guarded;
 pub mod limits;
+pub mod load;
 pub mod metrics;
 pub mod owner;
 pub mod seal;

@@ -13,7 +13,7 @@ pub use caller::{
     AuthState, Caller, bearer, client_locked, client_rejected, client_tag, owner_rejected,
 };
 pub use keys::{KeyError, load_keys};
-pub use mint::{MintError, mint_dev_token};
+pub use mint::{Claims, MintError, Signer, mint_dev_token};
 pub use verifier::{Principal, Verifier, VerifierConfig, is_identity};
 
 /// Why a token was refused. Logged with hashed identifiers only; every

@@ -3,6 +3,8 @@
 
 mod access;
 mod keys;
+mod load;
+mod transfer;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

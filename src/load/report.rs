@@ -108,6 +108,21 @@ impl Tally {
         )
     }
 
+    /// Users done, and requests, rate, errors and leaks for the progress bar.
+    pub fn bar_status(&self, elapsed: Duration) -> (usize, String) {
+        let inner = self.inner.lock();
+        let requests: usize = inner.latencies.values().map(Vec::len).sum();
+        let errors: u64 = inner.errors.values().sum();
+        let line = format!(
+            "requests {} ({:.0}/s) · errors {} · leaks {}",
+            requests,
+            requests as f64 / elapsed.as_secs_f64().max(1e-9),
+            errors,
+            inner.leaks
+        );
+        (inner.users_done, line)
+    }
+
     /// The final figures.
     pub fn summary(&self, elapsed: Duration, server: ServerDelta) -> Summary {
         let inner = self.inner.lock();

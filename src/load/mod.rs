@@ -1,8 +1,9 @@
 //! The load tool: many users at once against a running Cordon, every answer
 //! checked for other users' memories.
 //!
-//! Each simulated user gets an HS256 token for its own subject (minted here
-//! with the server's `CORDON_JWT_HS256_SECRET`), stores memories whose texts
+//! Each simulated user gets a token for its own subject, minted here with the
+//! server's `CORDON_JWT_HS256_SECRET` or, for a server that verifies with a
+//! public key, with the matching private key (`--private-key-pem`). It stores memories whose texts
 //! carry the user's canary tag, runs a mix of store, search, get, list and
 //! delete (some gets and deletes aimed at other users' ids), reads everything
 //! back and erases. `leaks` counts every foreign memory seen in any response
@@ -14,7 +15,7 @@
 //! run.
 //!
 //! ```text
-//! CORDON_JWT_HS256_SECRET=... cargo bench --bench load -- --url http://127.0.0.1:8080 \
+//! CORDON_JWT_HS256_SECRET=... cordon load --url http://127.0.0.1:8080 \
 //!     --users 1000 --memories 5 --ops 10 --clients 32 --json load.json
 //! ```
 
@@ -29,18 +30,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use cordon::auth::{MintError, mint_dev_token};
-use cordon::secret::Secret;
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;
 use serde_json::json;
+
+use crate::auth::{Claims, MintError, Signer};
+use crate::secret::Secret;
 
 use report::{ServerDelta, Tally};
 use workload::{LiveIds, Mix, Shared};
 
 /// Why the tool could not run (exit status 2).
 #[derive(Debug, thiserror::Error)]
-enum LoadError {
+pub enum LoadError {
     /// A flag has an unusable value.
     #[error("{0}")]
     Flag(String),
@@ -56,6 +60,9 @@ enum LoadError {
     /// A worker task died.
     #[error("a worker task failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     /// The JSON report could not be written.
     #[error("writing {path}: {source}")]
     Write {
@@ -66,19 +73,23 @@ enum LoadError {
     },
 }
 
-/// Command-line flags.
-#[derive(Debug, Parser)]
-#[command(
-    name = "load",
-    about = "Drive a running Cordon with many users and count leaks"
-)]
-struct Args {
+/// Flags of `cordon load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
     /// Base URL of the Cordon under test.
     #[arg(long, env = "CORDON_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// The server's HS256 secret, used to mint one token per user.
     #[arg(long, env = "CORDON_JWT_HS256_SECRET", hide_env_values = true)]
-    hs256_secret: Secret,
+    hs256_secret: Option<Secret>,
+    /// A private key (PEM: RSA, P-256 or Ed25519) whose public key the
+    /// server verifies with; tokens are then signed with it (RS256, ES256 or
+    /// EdDSA) instead of the HS256 secret.
+    #[arg(long, env = "CORDON_LOAD_PRIVATE_KEY_PEM")]
+    private_key_pem: Option<PathBuf>,
+    /// `kid` header of the minted tokens (for a server reading a JWKS).
+    #[arg(long)]
+    kid: Option<String>,
     /// Name of the tenant claim the server reads.
     #[arg(long, env = "CORDON_JWT_TENANT_CLAIM", default_value = "tenant")]
     tenant_claim: String,
@@ -129,30 +140,33 @@ struct Args {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
-    /// Seconds between progress lines.
+    /// Seconds between progress lines when stderr is not a terminal (on a
+    /// terminal, a progress bar).
     #[arg(long, default_value_t = 5)]
     progress_secs: u64,
     /// Also write the report as JSON to this file (`-` for stdout).
     #[arg(long)]
     json: Option<String>,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
+/// Runs the load tool: exit 0 when clean, 1 on a failed check, 2 when it
+/// could not run.
+pub fn main(args: LoadArgs) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(LoadError::Runtime)
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match outcome {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("load: {message}");
+            eprintln!("cordon load: {message}");
             ExitCode::from(2)
         }
     }
 }
 
-async fn run(args: Args) -> Result<ExitCode, LoadError> {
+async fn run(args: LoadArgs) -> Result<ExitCode, LoadError> {
     let mix = Mix::parse(&args.mix).map_err(|e| LoadError::Flag(format!("--mix: {e}")))?;
     if !(0.0..=1.0).contains(&args.foreign_share) {
         return Err(LoadError::Flag(
@@ -170,18 +184,19 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
     let before = scrape::counters(&http, &base).await?;
 
     let tenant = format!("load-{run_id}");
+    let signer = Signer::from_options(
+        args.hs256_secret.as_ref(),
+        args.private_key_pem.as_deref(),
+        args.kid.clone(),
+    )?;
+    let claims = Claims {
+        tenant_claim: &args.tenant_claim,
+        ttl: Duration::from_secs(24 * 3600),
+        issuer: args.issuer.as_deref(),
+        audience: args.audience.as_deref(),
+    };
     let tokens = (0..args.users)
-        .map(|i| {
-            mint_dev_token(
-                &args.hs256_secret,
-                &args.tenant_claim,
-                &tenant,
-                &format!("u{i}"),
-                Duration::from_secs(24 * 3600),
-                args.issuer.as_deref(),
-                args.audience.as_deref(),
-            )
-        })
+        .map(|i| signer.mint(&claims, &tenant, &format!("u{i}")))
         .collect::<Result<Vec<_>, _>>()?;
 
     let shared = Arc::new(Shared {
@@ -198,21 +213,18 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
         live: Mutex::new(LiveIds::default()),
     });
     eprintln!(
-        "load: run {run_id} · {} users × ({} memories + {} ops) · {} clients · {}",
-        args.users, args.memories, args.ops, args.clients, base
+        "load: run {run_id} · {} users × ({} memories + {} ops) · {} clients · {} · {:?} tokens",
+        args.users,
+        args.memories,
+        args.ops,
+        args.clients,
+        base,
+        signer.algorithm()
     );
     let stop_flood = Arc::new(AtomicBool::new(false));
     let flood_tally = Arc::new(flood::FloodTally::default());
     let flood_token = if args.flood_clients > 0 {
-        Some(mint_dev_token(
-            &args.hs256_secret,
-            &args.tenant_claim,
-            &tenant,
-            "flooder",
-            Duration::from_secs(24 * 3600),
-            args.issuer.as_deref(),
-            args.audience.as_deref(),
-        )?)
+        Some(signer.mint(&claims, &tenant, "flooder")?)
     } else {
         None
     };
@@ -241,17 +253,7 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
             })
         })
         .collect();
-    let progress = {
-        let (shared, users, every) = (shared.clone(), args.users, args.progress_secs.max(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(every));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                eprintln!("{}", shared.tally.progress(started.elapsed(), users));
-            }
-        })
-    };
+    let progress = progress(shared.clone(), args.users, args.progress_secs, started);
     for worker in workers {
         worker.await?;
     }
@@ -262,7 +264,7 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
     if let (Some(token), false) = (&flood_token, args.keep) {
         flood::erase(&http, &base, token).await;
     }
-    progress.abort();
+    progress.finish();
     let elapsed = started.elapsed();
     let after = scrape::counters(&http, &base).await?;
     let server = ServerDelta {
@@ -346,4 +348,57 @@ async fn run(args: Args) -> Result<ExitCode, LoadError> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The progress display: a bar on a terminal, a line every `every_secs`
+/// otherwise (a log keeps the lines; a bar would be lost in it).
+enum Progress {
+    Bar(ProgressBar, tokio::task::JoinHandle<()>),
+    Lines(tokio::task::JoinHandle<()>),
+}
+
+impl Progress {
+    fn finish(self) {
+        match self {
+            Self::Bar(bar, ticker) => {
+                ticker.abort();
+                bar.finish_and_clear();
+            }
+            Self::Lines(ticker) => ticker.abort(),
+        }
+    }
+}
+
+fn progress(shared: Arc<Shared>, users: usize, every_secs: u64, started: Instant) -> Progress {
+    let target = ProgressDrawTarget::stderr();
+    if target.is_hidden() {
+        let every = Duration::from_secs(every_secs.max(1));
+        return Progress::Lines(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!("{}", shared.tally.progress(started.elapsed(), users));
+            }
+        }));
+    }
+    let bar = ProgressBar::with_draw_target(Some(users as u64), target);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} users · {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let (done, line) = shared.tally.bar_status(started.elapsed());
+                bar.set_position(done as u64);
+                bar.set_message(line);
+            }
+        })
+    };
+    Progress::Bar(bar, ticker)
 }

@@ -21,8 +21,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::canary::{self, Origin};
-use crate::report::Tally;
+use super::canary::{self, Origin};
+use super::report::Tally;
 
 /// Relative weights of the mixed operations.
 #[derive(Debug, Clone, Copy)]

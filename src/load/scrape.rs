@@ -1,7 +1,7 @@
 //! Reading the server's own counters from `/metrics`.
 
-use crate::LoadError;
-use crate::report::ServerDelta;
+use super::LoadError;
+use super::report::ServerDelta;
 
 /// The counters the report needs, as they stand now; `None` for one the
 /// server does not export.
