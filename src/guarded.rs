@@ -211,6 +211,11 @@ impl GuardedStore {
         self.engine.count(owner).await
     }
 
+    /// Shards the engine holds open (the open-shards gauge).
+    pub fn open_shards(&self) -> usize {
+        self.engine.open_shards()
+    }
+
     /// Whether the engine can serve requests.
     pub async fn ready(&self) -> Result<(), StoreError> {
         self.sealing.sealer()?;

@@ -30,6 +30,15 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
 }
 
+/// Values read when `/metrics` is scraped rather than counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Texts waiting for the embedding model.
+    pub embedding_queue_texts: usize,
+    /// Shards the embedded engine holds open.
+    pub open_shards: usize,
+}
+
 /// Upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -137,9 +146,20 @@ impl Metrics {
         self.shared_collection_requests.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition of every counter.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition of every counter, and of the gauges
+    /// read at scrape time.
+    pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP cordon_embedding_queue_texts Texts waiting for the embedding model.\n# TYPE cordon_embedding_queue_texts gauge\ncordon_embedding_queue_texts {}",
+            gauges.embedding_queue_texts
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cordon_open_shards Shards of the embedded engine held open (0 on the Qdrant engine).\n# TYPE cordon_open_shards gauge\ncordon_open_shards {}",
+            gauges.open_shards
+        );
         out.push_str("# HELP cordon_http_requests_total Requests answered, by route template, method and status.\n# TYPE cordon_http_requests_total counter\n");
         for ((route, method, status), n) in self.requests.lock().iter() {
             let _ = writeln!(

@@ -68,6 +68,11 @@ impl Embedder {
         })
     }
 
+    /// Texts waiting for the model.
+    pub fn queued_texts(&self) -> usize {
+        self.queue.texts_waiting()
+    }
+
     /// Embeds `texts` for `owner`; one vector per text, in order.
     pub async fn embed(
         &self,

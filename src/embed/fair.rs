@@ -58,6 +58,8 @@ struct State<J> {
     per_owner: HashMap<OwnerHash, Lane<J>>,
     turns: VecDeque<OwnerHash>,
     len: usize,
+    /// Texts waiting, over all requests.
+    texts: usize,
     closed: bool,
     /// Until when one owner's part of a batch stays capped.
     shared_until: Option<Instant>,
@@ -84,6 +86,7 @@ impl<J: Texts> FairQueue<J> {
                 per_owner: HashMap::new(),
                 turns: VecDeque::new(),
                 len: 0,
+                texts: 0,
                 closed: false,
                 shared_until: None,
             }),
@@ -114,6 +117,7 @@ impl<J: Texts> FairQueue<J> {
         if jobs.is_empty() {
             return Ok(());
         }
+        state.texts += jobs.iter().map(Texts::texts).sum::<usize>();
         if waiting == 0 {
             if !state.turns.is_empty() {
                 state.shared_until = Some(Instant::now() + SHARED_FOR);
@@ -242,6 +246,7 @@ impl<J: Texts> FairQueue<J> {
             if request_done {
                 state.len -= 1;
             }
+            state.texts -= next;
             texts += next;
             batch.push(job);
             match taken.iter_mut().find(|(o, _)| *o == owner) {
@@ -253,6 +258,11 @@ impl<J: Texts> FairQueue<J> {
             }
         }
         Some(batch)
+    }
+
+    /// Texts waiting for a batch (the queue-depth gauge).
+    pub fn texts_waiting(&self) -> usize {
+        self.state.lock().texts
     }
 
     /// Refuses new jobs; the worker drains what is queued, then stops.

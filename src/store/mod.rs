@@ -292,6 +292,10 @@ pub trait Engine: Send + Sync {
     async fn ready(&self) -> Result<(), StoreError>;
     /// Flushes and closes everything; called once at shutdown.
     async fn shutdown(&self);
+    /// Shards held open in this process (0 for an engine without any).
+    fn open_shards(&self) -> usize {
+        0
+    }
     /// Every owner hash stored in any collection (offline maintenance only:
     /// `cordon keys migrate`, with no server running).
     async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError>;

@@ -725,6 +725,10 @@ impl Engine for Arc<EdgeEngine> {
         .await
     }
 
+    fn open_shards(&self) -> usize {
+        self.pool.open()
+    }
+
     async fn shutdown(&self) {
         // A rewrite in progress stops at its next page; its shard is untouched.
         self.stopping.store(true, Ordering::Release);

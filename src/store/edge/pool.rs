@@ -464,6 +464,11 @@ impl Pool {
         }
     }
 
+    /// Shards in the pool: open, or opening for a request.
+    pub fn open(&self) -> usize {
+        self.slots.lock().len()
+    }
+
     /// Refuses `slot`'s shard until the next start (see [`Pool::broken`]).
     pub fn mark_broken(&self, slot: &Slot) {
         self.broken.lock().insert(slot.name.clone());
