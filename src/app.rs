@@ -167,6 +167,11 @@ impl Application {
         })
     }
 
+    /// The router this application serves (a copy, for inspection).
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
     /// The bound address (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener

@@ -5,16 +5,15 @@
 //! JSON shape `{"error": {"code": "...", "message": "..."}}`. Internals (paths,
 //! engine messages) go to the log, never into a response body.
 
+use crate::access::{AccessError, Denied, Refusal};
+use crate::api::openapi::{ErrorBody, ErrorDetail};
+use crate::auth::AuthError;
+use crate::embed::EmbedError;
+use crate::store::StoreError;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
-use crate::access::{AccessError, Denied, Refusal};
-use crate::auth::AuthError;
-use crate::embed::EmbedError;
-use crate::store::StoreError;
 
 /// An error that a request can end with.
 #[derive(Debug, thiserror::Error)]
@@ -209,10 +208,21 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// `code: message`, as a client reads it (for MCP tool results, which
+    /// carry text rather than a status).
+    pub fn client_text(&self) -> String {
+        let (_, code, message) = self.parts();
+        format!("{code}: {message}")
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
-        let body = Json(json!({ "error": { "code": code, "message": message } }));
+        let body = Json(ErrorBody {
+            error: ErrorDetail { code, message },
+        });
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         match self {

@@ -21,12 +21,16 @@ use crate::store::{
 };
 
 /// A memory verified to belong to the caller.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Memory {
     id: Uuid,
     text: String,
+    /// The metadata stored with it (an empty object when none was).
+    #[schema(value_type = Object)]
     metadata: Map<String, Value>,
+    /// Milliseconds since the Unix epoch at the store.
     created_at: i64,
+    /// Similarity to the query (searches only).
     #[serde(skip_serializing_if = "Option::is_none")]
     score: Option<f32>,
     #[serde(skip)]

@@ -8,16 +8,18 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::Json as JsonBody;
+use super::openapi::AdminErrors;
 use crate::access::{Rule, now_ms};
 use crate::audit;
 use crate::auth::{bearer, client_locked, client_rejected, client_tag};
@@ -25,14 +27,14 @@ use crate::error::ApiError;
 use crate::owner::{OwnerHash, TenantHash};
 use crate::secret::Secret;
 
-/// The admin API's routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/v1/users/revoke", post(revoke))
-        .route("/admin/v1/users/min-version", post(min_version))
-        .route("/admin/v1/users/status", post(status))
-        .route("/admin/v1/tenants/disable", post(disable))
-        .route("/admin/v1/tenants/enable", post(enable))
+/// The admin API's routes, with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(revoke))
+        .routes(routes!(min_version))
+        .routes(routes!(status))
+        .routes(routes!(disable))
+        .routes(routes!(enable))
 }
 
 /// The admin key, when the admin API is on.
@@ -76,34 +78,93 @@ where
 }
 
 /// A user named by tenant and subject.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserRef {
+    /// The tenant claim of the user's tokens.
+    #[schema(schema_with = super::openapi::identity_schema)]
     tenant: String,
+    /// The `sub` claim of the user's tokens.
+    #[schema(schema_with = super::openapi::identity_schema)]
     sub: String,
 }
 
 /// A tenant by name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TenantRef {
+    /// The tenant claim value.
+    #[schema(schema_with = super::openapi::identity_schema)]
     tenant: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// A user and the lowest token version (`ver` claim) still accepted.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MinVersion {
+    /// The tenant claim of the user's tokens.
+    #[schema(schema_with = super::openapi::identity_schema)]
     tenant: String,
+    /// The `sub` claim of the user's tokens.
+    #[schema(schema_with = super::openapi::identity_schema)]
     sub: String,
+    /// Tokens whose `ver` is below this are refused.
     min_version: u64,
 }
 
 /// A user's rule as answered.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct UserAnswer {
+    /// The user's hashed tag (as in logs and the audit trail).
     owner: String,
+    /// Tokens issued at or before this time (ms since the epoch) are refused.
     revoked_before_ms: u64,
+    /// Tokens with a lower `ver` are refused.
     min_version: u64,
+}
+
+/// A user's rule, memory count, tenant state and request limits.
+#[derive(Debug, Serialize, ToSchema)]
+struct StatusAnswer {
+    /// The user's hashed tag.
+    owner: String,
+    /// Memories the user holds.
+    memories: usize,
+    /// See [`UserAnswer`].
+    revoked_before_ms: u64,
+    /// See [`UserAnswer`].
+    min_version: u64,
+    tenant: TenantStatus,
+    limits: LimitsAnswer,
+}
+
+/// The user's tenant as the access rules see it.
+#[derive(Debug, Serialize, ToSchema)]
+struct TenantStatus {
+    /// The tenant's hashed tag.
+    tag: String,
+    /// Whether a tenant registry is configured.
+    registry: bool,
+    /// The tenant's latest state, if an admin ever changed it.
+    enabled: Option<bool>,
+}
+
+/// The per-request limits in force.
+#[derive(Debug, Serialize, ToSchema)]
+struct LimitsAnswer {
+    max_items_per_request: usize,
+    max_text_bytes: usize,
+    max_metadata_bytes: usize,
+    max_body_bytes: usize,
+}
+
+/// A tenant's new state.
+#[derive(Debug, Serialize, ToSchema)]
+struct TenantAnswer {
+    /// The tenant's hashed tag.
+    tenant: String,
+    /// Whether its users are let in.
+    enabled: bool,
 }
 
 fn identity(value: &str, what: &str) -> Result<(), ApiError> {
@@ -153,6 +214,15 @@ fn audited<T>(
     result
 }
 
+/// Revoke every token of a user issued until now.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/users/revoke",
+    tag = "admin",
+    request_body = UserRef,
+    responses((status = 200, description = "The user's rule now", body = UserAnswer), AdminErrors),
+    security(("admin_key" = [])),
+)]
 async fn revoke(
     _: Admin,
     State(state): State<AppState>,
@@ -162,6 +232,15 @@ async fn revoke(
     record_user(&state, &owner, now_ms(), 0, "revoke", "revocation").await
 }
 
+/// Refuse a user's tokens below a version.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/users/min-version",
+    tag = "admin",
+    request_body = MinVersion,
+    responses((status = 200, description = "The user's rule now", body = UserAnswer), AdminErrors),
+    security(("admin_key" = [])),
+)]
 async fn min_version(
     _: Admin,
     State(state): State<AppState>,
@@ -212,11 +291,20 @@ async fn record_user(
     audited(action, &owner.log_tag(), result)
 }
 
+/// A user's rule and counts (no memory text).
+#[utoipa::path(
+    post,
+    path = "/admin/v1/users/status",
+    tag = "admin",
+    request_body = UserRef,
+    responses((status = 200, description = "The user's state", body = StatusAnswer), AdminErrors),
+    security(("admin_key" = [])),
+)]
 async fn status(
     _: Admin,
     State(state): State<AppState>,
     JsonBody(user): JsonBody<UserRef>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatusAnswer>, ApiError> {
     let owner = owner_of(&state, &user)?;
     let tenant = tenant_of(&state, &user.tenant)?;
     let result = async {
@@ -224,23 +312,23 @@ async fn status(
         let rule = answer(&state, &owner);
         let access = &state.auth.access;
         let limits = &state.limits;
-        Ok(Json(json!({
-            "owner": rule.owner,
-            "memories": memories,
-            "revoked_before_ms": rule.revoked_before_ms,
-            "min_version": rule.min_version,
-            "tenant": {
-                "tag": tenant.log_tag(),
-                "registry": access.registry(),
-                "enabled": access.tenant_enabled(&tenant),
+        Ok(Json(StatusAnswer {
+            owner: rule.owner,
+            memories,
+            revoked_before_ms: rule.revoked_before_ms,
+            min_version: rule.min_version,
+            tenant: TenantStatus {
+                tag: tenant.log_tag(),
+                registry: access.registry(),
+                enabled: access.tenant_enabled(&tenant),
             },
-            "limits": {
-                "max_items_per_request": limits.max_items,
-                "max_text_bytes": limits.max_text_bytes,
-                "max_metadata_bytes": limits.max_metadata_bytes,
-                "max_body_bytes": limits.max_body_bytes,
+            limits: LimitsAnswer {
+                max_items_per_request: limits.max_items,
+                max_text_bytes: limits.max_text_bytes,
+                max_metadata_bytes: limits.max_metadata_bytes,
+                max_body_bytes: limits.max_body_bytes,
             },
-        })))
+        }))
     }
     .await;
     audited("status", &owner.log_tag(), result)
@@ -250,7 +338,7 @@ async fn set_tenant(
     state: &AppState,
     tenant: &str,
     enabled: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantAnswer>, ApiError> {
     let hash = tenant_of(state, tenant)?;
     let action = if enabled {
         "tenant_enable"
@@ -272,26 +360,45 @@ async fn set_tenant(
             "tenant_disabled"
         });
         audit::tenant_changed(&hash, enabled);
-        Ok(Json(
-            json!({ "tenant": hash.log_tag(), "enabled": enabled }),
-        ))
+        Ok(Json(TenantAnswer {
+            tenant: hash.log_tag(),
+            enabled,
+        }))
     }
     .await;
     audited(action, &hash.log_tag(), result)
 }
 
+/// Disable a tenant: its users are refused (403 `tenant_disabled`).
+#[utoipa::path(
+    post,
+    path = "/admin/v1/tenants/disable",
+    tag = "admin",
+    request_body = TenantRef,
+    responses((status = 200, description = "The tenant's state now", body = TenantAnswer), AdminErrors),
+    security(("admin_key" = [])),
+)]
 async fn disable(
     _: Admin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<TenantRef>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantAnswer>, ApiError> {
     set_tenant(&state, &body.tenant, false).await
 }
 
+/// Enable a tenant again.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/tenants/enable",
+    tag = "admin",
+    request_body = TenantRef,
+    responses((status = 200, description = "The tenant's state now", body = TenantAnswer), AdminErrors),
+    security(("admin_key" = [])),
+)]
 async fn enable(
     _: Admin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<TenantRef>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantAnswer>, ApiError> {
     set_tenant(&state, &body.tenant, true).await
 }

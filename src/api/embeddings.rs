@@ -1,12 +1,14 @@
 //! `POST /v1/embeddings` in the OpenAI request and response shape.
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::post;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::Json;
+use super::openapi::UserErrors;
 use super::validate;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -14,30 +16,42 @@ use crate::error::ApiError;
 /// The model name reported in responses.
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 
-/// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/embeddings", post(embeddings))
+/// Routes of this module, with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(embeddings))
 }
 
+/// One text or a list of texts.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum Input {
+    /// One text.
     One(String),
+    /// Several texts (1 to the server's item limit, 64 by default).
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+/// An OpenAI-compatible embeddings request.
+#[derive(Debug, Deserialize, ToSchema)]
 struct EmbeddingsRequest {
+    #[schema(schema_with = super::openapi::input_schema)]
     input: Input,
+    /// `all-MiniLM-L6-v2` (or `sentence-transformers/all-MiniLM-L6-v2`); other names are refused.
     #[serde(default)]
+    #[schema(schema_with = super::openapi::model_schema)]
     model: Option<String>,
+    /// `float` (the default) or `base64`: the little-endian `f32` bytes, base64-encoded.
     #[serde(default)]
+    #[schema(schema_with = super::openapi::encoding_format_schema)]
     encoding_format: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One vector.
+#[derive(Debug, Serialize, ToSchema)]
 struct Embedding {
+    /// Always `embedding`.
     object: &'static str,
+    /// The input's position.
     index: usize,
     embedding: Vector,
 }
@@ -45,10 +59,12 @@ struct Embedding {
 /// A vector as `encoding_format` asks: a JSON array of floats, or the
 /// base64 of its little-endian `f32` bytes (what OpenAI's SDKs ask for by
 /// default, and decode with `frombuffer(..., float32)`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 enum Vector {
+    /// `encoding_format: float`: 384 numbers.
     Float(Vec<f32>),
+    /// `encoding_format: base64`.
     Base64(String),
 }
 
@@ -71,20 +87,32 @@ enum Format {
     Base64,
 }
 
-#[derive(Debug, Serialize)]
+/// Tokens the model read.
+#[derive(Debug, Serialize, ToSchema)]
 struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// The vectors, in input order.
+#[derive(Debug, Serialize, ToSchema)]
 struct EmbeddingsResponse {
+    /// Always `list`.
     object: &'static str,
     data: Vec<Embedding>,
     model: &'static str,
     usage: Usage,
 }
 
+/// Embed texts (OpenAI-compatible).
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "embeddings",
+    request_body = EmbeddingsRequest,
+    responses((status = 200, description = "One vector per input", body = EmbeddingsResponse), UserErrors),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn embeddings(
     State(state): State<AppState>,

@@ -2,25 +2,30 @@
 //!
 //! Every handler takes a [`Caller`]; the owner comes from the token and from
 //! nowhere else. Request bodies are closed structs, so a field such as
-//! `user_id` or `owner` is simply not read.
+//! `user_id` or `owner` is simply not read. The operations themselves
+//! ([`store_memories`], [`search_memories`], [`delete_memory`],
+//! [`list_memories`]) are shared with the MCP tools, so both ways in meet the
+//! same validation, quotas and guard.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{Json, Path, Query};
 use super::idempotency::{self, IdempotencyKey};
+use super::openapi::UserErrors;
 use super::validate;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -35,36 +40,61 @@ const DEFAULT_SEARCH_LIMIT: usize = 10;
 /// Memories read per step of an export (its memory use).
 const EXPORT_PAGE: usize = 100;
 
-/// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/memories", post(store).get(list).delete(erase))
-        .route("/v1/memories/search", post(search))
-        .route("/v1/memories/export", get(export))
-        .route("/v1/memories/{id}", get(get_one).delete(delete_one))
+/// Routes of this module, with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(store, list, erase))
+        .routes(routes!(search))
+        .routes(routes!(export))
+        .routes(routes!(get_one, delete_one))
 }
 
 /// One memory to store.
-#[derive(Debug, Deserialize)]
-struct MemoryInput {
-    text: String,
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MemoryInput {
+    /// The text to remember (not blank; at most the server's text limit, 8 KiB by default).
+    #[schema(min_length = 1, pattern = "\\S")]
+    pub text: String,
+    /// Flat key-value facts about the memory (string, integer or boolean
+    /// values), usable in search filters.
     #[serde(default)]
-    metadata: Option<Value>,
+    #[schema(schema_with = super::openapi::metadata_schema)]
+    pub metadata: Option<Value>,
 }
 
 /// Either one memory or a batch under `memories`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 enum StoreRequest {
-    Many { memories: Vec<MemoryInput> },
+    /// A batch of memories (1 to the server's item limit, 64 by default).
+    Many {
+        /// The memories, stored in this order.
+        #[schema(min_items = 1, max_items = 64)]
+        memories: Vec<MemoryInput>,
+    },
+    /// One memory.
     One(MemoryInput),
 }
 
-#[derive(Debug, Serialize)]
+/// The ids of the stored memories, in the order they were sent.
+#[derive(Debug, Serialize, ToSchema)]
 struct StoreResponse {
     ids: Vec<Uuid>,
 }
 
+/// Store one memory or a batch.
+#[utoipa::path(
+    post,
+    path = "/v1/memories",
+    tag = "memories",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Makes a retry safe: the same key and body answer the same ids and store nothing twice (1 to 255 visible ASCII characters)"),
+    ),
+    request_body = StoreRequest,
+    responses((status = 201, description = "Stored", body = StoreResponse), UserErrors),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn store(
     State(state): State<AppState>,
@@ -76,6 +106,17 @@ async fn store(
         StoreRequest::Many { memories } => memories,
         StoreRequest::One(one) => vec![one],
     };
+    let ids = store_memories(&state, &caller, key, inputs).await?;
+    Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })))
+}
+
+/// Validates, embeds and stores `inputs` for the caller; returns their ids.
+pub async fn store_memories(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<String>,
+    inputs: Vec<MemoryInput>,
+) -> Result<Vec<Uuid>, ApiError> {
     let limits = &state.limits;
     validate::count("memories", inputs.len(), limits)?;
     let mut items = Vec::with_capacity(inputs.len());
@@ -103,7 +144,7 @@ async fn store(
                 }
             }
             if earlier {
-                return Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })));
+                return Ok(ids);
             }
             (ids, Some(digest))
         }
@@ -145,31 +186,61 @@ async fn store(
     state.store.put(&caller.owner, memories).await?;
     state.quotas.stored(&caller.owner, bytes);
     state.metrics.stored(n);
-    Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })))
+    Ok(ids)
 }
 
-#[derive(Debug, Deserialize)]
-struct SearchRequest {
-    query: String,
+/// A search by meaning among the caller's memories.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SearchRequest {
+    /// What to look for, in words.
+    #[schema(min_length = 1, pattern = "\\S")]
+    pub query: String,
+    /// Most results (1 to 100, default 10).
     #[serde(default)]
-    limit: Option<i64>,
+    #[schema(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// Leave out results scoring below this (cosine similarity, -1 to 1).
     #[serde(default)]
-    min_score: Option<f32>,
+    #[schema(minimum = -1.0, maximum = 1.0)]
+    pub min_score: Option<f32>,
+    /// Only memories whose metadata has each of these key-value pairs
+    /// (string, integer or boolean values).
     #[serde(default)]
-    filter: Option<Map<String, Value>>,
+    #[schema(schema_with = super::openapi::filter_schema)]
+    pub filter: Option<Map<String, Value>>,
 }
 
-#[derive(Debug, Serialize)]
+/// Search results, best first.
+#[derive(Debug, Serialize, ToSchema)]
 struct SearchResponse {
     results: Vec<Memory>,
 }
 
+/// Search the caller's memories by meaning.
+#[utoipa::path(
+    post,
+    path = "/v1/memories/search",
+    tag = "memories",
+    request_body = SearchRequest,
+    responses((status = 200, description = "Results, best first", body = SearchResponse), UserErrors),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn search(
     State(state): State<AppState>,
     caller: Caller,
     Json(request): Json<SearchRequest>,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
+    let results = search_memories(&state, &caller, request).await?;
+    Ok(axum::Json(SearchResponse { results }))
+}
+
+/// Embeds the query and returns the caller's nearest memories, guarded.
+pub async fn search_memories(
+    state: &AppState,
+    caller: &Caller,
+    request: SearchRequest,
+) -> Result<Vec<Memory>, ApiError> {
     let limits = &state.limits;
     validate::text("query", &request.query, limits)?;
     let limit = validate::page_limit(request.limit, DEFAULT_SEARCH_LIMIT, limits)?;
@@ -198,9 +269,18 @@ async fn search(
         )
         .await?;
     state.metrics.searched();
-    Ok(axum::Json(SearchResponse { results }))
+    Ok(results)
 }
 
+/// Get one of the caller's memories.
+#[utoipa::path(
+    get,
+    path = "/v1/memories/{id}",
+    tag = "memories",
+    params(("id" = Uuid, Path, description = "The memory's id")),
+    responses((status = 200, description = "The memory", body = Memory), UserErrors),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn get_one(
     State(state): State<AppState>,
@@ -222,56 +302,105 @@ fn not_found(state: &AppState, caller: &Caller) -> ApiError {
     ApiError::NotFound
 }
 
+/// Delete one of the caller's memories.
+#[utoipa::path(
+    delete,
+    path = "/v1/memories/{id}",
+    tag = "memories",
+    params(("id" = Uuid, Path, description = "The memory's id")),
+    responses((status = 204, description = "Deleted"), UserErrors),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn delete_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
+    delete_memory(&state, &caller, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes one of the caller's memories; not found if it is not theirs.
+pub async fn delete_memory(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
     if state.store.delete(&caller.owner, id).await? {
         state.quotas.forget(&caller.owner);
-        Ok(StatusCode::NO_CONTENT)
+        Ok(())
     } else {
-        Err(not_found(&state, &caller))
+        Err(not_found(state, caller))
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A page of the caller's memories.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Memories per page (1 to 100, default 20).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// The `next_cursor` of the page before.
     #[serde(default)]
     cursor: Option<Uuid>,
 }
 
-#[derive(Debug, Serialize)]
-struct ListResponse {
-    memories: Vec<Memory>,
-    next_cursor: Option<Uuid>,
+/// One page, in creation order; `next_cursor` is null on the last.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListResponse {
+    /// The memories of this page.
+    pub memories: Vec<Memory>,
+    /// Pass as `cursor` for the next page; null when this was the last.
+    pub next_cursor: Option<Uuid>,
 }
 
+/// Page through the caller's memories in creation order.
+#[utoipa::path(
+    get,
+    path = "/v1/memories",
+    tag = "memories",
+    params(ListParams),
+    responses((status = 200, description = "One page", body = ListResponse), UserErrors),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<ListResponse>, ApiError> {
-    let limit = validate::page_limit(params.limit, DEFAULT_LIST_LIMIT, &state.limits)?;
-    let page = state
-        .store
-        .list(&caller.owner, params.cursor, limit)
-        .await?;
-    Ok(axum::Json(ListResponse {
-        memories: page.memories,
-        next_cursor: page.next,
-    }))
+    let page = list_memories(&state, &caller, params.limit, params.cursor).await?;
+    Ok(axum::Json(page))
 }
 
-#[derive(Debug, Serialize)]
+/// One page of the caller's memories after `cursor`.
+pub async fn list_memories(
+    state: &AppState,
+    caller: &Caller,
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+) -> Result<ListResponse, ApiError> {
+    let limit = validate::page_limit(limit, DEFAULT_LIST_LIMIT, &state.limits)?;
+    let page = state.store.list(&caller.owner, cursor, limit).await?;
+    Ok(ListResponse {
+        memories: page.memories,
+        next_cursor: page.next,
+    })
+}
+
+/// How many memories an erase removed.
+#[derive(Debug, Serialize, ToSchema)]
 struct EraseResponse {
     deleted: usize,
 }
 
+/// Erase all of the caller's memories (and, with encryption at rest, their data key first).
+#[utoipa::path(
+    delete,
+    path = "/v1/memories",
+    tag = "memories",
+    responses((status = 200, description = "Erased", body = EraseResponse), UserErrors),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn erase(
     State(state): State<AppState>,
@@ -295,10 +424,24 @@ enum ExportState {
     Done,
 }
 
+/// Every memory of the caller.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Describes the streamed body for the OpenAPI document only.
+struct ExportResponse {
+    memories: Vec<Memory>,
+}
+
 /// Streams `{"memories": [...]}` page by page: memory use is one page,
 /// whatever the user's size. A store failure after the first page can only
 /// cut the stream short; the body then is not valid JSON, so a client cannot
 /// mistake it for a complete export.
+#[utoipa::path(
+    get,
+    path = "/v1/memories/export",
+    tag = "memories",
+    responses((status = 200, description = "All of the caller's memories, streamed", body = ExportResponse), UserErrors),
+    security(("bearer" = [])),
+)]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let first = state.store.list(&caller.owner, None, EXPORT_PAGE).await?;

@@ -1,16 +1,19 @@
 //! The HTTP API: routes, request limits and the application state.
 //!
-//! Each submodule owns a `router()`; [`router`] merges them and wraps them in
-//! the cross-cutting layers: a body size cap, a per-request timeout and a cap
-//! on requests in flight (shed with 503 and `Retry-After`, never queued
-//! without bound).
+//! Each submodule owns a `router()`, declared with its OpenAPI operations
+//! ([`openapi`]); [`router`] merges them, adds `/mcp` ([`mcp`]), and wraps
+//! them in the cross-cutting layers: a body size cap, a per-request timeout
+//! and a cap on requests in flight (shed with 503 and `Retry-After`, never
+//! queued without bound).
 
 mod admin;
 mod embeddings;
 mod extract;
 mod health;
 mod idempotency;
+pub mod mcp;
 mod memories;
+pub mod openapi;
 mod quota;
 mod validate;
 
@@ -23,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use admin::AdminKey;
 pub use quota::Quotas;
@@ -61,16 +65,35 @@ impl FromRef<AppState> for AuthState {
     }
 }
 
-/// The complete router with its layers.
-pub fn router(state: AppState) -> Router {
-    let limits = state.limits.clone();
-    let api = Router::new()
+/// The routes that need a request budget (in flight, timeout), documented.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(memories::router())
         .merge(embeddings::router())
         .merge(admin::router())
-        .layer(middleware::from_fn_with_state(state.clone(), bounded));
-    Router::new()
+}
+
+/// Every documented route (all but `/mcp`, a service documented by hand).
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(health::router())
+        .merge(openapi::router())
+        .merge(api_routes())
+}
+
+/// The complete router with its layers.
+pub fn router(state: AppState) -> Router {
+    let limits = state.limits.clone();
+    let (api, _) = api_routes().split_for_parts();
+    let api = api
+        .merge(mcp::router(state.clone()))
+        .layer(middleware::from_fn_with_state(state.clone(), bounded));
+    let (open, _) = OpenApiRouter::new()
+        .merge(health::router())
+        .merge(openapi::router())
+        .split_for_parts();
+    Router::new()
+        .merge(open)
         .merge(api)
         // A route layer: it runs once a route matched, so the route's
         // template is known (requests matching no route are not observed).

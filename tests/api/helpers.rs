@@ -121,6 +121,8 @@ pub fn settings(data_dir: &Path) -> Settings {
 
 pub struct TestApp {
     pub address: String,
+    /// Every path template the server's router holds.
+    pub route_paths: Vec<String>,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     _temp: Option<TempDir>,
@@ -153,18 +155,45 @@ pub async fn spawn_app_on(data_dir: &Path, configure: impl FnOnce(&mut Settings)
         .await
         .expect("test server builds");
     let address = format!("http://{}", app.local_addr());
+    let route_paths = route_paths(&app.router());
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
         address,
+        route_paths,
         client: reqwest::Client::new(),
         data_dir: data_dir.to_owned(),
         _temp: None,
         stop: Some(stop),
         handle: Some(handle),
     }
+}
+
+/// The path templates of a router, read from its `Debug` output (axum has
+/// no other way to list them): its nodes print as `RouteId(n): "/path"`,
+/// the routes first, then the fallback's (left out).
+fn route_paths(router: &axum::Router) -> Vec<String> {
+    let debug = format!("{router:?}");
+    let routes = debug
+        .split_once("fallback_router")
+        .map_or(debug.as_str(), |(routes, _)| routes);
+    let mut paths: Vec<String> = routes
+        .split("RouteId(")
+        .skip(1)
+        .filter_map(|rest| {
+            let after = rest.split_once("): \"")?.1;
+            Some(after.split_once('"')?.0.to_owned())
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert!(
+        paths.len() > 5,
+        "the router's Debug output no longer lists its paths: {debug:.400}"
+    );
+    paths
 }
 
 pub fn now() -> u64 {
