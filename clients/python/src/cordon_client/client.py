@@ -1,0 +1,534 @@
+"""Sync and async clients for Cordon's memory API.
+
+Each operation is described once, as a :class:`_Call` (the request and how to
+read its answer); :class:`Cordon` and :class:`AsyncCordon` only differ in how
+they send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Dict,
+    Generic,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+    Union,
+)
+from urllib.parse import quote
+
+import httpx
+
+from .errors import CordonError
+from .models import Memory, Page
+
+__all__ = ["AsyncCordon", "Cordon", "MemoryInput"]
+
+__version__ = "0.1.0"
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_MAX_RETRY_WAIT = 10.0
+_RETRY_STATUSES = frozenset({429, 503})
+
+#: One memory to store: its text, or ``{"text": ..., "metadata": {...}}``.
+MemoryInput = Union[str, Mapping[str, Any]]
+#: A metadata filter for :meth:`Cordon.recall`: top-level keys, matched for equality.
+Filter = Mapping[str, Union[str, int, bool]]
+_Params = Dict[str, Union[str, int]]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One request and how to read its successful answer."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    body: Any = None
+    params: Optional[_Params] = None
+    headers: Optional[Dict[str, str]] = None
+    #: Whether a 429/503 with Retry-After may be retried (the call is idempotent).
+    retry: bool = True
+    #: Whether a 404 is an answer (passed to ``parse``) rather than an error.
+    not_found_ok: bool = False
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """Send the call again after ``delay`` seconds."""
+
+    delay: float
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as e:
+        raise CordonError(
+            response.status_code, "invalid_response", f"the body is not JSON: {e}"
+        ) from e
+
+
+def _field(response: httpx.Response, name: str) -> Any:
+    body = _json(response)
+    if not isinstance(body, dict) or name not in body:
+        raise ValueError(f"the answer has no `{name}`")
+    return body[name]
+
+
+def _memories(value: Any) -> List[Memory]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of memories")
+    return [Memory.from_json(m) for m in value]
+
+
+def _parse_ids(response: httpx.Response) -> List[str]:
+    ids = _field(response, "ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError("`ids` must be a list of strings")
+    return ids
+
+
+def _parse_page(response: httpx.Response) -> Page:
+    memories = _memories(_field(response, "memories"))
+    cursor = _json(response).get("next_cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise ValueError("`next_cursor` must be a string or null")
+    return Page(memories=memories, next_cursor=cursor)
+
+
+def _parse_embeddings(response: httpx.Response) -> List[List[float]]:
+    data = _field(response, "data")
+    if not isinstance(data, list):
+        raise ValueError("`data` must be a list")
+    ordered = sorted(data, key=lambda d: int(d["index"]))
+    vectors: List[List[float]] = []
+    for item in ordered:
+        vector = item["embedding"]
+        if not isinstance(vector, list):
+            raise ValueError("an embedding must be a list of floats")
+        vectors.append([float(x) for x in vector])
+    return vectors
+
+
+def _parse_deleted(response: httpx.Response) -> int:
+    deleted = _field(response, "deleted")
+    if not isinstance(deleted, int):
+        raise ValueError("`deleted` must be an integer")
+    return deleted
+
+
+def _memory_body(item: MemoryInput) -> Dict[str, Any]:
+    if isinstance(item, str):
+        return {"text": item}
+    body: Dict[str, Any] = {"text": item["text"]}
+    if item.get("metadata") is not None:
+        body["metadata"] = dict(item["metadata"])
+    return body
+
+
+def _store(body: Dict[str, Any], idempotency_key: Optional[str]) -> _Call[List[str]]:
+    headers = None if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+    # A store is only retried when it carries a key: without one, a retry
+    # after a 503 that landed anyway would store the memory twice.
+    return _Call(
+        "POST",
+        "/v1/memories",
+        _parse_ids,
+        body=body,
+        headers=headers,
+        retry=idempotency_key is not None,
+    )
+
+
+def _remember(
+    text: str, metadata: Optional[Mapping[str, Any]], key: Optional[str]
+) -> _Call[List[str]]:
+    return _store(_memory_body({"text": text, "metadata": metadata}), key)
+
+
+def _remember_many(items: Iterable[MemoryInput], key: Optional[str]) -> _Call[List[str]]:
+    return _store({"memories": [_memory_body(i) for i in items]}, key)
+
+
+def _recall(
+    query: str,
+    limit: Optional[int],
+    min_score: Optional[float],
+    filter: Optional[Filter],
+) -> _Call[List[Memory]]:
+    body: Dict[str, Any] = {"query": query}
+    if limit is not None:
+        body["limit"] = limit
+    if min_score is not None:
+        body["min_score"] = min_score
+    if filter is not None:
+        body["filter"] = dict(filter)
+    return _Call(
+        "POST",
+        "/v1/memories/search",
+        lambda r: _memories(_field(r, "results")),
+        body=body,
+    )
+
+
+def _memory_path(id: str) -> str:
+    if not id:
+        raise ValueError("a memory id must not be empty")
+    return "/v1/memories/" + quote(id, safe="")
+
+
+def _get(id: str) -> _Call[Optional[Memory]]:
+    return _Call(
+        "GET",
+        _memory_path(id),
+        lambda r: None if r.status_code == 404 else Memory.from_json(_json(r)),
+        not_found_ok=True,
+    )
+
+
+def _forget(id: str) -> _Call[bool]:
+    return _Call(
+        "DELETE", _memory_path(id), lambda r: r.status_code != 404, not_found_ok=True
+    )
+
+
+def _list(limit: Optional[int], cursor: Optional[str]) -> _Call[Page]:
+    params: _Params = {}
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    return _Call("GET", "/v1/memories", _parse_page, params=params)
+
+
+def _erase_all() -> _Call[int]:
+    return _Call("DELETE", "/v1/memories", _parse_deleted)
+
+
+def _export() -> _Call[List[Memory]]:
+    return _Call(
+        "GET", "/v1/memories/export", lambda r: _memories(_field(r, "memories"))
+    )
+
+
+def _embed(texts: Union[str, Sequence[str]]) -> _Call[List[List[float]]]:
+    inputs = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+    return _Call(
+        "POST",
+        "/v1/embeddings",
+        _parse_embeddings,
+        body={"input": inputs, "encoding_format": "float"},
+    )
+
+
+class _Settings:
+    """What both clients share: headers and the retry rule."""
+
+    def __init__(
+        self, token: str, max_retries: int, max_retry_wait: float
+    ) -> None:
+        if not token:
+            raise ValueError("a bearer token is required")
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "User-Agent": f"cordon-client/{__version__}",
+        }
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+
+    def finish(
+        self, call: _Call[T], response: httpx.Response, attempt: int
+    ) -> Union[T, _Retry]:
+        """The call's result, or a :class:`_Retry` saying when to send it again.
+
+        Raises :class:`CordonError` for an error that is not retried.
+        """
+        status = response.status_code
+        if status < 400 or (status == 404 and call.not_found_ok):
+            try:
+                return call.parse(response)
+            except (KeyError, TypeError, ValueError) as e:
+                raise CordonError(status, "invalid_response", str(e)) from e
+        error = CordonError.from_response(response)
+        if (
+            call.retry
+            and status in _RETRY_STATUSES
+            and error.retry_after is not None
+            and error.retry_after <= self.max_retry_wait
+            and attempt < self.max_retries
+        ):
+            return _Retry(error.retry_after)
+        raise error
+
+
+def _base_url(url: str) -> str:
+    if not url:
+        raise ValueError("base_url is required")
+    return url.rstrip("/")
+
+
+class Cordon:
+    """A synchronous client for one user of a Cordon server.
+
+    The user is whoever ``token`` (a JWT from your identity provider) names;
+    the client never sends a user id. Use it as a context manager, or call
+    :meth:`close`, to release its connections.
+
+    Retries: an answer of 429 or 503 that carries ``Retry-After`` (at most
+    ``max_retry_wait`` seconds) is retried after that wait, up to
+    ``max_retries`` times, for the calls that are safe to repeat: every read,
+    search, delete, erase and embedding, and a store that carries an
+    ``idempotency_key``. A store without a key is never retried. Set
+    ``max_retries=0`` to turn retrying off.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: Union[float, httpx.Timeout] = DEFAULT_TIMEOUT,
+        transport: Optional[httpx.BaseTransport] = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+    ) -> None:
+        self._settings = _Settings(token, max_retries, max_retry_wait)
+        self._http = httpx.Client(
+            base_url=_base_url(base_url),
+            headers=self._settings.headers,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def _send(self, call: _Call[T]) -> T:
+        attempt = 0
+        while True:
+            response = self._http.request(
+                call.method,
+                call.path,
+                json=call.body,
+                params=call.params,
+                headers=call.headers,
+            )
+            outcome = self._settings.finish(call, response, attempt)
+            if not isinstance(outcome, _Retry):
+                return outcome
+            attempt += 1
+            time.sleep(outcome.delay)
+
+    def remember(
+        self,
+        text: str,
+        metadata: Optional[Mapping[str, Any]] = None,
+        *,
+        idempotency_key: Optional[str] = None,
+    ) -> str:
+        """Stores one memory and returns its id.
+
+        With ``idempotency_key`` (e.g. a UUID made once per logical write), a
+        repeat of the same store returns the same id and stores nothing new.
+        """
+        return self._send(_remember(text, metadata, idempotency_key))[0]
+
+    def remember_many(
+        self, items: Iterable[MemoryInput], *, idempotency_key: Optional[str] = None
+    ) -> List[str]:
+        """Stores several memories in one request; their ids, in order."""
+        return self._send(_remember_many(items, idempotency_key))
+
+    def recall(
+        self,
+        query: str,
+        *,
+        limit: Optional[int] = None,
+        min_score: Optional[float] = None,
+        filter: Optional[Filter] = None,
+    ) -> List[Memory]:
+        """The memories closest in meaning to ``query``, best first, with scores."""
+        return self._send(_recall(query, limit, min_score, filter))
+
+    def get(self, id: str) -> Optional[Memory]:
+        """One memory, or ``None`` if the user has none with this id."""
+        return self._send(_get(id))
+
+    def forget(self, id: str) -> bool:
+        """Deletes one memory; ``False`` if the user had none with this id."""
+        return self._send(_forget(id))
+
+    def list(self, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page:
+        """One page of the user's memories; pass ``next_cursor`` on as ``cursor``."""
+        return self._send(_list(limit, cursor))
+
+    def iter_all(self, *, page_size: Optional[int] = None) -> Iterator[Memory]:
+        """Every memory of the user, page by page."""
+        cursor: Optional[str] = None
+        while True:
+            page = self.list(limit=page_size, cursor=cursor)
+            yield from page.memories
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def erase_all(self) -> int:
+        """Deletes every memory of the user; how many there were."""
+        return self._send(_erase_all())
+
+    def export(self) -> List[Memory]:
+        """Every memory of the user, in one request."""
+        return self._send(_export())
+
+    def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
+        """The server's embedding of each text (384 floats each), in order."""
+        return self._send(_embed(texts))
+
+    def close(self) -> None:
+        """Closes the connections."""
+        self._http.close()
+
+    def __enter__(self) -> Cordon:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+class AsyncCordon:
+    """The asynchronous twin of :class:`Cordon`: the same methods, awaited
+    (``iter_all`` is an async iterator), and the same retry rule."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: Union[float, httpx.Timeout] = DEFAULT_TIMEOUT,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+    ) -> None:
+        self._settings = _Settings(token, max_retries, max_retry_wait)
+        self._http = httpx.AsyncClient(
+            base_url=_base_url(base_url),
+            headers=self._settings.headers,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def _send(self, call: _Call[T]) -> T:
+        attempt = 0
+        while True:
+            response = await self._http.request(
+                call.method,
+                call.path,
+                json=call.body,
+                params=call.params,
+                headers=call.headers,
+            )
+            outcome = self._settings.finish(call, response, attempt)
+            if not isinstance(outcome, _Retry):
+                return outcome
+            attempt += 1
+            await asyncio.sleep(outcome.delay)
+
+    async def remember(
+        self,
+        text: str,
+        metadata: Optional[Mapping[str, Any]] = None,
+        *,
+        idempotency_key: Optional[str] = None,
+    ) -> str:
+        """See :meth:`Cordon.remember`."""
+        return (await self._send(_remember(text, metadata, idempotency_key)))[0]
+
+    async def remember_many(
+        self, items: Iterable[MemoryInput], *, idempotency_key: Optional[str] = None
+    ) -> List[str]:
+        """See :meth:`Cordon.remember_many`."""
+        return await self._send(_remember_many(items, idempotency_key))
+
+    async def recall(
+        self,
+        query: str,
+        *,
+        limit: Optional[int] = None,
+        min_score: Optional[float] = None,
+        filter: Optional[Filter] = None,
+    ) -> List[Memory]:
+        """See :meth:`Cordon.recall`."""
+        return await self._send(_recall(query, limit, min_score, filter))
+
+    async def get(self, id: str) -> Optional[Memory]:
+        """See :meth:`Cordon.get`."""
+        return await self._send(_get(id))
+
+    async def forget(self, id: str) -> bool:
+        """See :meth:`Cordon.forget`."""
+        return await self._send(_forget(id))
+
+    async def list(
+        self, limit: Optional[int] = None, cursor: Optional[str] = None
+    ) -> Page:
+        """See :meth:`Cordon.list`."""
+        return await self._send(_list(limit, cursor))
+
+    async def iter_all(self, *, page_size: Optional[int] = None) -> AsyncIterator[Memory]:
+        """See :meth:`Cordon.iter_all`."""
+        cursor: Optional[str] = None
+        while True:
+            page = await self.list(limit=page_size, cursor=cursor)
+            for memory in page.memories:
+                yield memory
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def erase_all(self) -> int:
+        """See :meth:`Cordon.erase_all`."""
+        return await self._send(_erase_all())
+
+    async def export(self) -> List[Memory]:
+        """See :meth:`Cordon.export`."""
+        return await self._send(_export())
+
+    async def embed(self, texts: Union[str, Sequence[str]]) -> List[List[float]]:
+        """See :meth:`Cordon.embed`."""
+        return await self._send(_embed(texts))
+
+    async def aclose(self) -> None:
+        """Closes the connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncCordon:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,58 @@
+"""What the server answers with, as plain frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+__all__ = ["Memory", "Page"]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One stored memory.
+
+    ``created_at`` is the time it was stored, in milliseconds since the Unix
+    epoch. ``score`` is the similarity to the query (cosine, -1 to 1) for
+    results of :meth:`Cordon.recall`, and ``None`` everywhere else.
+    """
+
+    id: str
+    text: str
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    created_at: int = 0
+    score: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Memory:
+        """A memory from the server's JSON object; ``ValueError`` if it is not one."""
+        if not isinstance(obj, dict):
+            raise ValueError("a memory must be a JSON object")
+        id_, text = obj.get("id"), obj.get("text")
+        if not isinstance(id_, str) or not isinstance(text, str):
+            raise ValueError("a memory needs a string `id` and `text`")
+        metadata = obj.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("a memory's `metadata` must be a JSON object")
+        created_at = obj.get("created_at", 0)
+        if not isinstance(created_at, int):
+            raise ValueError("a memory's `created_at` must be an integer")
+        score = obj.get("score")
+        if score is not None and not isinstance(score, (int, float)):
+            raise ValueError("a memory's `score` must be a number")
+        return cls(
+            id=id_,
+            text=text,
+            metadata=metadata,
+            created_at=created_at,
+            score=None if score is None else float(score),
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of :meth:`Cordon.list`; pass ``next_cursor`` on for the next
+    page (``None`` on the last one)."""
+
+    memories: List[Memory]
+    next_cursor: Optional[str] = None
