@@ -5,15 +5,16 @@
 //! JSON shape `{"error": {"code": "...", "message": "..."}}`. Internals (paths,
 //! engine messages) go to the log, never into a response body.
 
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
 use crate::access::{AccessError, Denied, Refusal};
 use crate::api::openapi::{ErrorBody, ErrorDetail};
 use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::store::StoreError;
-use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 
 /// An error that a request can end with.
 #[derive(Debug, thiserror::Error)]

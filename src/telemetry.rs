@@ -19,6 +19,11 @@ use crate::settings::AuditSink;
 /// target is held to errors.
 const DEFAULT_FILTER: &str = "info,qdrant_edge::common::flags=error";
 
+/// Always added, whatever `RUST_LOG` says: rmcp logs whole MCP requests and
+/// results (memory text, decrypted or not) at debug, and argument errors
+/// quoting the values at warn; the MCP module logs what matters itself.
+const RMCP_FILTER: &str = "rmcp=error";
+
 /// Installs the global subscriber; `json` selects JSON lines for the log.
 /// Keep the returned guard until exit: it flushes the audit file writer.
 pub fn init(json: bool, audit_sink: &AuditSink) -> Option<WorkerGuard> {
@@ -33,7 +38,8 @@ pub fn init(json: bool, audit_sink: &AuditSink) -> Option<WorkerGuard> {
             format!("{}=off", audit::TARGET)
                 .parse()
                 .expect("a valid directive"),
-        );
+        )
+        .add_directive(RMCP_FILTER.parse().expect("a valid directive"));
     let log = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);

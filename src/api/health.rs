@@ -46,6 +46,7 @@ async fn healthz() -> Json<Status> {
     tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Status),
+        (status = 500, description = "A bug; details are in the server's log only", body = ErrorBody),
         (status = 503, description = "Not ready (`store_unavailable`)", body = ErrorBody),
     ),
 )]

@@ -11,7 +11,9 @@
 //! every result has passed the guard.
 //!
 //! Stateless means no MCP session outlives a request, so there is no session
-//! one user's token could join another's in. Host and Origin checks are off:
+//! one user's token could join another's in. rmcp runs each tool in a task
+//! of its own, so a tool also stops when rmcp cancels the request (request
+//! timeout, client gone), as a REST handler is dropped. Host and Origin checks are off:
 //! they guard servers that trust whoever can reach them, and this one trusts
 //! only a bearer token, which a browser never attaches on its own.
 
@@ -27,12 +29,14 @@ use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{Implementation, PromptMessage, Role, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, ServerHandler, prompt, prompt_handler, prompt_router, schemars, tool};
-use rmcp::{tool_handler, tool_router};
+use rmcp::{ErrorData, RoleServer, ServerHandler, prompt, prompt_handler, prompt_router};
+use rmcp::{schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::AppState;
@@ -142,7 +146,8 @@ pub struct ForgetArgs {
     pub id: String,
 }
 
-/// `list_memories`' arguments.
+/// `list_memories`' arguments (pages in id order: the order of storing, for
+/// memories stored without an idempotency key).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ListArgs {
     /// Memories per page (1 to 100, default 20).
@@ -193,7 +198,7 @@ pub struct Forgotten {
 /// `list_memories`' answer.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Listed {
-    /// This page, oldest first.
+    /// This page, in id order.
     pub memories: Vec<ToolMemory>,
     /// Pass as `cursor` for the next page; absent on the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,7 +216,22 @@ fn tool_memories(memories: &[Memory]) -> Result<Vec<ToolMemory>, String> {
 }
 
 fn parse_id(id: &str) -> Result<Uuid, String> {
-    Uuid::parse_str(id.trim()).map_err(|_| format!("invalid_request: `{id}` is not a memory id"))
+    Uuid::parse_str(id.trim()).map_err(|_| "invalid_request: not a memory id".to_owned())
+}
+
+/// Runs one tool's work in a span with the caller's tag (never the text),
+/// and stops it when rmcp cancels the request.
+async fn run_tool<T>(
+    tool: &'static str,
+    caller: &Caller,
+    context: &RequestContext<RoleServer>,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, String> {
+    let span = tracing::info_span!("mcp_tool", tool, owner = %caller.owner.log_tag());
+    tokio::select! {
+        result = work.instrument(span) => result.map_err(|e| e.client_text()),
+        () = context.ct.cancelled() => Err("cancelled: the request ended before the tool finished".into()),
+    }
 }
 
 #[tool_router]
@@ -230,15 +250,15 @@ impl Memories {
     async fn remember(
         &self,
         McpCaller(caller): McpCaller,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<RememberArgs>,
     ) -> Result<Json<Remembered>, String> {
         let input = MemoryInput {
             text: args.text,
             metadata: args.metadata.map(Value::Object),
         };
-        let ids = memories::store_memories(&self.state, &caller, None, vec![input])
-            .await
-            .map_err(describe)?;
+        let work = memories::store_memories(&self.state, &caller, None, vec![input]);
+        let ids = run_tool("remember", &caller, &context, work).await?;
         let id = ids.first().ok_or("internal: no id was returned")?;
         Ok(Json(Remembered { id: id.to_string() }))
     }
@@ -250,6 +270,7 @@ impl Memories {
     async fn recall(
         &self,
         McpCaller(caller): McpCaller,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<RecallArgs>,
     ) -> Result<Json<Recalled>, String> {
         let request = SearchRequest {
@@ -258,9 +279,8 @@ impl Memories {
             min_score: args.min_score,
             filter: args.filter,
         };
-        let found = memories::search_memories(&self.state, &caller, request)
-            .await
-            .map_err(describe)?;
+        let work = memories::search_memories(&self.state, &caller, request);
+        let found = run_tool("recall", &caller, &context, work).await?;
         Ok(Json(Recalled {
             memories: tool_memories(&found)?,
         }))
@@ -271,36 +291,31 @@ impl Memories {
     async fn forget(
         &self,
         McpCaller(caller): McpCaller,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<ForgetArgs>,
     ) -> Result<Json<Forgotten>, String> {
         let id = parse_id(&args.id)?;
-        memories::delete_memory(&self.state, &caller, id)
-            .await
-            .map_err(describe)?;
+        let work = memories::delete_memory(&self.state, &caller, id);
+        run_tool("forget", &caller, &context, work).await?;
         Ok(Json(Forgotten { id: id.to_string() }))
     }
 
-    /// Pages through the user's memories, oldest first.
-    #[tool(description = "List the user's memories page by page, oldest first.")]
+    /// Pages through the user's memories in id order.
+    #[tool(description = "List the user's memories page by page (in the order they were stored).")]
     async fn list_memories(
         &self,
         McpCaller(caller): McpCaller,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<ListArgs>,
     ) -> Result<Json<Listed>, String> {
         let cursor = args.cursor.as_deref().map(parse_id).transpose()?;
-        let page = memories::list_memories(&self.state, &caller, args.limit, cursor)
-            .await
-            .map_err(describe)?;
+        let work = memories::list_memories(&self.state, &caller, args.limit, cursor);
+        let page = run_tool("list_memories", &caller, &context, work).await?;
         Ok(Json(Listed {
             memories: tool_memories(&page.memories)?,
             next_cursor: page.next_cursor.map(|c| c.to_string()),
         }))
     }
-}
-
-/// The API error's code and message, for the agent to read.
-fn describe(error: ApiError) -> String {
-    error.client_text()
 }
 
 #[prompt_router]

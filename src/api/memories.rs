@@ -69,7 +69,7 @@ enum StoreRequest {
     /// A batch of memories (1 to the server's item limit, 64 by default).
     Many {
         /// The memories, stored in this order.
-        #[schema(min_items = 1, max_items = 64)]
+        #[schema(min_items = 1)]
         memories: Vec<MemoryInput>,
     },
     /// One memory.
@@ -344,7 +344,8 @@ struct ListParams {
     cursor: Option<Uuid>,
 }
 
-/// One page, in creation order; `next_cursor` is null on the last.
+/// One page, in id order (the order of storing, for memories stored without
+/// an `Idempotency-Key`); `next_cursor` is null on the last.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse {
     /// The memories of this page.
@@ -353,7 +354,7 @@ pub struct ListResponse {
     pub next_cursor: Option<Uuid>,
 }
 
-/// Page through the caller's memories in creation order.
+/// Page through the caller's memories in id order.
 #[utoipa::path(
     get,
     path = "/v1/memories",

@@ -30,6 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use admin::AdminKey;
 pub use quota::Quotas;
+pub use validate::is_metadata_key;
 
 use crate::auth::AuthState;
 use crate::embed::Embedder;

@@ -52,12 +52,16 @@ pub fn page_limit(value: Option<i64>, default: usize, limits: &Limits) -> Result
     }
 }
 
-fn key(k: &str) -> Result<(), ApiError> {
-    let ok = !k.is_empty()
+/// Whether `k` is a usable metadata key (1 to 64 of A-Z, a-z, 0-9, `_`, `-`).
+pub fn is_metadata_key(k: &str) -> bool {
+    !k.is_empty()
         && k.len() <= MAX_KEY_BYTES
         && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn key(k: &str) -> Result<(), ApiError> {
+    if is_metadata_key(k) {
         Ok(())
     } else {
         Err(ApiError::validation(format!(

@@ -30,7 +30,9 @@ pub enum MintError {
         source: std::io::Error,
     },
     /// The private key file holds no usable key.
-    #[error("{0}: not an RSA, EC (P-256) or Ed25519 private key in PEM form")]
+    #[error(
+        "{0}: not an RSA, EC (P-256) or Ed25519 private key in PEM form (PKCS#8 `BEGIN PRIVATE KEY`, or `BEGIN RSA PRIVATE KEY`; `openssl pkcs8 -topk8 -nocrypt` converts others)"
+    )]
     NotAKey(String),
     /// Neither a secret nor a private key was given.
     #[error("no signing key: give the HS256 secret or a private key (PEM)")]
@@ -71,13 +73,25 @@ impl Signer {
         })
     }
 
+    /// The same signer with `kid` in every token's header.
+    pub fn with_kid(mut self, kid: Option<String>) -> Self {
+        self.kid = kid;
+        self
+    }
+
     /// Signs with a PEM private key; `kid` goes into the header when the
     /// server picks keys from a JWKS by id.
     pub fn private_key(path: &Path, kid: Option<String>) -> Result<Self, MintError> {
-        let pem = std::fs::read(path).map_err(|source| MintError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let pem =
+            zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| MintError::Read {
+                path: path.display().to_string(),
+                source,
+            })?);
+        // The RSA parser also takes public keys and certificates, which
+        // would only fail later, at the first signature.
+        if !pem.windows(11).any(|w| w == b"PRIVATE KEY") {
+            return Err(MintError::NotAKey(path.display().to_string()));
+        }
         let (alg, key) = if let Ok(k) = EncodingKey::from_rsa_pem(&pem) {
             (Algorithm::RS256, k)
         } else if let Ok(k) = EncodingKey::from_ec_pem(&pem) {
@@ -98,7 +112,7 @@ impl Signer {
     ) -> Result<Self, MintError> {
         match (private_key, secret) {
             (Some(path), _) => Self::private_key(path, kid),
-            (None, Some(secret)) => Self::hs256(secret),
+            (None, Some(secret)) => Ok(Self::hs256(secret)?.with_kid(kid)),
             (None, None) => Err(MintError::NoKey),
         }
     }

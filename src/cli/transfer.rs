@@ -5,11 +5,14 @@
 //! is the only identity they have. An export pages through
 //! `GET /v1/memories` and writes one memory per line into `<file>.partial`,
 //! renamed to `<file>` only once the last page is written, so a cut-short
-//! export never looks complete. An import sends batches under an
-//! `Idempotency-Key` derived from the batch's content, so running it again
-//! after an interruption (or twice by mistake) stores nothing twice.
+//! export never looks complete; the file is the user's plain text, so only
+//! its owner may read it. An import checks every line against the rules it
+//! can know before sending anything, then sends batches under an
+//! `Idempotency-Key` derived from each batch's content, so running the same
+//! import again after an interruption stores nothing twice.
 
 use std::io::{BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -62,9 +65,14 @@ pub struct ImportArgs {
     /// with `text` and optional `metadata`, as `cordon export` writes.
     #[arg(long, short, default_value = "-")]
     input: PathBuf,
-    /// Memories per request (at most the server's `CORDON_MAX_ITEMS`).
+    /// Memories per request (at most the server's `CORDON_MAX_ITEMS`). A
+    /// re-run stores nothing twice only with the same file and batch size.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Longest text accepted, in bytes (the server's `CORDON_MAX_TEXT_BYTES`),
+    /// checked before anything is sent.
+    #[arg(long, default_value_t = 8192)]
+    max_text_bytes: usize,
 }
 
 /// Why an export or import stopped.
@@ -292,7 +300,13 @@ async fn export_to(
     let mut out: Box<dyn Write> = if to_stdout {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {
-        let file = std::fs::File::create(partial).map_err(io_error(partial))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(partial)
+            .map_err(io_error(partial))?;
         Box::new(std::io::BufWriter::new(file))
     };
     let progress = bar(None, "memories");
@@ -342,9 +356,11 @@ fn partial_path(output: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Reads and checks every line before anything is sent, so a bad line
-/// stops the import before its first write rather than halfway.
-fn read_lines(input: &Path) -> Result<Vec<Value>, TransferError> {
+/// Reads every line and checks what can be checked here (a text that is
+/// not blank and not too long, metadata keys), so that such a line stops the
+/// import before its first write rather than halfway. Returns each memory
+/// with its line number.
+fn read_lines(input: &Path, max_text_bytes: usize) -> Result<Vec<(usize, Value)>, TransferError> {
     let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -357,25 +373,44 @@ fn read_lines(input: &Path) -> Result<Vec<Value>, TransferError> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(&line).map_err(|e| TransferError::BadLine {
+        let bad = |reason: String| TransferError::BadLine {
             line: i + 1,
-            reason: format!("not a memory (`text` and optional `metadata` object): {e}"),
+            reason,
+        };
+        let parsed: Line = serde_json::from_str(&line).map_err(|e| {
+            bad(format!(
+                "not a memory (`text` and optional `metadata` object): {e}"
+            ))
         })?;
+        if parsed.text.trim().is_empty() {
+            return Err(bad("`text` is blank".into()));
+        }
+        if parsed.text.len() > max_text_bytes {
+            return Err(bad(format!(
+                "`text` is {} bytes; the limit is {max_text_bytes} (--max-text-bytes)",
+                parsed.text.len()
+            )));
+        }
         let mut item = json!({ "text": parsed.text });
         if let Some(metadata) = parsed.metadata {
+            if let Some(key) = metadata.keys().find(|k| !crate::api::is_metadata_key(k)) {
+                return Err(bad(format!(
+                    "metadata key `{key}` is not 1 to 64 of A-Z, a-z, 0-9, `_` or `-`"
+                )));
+            }
             item["metadata"] = Value::Object(metadata);
         }
-        items.push(item);
+        items.push((i + 1, item));
     }
     Ok(items)
 }
 
 /// Splits into batches of at most `max` items and [`MAX_BATCH_BYTES`].
-fn batches(items: Vec<Value>, max: usize) -> Vec<Vec<Value>> {
-    let mut out: Vec<Vec<Value>> = Vec::new();
+fn batches<T>(items: Vec<(T, Value)>, max: usize) -> Vec<Vec<(T, Value)>> {
+    let mut out: Vec<Vec<(T, Value)>> = Vec::new();
     let mut bytes = 0;
     for item in items {
-        let size = item.to_string().len() + 1;
+        let size = item.1.to_string().len() + 1;
         match out.last_mut() {
             Some(batch) if batch.len() < max && bytes + size <= MAX_BATCH_BYTES => {
                 batch.push(item);
@@ -401,23 +436,32 @@ async fn import_run(args: ImportArgs) -> Result<String, TransferError> {
     if args.batch == 0 {
         return Err(TransferError::Start("--batch must be at least 1".into()));
     }
-    let items = read_lines(&args.input)?;
+    let items = read_lines(&args.input, args.max_text_bytes)?;
     let total = items.len();
     let api = Api::new(args.connection)?;
     let progress = bar(Some(total as u64), "memories");
     let mut done = 0;
     for batch in batches(items, args.batch) {
         let n = batch.len();
-        let body = json!({ "memories": batch });
+        let lines = (batch[0].0, batch[n - 1].0);
+        let memories: Vec<Value> = batch.into_iter().map(|(_, item)| item).collect();
+        let body = json!({ "memories": memories });
         let key = batch_key(&body);
         let answer = api
             .send(Method::POST, "/v1/memories", Some(&body), Some(&key))
             .await
-            .inspect_err(|_| {
+            .inspect_err(|e| {
                 progress.abandon();
-                eprintln!(
-                    "cordon import: {done} of {total} memories stored before this error; run the same import again to continue"
-                );
+                let refused = matches!(e, TransferError::Refused { status, .. } if status.is_client_error());
+                let hint = if refused {
+                    format!(
+                        "the server refused lines {} to {} (none of them was stored); fix them and run the same import again",
+                        lines.0, lines.1
+                    )
+                } else {
+                    "run the same import again to continue".to_owned()
+                };
+                eprintln!("cordon import: {done} of {total} memories stored before this error; {hint}");
             })?;
         let ids = answer["ids"].as_array().map_or(0, Vec::len);
         if ids != n {
@@ -436,13 +480,13 @@ mod tests {
 
     #[test]
     fn batches_respect_the_count_and_the_byte_cap() {
-        let small: Vec<Value> = (0..70)
-            .map(|i| json!({ "text": format!("m{i}") }))
+        let small: Vec<(usize, Value)> = (0..70)
+            .map(|i| (i, json!({ "text": format!("m{i}") })))
             .collect();
         let sizes: Vec<usize> = batches(small, 32).iter().map(Vec::len).collect();
         assert_eq!(sizes, [32, 32, 6]);
-        let big: Vec<Value> = (0..5)
-            .map(|_| json!({ "text": "x".repeat(200 * 1024) }))
+        let big: Vec<(usize, Value)> = (0..5)
+            .map(|i| (i, json!({ "text": "x".repeat(200 * 1024) })))
             .collect();
         let sizes: Vec<usize> = batches(big, 32).iter().map(Vec::len).collect();
         assert_eq!(sizes, [2, 2, 1]);

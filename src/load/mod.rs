@@ -3,10 +3,10 @@
 //!
 //! Each simulated user gets a token for its own subject, minted here with the
 //! server's `CORDON_JWT_HS256_SECRET` or, for a server that verifies with a
-//! public key, with the matching private key (`--private-key-pem`). It stores memories whose texts
-//! carry the user's canary tag, runs a mix of store, search, get, list and
-//! delete (some gets and deletes aimed at other users' ids), reads everything
-//! back and erases. `leaks` counts every foreign memory seen in any response
+//! public key, with the matching private key (`--private-key-pem`). It
+//! stores memories whose texts carry the user's canary tag, runs a mix of
+//! store, search, get, list and delete (some gets and deletes aimed at other
+//! users' ids), reads everything back and erases. `leaks` counts every foreign memory seen in any response
 //! and every foreign id that answered anything but 404. The tool exits 1 on
 //! any leak, on a lost or stale memory, on more failed requests than
 //! `--max-error-share`, when it judged no memory at all (a run that checked
@@ -25,12 +25,11 @@ mod report;
 mod scrape;
 mod workload;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;

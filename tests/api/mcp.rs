@@ -74,3 +74,46 @@ async fn mcp_with_a_token_initializes_and_lists_the_memory_tools() {
     }
     app.stop().await;
 }
+
+/// Calls `tool` with `arguments` as the holder of `bearer`; the tool result.
+async fn call_tool(app: &TestApp, bearer: &str, tool: &str, arguments: Value) -> Value {
+    let body = json!({
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": { "name": tool, "arguments": arguments }
+    });
+    let r = post_mcp(app, Some(bearer), &body).await;
+    assert_eq!(r.status(), StatusCode::OK, "tools/call {tool}");
+    let answer: Value = r.json().await.expect("a JSON answer");
+    answer["result"].clone()
+}
+
+#[tokio::test]
+async fn tool_calls_act_for_the_token_user_only_and_free_their_slot() {
+    // One request in flight per user: a slot a tool call kept would refuse
+    // the next call with 429.
+    let app = crate::helpers::spawn_app_with(|s| s.access.user_limits.max_in_flight = 1).await;
+    let (alice, bob) = (token("acme", "alice"), token("acme", "bob"));
+    let stored = call_tool(
+        &app,
+        &alice,
+        "remember",
+        json!({ "text": "alice keeps bees" }),
+    )
+    .await;
+    let id = stored["structuredContent"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    for _ in 0..3 {
+        let found = call_tool(&app, &bob, "recall", json!({ "query": "bees" })).await;
+        assert_eq!(found["structuredContent"]["memories"], json!([]));
+    }
+    let forget = call_tool(&app, &bob, "forget", json!({ "id": id })).await;
+    assert_eq!(forget["isError"], true);
+    let found = call_tool(&app, &alice, "recall", json!({ "query": "bees" })).await;
+    assert_eq!(
+        found["structuredContent"]["memories"][0]["text"],
+        "alice keeps bees"
+    );
+    app.stop().await;
+}

@@ -159,3 +159,59 @@ async fn an_export_with_a_bad_token_fails_and_leaves_no_file() {
     assert!(!file.exists());
     assert!(!work.path().join("out.ndjson.partial").exists());
 }
+
+#[tokio::test]
+async fn a_blank_or_overlong_text_is_refused_by_line_before_any_write_and_exports_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = serve(data.path());
+    let dave = mint(data.path(), "acme", "dave");
+    let client = reqwest::Client::new();
+    for (content, line) in [
+        (
+            "{\"text\": \"fine\"}\n{\"text\": \"   \"}\n".to_owned(),
+            "line 2",
+        ),
+        (
+            format!(
+                "{{\"text\": \"ok\"}}\n{{\"text\": \"ok too\"}}\n{{\"text\": \"{}\"}}\n",
+                "x".repeat(9000)
+            ),
+            "line 3",
+        ),
+        (
+            "{\"text\": \"a\", \"metadata\": {\"bad key\": 1}}\n".to_owned(),
+            "line 1",
+        ),
+    ] {
+        let file = work.path().join("in.ndjson");
+        std::fs::write(&file, content).expect("write");
+        let out = transfer(
+            data.path(),
+            &server,
+            &dave,
+            &["import", "-i", file.to_str().unwrap()],
+        );
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(line), "{}", stderr(&out));
+        assert!(contents(&client, &server, &dave).await.is_empty());
+    }
+    let file = work.path().join("dave.ndjson");
+    let out = transfer(
+        data.path(),
+        &server,
+        &dave,
+        &["export", "-o", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = std::fs::metadata(&file)
+        .expect("the export")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the export is readable by others: {mode:o}"
+    );
+}
