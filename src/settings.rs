@@ -99,6 +99,17 @@ pub struct ServeArgs {
     /// ONNX Runtime intra-op threads (default: available cores).
     #[arg(long, env = "CORDON_EMBED_THREADS")]
     pub embed_threads: Option<usize>,
+    /// Model workers, each with its own ONNX Runtime session.
+    #[arg(long, env = "CORDON_EMBED_WORKERS", default_value_t = 1)]
+    pub embed_workers: usize,
+    /// Whether the ONNX Runtime threads spin while idle (see the README on threads).
+    #[arg(long, env = "CORDON_EMBED_SPIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub embed_spin: bool,
+    /// Threads serving requests (default: one less than the available cores,
+    /// at least one: the model's threads keep the cores busy, and request
+    /// work is short).
+    #[arg(long, env = "CORDON_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Most texts per model call.
     #[arg(long, env = "CORDON_EMBED_MAX_BATCH", default_value_t = 32)]
     pub embed_max_batch: usize,
@@ -573,7 +584,9 @@ impl ServeArgs {
             },
             embed: EmbedSettings {
                 model_dir: self.model_dir,
+                workers: self.embed_workers.max(1),
                 intra_threads: self.embed_threads.unwrap_or(cores),
+                intra_spinning: self.embed_spin,
                 max_batch: self.embed_max_batch.max(1),
                 queue_capacity: self.embed_queue.max(1),
                 queue_per_user: self

@@ -59,7 +59,9 @@ pub fn embedder() -> Embedder {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Embedder::start(&EmbedSettings {
         model_dir: repo("models"),
+        workers: 1,
         intra_threads: cores,
+        intra_spinning: true,
         max_batch: 32,
         queue_capacity: 1024,
         queue_per_user: 128,

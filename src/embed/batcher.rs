@@ -1,7 +1,14 @@
 //! Dynamic batching: one worker thread owns the model and drains the queue,
 //! taking users' jobs in turns (see [`super::fair`]). A request is queued
-//! as pieces of an eighth of a batch, so that its texts can be shared out
+//! as pieces of a sixteenth of a batch, so that its texts can be shared out
 //! over several batches like everyone else's.
+//!
+//! Texts are tokenised by the request before they are queued, so that the
+//! worker spends its time in the model and tokenising runs beside it. The
+//! worker sorts a batch's texts by length and runs them in groups whose
+//! padded size (texts times the longest) stays within a token budget: a
+//! short text is not padded to a long neighbour's length. It never waits for
+//! company: whatever is queued when the model is free is the next batch.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -10,9 +17,17 @@ use std::thread;
 use tokio::sync::oneshot;
 
 use super::fair::{FairQueue, Refused, Texts};
-use super::model::{Encoded, Model};
+use super::model::{Encoded, Model, Sequence, TextTokenizer};
 use super::{EmbedError, EmbedSettings};
 use crate::owner::OwnerHash;
+
+/// Most padded tokens (texts times the longest of them) in one model call.
+/// Short texts fill a whole batch well within it (32 of 25 tokens are 800);
+/// long ones run a few at a time, as one would pad all the others to them.
+const TOKEN_BUDGET: usize = 2048;
+
+/// Bytes of text above which tokenising leaves the async threads.
+const INLINE_TOKENISE_BYTES: usize = 4096;
 
 /// Texts to embed for one owner (one piece of a request), with the channel
 /// its answer goes back on.
@@ -20,13 +35,13 @@ struct Job {
     // A job cannot exist without its owner: the worker logs by owner tag and a
     // job is never answered on any channel but its own.
     owner: OwnerHash,
-    texts: Vec<String>,
-    reply: oneshot::Sender<Result<Encoded, EmbedError>>,
+    sequences: Vec<Sequence>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
 }
 
 impl Texts for Job {
     fn texts(&self) -> usize {
-        self.texts.len()
+        self.sequences.len()
     }
 }
 
@@ -34,6 +49,7 @@ impl Texts for Job {
 #[derive(Clone)]
 pub struct Embedder {
     queue: Arc<FairQueue<Job>>,
+    tokenizer: TextTokenizer,
     piece: usize,
     // The last handle to go closes the queue, which ends the worker.
     _closer: Arc<Closer>,
@@ -48,22 +64,29 @@ impl Drop for Closer {
 }
 
 impl Embedder {
-    /// Loads the model and starts the worker thread.
+    /// Loads the model and starts the worker threads, each with a session
+    /// of its own.
     pub fn start(settings: &EmbedSettings) -> Result<Self, EmbedError> {
-        let model = Model::load(settings)?;
         let queue = Arc::new(FairQueue::new(
             settings.queue_capacity,
             settings.queue_per_user,
         ));
         let max_batch = settings.max_batch.max(1);
-        let worker_queue = queue.clone();
-        thread::Builder::new()
-            .name("cordon-embed".into())
-            .spawn(move || worker(model, &worker_queue, max_batch))
-            .map_err(|e| EmbedError::Runtime(format!("cannot start embedding worker: {e}")))?;
+        let mut tokenizer = None;
+        for n in 0..settings.workers.max(1) {
+            let model = Model::load(settings)?;
+            tokenizer.get_or_insert_with(|| model.tokenizer());
+            let worker_queue = queue.clone();
+            thread::Builder::new()
+                .name(format!("cordon-embed-{n}"))
+                .spawn(move || worker(model, &worker_queue, max_batch))
+                .map_err(|e| EmbedError::Runtime(format!("cannot start embedding worker: {e}")))?;
+        }
+        let tokenizer = tokenizer.expect("at least one worker was started");
         Ok(Self {
             _closer: Arc::new(Closer(queue.clone())),
             queue,
+            tokenizer,
             piece: (max_batch / 16).max(1),
         })
     }
@@ -80,14 +103,16 @@ impl Embedder {
         texts: Vec<String>,
     ) -> Result<Encoded, EmbedError> {
         let total = texts.len();
+        let sequences = self.tokenize(texts).await?;
+        let tokens = sequences.iter().map(Sequence::len).collect();
         let mut jobs = Vec::with_capacity(total.div_ceil(self.piece));
         let mut answers = Vec::with_capacity(jobs.capacity());
-        let mut texts = texts.into_iter().peekable();
-        while texts.peek().is_some() {
+        let mut sequences = sequences.into_iter().peekable();
+        while sequences.peek().is_some() {
             let (reply, answer) = oneshot::channel();
             jobs.push(Job {
                 owner: owner.clone(),
-                texts: texts.by_ref().take(self.piece).collect(),
+                sequences: sequences.by_ref().take(self.piece).collect(),
                 reply,
             });
             answers.push(answer);
@@ -98,16 +123,24 @@ impl Embedder {
             Err(Refused::OwnerFull) => return Err(EmbedError::OwnerBusy),
             Err(Refused::Closed) => return Err(EmbedError::WorkerGone),
         }
-        let mut encoded = Encoded {
-            vectors: Vec::with_capacity(total),
-            tokens: Vec::with_capacity(total),
-        };
+        let mut vectors = Vec::with_capacity(total);
         for answer in answers {
-            let piece = answer.await.map_err(|_| EmbedError::WorkerGone)??;
-            encoded.vectors.extend(piece.vectors);
-            encoded.tokens.extend(piece.tokens);
+            vectors.extend(answer.await.map_err(|_| EmbedError::WorkerGone)??);
         }
-        Ok(encoded)
+        Ok(Encoded { vectors, tokens })
+    }
+
+    /// Tokenises on this thread when the texts are short (a few
+    /// microseconds), on the blocking pool when they are long.
+    async fn tokenize(&self, texts: Vec<String>) -> Result<Vec<Sequence>, EmbedError> {
+        let bytes: usize = texts.iter().map(String::len).sum();
+        if bytes <= INLINE_TOKENISE_BYTES {
+            return self.tokenizer.encode(&texts);
+        }
+        let tokenizer = self.tokenizer.clone();
+        tokio::task::spawn_blocking(move || tokenizer.encode(&texts))
+            .await
+            .map_err(|e| EmbedError::Runtime(format!("tokeniser task failed: {e}")))?
     }
 }
 
@@ -129,17 +162,16 @@ fn worker(mut model: Model, queue: &FairQueue<Job>, max_batch: usize) {
 fn run_batch(model: &mut Model, jobs: Vec<Job>, max_batch: usize) {
     // Jobs whose caller went away (timeout, disconnect) are not worth running.
     let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
-    let all: Vec<&str> = jobs
-        .iter()
-        .flat_map(|j| j.texts.iter().map(String::as_str))
-        .collect();
-    let mut vectors = Vec::with_capacity(all.len());
-    let mut tokens = Vec::with_capacity(all.len());
-    for chunk in all.chunks(max_batch) {
-        match model.embed(chunk) {
-            Ok(encoded) => {
-                vectors.extend(encoded.vectors);
-                tokens.extend(encoded.tokens);
+    let all: Vec<&Sequence> = jobs.iter().flat_map(|j| j.sequences.iter()).collect();
+    let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); all.len()];
+    let lengths: Vec<usize> = all.iter().map(|s| s.len()).collect();
+    for group in groups(&lengths, max_batch, TOKEN_BUDGET) {
+        let members: Vec<&Sequence> = group.iter().map(|&i| all[i]).collect();
+        match model.run(&members) {
+            Ok(out) => {
+                for (i, vector) in group.into_iter().zip(out) {
+                    vectors[i] = vector;
+                }
             }
             Err(e) => {
                 let message = e.to_string();
@@ -152,15 +184,75 @@ fn run_batch(model: &mut Model, jobs: Vec<Job>, max_batch: usize) {
         }
     }
     let mut vectors = vectors.into_iter();
-    let mut tokens = tokens.into_iter();
     for job in jobs {
-        let n = job.texts.len();
-        let encoded = Encoded {
-            vectors: vectors.by_ref().take(n).collect(),
-            tokens: tokens.by_ref().take(n).collect(),
-        };
+        let n = job.sequences.len();
         tracing::trace!(owner = %job.owner.log_tag(), texts = n, "embedded");
         // The caller may have gone away meanwhile; nothing to do then.
-        let _ = job.reply.send(Ok(encoded));
+        let _ = job.reply.send(Ok(vectors.by_ref().take(n).collect()));
+    }
+}
+
+/// Splits a batch into model calls: indices sorted by length, cut whenever
+/// one more would pass `max` texts or `budget` padded tokens (texts times
+/// the longest). A text longer than the budget runs alone.
+fn groups(lengths: &[usize], max: usize, budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending, so the newcomer is the longest of the group.
+        let padded = (current.len() + 1) * lengths[i];
+        if !current.is_empty() && (current.len() >= max || padded > budget) {
+            out.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn padded(lengths: &[usize], groups: &[Vec<usize>]) -> usize {
+        groups
+            .iter()
+            .map(|g| g.len() * g.iter().map(|&i| lengths[i]).max().unwrap_or(0))
+            .sum()
+    }
+
+    #[test]
+    fn short_texts_are_not_padded_to_a_long_neighbour() {
+        // Three short texts and one long, as one batch would hold them.
+        let lengths = [12, 250, 10, 14];
+        let groups = groups(&lengths, 32, 600);
+        assert_eq!(groups, vec![vec![2, 0, 3], vec![1]]);
+        assert_eq!(padded(&lengths, &groups), 3 * 14 + 250);
+        // One call padded to the longest would have cost 4 * 250.
+        assert!(padded(&lengths, &groups) < 4 * 250);
+    }
+
+    #[test]
+    fn groups_keep_to_the_text_cap_and_the_budget_and_cover_every_text_once() {
+        let lengths: Vec<usize> = (0..100).map(|i| 5 + (i * 37) % 200).collect();
+        let groups = groups(&lengths, 8, 1000);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        for g in &groups {
+            let longest = g.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+            assert!(g.len() <= 8);
+            assert!(g.len() == 1 || g.len() * longest <= 1000, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn a_text_longer_than_the_budget_runs_alone() {
+        assert_eq!(groups(&[300, 5], 32, 256), vec![vec![1], vec![0]]);
+        assert!(groups(&[], 32, 256).is_empty());
     }
 }

@@ -33,8 +33,15 @@ pub const FETCH_COMMAND: &str = "python3 models/fetch.py";
 pub struct EmbedSettings {
     /// Directory holding the model, tokenizer and ONNX Runtime library.
     pub model_dir: PathBuf,
-    /// ONNX Runtime intra-op threads.
+    /// Model workers, each with a session of its own, taking batches from
+    /// the one queue.
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads of each worker's session.
     pub intra_threads: usize,
+    /// Whether those threads spin while waiting for work (ONNX Runtime's
+    /// default), which costs the cores the request threads need between
+    /// model calls.
+    pub intra_spinning: bool,
     /// Most texts run through the model in one call.
     pub max_batch: usize,
     /// Most jobs waiting for the worker; beyond this requests get 503.

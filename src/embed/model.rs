@@ -1,11 +1,16 @@
 //! The model itself: tokenizer, ONNX session, mean pooling, L2 normalisation.
+//!
+//! Tokenising and running are apart: a [`TextTokenizer`] turns texts into
+//! unpadded [`Sequence`]s on the requests' own threads, so that the worker
+//! that owns the session only runs the model, and [`Model::run`] pads a
+//! group of sequences to the longest of that group, not of the whole batch.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 use super::{EmbedError, EmbedSettings, MODEL_FILE, RUNTIME_FILE, TOKENIZER_FILE, check_assets};
 
@@ -23,10 +28,72 @@ pub struct Encoded {
     pub tokens: Vec<usize>,
 }
 
-/// A loaded model; `embed` needs `&mut self` because an ONNX session run does.
+/// One text as the model takes it: token ids after truncation, unpadded.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    ids: Vec<i64>,
+}
+
+impl Sequence {
+    /// Tokens, special tokens included.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether it has no token (a tokenizer always adds two).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// The model's tokenizer, shared by every request that needs texts encoded.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Arc<Tokenizer>,
+    pad_id: i64,
+}
+
+impl TextTokenizer {
+    fn load(settings: &EmbedSettings) -> Result<Self, EmbedError> {
+        let mut tokenizer = Tokenizer::from_file(settings.asset(TOKENIZER_FILE))
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        // tokenizer.json pads every text to 128; sequences stay unpadded
+        // here and are padded per model call (see `Model::run`).
+        tokenizer.with_padding(None);
+        let pad_id = i64::from(tokenizer.token_to_id("[PAD]").unwrap_or(0));
+        Ok(Self {
+            inner: Arc::new(tokenizer),
+            pad_id,
+        })
+    }
+
+    /// Encodes each text (truncated at [`MAX_TOKENS`]).
+    pub fn encode(&self, texts: &[String]) -> Result<Vec<Sequence>, EmbedError> {
+        texts
+            .iter()
+            .map(|text| {
+                let encoding = self
+                    .inner
+                    .encode(text.as_str(), true)
+                    .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+                Ok(Sequence {
+                    ids: encoding.get_ids().iter().map(|&x| i64::from(x)).collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A loaded model; `run` needs `&mut self` because an ONNX session run does.
 pub struct Model {
     session: Session,
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
 }
 
 // ONNX Runtime can be loaded into a process once; every model shares it.
@@ -58,52 +125,48 @@ impl Model {
             .map_err(|e| EmbedError::Runtime(e.to_string()))?
             .with_intra_threads(settings.intra_threads.max(1))
             .map_err(|e| EmbedError::Runtime(e.to_string()))?
+            .with_intra_op_spinning(settings.intra_spinning)
+            .map_err(|e| EmbedError::Runtime(e.to_string()))?
             .commit_from_file(settings.asset(MODEL_FILE))
             .map_err(runtime)?;
 
-        let mut tokenizer = Tokenizer::from_file(settings.asset(TOKENIZER_FILE))
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
-                ..Default::default()
-            }))
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            pad_id,
-            pad_token: "[PAD]".into(),
-            ..Default::default()
-        }));
+        let tokenizer = TextTokenizer::load(settings)?;
         let mut model = Self { session, tokenizer };
         // Fail at start-up, not on the first request, if the files do not
         // make a working model (wrong inputs, outputs or dimensions).
-        model.embed(&["warm-up"])?;
+        model.embed(&["warm-up".to_owned()])?;
         Ok(model)
     }
 
-    /// Embeds `texts` in one model call.
-    pub fn embed(&mut self, texts: &[&str]) -> Result<Encoded, EmbedError> {
-        if texts.is_empty() {
-            return Ok(Encoded {
-                vectors: Vec::new(),
-                tokens: Vec::new(),
-            });
+    /// The tokenizer, for encoding texts before they reach the worker.
+    pub fn tokenizer(&self) -> TextTokenizer {
+        self.tokenizer.clone()
+    }
+
+    /// Encodes and embeds `texts` in one model call.
+    pub fn embed(&mut self, texts: &[String]) -> Result<Encoded, EmbedError> {
+        let sequences = self.tokenizer.encode(texts)?;
+        let tokens = sequences.iter().map(Sequence::len).collect();
+        let refs: Vec<&Sequence> = sequences.iter().collect();
+        let vectors = self.run(&refs)?;
+        Ok(Encoded { vectors, tokens })
+    }
+
+    /// Embeds `sequences` in one model call, padded to the longest of them.
+    pub fn run(&mut self, sequences: &[&Sequence]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if sequences.is_empty() {
+            return Ok(Vec::new());
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-        let batch = encodings.len();
-        let seq = encodings[0].get_ids().len();
+        let batch = sequences.len();
+        let seq = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(batch * seq);
         let mut mask = Vec::with_capacity(batch * seq);
-        let mut tokens = Vec::with_capacity(batch);
-        for e in &encodings {
-            ids.extend(e.get_ids().iter().map(|&x| i64::from(x)));
-            mask.extend(e.get_attention_mask().iter().map(|&x| i64::from(x)));
-            tokens.push(e.get_attention_mask().iter().filter(|&&m| m == 1).count());
+        for s in sequences {
+            let pad = seq - s.len();
+            ids.extend_from_slice(&s.ids);
+            ids.extend(std::iter::repeat_n(self.tokenizer.pad_id, pad));
+            mask.extend(std::iter::repeat_n(1i64, s.len()));
+            mask.extend(std::iter::repeat_n(0i64, pad));
         }
         let shape = [batch, seq];
         let runtime = |e: ort::Error| EmbedError::Runtime(e.to_string());
@@ -133,7 +196,7 @@ impl Model {
                 )
             })
             .collect();
-        Ok(Encoded { vectors, tokens })
+        Ok(vectors)
     }
 }
 

@@ -33,7 +33,9 @@ pub fn repo_path(rel: &str) -> PathBuf {
 fn embed_settings() -> EmbedSettings {
     EmbedSettings {
         model_dir: repo_path("models"),
+        workers: 1,
         intra_threads: 2,
+        intra_spinning: true,
         max_batch: 32,
         queue_capacity: 1024,
         queue_per_user: 128,
