@@ -141,7 +141,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // Measured on 2 cores (benches/RESULTS.md, "Threads"): with as many
+    // Measured on 2 cores (benches/RESULTS.md, "Embedding under load"): with as many
     // request threads as cores, they and the model's threads take turns on
     // the cores, and 16 single-text clients got 13% fewer texts through.
     builder.worker_threads(workers.unwrap_or(cores.saturating_sub(1)).max(1));

@@ -1,7 +1,8 @@
 //! Local text embeddings: all-MiniLM-L6-v2 (int8 ONNX) through ONNX Runtime.
 //!
-//! [`Embedder`] is a cheap handle to one worker thread that owns the model
-//! session. Requests queue as jobs; the worker drains whatever is queued into
+//! [`Embedder`] is a cheap handle to the worker thread that owns the model
+//! session (one by default; `CORDON_EMBED_WORKERS` starts more, each with a
+//! session of its own). Requests queue as jobs; the worker drains whatever is queued into
 //! one batch (dynamic batching), because ONNX Runtime on this class of machine
 //! runs a batch of 32 texts at roughly twice the per-text rate of batch 1.
 //! Each job carries its owner and its own reply channel, so a batch mixes
