@@ -310,6 +310,21 @@ fn endpoint(c: &mut Criterion) {
             assert_eq!(bare_search(&shard, &vector), LIMIT);
         })
     });
+    // The HTTP floor: the same client and server, a route that does no work
+    // (no token, no model, no store), so that "cordon" minus "bare" can be
+    // split into what any request costs here and what the search path adds.
+    group.bench_function("http_floor", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let response = http
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .expect("healthz request");
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.expect("JSON body");
+            assert_eq!(body["status"], "ok");
+        })
+    });
     group.bench_function("cordon", |b| {
         b.to_async(&runtime).iter(|| async {
             let response = http
