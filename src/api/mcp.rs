@@ -56,7 +56,9 @@ you cannot reach anyone else's, and nothing you pass names a user.";
 
 /// The route, its MCP service behind the same authentication as `/v1`.
 pub fn router(state: AppState) -> Router<AppState> {
-    let tools_state = state.clone();
+    // Built once: building the routers generates every tool's JSON schema,
+    // which a request (each gets a server of its own) need not redo.
+    let template = Memories::new(state.clone());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -65,7 +67,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .disable_allowed_origins()
         .with_max_request_body_bytes(state.limits.max_body_bytes);
     let service = StreamableHttpService::new(
-        move || Ok(Memories::new(tools_state.clone())),
+        move || Ok(template.clone()),
         Arc::new(NeverSessionManager::default()),
         config,
     );
