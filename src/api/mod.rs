@@ -74,12 +74,16 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(admin::router())
 }
 
-/// Every documented route (all but `/mcp`, a service documented by hand).
-fn routes() -> OpenApiRouter<AppState> {
+/// The routes outside the request budget: health, metrics, the document.
+fn open_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(health::router())
         .merge(openapi::router())
-        .merge(api_routes())
+}
+
+/// Every documented route (all but `/mcp`, a service documented by hand).
+fn routes() -> OpenApiRouter<AppState> {
+    open_routes().merge(api_routes())
 }
 
 /// The complete router with its layers.
@@ -89,10 +93,7 @@ pub fn router(state: AppState) -> Router {
     let api = api
         .merge(mcp::router(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), bounded));
-    let (open, _) = OpenApiRouter::new()
-        .merge(health::router())
-        .merge(openapi::router())
-        .split_for_parts();
+    let (open, _) = open_routes().split_for_parts();
     Router::new()
         .merge(open)
         .merge(api)
