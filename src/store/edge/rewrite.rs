@@ -32,6 +32,18 @@ use crate::store::StoreError;
 /// Points copied per page; the user's writes wait at most one page.
 const COPY_PAGE: usize = 256;
 
+/// One page of a whole shard's points after `offset`, payloads always.
+fn copy_page(offset: Option<qdrant_edge::PointId>, vectors: bool) -> ScrollRequest {
+    ScrollRequest {
+        offset,
+        limit: Some(COPY_PAGE),
+        filter: None,
+        with_payload: Some(WithPayloadInterface::Bool(true)),
+        with_vector: WithVector::Bool(vectors),
+        order_by: None,
+    }
+}
+
 /// How a rewrite ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -90,18 +102,8 @@ impl EdgeEngine {
             let slot = self.pool.slot(&name)?;
             let mut offset = None;
             loop {
-                let page = slot.read(|shard| {
-                    shard
-                        .scroll(ScrollRequest {
-                            offset,
-                            limit: Some(COPY_PAGE),
-                            filter: None,
-                            with_payload: Some(WithPayloadInterface::Bool(true)),
-                            with_vector: WithVector::Bool(false),
-                            order_by: None,
-                        })
-                        .map_err(engine_err)
-                })?;
+                let page =
+                    slot.read(|shard| shard.scroll(copy_page(offset, false)).map_err(engine_err))?;
                 let Some((records, next)) = page else { break };
                 for record in records {
                     let owner = record
@@ -247,16 +249,7 @@ impl EdgeEngine {
                 if slot.generation() != generation {
                     return Ok(Outcome::Cancelled);
                 }
-                shard
-                    .scroll(ScrollRequest {
-                        offset,
-                        limit: Some(COPY_PAGE),
-                        filter: None,
-                        with_payload: Some(WithPayloadInterface::Bool(true)),
-                        with_vector: WithVector::Bool(true),
-                        order_by: None,
-                    })
-                    .map_err(engine_err)?
+                shard.scroll(copy_page(offset, true)).map_err(engine_err)?
             };
             let (records, next) = page;
             let mut batch = records
