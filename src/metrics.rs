@@ -37,6 +37,8 @@ pub struct Gauges {
     pub embedding_queue_texts: usize,
     /// Shards the embedded engine holds open.
     pub open_shards: usize,
+    /// The embedding workers' counts since start.
+    pub embedding: crate::embed::EmbedStats,
 }
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -159,6 +161,27 @@ impl Metrics {
             out,
             "# HELP cordon_open_shards Shards of the embedded engine held open (0 on the Qdrant engine).\n# TYPE cordon_open_shards gauge\ncordon_open_shards {}",
             gauges.open_shards
+        );
+        let e = gauges.embedding;
+        let _ = writeln!(
+            out,
+            "# HELP cordon_embedding_batches_total Batches the embedding workers took from the queue.\n# TYPE cordon_embedding_batches_total counter\ncordon_embedding_batches_total {}",
+            e.batches
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cordon_embedding_texts_total Texts in those batches.\n# TYPE cordon_embedding_texts_total counter\ncordon_embedding_texts_total {}",
+            e.texts
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cordon_embedding_model_calls_total Model calls (a batch runs as one or more length groups).\n# TYPE cordon_embedding_model_calls_total counter\ncordon_embedding_model_calls_total {}",
+            e.model_calls
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cordon_embedding_model_seconds_total Time inside model calls.\n# TYPE cordon_embedding_model_seconds_total counter\ncordon_embedding_model_seconds_total {}",
+            e.model_seconds
         );
         out.push_str("# HELP cordon_http_requests_total Requests answered, by route template, method and status.\n# TYPE cordon_http_requests_total counter\n");
         for ((route, method, status), n) in self.requests.lock().iter() {

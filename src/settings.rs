@@ -46,9 +46,13 @@ pub struct ServeArgs {
         conflicts_with = "server_secret_file"
     )]
     pub server_secret: Option<Secret>,
-    /// Directory with model.onnx, tokenizer.json and libonnxruntime.so.
+    /// Directory with the model, tokenizer.json and libonnxruntime.so.
     #[arg(long, env = "CORDON_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
+    /// Model file inside the model directory: the packed graph
+    /// (models/pack.py) or the plain export, `model.onnx`.
+    #[arg(long, env = "CORDON_MODEL_FILE", default_value = crate::embed::MODEL_FILE)]
+    pub model_file: String,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub jwt: JwtArgs,
@@ -584,6 +588,7 @@ impl ServeArgs {
             },
             embed: EmbedSettings {
                 model_dir: self.model_dir,
+                model_file: self.model_file,
                 workers: self.embed_workers.max(1),
                 intra_threads: self.embed_threads.unwrap_or(cores),
                 intra_spinning: self.embed_spin,

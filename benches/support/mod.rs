@@ -59,6 +59,7 @@ pub fn embedder() -> Embedder {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Embedder::start(&EmbedSettings {
         model_dir: repo("models"),
+        model_file: cordon::embed::MODEL_FILE.to_owned(),
         workers: 1,
         intra_threads: cores,
         intra_spinning: true,

@@ -73,6 +73,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.render(crate::metrics::Gauges {
             embedding_queue_texts: state.embedder.queued_texts(),
             open_shards: state.store.open_shards(),
+            embedding: state.embedder.stats(),
         }),
     )
 }

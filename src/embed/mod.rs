@@ -4,7 +4,7 @@
 //! session (one by default; `CORDON_EMBED_WORKERS` starts more, each with a
 //! session of its own). Requests queue as jobs; the worker drains whatever is queued into
 //! one batch (dynamic batching), because ONNX Runtime on this class of machine
-//! runs a batch of 32 texts at roughly twice the per-text rate of batch 1.
+//! runs a batch of texts at a better per-text rate than one alone.
 //! Each job carries its owner and its own reply channel, so a batch mixes
 //! users' texts only inside the model call and every vector goes back to the
 //! job that asked for it. Nothing is cached: the model weights are the only
@@ -16,11 +16,14 @@ mod model;
 
 use std::path::{Path, PathBuf};
 
-pub use batcher::Embedder;
-pub use model::{DIMENSIONS, Encoded, MAX_TOKENS, Model};
+pub use batcher::{EmbedStats, Embedder};
+pub use model::{DIMENSIONS, Encoded, Layout, MAX_TOKENS, Model};
 
-/// File names of the model assets inside the model directory.
-pub const MODEL_FILE: &str = "model.onnx";
+/// The model file Cordon runs by default: model.onnx's weights in the
+/// graph models/pack.py writes, which skips the padding.
+pub const MODEL_FILE: &str = "model-packed.onnx";
+/// The plain export the packed graph is made from, also runnable.
+pub const PLAIN_MODEL_FILE: &str = "model.onnx";
 /// Tokenizer file name.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// ONNX Runtime shared library file name.
@@ -34,6 +37,9 @@ pub const FETCH_COMMAND: &str = "python3 models/fetch.py";
 pub struct EmbedSettings {
     /// Directory holding the model, tokenizer and ONNX Runtime library.
     pub model_dir: PathBuf,
+    /// Model file inside `model_dir` (packed or plain graph, told apart by
+    /// its inputs).
+    pub model_file: String,
     /// Model workers, each with a session of its own, taking batches from
     /// the one queue.
     pub workers: usize,
@@ -89,7 +95,7 @@ pub enum EmbedError {
 
 /// Fails with [`EmbedError::MissingAsset`] naming the first absent file.
 pub fn check_assets(settings: &EmbedSettings) -> Result<(), EmbedError> {
-    for name in [MODEL_FILE, TOKENIZER_FILE, RUNTIME_FILE] {
+    for name in [settings.model_file.as_str(), TOKENIZER_FILE, RUNTIME_FILE] {
         let path = settings.asset(name);
         if !Path::new(&path).is_file() {
             return Err(EmbedError::MissingAsset { path });

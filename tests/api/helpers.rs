@@ -30,9 +30,10 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-fn embed_settings() -> EmbedSettings {
+pub fn embed_settings() -> EmbedSettings {
     EmbedSettings {
         model_dir: repo_path("models"),
+        model_file: cordon::embed::MODEL_FILE.to_owned(),
         workers: 1,
         intra_threads: 2,
         intra_spinning: true,

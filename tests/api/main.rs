@@ -13,6 +13,7 @@ mod lockout;
 mod mcp;
 mod memories;
 mod openapi;
+mod packed_model;
 mod qdrant;
 mod restart;
 mod rewrite;
