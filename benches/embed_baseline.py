@@ -29,11 +29,12 @@ rounds. Before timing, each row is run once untimed (warm-up), and Python's
 and Cordon's vectors for the same 8 texts must agree (cosine >= 0.999 each) or
 the script exits non-zero.
 
-ONNX Runtime settings match Cordon's: intra-op threads = --threads (default
-os.cpu_count(), which is Cordon's default too; a Cordon started by this script
-is given the same value through CORDON_EMBED_THREADS), inter-op threads and
-graph optimisation left at ORT's defaults (Python's default level is
-ORT_ENABLE_ALL, the level Cordon asks for explicitly).
+Python's ONNX Runtime session is a plain one: intra-op threads = --threads
+(default os.cpu_count()), inter-op threads and graph optimisation left at
+ORT's defaults (ORT_ENABLE_ALL), on models/model.onnx, the file Cordon's
+packed graph is made from. A Cordon started by this script runs with its own
+defaults (workers, threads and model file), unless --cordon-threads gives
+its CORDON_EMBED_THREADS.
 
 Setup (once; Python 3.11, Linux x86_64). benches/requirements-baseline.txt pins
 every package with == and the sha256 of its manylinux x86_64 cp311 wheel, so
@@ -276,7 +277,7 @@ def free_port() -> int:
 class CordonServer:
     """A Cordon started for this run: own port, temp data dir, stopped on exit."""
 
-    def __init__(self, binary: str, model_dir: str, threads: int):
+    def __init__(self, binary: str, model_dir: str, threads=None):
         self.binary = binary
         # The server runs from the repository root: pass an absolute path.
         self.model_dir = os.path.abspath(model_dir)
@@ -296,10 +297,11 @@ class CordonServer:
             "CORDON_MODEL_DIR": self.model_dir,
             "CORDON_JWT_HS256_SECRET": self.secret,
             "CORDON_SERVER_SECRET": secrets.token_hex(32),
-            "CORDON_EMBED_THREADS": str(self.threads),
             # Per-request logging would be measured as server work.
             "RUST_LOG": "warn",
         })
+        if self.threads is not None:
+            env["CORDON_EMBED_THREADS"] = str(self.threads)
         self.log_path = os.path.join(self.tmp, "cordon.log")
         self.log_file = open(self.log_path, "wb")
         # Own session: a Ctrl-C reaches only this script, which then stops the
@@ -506,7 +508,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--texts", type=int, default=256, help="texts per measurement")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="ONNX Runtime intra-op threads (default: os.cpu_count())")
+                    help="Python onnxruntime's intra-op threads (default: os.cpu_count())")
+    ap.add_argument("--cordon-threads", type=int,
+                    help="CORDON_EMBED_THREADS for a started Cordon (default: its own)")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     args = ap.parse_args()
     if args.url and not args.hs256_secret:
@@ -540,7 +544,7 @@ def main() -> int:
             secret = args.hs256_secret
         else:
             log(f"starting {args.cordon_bin}")
-            server = stack.enter_context(CordonServer(args.cordon_bin, args.model_dir, args.threads))
+            server = stack.enter_context(CordonServer(args.cordon_bin, args.model_dir, args.cordon_threads))
             host, port, secret = server.host, server.port, server.secret
             log(f"cordon ready on port {port}")
         token = hs256_token(secret, "bench", "embed-baseline")

@@ -200,7 +200,10 @@ def main() -> int:
     ap.add_argument("--kinds", default="embed,store", help="rows to run: embed, store or both")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--texts", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="Python onnxruntime's intra-op threads")
+    ap.add_argument("--cordon-threads", type=int,
+                    help="CORDON_EMBED_THREADS for the Cordons started (default: their own)")
     ap.add_argument("--encoding", choices=["float", "base64"], default="base64")
     ap.add_argument("--model-dir", default=os.path.join(eb.ROOT, "models"))
     ap.add_argument("--json", metavar="PATH")
@@ -216,7 +219,7 @@ def main() -> int:
         targets = []
         for b in binaries:
             log(f"starting {b}")
-            targets.append(Target(stack, b, args.model_dir, args.threads, args.encoding))
+            targets.append(Target(stack, b, args.model_dir, args.cordon_threads, args.encoding))
 
         reference = py.embed(varied)
         first = None
@@ -264,7 +267,7 @@ def main() -> int:
                 log(f"round {r + 1}/{args.rounds}: {row[0]}: {result[0]:.1f} texts/s")
 
     py32 = statistics.median(s[0] for s in samples["python onnxruntime, batch 32"])
-    print(f"{args.texts} texts per measurement, {args.rounds} rounds, {args.threads} intra-op threads, "
+    print(f"{args.texts} texts per measurement, {args.rounds} rounds, Python {args.threads} intra-op threads, "
           f"encoding_format {args.encoding}, {eb.cpu_model()} ({os.cpu_count()} cores)")
     for i, b in enumerate(binaries):
         print(f"[{i + 1}] {b}")
