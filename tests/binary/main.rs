@@ -200,7 +200,7 @@ fn a_missing_model_file_names_the_file_and_the_fetch_command() {
     let dir = tempfile::tempdir().expect("temp dir");
     let empty = tempfile::tempdir().expect("temp dir");
     let err = start_failure(cordon(dir.path()).env("CORDON_MODEL_DIR", empty.path()));
-    assert!(err.contains("model.onnx"), "{err}");
+    assert!(err.contains("model-packed.onnx"), "{err}");
     assert!(err.contains("python3 models/fetch.py"), "{err}");
 }
 
