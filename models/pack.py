@@ -19,8 +19,10 @@ optimiser does not fuse. The graph written here:
     where padding points at a zero row) only for attention itself, which is
     ONNX Runtime's fused `Attention` operator with the texts' `lengths` as its
     mask, and packs them again after it (`pack_index`);
-  * uses ONNX Runtime's fused `SkipLayerNormalization` (residual add, bias
-    and layer norm) and `BiasGelu` (bias and the exact erf GELU);
+  * adds each projection's bias in its `Gemm`, uses ONNX Runtime's fused
+    `BiasGelu` (bias and the exact erf GELU), and the plain Add and
+    `LayerNormalization` for the residuals (see `Graph.layer_norm` for why
+    not `SkipLayerNormalization`);
   * returns `token_states`, [tokens, 384], the last layer's state of each real
     token, which Cordon mean-pools per text.
 
