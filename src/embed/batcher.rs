@@ -4,11 +4,13 @@
 //! over several batches like everyone else's.
 //!
 //! Texts are tokenised by the request before they are queued, so that the
-//! worker spends its time in the model and tokenising runs beside it. The
-//! worker sorts a batch's texts by length and runs them in groups whose
-//! padded size (texts times the longest) stays within a token budget: a
-//! short text is not padded to a long neighbour's length. It never waits for
-//! company: whatever is queued when the model is free is the next batch.
+//! worker spends its time in the model and tokenising runs beside it. A
+//! batch holds at most [`BATCH_TOKENS`] tokens, so its length in time is
+//! bounded however long the texts are. The worker sorts a batch's texts by
+//! length and runs them in groups whose padded size (texts times the
+//! longest) stays within [`GROUP_TOKENS`]: a short text is not padded to a
+//! long neighbour's length. It never waits for company: whatever is queued
+//! when the model is free is the next batch.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -23,10 +25,22 @@ use super::model::{Encoded, Model, Sequence, TextTokenizer};
 use super::{EmbedError, EmbedSettings};
 use crate::owner::OwnerHash;
 
+/// Most tokens in one batch. Short texts fill a whole batch well within it
+/// (32 of 25 tokens are 800); texts of 256 tokens run eight at a time, about
+/// 0.4 s of the model on two cores, where 32 of them took four times that
+/// and every text queued behind them waited for all of it.
+const BATCH_TOKENS: usize = 2048;
+
 /// Most padded tokens (texts times the longest of them) in one model call.
-/// Short texts fill a whole batch well within it (32 of 25 tokens are 800);
-/// long ones run a few at a time, as one would pad all the others to them.
-const TOKEN_BUDGET: usize = 2048;
+/// Attention runs on padded sequences in both graphs, so a long text runs
+/// apart from short ones rather than padding them all to its length.
+const GROUP_TOKENS: usize = 2048;
+
+/// Tokens from which a text runs apart from texts under half its length.
+/// Its call then takes a few milliseconds or more, which the short texts
+/// beside it would otherwise wait for; below it, an extra model call costs
+/// more than the padding saves.
+const LONG_TEXT: usize = 64;
 
 /// Bytes of text above which tokenising leaves the async threads.
 const INLINE_TOKENISE_BYTES: usize = 4096;
@@ -38,12 +52,19 @@ struct Job {
     // job is never answered on any channel but its own.
     owner: OwnerHash,
     sequences: Vec<Sequence>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
+    reply: Reply,
 }
+
+/// Where a job's vectors, or the reason there are none, go.
+type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>;
 
 impl Texts for Job {
     fn texts(&self) -> usize {
         self.sequences.len()
+    }
+
+    fn tokens(&self) -> usize {
+        self.sequences.iter().map(Sequence::len).sum()
     }
 }
 
@@ -195,7 +216,7 @@ fn spins(settings: &EmbedSettings, threads: usize) -> bool {
 fn worker(mut model: Model, queue: &FairQueue<Job>, counters: &Counters, max_batch: usize) {
     // Requests that arrived while the previous batch ran share the next model
     // call, in turns by owner. Ends when every Embedder handle is dropped.
-    while let Some(jobs) = queue.take_batch(max_batch) {
+    while let Some(jobs) = queue.take_batch(max_batch, BATCH_TOKENS) {
         // A panic inside the runtime must not take the worker down for good:
         // the jobs of that batch see their reply channel close (503), and the
         // next batch runs as usual.
@@ -210,15 +231,32 @@ fn worker(mut model: Model, queue: &FairQueue<Job>, counters: &Counters, max_bat
 
 fn run_batch(model: &mut Model, jobs: Vec<Job>, counters: &Counters, max_batch: usize) {
     // Jobs whose caller went away (timeout, disconnect) are not worth running.
-    let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
-    let all: Vec<&Sequence> = jobs.iter().flat_map(|j| j.sequences.iter()).collect();
+    let (jobs, mut replies): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .filter(|j| !j.reply.is_closed())
+        .map(|j| ((j.owner, j.sequences), Some::<Reply>(j.reply)))
+        .unzip();
+    let all: Vec<&Sequence> = jobs.iter().flat_map(|(_, s)| s.iter()).collect();
+    // Each job's texts are a run of `all`: job `j` holds `spans[j]`, and
+    // text `i` belongs to job `job_of[i]`.
+    let mut spans = Vec::with_capacity(jobs.len());
+    let mut job_of = Vec::with_capacity(all.len());
+    for (j, (_, sequences)) in jobs.iter().enumerate() {
+        let start = job_of.len();
+        job_of.extend(std::iter::repeat_n(j, sequences.len()));
+        spans.push(start..job_of.len());
+    }
     let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); all.len()];
+    let mut missing: Vec<usize> = spans.iter().map(ExactSizeIterator::len).collect();
     let lengths: Vec<usize> = all.iter().map(|s| s.len()).collect();
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters
         .texts
         .fetch_add(all.len() as u64, Ordering::Relaxed);
-    for group in groups(&lengths, max_batch, TOKEN_BUDGET) {
+    // Shortest group first, and each job answered as soon as its texts are
+    // done: a short text that shares a batch with long ones does not wait
+    // for them.
+    for group in groups(&lengths, max_batch, GROUP_TOKENS) {
         let members: Vec<&Sequence> = group.iter().map(|&i| all[i]).collect();
         let started = Instant::now();
         let outcome = model.run(&members);
@@ -231,30 +269,39 @@ fn run_batch(model: &mut Model, jobs: Vec<Job>, counters: &Counters, max_batch: 
             Ok(out) => {
                 for (i, vector) in group.into_iter().zip(out) {
                     vectors[i] = vector;
+                    let j = job_of[i];
+                    missing[j] -= 1;
+                    if missing[j] == 0
+                        && let Some(reply) = replies[j].take()
+                    {
+                        let mine: Vec<Vec<f32>> = vectors[spans[j].clone()]
+                            .iter_mut()
+                            .map(std::mem::take)
+                            .collect();
+                        tracing::trace!(owner = %jobs[j].0.log_tag(), texts = mine.len(), "embedded");
+                        // The caller may have gone away meanwhile; nothing to do then.
+                        let _ = reply.send(Ok(mine));
+                    }
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                tracing::error!(error = %message, jobs = jobs.len(), "embedding batch failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(EmbedError::Runtime(message.clone())));
+                let left: Vec<Reply> = replies.into_iter().flatten().collect();
+                tracing::error!(error = %message, jobs = left.len(), "embedding batch failed");
+                for reply in left {
+                    let _ = reply.send(Err(EmbedError::Runtime(message.clone())));
                 }
                 return;
             }
         }
     }
-    let mut vectors = vectors.into_iter();
-    for job in jobs {
-        let n = job.sequences.len();
-        tracing::trace!(owner = %job.owner.log_tag(), texts = n, "embedded");
-        // The caller may have gone away meanwhile; nothing to do then.
-        let _ = job.reply.send(Ok(vectors.by_ref().take(n).collect()));
-    }
 }
 
-/// Splits a batch into model calls: indices sorted by length, cut whenever
-/// one more would pass `max` texts or `budget` padded tokens (texts times
-/// the longest). A text longer than the budget runs alone.
+/// Splits a batch into model calls, shortest first: indices sorted by
+/// length, cut whenever one more would pass `max` texts or `budget` padded
+/// tokens (texts times the longest), or is a long text (from [`LONG_TEXT`]
+/// tokens) more than twice the group's shortest. A text longer than the
+/// budget runs alone.
 fn groups(lengths: &[usize], max: usize, budget: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
@@ -263,7 +310,10 @@ fn groups(lengths: &[usize], max: usize, budget: usize) -> Vec<Vec<usize>> {
     for i in order {
         // Sorted ascending, so the newcomer is the longest of the group.
         let padded = (current.len() + 1) * lengths[i];
-        if !current.is_empty() && (current.len() >= max || padded > budget) {
+        let apart = current
+            .first()
+            .is_some_and(|&f| lengths[i] >= LONG_TEXT && lengths[i] > 2 * lengths[f]);
+        if !current.is_empty() && (current.len() >= max || padded > budget || apart) {
             out.push(std::mem::take(&mut current));
         }
         current.push(i);
@@ -308,6 +358,15 @@ mod tests {
             assert!(g.len() <= 8);
             assert!(g.len() == 1 || g.len() * longest <= 1000, "{g:?}");
         }
+    }
+
+    #[test]
+    fn a_long_text_runs_apart_from_short_ones_and_after_them() {
+        // Within the budget and the text cap, but 250 tokens next to 10.
+        let lengths = [10, 256, 250, 12, 40];
+        assert_eq!(groups(&lengths, 32, 4096), vec![vec![0, 3, 4], vec![2, 1]]);
+        // Short texts of different lengths still share a call.
+        assert_eq!(groups(&[3, 25, 60], 32, 4096), vec![vec![0, 1, 2]]);
     }
 
     #[test]

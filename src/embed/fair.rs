@@ -16,6 +16,12 @@
 //! queue, no owner puts more than a quarter of a batch's texts into one
 //! batch: the others then wait for short batches, not full ones. Alone for
 //! a while, an owner gets full batches again.
+//!
+//! A batch is bounded in tokens as well as in texts, because the model's
+//! time grows with tokens: 32 texts of 256 tokens take as long as some 350
+//! short ones. A job that would pass the token budget waits for the next
+//! batch while shorter ones behind it fill this one, so long texts do not
+//! make a batch, and everyone waiting behind it, slow.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -35,10 +41,12 @@ pub enum Refused {
     Closed,
 }
 
-/// A queued job's size, in texts.
+/// A queued job's size, in texts and in tokens.
 pub trait Texts {
     /// Texts it holds.
     fn texts(&self) -> usize;
+    /// Tokens over all its texts.
+    fn tokens(&self) -> usize;
 }
 
 /// One owner's waiting requests (each a run of jobs, its pieces) and
@@ -141,9 +149,10 @@ impl<J: Texts> FairQueue<J> {
     }
 
     /// Waits for work, then takes jobs in turns until they hold `max_texts`
-    /// texts, or a whole round of turns adds nothing (a first job larger than
-    /// that is taken alone). `None` once the queue is closed and empty.
-    pub fn take_batch(&self, max_texts: usize) -> Option<Vec<J>> {
+    /// texts or `max_tokens` tokens, or a whole round of turns adds nothing
+    /// (a first job larger than that is taken alone). `None` once the queue
+    /// is closed and empty.
+    pub fn take_batch(&self, max_texts: usize, max_tokens: usize) -> Option<Vec<J>> {
         let mut state = self.state.lock();
         while state.len == 0 {
             if state.closed {
@@ -171,6 +180,7 @@ impl<J: Texts> FairQueue<J> {
         let mut passed: Vec<OwnerHash> = Vec::new();
         let mut batch = Vec::new();
         let mut texts = 0;
+        let mut tokens = 0;
         // Texts each owner already has in this batch.
         let mut taken: Vec<(OwnerHash, usize)> = Vec::new();
         // Turns in a row that took nothing; a whole round of them ends a
@@ -182,11 +192,11 @@ impl<J: Texts> FairQueue<J> {
                 .per_owner
                 .get_mut(&owner)
                 .expect("an owner in the turns has a lane");
-            let next = lane
+            let (next, next_tokens) = lane
                 .requests
                 .front()
                 .and_then(VecDeque::front)
-                .map_or(0, Texts::texts);
+                .map_or((0, 0), |job| (job.texts(), job.tokens()));
             let had = taken
                 .iter()
                 .find(|(o, _)| *o == owner)
@@ -208,7 +218,9 @@ impl<J: Texts> FairQueue<J> {
                 continue;
             }
             let fits = batch.is_empty()
-                || (texts + next <= max_texts && (had == 0 || had + next <= share));
+                || (texts + next <= max_texts
+                    && tokens + next_tokens <= max_tokens
+                    && (had == 0 || had + next <= share));
             if fits {
                 lane.credit += quantum;
             }
@@ -248,12 +260,13 @@ impl<J: Texts> FairQueue<J> {
             }
             state.texts -= next;
             texts += next;
+            tokens += next_tokens;
             batch.push(job);
             match taken.iter_mut().find(|(o, _)| *o == owner) {
                 Some((_, n)) => *n += next,
                 None => taken.push((owner, next)),
             }
-            if texts >= max_texts {
+            if texts >= max_texts || tokens >= max_tokens {
                 break;
             }
         }
@@ -277,13 +290,45 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
 
-    struct Job(&'static str, usize);
+    struct Job {
+        name: &'static str,
+        texts: usize,
+        tokens: usize,
+    }
 
     impl Texts for Job {
         fn texts(&self) -> usize {
-            self.1
+            self.texts
+        }
+        fn tokens(&self) -> usize {
+            self.tokens
         }
     }
+
+    /// Tokens per text in the tests that are not about tokens: few enough
+    /// that the token budget never binds there.
+    const SHORT: usize = 10;
+
+    /// A job of `texts` short texts.
+    fn job(name: &'static str, texts: usize) -> Job {
+        Job {
+            name,
+            texts,
+            tokens: texts * SHORT,
+        }
+    }
+
+    /// A job of one text of `tokens` tokens.
+    fn text_of(name: &'static str, tokens: usize) -> Job {
+        Job {
+            name,
+            texts: 1,
+            tokens,
+        }
+    }
+
+    /// A token budget that short texts never reach.
+    const ROOMY: usize = 100_000;
 
     fn owner(name: &str) -> OwnerHash {
         OwnerHash::derive(&Secret::new(vec![3u8; 32]), "t", name)
@@ -294,23 +339,27 @@ mod tests {
     }
 
     fn texts_of(batch: &[Job], name: &str) -> usize {
-        batch.iter().filter(|j| j.0 == name).map(|j| j.1).sum()
+        batch
+            .iter()
+            .filter(|j| j.name == name)
+            .map(|j| j.texts)
+            .sum()
     }
 
     #[test]
     fn while_owners_share_the_queue_batches_stay_short() {
         let queue = FairQueue::new(1000, 1000);
         for _ in 0..100 {
-            push(&queue, &owner("flood"), Job("flood", 1)).expect("queued");
+            push(&queue, &owner("flood"), job("flood", 1)).expect("queued");
         }
-        push(&queue, &owner("calm"), Job("calm", 1)).expect("queued");
-        let shared = queue.take_batch(32).expect("work");
+        push(&queue, &owner("calm"), job("calm", 1)).expect("queued");
+        let shared = queue.take_batch(32, ROOMY).expect("work");
         assert_eq!(texts_of(&shared, "calm"), 1);
         assert_eq!(texts_of(&shared, "flood"), 0, "the backlog steps aside");
         // The calm owner has gone, but it was here a moment ago: the
         // flooder alone gets a short batch (a sixteenth of the most), so
         // whoever comes next does not wait behind a full one.
-        let alone = queue.take_batch(32).expect("work");
+        let alone = queue.take_batch(32, ROOMY).expect("work");
         assert_eq!(texts_of(&alone, "flood"), 2);
     }
 
@@ -318,12 +367,12 @@ mod tests {
     fn an_owner_with_a_backlog_steps_aside_for_single_requests_but_is_not_starved() {
         let queue = FairQueue::new(1000, 1000);
         for _ in 0..100 {
-            push(&queue, &owner("flood"), Job("flood", 1)).expect("queued");
+            push(&queue, &owner("flood"), job("flood", 1)).expect("queued");
         }
         let mut with_flood = Vec::new();
         for round in 0..10 {
-            push(&queue, &owner(&format!("calm{round}")), Job("calm", 1)).expect("queued");
-            let batch = queue.take_batch(32).expect("work");
+            push(&queue, &owner(&format!("calm{round}")), job("calm", 1)).expect("queued");
+            let batch = queue.take_batch(32, ROOMY).expect("work");
             assert_eq!(texts_of(&batch, "calm"), 1, "round {round}");
             with_flood.push(texts_of(&batch, "flood") > 0);
         }
@@ -340,24 +389,24 @@ mod tests {
     fn an_owner_that_has_been_alone_gets_full_batches() {
         let queue = FairQueue::new(1000, 1000);
         for _ in 0..100 {
-            push(&queue, &owner("bulk"), Job("bulk", 1)).expect("queued");
+            push(&queue, &owner("bulk"), job("bulk", 1)).expect("queued");
         }
-        assert_eq!(queue.take_batch(32).map(|b| b.len()), Some(32));
+        assert_eq!(queue.take_batch(32, ROOMY).map(|b| b.len()), Some(32));
     }
 
     #[test]
     fn a_request_counts_once_against_the_share_however_many_pieces_it_has() {
         let queue = FairQueue::new(100, 2);
-        let pieces = || (0..6).map(|_| Job("a", 1)).collect::<Vec<_>>();
+        let pieces = || (0..6).map(|_| job("a", 1)).collect::<Vec<_>>();
         queue.push(&owner("a"), pieces()).expect("first request");
         // Two pieces run; the rest of the first request still waits and
         // still counts.
-        assert_eq!(queue.take_batch(2).map(|b| b.len()), Some(2));
+        assert_eq!(queue.take_batch(2, ROOMY).map(|b| b.len()), Some(2));
         queue.push(&owner("a"), pieces()).expect("second request");
         assert_eq!(queue.push(&owner("a"), pieces()), Err(Refused::OwnerFull));
         let mut left = 0;
         while left < 10 {
-            left += queue.take_batch(32).map_or(0, |b| b.len());
+            left += queue.take_batch(32, ROOMY).map_or(0, |b| b.len());
         }
         assert_eq!(left, 10);
         queue.push(&owner("a"), pieces()).expect("room again");
@@ -367,11 +416,11 @@ mod tests {
     fn a_user_with_one_job_shares_the_next_batch_with_a_flooder() {
         let queue = FairQueue::new(1000, 1000);
         for _ in 0..100 {
-            push(&queue, &owner("flood"), Job("flood", 1)).expect("queued");
+            push(&queue, &owner("flood"), job("flood", 1)).expect("queued");
         }
-        push(&queue, &owner("calm"), Job("calm", 1)).expect("queued");
-        let batch = queue.take_batch(4).expect("work");
-        let names: Vec<&str> = batch.iter().map(|j| j.0).collect();
+        push(&queue, &owner("calm"), job("calm", 1)).expect("queued");
+        let batch = queue.take_batch(4, ROOMY).expect("work");
+        let names: Vec<&str> = batch.iter().map(|j| j.name).collect();
         assert!(names.contains(&"calm"), "{names:?}");
     }
 
@@ -379,36 +428,36 @@ mod tests {
     fn one_owner_cannot_take_more_than_its_share() {
         let queue = FairQueue::new(10, 3);
         for _ in 0..3 {
-            push(&queue, &owner("a"), Job("a", 1)).expect("queued");
+            push(&queue, &owner("a"), job("a", 1)).expect("queued");
         }
         assert_eq!(
-            push(&queue, &owner("a"), Job("a", 1)),
+            push(&queue, &owner("a"), job("a", 1)),
             Err(Refused::OwnerFull)
         );
-        push(&queue, &owner("b"), Job("b", 1)).expect("another owner still fits");
+        push(&queue, &owner("b"), job("b", 1)).expect("another owner still fits");
     }
 
     #[test]
     fn a_short_job_is_not_held_behind_a_big_one_which_then_goes_alone() {
         let queue = FairQueue::new(10, 10);
-        push(&queue, &owner("a"), Job("big", 50)).expect("queued");
-        push(&queue, &owner("b"), Job("small", 1)).expect("queued");
-        let first = queue.take_batch(32).expect("work");
-        assert_eq!(first.iter().map(|j| j.0).collect::<Vec<_>>(), ["small"]);
-        let second = queue.take_batch(32).expect("work");
-        assert_eq!(second.iter().map(|j| j.0).collect::<Vec<_>>(), ["big"]);
+        push(&queue, &owner("a"), job("big", 50)).expect("queued");
+        push(&queue, &owner("b"), job("small", 1)).expect("queued");
+        let first = queue.take_batch(32, ROOMY).expect("work");
+        assert_eq!(first.iter().map(|j| j.name).collect::<Vec<_>>(), ["small"]);
+        let second = queue.take_batch(32, ROOMY).expect("work");
+        assert_eq!(second.iter().map(|j| j.name).collect::<Vec<_>>(), ["big"]);
     }
 
     #[test]
     fn owners_share_texts_not_jobs() {
         let queue = FairQueue::new(100, 100);
         for i in 0..10 {
-            push(&queue, &owner("flood"), Job("flood", 16)).expect("queued");
+            push(&queue, &owner("flood"), job("flood", 16)).expect("queued");
             if i < 6 {
-                push(&queue, &owner("calm"), Job("calm", 1)).expect("queued");
+                push(&queue, &owner("calm"), job("calm", 1)).expect("queued");
             }
         }
-        let first = queue.take_batch(32).expect("work");
+        let first = queue.take_batch(32, ROOMY).expect("work");
         // One job per turn would have put 16 flood texts next to each calm
         // one; by credit, the flood job waits until its turns have earned
         // 16 texts, and the calm owner gets its share of the batch (2).
@@ -417,19 +466,64 @@ mod tests {
     }
 
     #[test]
+    fn long_texts_stop_at_the_token_budget_and_short_ones_fill_the_rest() {
+        let queue = FairQueue::new(100, 100);
+        // Sixteen users with one long text each, two with a short one,
+        // queued behind them.
+        for i in 0..16 {
+            queue
+                .push(&owner(&format!("long{i}")), vec![text_of("long", 250)])
+                .expect("queued");
+        }
+        for i in 0..2 {
+            queue
+                .push(&owner(&format!("short{i}")), vec![text_of("short", 12)])
+                .expect("queued");
+        }
+        let batch = queue.take_batch(32, 1024).expect("work");
+        let tokens: usize = batch.iter().map(|j| j.tokens).sum();
+        assert!(tokens <= 1024, "{tokens} tokens");
+        assert_eq!(texts_of(&batch, "long"), 4);
+        assert_eq!(
+            texts_of(&batch, "short"),
+            2,
+            "short texts are not held back"
+        );
+        // Everyone gets through, four long texts a batch.
+        let mut long = 4;
+        while long < 16 {
+            let batch = queue.take_batch(32, 1024).expect("work");
+            assert!(batch.iter().map(|j| j.tokens).sum::<usize>() <= 1024);
+            long += texts_of(&batch, "long");
+        }
+        assert_eq!(queue.texts_waiting(), 0);
+    }
+
+    #[test]
+    fn a_job_over_the_token_budget_runs_alone() {
+        let queue = FairQueue::new(10, 10);
+        push(&queue, &owner("a"), text_of("huge", 5000)).expect("queued");
+        push(&queue, &owner("b"), text_of("short", 12)).expect("queued");
+        let first = queue.take_batch(32, 2048).expect("work");
+        assert_eq!(first.iter().map(|j| j.name).collect::<Vec<_>>(), ["huge"]);
+        let second = queue.take_batch(32, 2048).expect("work");
+        assert_eq!(second.iter().map(|j| j.name).collect::<Vec<_>>(), ["short"]);
+    }
+
+    #[test]
     fn an_owner_alone_never_waits_for_credit() {
         let queue = FairQueue::new(10, 10);
-        push(&queue, &owner("a"), Job("big", 20)).expect("queued");
-        assert_eq!(queue.take_batch(32).map(|b| b.len()), Some(1));
+        push(&queue, &owner("a"), job("big", 20)).expect("queued");
+        assert_eq!(queue.take_batch(32, ROOMY).map(|b| b.len()), Some(1));
     }
 
     #[test]
     fn a_closed_queue_is_drained_then_ends() {
         let queue = FairQueue::new(10, 10);
-        push(&queue, &owner("a"), Job("a", 1)).expect("queued");
+        push(&queue, &owner("a"), job("a", 1)).expect("queued");
         queue.close();
-        assert_eq!(push(&queue, &owner("a"), Job("a", 1)), Err(Refused::Closed));
-        assert_eq!(queue.take_batch(8).map(|b| b.len()), Some(1));
-        assert!(queue.take_batch(8).is_none());
+        assert_eq!(push(&queue, &owner("a"), job("a", 1)), Err(Refused::Closed));
+        assert_eq!(queue.take_batch(8, ROOMY).map(|b| b.len()), Some(1));
+        assert!(queue.take_batch(8, ROOMY).is_none());
     }
 }

@@ -3,6 +3,7 @@
 
 mod access;
 mod auth;
+mod batching;
 mod embeddings;
 mod encryption;
 mod helpers;

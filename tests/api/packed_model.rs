@@ -7,7 +7,7 @@ use crate::helpers::embed_settings;
 
 /// Texts from one word to past the 256-token limit, in an order that mixes
 /// lengths inside every batch of 16.
-fn varied_texts() -> Vec<String> {
+pub(crate) fn varied_texts() -> Vec<String> {
     let words = [
         "my", "sister", "prefers", "oat", "milk", "in", "her", "coffee", "and", "books", "Thai",
         "food", "on", "Fridays", "after", "the", "long", "meeting", "with", "Maya",
@@ -37,7 +37,8 @@ fn load(file: &str) -> Model {
     Model::load(&settings, 2, true).expect("model assets present: run `python3 models/fetch.py`")
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+/// Cosine of two unit vectors.
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(x, y)| f64::from(*x) * f64::from(*y))
