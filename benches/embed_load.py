@@ -13,7 +13,12 @@ Rows, each measured once per round, rounds interleaved and rotated:
     PythonEmbedder: same model file, tokenizer and pipeline);
   * per Cordon binary and per N in --clients: N clients, each its own user
     on its own keep-alive connection, sending one text per request to
-    POST /v1/embeddings, then the same to POST /v1/memories (store).
+    POST /v1/embeddings, then the same to POST /v1/memories (store);
+  * with `--kinds long`, the same as `embed` with long texts (twelve
+    sentences, cut at the 256-token limit), an eighth as many per
+    measurement: a load of long documents, under which a lone search
+    should still not wait long. Their ratio to Python is left blank (Python
+    embeds the short texts).
 
 While a Cordon row runs, one more user searches every 100 ms, one query at
 a time (POST /v1/memories/search over 100 stored memories), as a lone agent
@@ -154,7 +159,7 @@ class Target:
             gate.wait()
             try:
                 for t in share:
-                    if kind == "embed":
+                    if kind in ("embed", "long"):
                         client.embed([t])
                     else:
                         client.store(t)
@@ -213,6 +218,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     texts = eb.make_texts(args.texts)
+    base = eb.make_texts(args.texts + 12, seed=7)
+    long_texts = [" ".join(base[i:i + 12]) for i in range(max(1, args.texts // 8))]
     py = eb.PythonEmbedder(args.model_dir, args.threads)
     varied = varied_texts()
     with contextlib.ExitStack() as stack:
@@ -253,6 +260,9 @@ def main() -> int:
                 for j in range(0, len(sample), size):
                     py.embed(sample[j:j + size])
                 return len(sample) / (time.perf_counter() - start), []
+            if kind == "long":
+                # An eighth as many long texts as short ones would take.
+                sample = long_texts[: max(1, len(sample) // 8)]
             return t.row(kind, n, sample)
 
         for row in rows:
@@ -279,7 +289,8 @@ def main() -> int:
         rates = [v[0] for v in values]
         probes = [p for v in values for p in v[1]]
         med = statistics.median(rates)
-        cells = [f"{med:.1f}", f"{min(rates):.1f}", f"{max(rates):.1f}", f"{med / py32:.2f}",
+        ratio = "" if "] long, " in name else f"{med / py32:.2f}"
+        cells = [f"{med:.1f}", f"{min(rates):.1f}", f"{max(rates):.1f}", ratio,
                  f"{percentile(probes, 0.5):.1f}" if probes else "",
                  f"{percentile(probes, 0.99):.1f} ({len(probes)})" if probes else ""]
         print(f"| {name} | " + " | ".join(cells) + " |")
