@@ -20,34 +20,18 @@
 
 mod support;
 
-use std::path::Path;
-use std::sync::Arc;
-
-use clap::Parser;
-use cordon::app::Application;
 use cordon::embed::DIMENSIONS;
-use cordon::guard::Guard;
-use cordon::guarded::GuardedStore;
-use cordon::metrics::Metrics;
 use cordon::owner::OwnerHash;
 use cordon::secret::Secret;
-use cordon::settings::ServeArgs;
-use cordon::store::edge::{EdgeEngine, EdgeSettings, shard_config};
-use cordon::store::{Engine, NewMemory, SearchQuery};
+use cordon::store::{Engine, NewMemory};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use qdrant_edge::{
-    EdgeShard, NamedQuery, Payload, PointId, PointInsertOperations, PointOperations,
-    PointStructPersisted, QueryEnum, QueryRequest, ScoringQuery, UpdateOperation,
-    VectorStructPersisted, WithPayloadInterface, WithVector,
-};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+use support::search::{
+    LIMIT, QUERY, SERVER_SECRET, SearchServer, bare_search, bare_shard, cordon_store, memory, query,
+};
 use tempfile::TempDir;
-use uuid::Uuid;
-
-const SERVER_SECRET: &str = "bench-server-secret-0123456789abcdef-0123";
-const LIMIT: usize = 10;
 
 fn unit_vector(rng: &mut StdRng) -> Vec<f32> {
     let v: Vec<f32> = (0..DIMENSIONS)
@@ -55,99 +39,6 @@ fn unit_vector(rng: &mut StdRng) -> Vec<f32> {
         .collect();
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.into_iter().map(|x| x / norm).collect()
-}
-
-fn memory(i: usize, text: String, vector: Vec<f32>) -> NewMemory {
-    let mut metadata = Map::new();
-    metadata.insert("n".into(), json!(i));
-    NewMemory {
-        id: Uuid::now_v7(),
-        text,
-        metadata,
-        created_at: 1_763_900_000_000,
-        vector,
-        request: None,
-        sealed: None,
-    }
-}
-
-/// A bare qdrant-edge shard holding the same points Cordon stores.
-fn bare_shard(dir: &Path, owner: &OwnerHash, memories: &[NewMemory]) -> EdgeShard {
-    let shard = EdgeShard::load(dir, Some(shard_config())).expect("a new shard");
-    for chunk in memories.chunks(500) {
-        let points = chunk
-            .iter()
-            .cloned()
-            .map(|m| {
-                let (id, vector, payload) = m.into_parts(&owner.to_hex());
-                PointStructPersisted {
-                    id: PointId::Uuid(id),
-                    vector: VectorStructPersisted::Single(vector),
-                    payload: Some(Payload(payload)),
-                }
-            })
-            .collect();
-        shard
-            .update(UpdateOperation::PointOperation(
-                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
-            ))
-            .expect("upsert");
-    }
-    shard.flush();
-    shard
-}
-
-/// Nearest points with no filter of any kind.
-fn bare_search(shard: &EdgeShard, vector: &[f32]) -> usize {
-    shard
-        .query(QueryRequest {
-            prefetches: vec![],
-            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
-                query: vector.to_vec().into(),
-                using: None,
-            }))),
-            filter: None,
-            score_threshold: None,
-            limit: LIMIT,
-            offset: 0,
-            params: None,
-            with_vector: WithVector::Bool(false),
-            with_payload: WithPayloadInterface::Bool(true),
-        })
-        .expect("bare search")
-        .len()
-}
-
-/// Cordon's embedded engine behind the guard, in a temporary directory.
-fn cordon_store(dir: &Path) -> (Arc<EdgeEngine>, GuardedStore) {
-    let engine = Arc::new(
-        EdgeEngine::open(EdgeSettings {
-            data_dir: dir.to_owned(),
-            collection_prefix: cordon::owner::COLLECTION_PREFIX.into(),
-            name_hex_chars: 32,
-            max_open_shards: 64,
-            drill_skip_read_filter: false,
-            purge_after: std::time::Duration::from_secs(60),
-            wal_growth_bytes: cordon::store::edge::pool::WAL_GROWTH_BYTES,
-            min_free_bytes: 0,
-        })
-        .expect("an engine"),
-    );
-    let store = GuardedStore::new(
-        Arc::new(engine.clone()),
-        Guard::new(Arc::new(Metrics::default())),
-    );
-    (engine, store)
-}
-
-fn query(vector: &[f32]) -> SearchQuery {
-    SearchQuery {
-        vector: vector.to_vec(),
-        limit: LIMIT,
-        min_score: None,
-        metadata: vec![],
-        tags: Vec::new(),
-    }
 }
 
 fn engine_and_isolation(c: &mut Criterion) {
@@ -211,103 +102,23 @@ fn engine_and_isolation(c: &mut Criterion) {
     group.finish();
 }
 
-/// Wraps the server's own flags, so the bench configures it as a user would.
-#[derive(Parser)]
-struct Serve {
-    #[command(flatten)]
-    args: ServeArgs,
-}
-
 fn endpoint(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let embedder = support::embedder();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let data = TempDir::new().expect("temp dir");
-    let threads = cores.to_string();
-    // Every flag that shapes the measured path is given, so that CORDON_*
-    // variables in the environment cannot change what is measured.
-    let settings = Serve::parse_from([
-        "bench",
-        "--store",
-        "edge",
-        "--collection-hex-chars",
-        "32",
-        "--collision-drill",
-        "false",
-        "--embed-threads",
-        &threads,
-        "--embed-max-batch",
-        "32",
-        "--max-in-flight",
-        "512",
-        "--bind",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--model-dir",
-        &support::repo("models").display().to_string(),
-        "--server-secret",
-        SERVER_SECRET,
-        "--jwt-hs256-secret",
-        support::HS256_SECRET,
-    ])
-    .args
-    .into_settings()
-    .expect("bench settings are valid");
-    let app = runtime
-        .block_on(Application::build_with_embedder(settings, embedder.clone()))
-        .expect("the server starts");
-    let base = format!("http://{}", app.local_addr());
-    runtime.spawn(app.run_until(std::future::pending()));
-
-    let token = support::hs256_token("alice");
-    let owner = OwnerHash::derive(
-        &Secret::new(SERVER_SECRET.as_bytes().to_vec()),
-        "acme",
-        "alice",
-    );
-    let texts: Vec<String> = (0..100)
-        .map(|i| {
-            format!(
-                "memory {i}: my sister prefers oat milk in coffee and books Thai food on Fridays"
-            )
-        })
-        .collect();
+    let server = SearchServer::start(&runtime, &embedder);
+    let (base, token, owner) = (&server.base, &server.token, &server.owner);
     let http = reqwest::Client::new();
-    let query_text = "what does my sister like to drink";
-    let (memories, bare_dir) = runtime.block_on(async {
-        for chunk in texts.chunks(50) {
-            let body = json!({ "memories": chunk.iter().map(|t| json!({ "text": t })).collect::<Vec<Value>>() });
-            let response = http
-                .post(format!("{base}/v1/memories"))
-                .bearer_auth(&token)
-                .json(&body)
-                .send()
-                .await
-                .expect("store request");
-            assert_eq!(response.status(), 201);
-        }
-        let vectors = embedder.embed(&owner, texts.clone()).await.expect("embed").vectors;
-        let memories: Vec<NewMemory> = texts
-            .iter()
-            .zip(vectors)
-            .enumerate()
-            .map(|(i, (t, v))| memory(i, t.clone(), v))
-            .collect();
-        (memories, TempDir::new().expect("temp dir"))
-    });
-    let shard = bare_shard(bare_dir.path(), &owner, &memories);
 
     let mut group = c.benchmark_group("endpoint");
     group.sample_size(30);
     group.bench_function("bare", |b| {
         b.to_async(&runtime).iter(|| async {
             let mut encoded = embedder
-                .embed(&owner, vec![query_text.to_owned()])
+                .embed(owner, vec![QUERY.to_owned()])
                 .await
                 .expect("embed");
             let vector = encoded.vectors.pop().expect("one vector");
-            assert_eq!(bare_search(&shard, &vector), LIMIT);
+            assert_eq!(bare_search(&server.shard, &vector), LIMIT);
         })
     });
     // The HTTP floor: the same client and server, a route that does no work
@@ -329,8 +140,8 @@ fn endpoint(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| async {
             let response = http
                 .post(format!("{base}/v1/memories/search"))
-                .bearer_auth(&token)
-                .json(&json!({ "query": query_text, "limit": LIMIT }))
+                .bearer_auth(token)
+                .json(&json!({ "query": QUERY, "limit": LIMIT }))
                 .send()
                 .await
                 .expect("search request");
@@ -341,9 +152,8 @@ fn endpoint(c: &mut Criterion) {
     });
     group.finish();
     // Stop the server (its shards flush on drop) while its directory exists.
-    drop(shard);
     drop(runtime);
-    drop(data);
+    drop(server);
 }
 
 criterion_group!(benches, engine_and_isolation, endpoint);

@@ -4,6 +4,8 @@
 // Each bench crate includes this module and uses a subset of it.
 #![allow(dead_code)]
 
+pub mod search;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
