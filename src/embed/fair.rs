@@ -21,7 +21,9 @@
 //! time grows with tokens: 32 texts of 256 tokens take as long as some 350
 //! short ones. A job that would pass the token budget waits for the next
 //! batch while shorter ones behind it fill this one, so long texts do not
-//! make a batch, and everyone waiting behind it, slow.
+//! make a batch, and everyone waiting behind it, slow. A small job (at most
+//! a 32nd of the budget) always fits: it adds little to the batch's time,
+//! and the worker answers it before the long texts beside it are done.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -219,7 +221,7 @@ impl<J: Texts> FairQueue<J> {
             }
             let fits = batch.is_empty()
                 || (texts + next <= max_texts
-                    && tokens + next_tokens <= max_tokens
+                    && (tokens + next_tokens <= max_tokens || next_tokens * 32 <= max_tokens)
                     && (had == 0 || had + next <= share));
             if fits {
                 lane.credit += quantum;
@@ -266,7 +268,7 @@ impl<J: Texts> FairQueue<J> {
                 Some((_, n)) => *n += next,
                 None => taken.push((owner, next)),
             }
-            if texts >= max_texts || tokens >= max_tokens {
+            if texts >= max_texts {
                 break;
             }
         }
@@ -500,14 +502,35 @@ mod tests {
     }
 
     #[test]
-    fn a_job_over_the_token_budget_runs_alone() {
+    fn a_job_over_the_token_budget_runs_with_small_ones_only() {
         let queue = FairQueue::new(10, 10);
         push(&queue, &owner("a"), text_of("huge", 5000)).expect("queued");
-        push(&queue, &owner("b"), text_of("short", 12)).expect("queued");
+        push(&queue, &owner("b"), text_of("long", 250)).expect("queued");
+        push(&queue, &owner("c"), text_of("short", 12)).expect("queued");
         let first = queue.take_batch(32, 2048).expect("work");
-        assert_eq!(first.iter().map(|j| j.name).collect::<Vec<_>>(), ["huge"]);
+        assert_eq!(
+            first.iter().map(|j| j.name).collect::<Vec<_>>(),
+            ["huge", "short"]
+        );
         let second = queue.take_batch(32, 2048).expect("work");
-        assert_eq!(second.iter().map(|j| j.name).collect::<Vec<_>>(), ["short"]);
+        assert_eq!(second.iter().map(|j| j.name).collect::<Vec<_>>(), ["long"]);
+    }
+
+    #[test]
+    fn a_small_job_joins_a_batch_that_long_texts_have_filled() {
+        let queue = FairQueue::new(100, 100);
+        for i in 0..12 {
+            queue
+                .push(&owner(&format!("long{i}")), vec![text_of("long", 256)])
+                .expect("queued");
+        }
+        // Queued last, behind enough long texts to fill two batches.
+        queue
+            .push(&owner("probe"), vec![text_of("probe", 9)])
+            .expect("queued");
+        let batch = queue.take_batch(32, 2048).expect("work");
+        assert_eq!(texts_of(&batch, "long"), 8);
+        assert_eq!(texts_of(&batch, "probe"), 1);
     }
 
     #[test]
