@@ -25,11 +25,13 @@ use super::model::{Encoded, Model, Sequence, TextTokenizer};
 use super::{EmbedError, EmbedSettings};
 use crate::owner::OwnerHash;
 
-/// Most tokens in one batch. Short texts fill a whole batch well within it
-/// (32 of 25 tokens are 800); texts of 256 tokens run eight at a time, about
-/// 0.4 s of the model on two cores, where 32 of them took four times that
-/// and every text queued behind them waited for all of it.
-const BATCH_TOKENS: usize = 2048;
+/// Most tokens in one batch. Short texts fill a whole batch within it (32
+/// of 25 tokens are 800); texts of 256 tokens run four at a time, about
+/// 0.2 s of the model on two cores. A query that arrives while such a batch
+/// runs waits for it: under 16 clients of long texts a lone search's p50
+/// was 0.36 s at 2,048 tokens and 0.18 s at this budget, at the same
+/// throughput, and 0.8 s at 32 texts without a budget.
+const BATCH_TOKENS: usize = 1024;
 
 /// Most padded tokens (texts times the longest of them) in one model call.
 /// Attention runs on padded sequences in both graphs, so a long text runs

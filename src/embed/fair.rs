@@ -22,7 +22,7 @@
 //! short ones. A job that would pass the token budget waits for the next
 //! batch while shorter ones behind it fill this one, so long texts do not
 //! make a batch, and everyone waiting behind it, slow. A small job (at most
-//! a 32nd of the budget) always fits: it adds little to the batch's time,
+//! a 16th of the budget) always fits: it adds little to the batch's time,
 //! and the worker answers it before the long texts beside it are done.
 
 use std::collections::{HashMap, VecDeque};
@@ -221,7 +221,7 @@ impl<J: Texts> FairQueue<J> {
             }
             let fits = batch.is_empty()
                 || (texts + next <= max_texts
-                    && (tokens + next_tokens <= max_tokens || next_tokens * 32 <= max_tokens)
+                    && (tokens + next_tokens <= max_tokens || next_tokens * 16 <= max_tokens)
                     && (had == 0 || had + next <= share));
             if fits {
                 lane.credit += quantum;
