@@ -11,9 +11,18 @@ Rows, each measured once per round, rounds interleaved and rotated:
 
   * python onnxruntime, batch 1 and batch 32 (benches/embed_baseline.py's
     PythonEmbedder: same model file, tokenizer and pipeline);
+  * python onnxruntime on Cordon's packed graph (models/model-packed.onnx,
+    basic optimisation level, as Cordon runs it), at each batch size of
+    --packed-batches: the model's own rate at the batches Cordon forms,
+    with no client and no server on the machine;
   * per Cordon binary and per N in --clients: N clients, each its own user
     on its own keep-alive connection, sending one text per request to
     POST /v1/embeddings, then the same to POST /v1/memories (store);
+  * with `--kinds wrk`, the same as `embed` driven by wrk (the Debian
+    package of that name; one thread, N connections, --wrk-seconds long)
+    instead of Python threads: a light C client, whose own work takes
+    little of the cores the server runs on. The texts are the same, and
+    each request carries the token of one of N users, in turn;
   * with `--kinds long`, the same as `embed` with long texts (twelve
     sentences, cut at the 256-token limit), an eighth as many per
     measurement: a load of long documents, under which a lone search
@@ -41,8 +50,11 @@ import os
 import random
 import signal
 import socket
+import re
 import statistics
 import struct
+import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -79,6 +91,44 @@ def varied_texts(n: int = 240, seed: int = 99) -> list:
         else:
             out.append(" ".join(base[i:i + 40]))
     return out
+
+
+class PackedEmbedder:
+    """The packed graph driven from Python as src/embed/model.rs drives it:
+    real tokens only, end to end, with the index inputs attention needs."""
+
+    def __init__(self, model_dir: str, threads: int):
+        self.tokenizer = eb.tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=eb.MAX_TOKENS)
+        self.tokenizer.no_padding()
+        opts = eb.ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = eb.ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self.session = eb.ort.InferenceSession(
+            os.path.join(model_dir, "model-packed.onnx"), sess_options=opts,
+            providers=["CPUExecutionProvider"])
+
+    def embed(self, texts: list):
+        seqs = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        lengths = [len(s) for s in seqs]
+        batch, longest, total = len(seqs), max(lengths), sum(lengths)
+        # Padding slots point at row `total`, the zero row the graph appends.
+        unpad = np.full((batch, longest), total, dtype=np.int64)
+        pack = np.empty(total, dtype=np.int64)
+        row = 0
+        for b, n in enumerate(lengths):
+            unpad[b, :n] = np.arange(row, row + n)
+            pack[row:row + n] = b * longest + np.arange(n)
+            row += n
+        (states,) = self.session.run(["token_states"], {
+            "input_ids": np.concatenate([np.array(s, dtype=np.int64) for s in seqs]),
+            "position_ids": np.concatenate([np.arange(n, dtype=np.int64) for n in lengths]),
+            "lengths": np.array(lengths, dtype=np.int32),
+            "unpad_index": unpad,
+            "pack_index": pack,
+        })
+        pooled = np.stack([part.mean(axis=0) for part in np.split(states, np.cumsum(lengths)[:-1])])
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
 
 class Client:
@@ -144,14 +194,40 @@ class Target:
     def client(self, user):
         return Client(self.host, self.port, eb.hs256_token(self.secret, "bench", user), self.encoding)
 
-    def row(self, kind, clients, texts):
+    def wrk(self, clients, texts, seconds):
+        """Requests per second of wrk with `clients` connections."""
+        tokens = [eb.hs256_token(self.secret, "bench", f"wrk-{clients}-{i}") for i in range(clients)]
+        bodies = [json.dumps({"input": t, "encoding_format": self.encoding}) for t in texts]
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write("local bodies = {" + ",".join(f"[==[{b}]==]" for b in bodies) + "}\n")
+            f.write("local tokens = {" + ",".join(f'"{t}"' for t in tokens) + "}\n")
+            f.write("local i = 0\n"
+                    "request = function()\n"
+                    "  i = i + 1\n"
+                    "  return wrk.format('POST', '/v1/embeddings', {['Content-Type'] = 'application/json',\n"
+                    "    ['Authorization'] = 'Bearer ' .. tokens[(i % #tokens) + 1]}, bodies[(i % #bodies) + 1])\n"
+                    "end\n")
+            script = f.name
+        try:
+            out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "-s", script,
+                                  f"http://{self.host}:{self.port}"],
+                                 capture_output=True, text=True, check=True).stdout
+        finally:
+            os.unlink(script)
+        if "Non-2xx" in out or "Socket errors" in out:
+            raise RuntimeError(f"wrk saw failed requests:\n{out}")
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def row(self, kind, clients, texts, wrk_seconds=10):
         """(texts/s, probe p50 ms, probe p99 ms) for one run of `clients`."""
-        shares = [texts[i::clients] for i in range(clients)]
-        workers = [self.client(f"{kind}-{clients}-{i}") for i in range(clients)]
+        # wrk opens its own connections; Python threads drive the others.
+        threaded = 0 if kind == "wrk" else clients
+        shares = [texts[i::clients] for i in range(threaded)]
+        workers = [self.client(f"{kind}-{clients}-{i}") for i in range(threaded)]
         prober = self.client("prober")
         for c in workers + [prober]:
             c.connect()
-        gate = threading.Barrier(clients + 2)
+        gate = threading.Barrier(threaded + 2)
         done = threading.Event()
         errors, probes = [], []
 
@@ -184,6 +260,12 @@ class Target:
             t.start()
         gate.wait()
         start = time.perf_counter()
+        if kind == "wrk":
+            try:
+                rate = self.wrk(clients, texts, wrk_seconds)
+            except BaseException as e:
+                errors.append(e)
+                rate = 0.0
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
@@ -193,6 +275,8 @@ class Target:
             c.close()
         if errors:
             raise errors[0]
+        if kind == "wrk":
+            return rate, probes
         return len(texts) / elapsed, probes
 
 
@@ -210,6 +294,9 @@ def main() -> int:
     ap.add_argument("--cordon-threads", type=int,
                     help="CORDON_EMBED_THREADS for the Cordons started (default: their own)")
     ap.add_argument("--encoding", choices=["float", "base64"], default="base64")
+    ap.add_argument("--wrk-seconds", type=int, default=10, help="length of each wrk row")
+    ap.add_argument("--packed-batches", default="8,16",
+                    help="batch sizes of the Python rows on the packed graph ('' for none)")
     ap.add_argument("--model-dir", default=os.path.join(eb.ROOT, "models"))
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
@@ -221,6 +308,8 @@ def main() -> int:
     base = eb.make_texts(args.texts + 12, seed=7)
     long_texts = [" ".join(base[i:i + 12]) for i in range(max(1, args.texts // 8))]
     py = eb.PythonEmbedder(args.model_dir, args.threads)
+    packed_sizes = [int(b) for b in args.packed_batches.split(",") if b]
+    packed = PackedEmbedder(args.model_dir, args.threads) if packed_sizes else None
     varied = varied_texts()
     with contextlib.ExitStack() as stack:
         targets = []
@@ -229,6 +318,12 @@ def main() -> int:
             targets.append(Target(stack, b, args.model_dir, args.cordon_threads, args.encoding))
 
         reference = py.embed(varied)
+        if packed is not None:
+            mine = np.concatenate([packed.embed(varied[i:i + 16]) for i in range(0, len(varied), 16)])
+            worst = float(np.min(np.sum(mine * reference, axis=1)))
+            log(f"python on the packed graph against the plain export: min cosine {worst:.6f}")
+            if worst < 0.999:
+                sys.exit(f"the packed graph's Python rows disagree with the plain export ({worst})")
         first = None
         drift = []
         for t in targets:
@@ -247,6 +342,8 @@ def main() -> int:
 
         rows = [("python onnxruntime, batch 1", None, None, None),
                 ("python onnxruntime, batch 32", None, None, None)]
+        rows += [(f"python onnxruntime, packed graph, batch {b}", None, None, None)
+                 for b in packed_sizes]
         for i, t in enumerate(targets):
             for kind in args.kinds.split(","):
                 for n in counts:
@@ -255,15 +352,16 @@ def main() -> int:
         def run(row, sample):
             name, t, kind, n = row
             if t is None:
-                size = 1 if name.endswith("batch 1") else 32
+                size = int(name.rsplit(" ", 1)[1])
+                model = packed if "packed graph" in name else py
                 start = time.perf_counter()
                 for j in range(0, len(sample), size):
-                    py.embed(sample[j:j + size])
+                    model.embed(sample[j:j + size])
                 return len(sample) / (time.perf_counter() - start), []
             if kind == "long":
                 # An eighth as many long texts as short ones would take.
                 sample = long_texts[: max(1, len(sample) // 8)]
-            return t.row(kind, n, sample)
+            return t.row(kind, n, sample, args.wrk_seconds)
 
         for row in rows:
             log(f"warm-up: {row[0]}")
