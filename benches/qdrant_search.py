@@ -26,6 +26,9 @@ The paths:
   * the pieces: Python's embedding alone, Qdrant's query alone (from
     Python, vector given), Cordon's POST /v1/embeddings alone.
 
+Before timing, counts the gRPC requests Qdrant answers (its /metrics) over
+100 of Cordon's searches: how many round trips one search makes.
+
 Reports p50, p95 and p99 per path over all blocks, in milliseconds, and
 the same for cordon - python and cordon - (its embedding + Qdrant's query)
 as differences of per-block medians.
@@ -93,6 +96,18 @@ def wait_http(port: int, path: str, proc, what: str, timeout: float = 120) -> No
         if proc.poll() is not None or time.time() > deadline:
             sys.exit(f"{what} did not start")
         time.sleep(0.2)
+
+
+def grpc_requests(port: int) -> dict:
+    """Qdrant's count of gRPC responses, per endpoint, from its /metrics."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    counts = {}
+    for line in c.getresponse().read().decode().splitlines():
+        if line.startswith("grpc_responses_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels] = counts.get(labels, 0) + float(value)
+    return counts
 
 
 def pct(values, q):
@@ -193,6 +208,13 @@ def main() -> int:
             "cordon /v1/embeddings alone": cordon_embed,
         }
         names = list(paths)
+        cordon_search()
+        before = grpc_requests(q_http)
+        for _ in range(100):
+            cordon_search()
+        after = grpc_requests(q_http)
+        per_search = {k: (after.get(k, 0) - before.get(k, 0)) / 100 for k in after}
+        per_search = {k: v for k, v in per_search.items() if v}
         for _ in range(30):
             for f in paths.values():
                 f()
@@ -211,6 +233,9 @@ def main() -> int:
 
     print(f"{args.rounds} rounds of {args.block} searches per path, rotating order; 100 memories, "
           f"limit {LIMIT}; {eb.cpu_model()} ({os.cpu_count()} cores); ms")
+    print()
+    print("gRPC requests to Qdrant per Cordon search (over 100): "
+          + (", ".join(f"{v:g} {k}" for k, v in per_search.items()) or "none counted"))
     print()
     print("| path | p50 | p95 | p99 |")
     print("|---|---:|---:|---:|")
