@@ -102,19 +102,7 @@ fn main() {
     let time = |path: Path| -> Duration {
         let started = Instant::now();
         match path {
-            Path::Http => runtime.block_on(async {
-                let response = http
-                    .post(format!("{}/v1/memories/search", server.base))
-                    .bearer_auth(&server.token)
-                    .header("content-type", "application/json")
-                    .body(search_body.clone())
-                    .send()
-                    .await
-                    .expect("search request");
-                assert_eq!(response.status(), 200);
-                let body: Value = response.json().await.expect("JSON body");
-                assert_eq!(body["results"].as_array().map(Vec::len), Some(LIMIT));
-            }),
+            Path::Http => runtime.block_on(server.http_search(&http)),
             Path::Router => runtime.block_on(async {
                 let mut request = axum::http::Request::post("/v1/memories/search")
                     .header("authorization", format!("Bearer {}", server.token))
@@ -145,16 +133,7 @@ fn main() {
                 let vector = encoded.vectors.pop().expect("one vector");
                 assert_eq!(bare_search(&server.shard, &vector), LIMIT);
             }),
-            Path::Floor => runtime.block_on(async {
-                let response = http
-                    .get(format!("{}/healthz", server.base))
-                    .send()
-                    .await
-                    .expect("healthz request");
-                assert_eq!(response.status(), 200);
-                let body: Value = response.json().await.expect("JSON body");
-                assert_eq!(body["status"], "ok");
-            }),
+            Path::Floor => runtime.block_on(server.healthz(&http)),
             Path::Token => {
                 let principal = verifier
                     .verify(&server.token)

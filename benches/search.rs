@@ -27,7 +27,6 @@ use cordon::store::{Engine, NewMemory};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
 use support::search::{
     LIMIT, QUERY, SERVER_SECRET, SearchServer, bare_search, bare_shard, cordon_store, memory, query,
 };
@@ -106,7 +105,7 @@ fn endpoint(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let embedder = support::embedder();
     let server = SearchServer::start(&runtime, &embedder);
-    let (base, token, owner) = (&server.base, &server.token, &server.owner);
+    let owner = &server.owner;
     let http = reqwest::Client::new();
 
     let mut group = c.benchmark_group("endpoint");
@@ -125,30 +124,10 @@ fn endpoint(c: &mut Criterion) {
     // (no token, no model, no store), so that "cordon" minus "bare" can be
     // split into what any request costs here and what the search path adds.
     group.bench_function("http_floor", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let response = http
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .expect("healthz request");
-            assert_eq!(response.status(), 200);
-            let body: Value = response.json().await.expect("JSON body");
-            assert_eq!(body["status"], "ok");
-        })
+        b.to_async(&runtime).iter(|| server.healthz(&http))
     });
     group.bench_function("cordon", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let response = http
-                .post(format!("{base}/v1/memories/search"))
-                .bearer_auth(token)
-                .json(&json!({ "query": QUERY, "limit": LIMIT }))
-                .send()
-                .await
-                .expect("search request");
-            assert_eq!(response.status(), 200);
-            let body: Value = response.json().await.expect("JSON body");
-            assert_eq!(body["results"].as_array().map(Vec::len), Some(LIMIT));
-        })
+        b.to_async(&runtime).iter(|| server.http_search(&http))
     });
     group.finish();
     // Stop the server (its shards flush on drop) while its directory exists.

@@ -154,6 +154,32 @@ pub struct SearchServer {
 }
 
 impl SearchServer {
+    /// alice's search over HTTP, checked: 200 and `LIMIT` results.
+    pub async fn http_search(&self, http: &reqwest::Client) {
+        let response = http
+            .post(format!("{}/v1/memories/search", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({ "query": QUERY, "limit": LIMIT }))
+            .send()
+            .await
+            .expect("search request");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(body["results"].as_array().map(Vec::len), Some(LIMIT));
+    }
+
+    /// `GET /healthz` over HTTP, checked: the route that does no work.
+    pub async fn healthz(&self, http: &reqwest::Client) {
+        let response = http
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await
+            .expect("healthz request");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(body["status"], "ok");
+    }
+
     /// Starts the server on `runtime` with `embedder` and stores the
     /// memories through its API.
     pub fn start(runtime: &tokio::runtime::Runtime, embedder: &Embedder) -> Self {
