@@ -86,23 +86,16 @@ fn main() {
         .block_on(store.put(&server.owner, server.memories.clone()))
         .expect("put");
     let vector = server.memories[0].vector.clone();
-    let response_body: Value = runtime.block_on(async {
-        let response = http
-            .post(format!("{}/v1/memories/search", server.base))
-            .bearer_auth(&server.token)
-            .json(&json!({ "query": QUERY, "limit": LIMIT }))
-            .send()
-            .await
-            .expect("search request");
-        response.json().await.expect("JSON body")
-    });
+    let response_body = runtime.block_on(server.http_search(&http));
     let search_body = serde_json::to_vec(&json!({ "query": QUERY, "limit": LIMIT }))
         .expect("a JSON value encodes");
 
     let time = |path: Path| -> Duration {
         let started = Instant::now();
         match path {
-            Path::Http => runtime.block_on(server.http_search(&http)),
+            Path::Http => {
+                runtime.block_on(server.http_search(&http));
+            }
             Path::Router => runtime.block_on(async {
                 let mut request = axum::http::Request::post("/v1/memories/search")
                     .header("authorization", format!("Bearer {}", server.token))

@@ -154,8 +154,9 @@ pub struct SearchServer {
 }
 
 impl SearchServer {
-    /// alice's search over HTTP, checked: 200 and `LIMIT` results.
-    pub async fn http_search(&self, http: &reqwest::Client) {
+    /// alice's search over HTTP, checked (200 and `LIMIT` results); the
+    /// response's body.
+    pub async fn http_search(&self, http: &reqwest::Client) -> Value {
         let response = http
             .post(format!("{}/v1/memories/search", self.base))
             .bearer_auth(&self.token)
@@ -166,6 +167,7 @@ impl SearchServer {
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.expect("JSON body");
         assert_eq!(body["results"].as_array().map(Vec::len), Some(LIMIT));
+        body
     }
 
     /// `GET /healthz` over HTTP, checked: the route that does no work.
