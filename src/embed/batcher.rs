@@ -123,8 +123,7 @@ impl Embedder {
         let counters = Arc::new(Counters::default());
         let mut tokenizer = None;
         for n in 0..settings.workers.max(1) {
-            let threads = settings.intra_threads;
-            let model = Model::load(settings, threads, spins(settings, threads))?;
+            let model = Model::load(settings)?;
             tokenizer.get_or_insert_with(|| model.tokenizer());
             let worker_queue = queue.clone();
             let worker_counters = counters.clone();
@@ -205,14 +204,6 @@ impl Embedder {
             .await
             .map_err(|e| EmbedError::Runtime(format!("tokeniser task failed: {e}")))?
     }
-}
-
-/// Whether a session of `threads` spins while idle: as set, but never with
-/// one thread, where it only burns the cores others need. Two workers of
-/// one-thread sessions served a lone client at 62-84 texts per second with
-/// spinning, using 192% of the cores, and at 84-95 without, using 98%.
-fn spins(settings: &EmbedSettings, threads: usize) -> bool {
-    settings.intra_spinning && threads > 1
 }
 
 fn worker(mut model: Model, queue: &FairQueue<Job>, counters: &Counters, max_batch: usize) {

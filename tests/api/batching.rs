@@ -14,7 +14,7 @@ use crate::packed_model::{cosine, varied_texts};
 async fn concurrent_requests_of_mixed_lengths_each_get_their_own_vectors() {
     let texts = varied_texts();
     // Each text alone, straight through the model: no batch at all.
-    let mut model = Model::load(&embed_settings(), 2, true)
+    let mut model = Model::load(&embed_settings())
         .expect("model assets present: run `python3 models/fetch.py`");
     let alone: Vec<Vec<f32>> = texts
         .iter()

@@ -34,7 +34,7 @@ fn load(file: &str) -> Model {
         model_file: file.to_owned(),
         ..embed_settings()
     };
-    Model::load(&settings, 2, true).expect("model assets present: run `python3 models/fetch.py`")
+    Model::load(&settings).expect("model assets present: run `python3 models/fetch.py`")
 }
 
 /// Cosine of two unit vectors.
