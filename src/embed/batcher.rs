@@ -38,10 +38,10 @@ const BATCH_TOKENS: usize = 1024;
 /// apart from short ones rather than padding them all to its length.
 const GROUP_TOKENS: usize = 2048;
 
-/// Tokens from which a text runs apart from texts under half its length.
-/// Its call then takes a few milliseconds or more, which the short texts
-/// beside it would otherwise wait for; below it, an extra model call costs
-/// more than the padding saves.
+/// Tokens from which a text runs apart from texts under half its length:
+/// the short texts beside it then get their answers without waiting for
+/// its call. Shorter texts keep sharing one call, which does not cost an
+/// extra model call per length.
 const LONG_TEXT: usize = 64;
 
 /// Bytes of text above which tokenising leaves the async threads.

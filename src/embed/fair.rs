@@ -18,7 +18,7 @@
 //! a while, an owner gets full batches again.
 //!
 //! A batch is bounded in tokens as well as in texts, because the model's
-//! time grows with tokens: 32 texts of 256 tokens take as long as some 350
+//! time grows with tokens: 32 texts of 256 tokens hold as many as some 350
 //! short ones. A job that would pass the token budget waits for the next
 //! batch while shorter ones behind it fill this one, so long texts do not
 //! make a batch, and everyone waiting behind it, slow. A small job (at most
@@ -63,6 +63,10 @@ struct Lane<J> {
 /// Batches in a row an owner with a backlog may be left out of while owners
 /// with a single request wait; then it gets its share of the next one.
 const PASS_OVER_LIMIT: u32 = 4;
+
+/// A job of at most this share of the token budget (a 16th: 64 tokens of
+/// 1,024) fits any batch with room in texts, full of tokens or not.
+const SMALL_JOB_SHARE: usize = 16;
 
 struct State<J> {
     per_owner: HashMap<OwnerHash, Lane<J>>,
@@ -221,7 +225,8 @@ impl<J: Texts> FairQueue<J> {
             }
             let fits = batch.is_empty()
                 || (texts + next <= max_texts
-                    && (tokens + next_tokens <= max_tokens || next_tokens * 16 <= max_tokens)
+                    && (tokens + next_tokens <= max_tokens
+                        || next_tokens * SMALL_JOB_SHARE <= max_tokens)
                     && (had == 0 || had + next <= share));
             if fits {
                 lane.credit += quantum;
@@ -467,21 +472,22 @@ mod tests {
         assert_eq!(texts_of(&first, "flood"), 0);
     }
 
+    /// Queues one text of `tokens` tokens for each of `users` users.
+    fn one_text_each(queue: &FairQueue<Job>, name: &'static str, users: usize, tokens: usize) {
+        for i in 0..users {
+            queue
+                .push(&owner(&format!("{name}{i}")), vec![text_of(name, tokens)])
+                .expect("queued");
+        }
+    }
+
     #[test]
     fn long_texts_stop_at_the_token_budget_and_short_ones_fill_the_rest() {
         let queue = FairQueue::new(100, 100);
         // Sixteen users with one long text each, two with a short one,
         // queued behind them.
-        for i in 0..16 {
-            queue
-                .push(&owner(&format!("long{i}")), vec![text_of("long", 250)])
-                .expect("queued");
-        }
-        for i in 0..2 {
-            queue
-                .push(&owner(&format!("short{i}")), vec![text_of("short", 12)])
-                .expect("queued");
-        }
+        one_text_each(&queue, "long", 16, 250);
+        one_text_each(&queue, "short", 2, 12);
         let batch = queue.take_batch(32, 1024).expect("work");
         let tokens: usize = batch.iter().map(|j| j.tokens).sum();
         assert!(tokens <= 1024, "{tokens} tokens");
@@ -492,11 +498,10 @@ mod tests {
             "short texts are not held back"
         );
         // Everyone gets through, four long texts a batch.
-        let mut long = 4;
-        while long < 16 {
+        for _ in 0..3 {
             let batch = queue.take_batch(32, 1024).expect("work");
+            assert_eq!(texts_of(&batch, "long"), 4);
             assert!(batch.iter().map(|j| j.tokens).sum::<usize>() <= 1024);
-            long += texts_of(&batch, "long");
         }
         assert_eq!(queue.texts_waiting(), 0);
     }
@@ -519,11 +524,7 @@ mod tests {
     #[test]
     fn a_small_job_joins_a_batch_that_long_texts_have_filled() {
         let queue = FairQueue::new(100, 100);
-        for i in 0..12 {
-            queue
-                .push(&owner(&format!("long{i}")), vec![text_of("long", 256)])
-                .expect("queued");
-        }
+        one_text_each(&queue, "long", 12, 256);
         // Queued last, behind enough long texts to fill two batches.
         queue
             .push(&owner("probe"), vec![text_of("probe", 9)])
