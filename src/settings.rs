@@ -117,10 +117,10 @@ pub struct ServeArgs {
     /// Most texts per model call.
     #[arg(long, env = "CORDON_EMBED_MAX_BATCH", default_value_t = 32)]
     pub embed_max_batch: usize,
-    /// Most embedding jobs waiting; beyond this requests get 503.
+    /// Most embedding requests waiting; beyond this requests get 503.
     #[arg(long, env = "CORDON_EMBED_QUEUE", default_value_t = 1024)]
     pub embed_queue: usize,
-    /// Most embedding jobs one user may have queued (default: an eighth of the queue); beyond it that user gets 429.
+    /// Most embedding requests one user may have queued (default: an eighth of the queue); beyond it that user gets 429.
     #[arg(long, env = "CORDON_EMBED_QUEUE_PER_USER")]
     pub embed_queue_per_user: Option<usize>,
     /// Largest request body in bytes.

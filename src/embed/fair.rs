@@ -1,29 +1,36 @@
 //! The embedding queue, shared fairly between users.
 //!
-//! Jobs wait in one queue per owner; the worker takes them in turns until a
-//! batch is full, sharing texts rather than jobs (deficit round robin): each
-//! turn credits an owner with a quantum of texts, and a job runs once its
-//! owner's credit covers it. So a user with one short text waiting gets into
-//! the next batch however much another user has queued, and a user sending
-//! 16 texts per request gets no more of each batch than users sending one.
-//! An owner alone in the queue, at the start of a batch, never waits for
-//! credit. Each owner may hold
-//! only a share of the queue's capacity, so one user cannot fill it for
-//! everyone.
+//! Requests wait in one queue per owner, each split into pieces of at most
+//! a 16th of a batch's texts ([`piece_texts`]), and the worker takes one
+//! piece per owner per turn until a batch is full: round robin over texts,
+//! not over requests. So a user with one short text waiting gets into the
+//! next batch however much another user has queued, and a user sending 16
+//! texts per request gets one piece per turn, as a user sending one does.
+//! Turns count texts, not tokens; the token budget below bounds how long a
+//! batch of long texts takes. Each owner may hold only a share of the
+//! queue's capacity, counted in requests, so one user cannot fill it for
+//! everyone. A request whose caller has gone (timed out, disconnected)
+//! gives its place back before the next batch is taken.
 //!
 //! The model cannot be interrupted, so a text that arrives while a batch
-//! runs waits for all of it. While several owners have been using the
-//! queue, no owner puts more than a quarter of a batch's texts into one
-//! batch: the others then wait for short batches, not full ones. Alone for
-//! a while, an owner gets full batches again.
+//! runs waits for all of it. For a second after an owner joined the queue
+//! while others were waiting, no owner puts more than a 16th of a batch's
+//! texts into one batch, and an owner with a backlog steps aside for owners
+//! with a single request: newcomers then wait for short batches, not full
+//! ones. Owners that stay in the queue without newcomers get full batches
+//! again once that second is over, so a lasting bulk load, one owner's or
+//! several's, runs at the model's full rate, and a newcomer waits for at
+//! most one full batch.
 //!
 //! A batch is bounded in tokens as well as in texts, because the model's
 //! time grows with tokens: 32 texts of 256 tokens hold as many as some 350
-//! short ones. A job that would pass the token budget waits for the next
+//! short ones. A piece that would pass the token budget waits for the next
 //! batch while shorter ones behind it fill this one, so long texts do not
-//! make a batch, and everyone waiting behind it, slow. A small job (at most
-//! a 16th of the budget) always fits: it adds little to the batch's time,
-//! and the worker answers it before the long texts beside it are done.
+//! make a batch, and everyone waiting behind it, slow. A small piece (at
+//! most a 16th of the budget) joins a batch even when the budget is full,
+//! as long as there is room in texts and its owner is not stepping aside or
+//! over its part of the batch: it adds little to the batch's time, and the
+//! worker answers it before the long texts beside it are done.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -43,19 +50,30 @@ pub enum Refused {
     Closed,
 }
 
-/// A queued job's size, in texts and in tokens.
+/// A queued piece: its size, in texts and in tokens, and whether anyone
+/// still waits for it.
 pub trait Texts {
     /// Texts it holds.
     fn texts(&self) -> usize;
     /// Tokens over all its texts.
     fn tokens(&self) -> usize;
+    /// Whether its caller has gone, so that its request need not run. All
+    /// pieces of one request are abandoned together.
+    fn abandoned(&self) -> bool {
+        false
+    }
 }
 
-/// One owner's waiting requests (each a run of jobs, its pieces) and
-/// unspent credit, in texts.
+/// Most texts in one piece of a request, for batches of `max_texts`: a
+/// 16th of a batch, which is also the most an owner puts into one batch
+/// while the queue is shared.
+pub fn piece_texts(max_texts: usize) -> usize {
+    (max_texts / 16).max(1)
+}
+
+/// One owner's waiting requests, each a run of pieces.
 struct Lane<J> {
     requests: VecDeque<VecDeque<J>>,
-    credit: usize,
     /// Batches in a row this owner was left out of in favour of lighter ones.
     passed_over: u32,
 }
@@ -77,6 +95,37 @@ struct State<J> {
     closed: bool,
     /// Until when one owner's part of a batch stays capped.
     shared_until: Option<Instant>,
+}
+
+impl<J: Texts> State<J> {
+    /// Removes the requests nobody waits for any more, so that they give
+    /// back their place in the queue and their owner's share, and take no
+    /// turn in a batch.
+    fn drop_abandoned(&mut self) {
+        let (mut requests, mut texts) = (0, 0);
+        let mut emptied = Vec::new();
+        for (owner, lane) in &mut self.per_owner {
+            lane.requests.retain(|request| {
+                let gone = request.front().is_some_and(Texts::abandoned);
+                if gone {
+                    requests += 1;
+                    texts += request.iter().map(Texts::texts).sum::<usize>();
+                }
+                !gone
+            });
+            if lane.requests.is_empty() {
+                emptied.push(owner.clone());
+            }
+        }
+        for owner in &emptied {
+            self.per_owner.remove(owner);
+        }
+        if !emptied.is_empty() {
+            self.turns.retain(|o| self.per_owner.contains_key(o));
+        }
+        self.len -= requests;
+        self.texts -= texts;
+    }
 }
 
 /// How long the queue counts as shared after two owners were in it at once.
@@ -143,7 +192,6 @@ impl<J: Texts> FairQueue<J> {
             .entry(owner.clone())
             .or_insert_with(|| Lane {
                 requests: VecDeque::new(),
-                credit: 0,
                 passed_over: 0,
             })
             .requests
@@ -154,23 +202,33 @@ impl<J: Texts> FairQueue<J> {
         Ok(())
     }
 
-    /// Waits for work, then takes jobs in turns until they hold `max_texts`
-    /// texts or `max_tokens` tokens, or a whole round of turns adds nothing
-    /// (a first job larger than that is taken alone). `None` once the queue
-    /// is closed and empty.
+    /// Waits for work, then takes pieces in turns until they hold
+    /// `max_texts` texts or a whole round of turns adds nothing. A piece
+    /// that would pass `max_tokens` waits for a later batch unless it is
+    /// small (a 16th of the budget); the batch's first piece is taken
+    /// whatever its size. `None` once the queue is closed and empty.
     pub fn take_batch(&self, max_texts: usize, max_tokens: usize) -> Option<Vec<J>> {
         let mut state = self.state.lock();
-        while state.len == 0 {
-            if state.closed {
-                return None;
+        loop {
+            while state.len == 0 {
+                if state.closed {
+                    return None;
+                }
+                self.ready.wait(&mut state);
             }
-            self.ready.wait(&mut state);
+            state.drop_abandoned();
+            if state.len > 0 {
+                break;
+            }
         }
-        let quantum = (max_texts / 16).max(1);
         let shared = state
             .shared_until
             .is_some_and(|until| Instant::now() < until);
-        let share = if shared { quantum } else { max_texts };
+        let share = if shared {
+            piece_texts(max_texts)
+        } else {
+            max_texts
+        };
         // While owners share the queue, one with a backlog (several requests
         // waiting) steps aside for owners with a single request: their
         // batch then holds none of its texts and is as short as if it were
@@ -189,8 +247,8 @@ impl<J: Texts> FairQueue<J> {
         let mut tokens = 0;
         // Texts each owner already has in this batch.
         let mut taken: Vec<(OwnerHash, usize)> = Vec::new();
-        // Turns in a row that took nothing; a whole round of them ends a
-        // batch that has something (an empty one waits for credit to grow).
+        // Turns in a row that took nothing; a whole round of them ends the
+        // batch (never an empty one: its first piece always fits).
         let mut idle = 0;
         while let Some(owner) = state.turns.pop_front() {
             let others = state.turns.len();
@@ -228,14 +286,7 @@ impl<J: Texts> FairQueue<J> {
                     && (tokens + next_tokens <= max_tokens
                         || next_tokens * SMALL_JOB_SHARE <= max_tokens)
                     && (had == 0 || had + next <= share));
-            if fits {
-                lane.credit += quantum;
-            }
-            // Credit decides whenever someone else is waiting or already in
-            // the batch: a flooder must not top up the others' batch with a
-            // long job it has not earned (that makes the batch slower for
-            // them). Alone at the start of a batch, nobody waits on it.
-            if !fits || ((others > 0 || !batch.is_empty()) && lane.credit < next) {
+            if !fits {
                 state.turns.push_back(owner);
                 idle += 1;
                 if !batch.is_empty() && idle > others {
@@ -245,7 +296,6 @@ impl<J: Texts> FairQueue<J> {
             }
             idle = 0;
             lane.passed_over = 0;
-            lane.credit = lane.credit.saturating_sub(next);
             let request = lane
                 .requests
                 .front_mut()
@@ -294,6 +344,9 @@ impl<J: Texts> FairQueue<J> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
     use super::*;
     use crate::secret::Secret;
 
@@ -301,6 +354,8 @@ mod tests {
         name: &'static str,
         texts: usize,
         tokens: usize,
+        /// Set once the job's caller has gone.
+        gone: Rc<Cell<bool>>,
     }
 
     impl Texts for Job {
@@ -309,6 +364,9 @@ mod tests {
         }
         fn tokens(&self) -> usize {
             self.tokens
+        }
+        fn abandoned(&self) -> bool {
+            self.gone.get()
         }
     }
 
@@ -322,6 +380,7 @@ mod tests {
             name,
             texts,
             tokens: texts * SHORT,
+            gone: Rc::default(),
         }
     }
 
@@ -331,6 +390,7 @@ mod tests {
             name,
             texts: 1,
             tokens,
+            gone: Rc::default(),
         }
     }
 
@@ -445,31 +505,16 @@ mod tests {
     }
 
     #[test]
-    fn a_short_job_is_not_held_behind_a_big_one_which_then_goes_alone() {
+    fn a_short_request_is_not_held_behind_a_big_one() {
         let queue = FairQueue::new(10, 10);
-        push(&queue, &owner("a"), job("big", 50)).expect("queued");
+        // 50 texts, queued as the batcher splits them: pieces of two.
+        queue
+            .push(&owner("a"), (0..25).map(|_| job("big", 2)).collect())
+            .expect("queued");
         push(&queue, &owner("b"), job("small", 1)).expect("queued");
         let first = queue.take_batch(32, ROOMY).expect("work");
-        assert_eq!(first.iter().map(|j| j.name).collect::<Vec<_>>(), ["small"]);
-        let second = queue.take_batch(32, ROOMY).expect("work");
-        assert_eq!(second.iter().map(|j| j.name).collect::<Vec<_>>(), ["big"]);
-    }
-
-    #[test]
-    fn owners_share_texts_not_jobs() {
-        let queue = FairQueue::new(100, 100);
-        for i in 0..10 {
-            push(&queue, &owner("flood"), job("flood", 16)).expect("queued");
-            if i < 6 {
-                push(&queue, &owner("calm"), job("calm", 1)).expect("queued");
-            }
-        }
-        let first = queue.take_batch(32, ROOMY).expect("work");
-        // One job per turn would have put 16 flood texts next to each calm
-        // one; by credit, the flood job waits until its turns have earned
-        // 16 texts, and the calm owner gets its share of the batch (2).
-        assert_eq!(texts_of(&first, "calm"), 2);
-        assert_eq!(texts_of(&first, "flood"), 0);
+        assert_eq!(texts_of(&first, "small"), 1);
+        assert_eq!(texts_of(&first, "big"), 2, "one piece while others wait");
     }
 
     /// Queues one text of `tokens` tokens for each of `users` users.
@@ -535,10 +580,31 @@ mod tests {
     }
 
     #[test]
-    fn an_owner_alone_never_waits_for_credit() {
-        let queue = FairQueue::new(10, 10);
-        push(&queue, &owner("a"), job("big", 20)).expect("queued");
-        assert_eq!(queue.take_batch(32, ROOMY).map(|b| b.len()), Some(1));
+    fn a_request_whose_caller_left_gives_its_place_back_and_does_not_run() {
+        let queue = FairQueue::new(100, 3);
+        let gone = Rc::new(Cell::new(false));
+        let left = || Job {
+            gone: gone.clone(),
+            ..job("left", 1)
+        };
+        queue
+            .push(&owner("a"), vec![left(), left()])
+            .expect("queued");
+        push(&queue, &owner("a"), left()).expect("queued");
+        push(&queue, &owner("a"), job("kept", 1)).expect("queued");
+        push(&queue, &owner("b"), left()).expect("queued");
+        assert_eq!(
+            push(&queue, &owner("a"), job("a", 1)),
+            Err(Refused::OwnerFull)
+        );
+        gone.set(true);
+        // Room for one text: the abandoned requests must not take it.
+        let batch = queue.take_batch(1, ROOMY).expect("work");
+        assert_eq!(batch.iter().map(|j| j.name).collect::<Vec<_>>(), ["kept"]);
+        assert_eq!(queue.texts_waiting(), 0);
+        for _ in 0..3 {
+            push(&queue, &owner("a"), job("a", 1)).expect("the share is free again");
+        }
     }
 
     #[test]

@@ -51,9 +51,10 @@ pub struct EmbedSettings {
     pub intra_spinning: bool,
     /// Most texts run through the model in one call.
     pub max_batch: usize,
-    /// Most jobs waiting for the worker; beyond this requests get 503.
+    /// Most requests waiting for the worker; beyond this requests get 503.
     pub queue_capacity: usize,
-    /// Most jobs one user may have waiting; beyond this that user gets 429.
+    /// Most requests one user may have waiting; beyond this that user gets
+    /// 429.
     pub queue_per_user: usize,
 }
 
