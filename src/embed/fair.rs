@@ -139,6 +139,7 @@ pub struct FairQueue<J> {
     ready: Condvar,
     capacity: usize,
     per_owner: usize,
+    shared_for: Duration,
 }
 
 impl<J: Texts> FairQueue<J> {
@@ -156,7 +157,16 @@ impl<J: Texts> FairQueue<J> {
             ready: Condvar::new(),
             capacity: capacity.max(1),
             per_owner: per_owner.clamp(1, capacity.max(1)),
+            shared_for: SHARED_FOR,
         }
+    }
+
+    /// The same queue with the shared window set to `window`, so that a
+    /// test does not depend on the machine's speed.
+    #[cfg(test)]
+    fn with_shared_for(mut self, window: Duration) -> Self {
+        self.shared_for = window;
+        self
     }
 
     /// Queues one request of `owner`, split into `jobs` that may run in
@@ -183,7 +193,7 @@ impl<J: Texts> FairQueue<J> {
         state.texts += jobs.iter().map(Texts::texts).sum::<usize>();
         if waiting == 0 {
             if !state.turns.is_empty() {
-                state.shared_until = Some(Instant::now() + SHARED_FOR);
+                state.shared_until = Some(Instant::now() + self.shared_for);
             }
             state.turns.push_back(owner.clone());
         }
@@ -415,7 +425,7 @@ mod tests {
 
     #[test]
     fn while_owners_share_the_queue_batches_stay_short() {
-        let queue = FairQueue::new(1000, 1000);
+        let queue = FairQueue::new(1000, 1000).with_shared_for(Duration::from_secs(600));
         for _ in 0..100 {
             push(&queue, &owner("flood"), job("flood", 1)).expect("queued");
         }
@@ -432,7 +442,7 @@ mod tests {
 
     #[test]
     fn an_owner_with_a_backlog_steps_aside_for_single_requests_but_is_not_starved() {
-        let queue = FairQueue::new(1000, 1000);
+        let queue = FairQueue::new(1000, 1000).with_shared_for(Duration::from_secs(600));
         for _ in 0..100 {
             push(&queue, &owner("flood"), job("flood", 1)).expect("queued");
         }
@@ -450,6 +460,20 @@ mod tests {
                 false, false, false, false, true, false, false, false, false, true
             ]
         );
+    }
+
+    #[test]
+    fn owners_that_stay_backlogged_get_full_batches_once_the_window_is_over() {
+        let queue = FairQueue::new(1000, 1000).with_shared_for(Duration::from_millis(250));
+        for _ in 0..100 {
+            push(&queue, &owner("a"), job("a", 1)).expect("queued");
+            push(&queue, &owner("b"), job("b", 1)).expect("queued");
+        }
+        let shared = queue.take_batch(32, ROOMY).expect("work");
+        assert_eq!(shared.len(), 4, "two texts each while b is new");
+        std::thread::sleep(Duration::from_millis(500));
+        let full = queue.take_batch(32, ROOMY).expect("work");
+        assert_eq!((texts_of(&full, "a"), texts_of(&full, "b")), (16, 16));
     }
 
     #[test]
