@@ -19,8 +19,8 @@
 //! with a single request: newcomers then wait for short batches, not full
 //! ones. Owners that stay in the queue without newcomers get full batches
 //! again once that second is over, so a lasting bulk load, one owner's or
-//! several's, runs at the model's full rate, and a newcomer waits for at
-//! most one full batch.
+//! several's, runs at the model's full rate. (A 16th is at least one text,
+//! for batches of fewer than 16.)
 //!
 //! A batch is bounded in tokens as well as in texts, because the model's
 //! time grows with tokens: 32 texts of 256 tokens hold as many as some 350
@@ -464,14 +464,15 @@ mod tests {
 
     #[test]
     fn owners_that_stay_backlogged_get_full_batches_once_the_window_is_over() {
-        let queue = FairQueue::new(1000, 1000).with_shared_for(Duration::from_millis(250));
+        let queue = FairQueue::new(1000, 1000).with_shared_for(Duration::from_secs(600));
         for _ in 0..100 {
             push(&queue, &owner("a"), job("a", 1)).expect("queued");
             push(&queue, &owner("b"), job("b", 1)).expect("queued");
         }
         let shared = queue.take_batch(32, ROOMY).expect("work");
         assert_eq!(shared.len(), 4, "two texts each while b is new");
-        std::thread::sleep(Duration::from_millis(500));
+        // The window ends; nobody joins after it.
+        queue.state.lock().shared_until = Some(Instant::now());
         let full = queue.take_batch(32, ROOMY).expect("work");
         assert_eq!((texts_of(&full, "a"), texts_of(&full, "b")), (16, 16));
     }
@@ -530,7 +531,7 @@ mod tests {
 
     #[test]
     fn a_short_request_is_not_held_behind_a_big_one() {
-        let queue = FairQueue::new(10, 10);
+        let queue = FairQueue::new(10, 10).with_shared_for(Duration::from_secs(600));
         // 50 texts, queued as the batcher splits them: pieces of two.
         queue
             .push(&owner("a"), (0..25).map(|_| job("big", 2)).collect())
@@ -605,7 +606,8 @@ mod tests {
 
     #[test]
     fn a_request_whose_caller_left_gives_its_place_back_and_does_not_run() {
-        let queue = FairQueue::new(100, 3);
+        // Room for five requests, three of them one owner's.
+        let queue = FairQueue::new(5, 3);
         let gone = Rc::new(Cell::new(false));
         let left = || Job {
             gone: gone.clone(),
@@ -629,6 +631,16 @@ mod tests {
         for _ in 0..3 {
             push(&queue, &owner("a"), job("a", 1)).expect("the share is free again");
         }
+        push(&queue, &owner("c"), job("c", 1)).expect("and so is the queue");
+        // The owners that left must hold no turn (a stale one panics).
+        let mut rest = 0;
+        for _ in 0..4 {
+            if queue.texts_waiting() == 0 {
+                break;
+            }
+            rest += queue.take_batch(32, ROOMY).map_or(0, |b| b.len());
+        }
+        assert_eq!(rest, 4);
     }
 
     #[test]
