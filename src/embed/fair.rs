@@ -423,12 +423,22 @@ mod tests {
             .sum()
     }
 
+    /// A large queue whose shared window outlasts any test.
+    fn shared_queue() -> FairQueue<Job> {
+        FairQueue::new(1000, 1000).with_shared_for(Duration::from_secs(600))
+    }
+
+    /// Queues 100 one-text requests of the owner `name`.
+    fn backlog(queue: &FairQueue<Job>, name: &'static str) {
+        for _ in 0..100 {
+            push(queue, &owner(name), job(name, 1)).expect("queued");
+        }
+    }
+
     #[test]
     fn while_owners_share_the_queue_batches_stay_short() {
-        let queue = FairQueue::new(1000, 1000).with_shared_for(Duration::from_secs(600));
-        for _ in 0..100 {
-            push(&queue, &owner("flood"), job("flood", 1)).expect("queued");
-        }
+        let queue = shared_queue();
+        backlog(&queue, "flood");
         push(&queue, &owner("calm"), job("calm", 1)).expect("queued");
         let shared = queue.take_batch(32, ROOMY).expect("work");
         assert_eq!(texts_of(&shared, "calm"), 1);
@@ -442,10 +452,8 @@ mod tests {
 
     #[test]
     fn an_owner_with_a_backlog_steps_aside_for_single_requests_but_is_not_starved() {
-        let queue = FairQueue::new(1000, 1000).with_shared_for(Duration::from_secs(600));
-        for _ in 0..100 {
-            push(&queue, &owner("flood"), job("flood", 1)).expect("queued");
-        }
+        let queue = shared_queue();
+        backlog(&queue, "flood");
         let mut with_flood = Vec::new();
         for round in 0..10 {
             push(&queue, &owner(&format!("calm{round}")), job("calm", 1)).expect("queued");
@@ -464,11 +472,9 @@ mod tests {
 
     #[test]
     fn owners_that_stay_backlogged_get_full_batches_once_the_window_is_over() {
-        let queue = FairQueue::new(1000, 1000).with_shared_for(Duration::from_secs(600));
-        for _ in 0..100 {
-            push(&queue, &owner("a"), job("a", 1)).expect("queued");
-            push(&queue, &owner("b"), job("b", 1)).expect("queued");
-        }
+        let queue = shared_queue();
+        backlog(&queue, "a");
+        backlog(&queue, "b");
         let shared = queue.take_batch(32, ROOMY).expect("work");
         assert_eq!(shared.len(), 4, "two texts each while b is new");
         // The window ends; nobody joins after it.
@@ -480,9 +486,7 @@ mod tests {
     #[test]
     fn an_owner_that_has_been_alone_gets_full_batches() {
         let queue = FairQueue::new(1000, 1000);
-        for _ in 0..100 {
-            push(&queue, &owner("bulk"), job("bulk", 1)).expect("queued");
-        }
+        backlog(&queue, "bulk");
         assert_eq!(queue.take_batch(32, ROOMY).map(|b| b.len()), Some(32));
     }
 
@@ -507,9 +511,7 @@ mod tests {
     #[test]
     fn a_user_with_one_job_shares_the_next_batch_with_a_flooder() {
         let queue = FairQueue::new(1000, 1000);
-        for _ in 0..100 {
-            push(&queue, &owner("flood"), job("flood", 1)).expect("queued");
-        }
+        backlog(&queue, "flood");
         push(&queue, &owner("calm"), job("calm", 1)).expect("queued");
         let batch = queue.take_batch(4, ROOMY).expect("work");
         let names: Vec<&str> = batch.iter().map(|j| j.name).collect();
