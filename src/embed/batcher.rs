@@ -227,10 +227,11 @@ fn worker(mut model: Model, queue: &FairQueue<Job>, counters: &Counters, max_bat
 }
 
 fn run_batch(model: &mut Model, jobs: Vec<Job>, counters: &Counters, max_batch: usize) {
-    // Jobs whose caller went away (timeout, disconnect) are not worth running.
+    // The queue drops abandoned requests before it forms a batch; a caller
+    // may still have gone since (timeout, disconnect).
     let (jobs, mut replies): (Vec<_>, Vec<_>) = jobs
         .into_iter()
-        .filter(|j| !j.reply.is_closed())
+        .filter(|j| !j.abandoned())
         .map(|j| ((j.owner, j.sequences), Some::<Reply>(j.reply)))
         .unzip();
     if jobs.is_empty() {

@@ -82,9 +82,9 @@ struct Lane<J> {
 /// with a single request wait; then it gets its share of the next one.
 const PASS_OVER_LIMIT: u32 = 4;
 
-/// A job of at most this share of the token budget (a 16th: 64 tokens of
+/// A piece of at most this share of the token budget (a 16th: 64 tokens of
 /// 1,024) fits any batch with room in texts, full of tokens or not.
-const SMALL_JOB_SHARE: usize = 16;
+const SMALL_PIECE_SHARE: usize = 16;
 
 struct State<J> {
     per_owner: HashMap<OwnerHash, Lane<J>>,
@@ -294,7 +294,7 @@ impl<J: Texts> FairQueue<J> {
             let fits = batch.is_empty()
                 || (texts + next <= max_texts
                     && (tokens + next_tokens <= max_tokens
-                        || next_tokens * SMALL_JOB_SHARE <= max_tokens)
+                        || next_tokens * SMALL_PIECE_SHARE <= max_tokens)
                     && (had == 0 || had + next <= share));
             if !fits {
                 state.turns.push_back(owner);
