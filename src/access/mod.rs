@@ -174,13 +174,15 @@ impl Access {
     }
 
     /// The per-request check: memory only, no I/O. The tenant is hashed
-    /// only when the registry is on.
+    /// only when the registry is on or some change named a tenant (a
+    /// disabled tenant is refused with or without the registry).
     pub fn check(&self, tenant: &str, owner: &OwnerHash, token: TokenFacts) -> Result<(), Refusal> {
         if !self.loaded.load(Ordering::Acquire) {
             return Err(Refusal::NotReady);
         }
-        let tenant = self.registry.then(|| self.tenant_hash(tenant));
-        Ok(self.rules.read().check(tenant.as_ref(), owner, token)?)
+        let rules = self.rules.read();
+        let tenant = (self.registry || rules.names_tenants()).then(|| self.tenant_hash(tenant));
+        Ok(rules.check(tenant.as_ref(), self.registry, owner, token)?)
     }
 
     /// Stores `rule` and applies it here; from its return on, this process

@@ -137,20 +137,20 @@ impl Rules {
     }
 
     /// Refuses a verified token whose rules say no. `tenant` is the
-    /// caller's tenant when the registry is on (`None`: tenants are not
-    /// checked).
+    /// caller's tenant (`None`: no tenant was ever named, so none can be
+    /// disabled). A disabled tenant is refused whether or not `registry` is
+    /// on; a tenant the rules never heard of is refused only when it is.
     pub fn check(
         &self,
         tenant: Option<&TenantHash>,
+        registry: bool,
         owner: &OwnerHash,
         token: TokenFacts,
     ) -> Result<(), Denied> {
-        if let Some(tenant) = tenant {
-            match self.tenants.get(tenant) {
-                None => return Err(Denied::TenantUnknown),
-                Some(entry) if !entry.enabled => return Err(Denied::TenantDisabled),
-                Some(_) => {}
-            }
+        match tenant.map(|tenant| self.tenants.get(tenant)) {
+            Some(Some(entry)) if !entry.enabled => return Err(Denied::TenantDisabled),
+            Some(None) | None if registry => return Err(Denied::TenantUnknown),
+            _ => {}
         }
         if let Some(rule) = self.users.get(owner) {
             if token.version < rule.min_version {
@@ -166,6 +166,12 @@ impl Rules {
             }
         }
         Ok(())
+    }
+
+    /// Whether any change ever named a tenant (else no tenant check can
+    /// refuse anything, and the caller's tenant need not be hashed).
+    pub fn names_tenants(&self) -> bool {
+        !self.tenants.is_empty()
     }
 
     /// The rule held for `owner`.
@@ -226,13 +232,13 @@ mod tests {
             (Some(5_001), true),
         ] {
             assert_eq!(
-                rules.check(None, &owner, facts(iat, 0)).is_ok(),
+                rules.check(None, false, &owner, facts(iat, 0)).is_ok(),
                 ok,
                 "iat {iat:?}"
             );
         }
         let bob = OwnerHash::derive(&secret(), "acme", "bob");
-        assert!(rules.check(None, &bob, facts(None, 0)).is_ok());
+        assert!(rules.check(None, false, &bob, facts(None, 0)).is_ok());
     }
 
     #[test]
@@ -241,14 +247,14 @@ mod tests {
         let mut rules = Rules::default();
         rules.apply(&revoke(&owner, 0, 3));
         assert_eq!(
-            rules.check(None, &owner, facts(Some(1), 2)),
+            rules.check(None, false, &owner, facts(Some(1), 2)),
             Err(Denied::TokenRevoked)
         );
         assert_eq!(
-            rules.check(None, &owner, facts(None, 0)),
+            rules.check(None, false, &owner, facts(None, 0)),
             Err(Denied::TokenRevoked)
         );
-        assert!(rules.check(None, &owner, facts(None, 3)).is_ok());
+        assert!(rules.check(None, false, &owner, facts(None, 3)).is_ok());
     }
 
     #[test]
@@ -310,16 +316,12 @@ mod tests {
             },
         ));
         assert_eq!(
-            rules.check(Some(&acme), &owner, facts(None, 0)),
+            rules.check(Some(&acme), true, &owner, facts(None, 0)),
             Err(Denied::TenantDisabled)
         );
         assert_eq!(
-            rules.check(Some(&globex), &owner, facts(None, 0)),
+            rules.check(Some(&globex), true, &owner, facts(None, 0)),
             Err(Denied::TenantUnknown)
-        );
-        assert!(
-            rules.check(None, &owner, facts(None, 0)).is_ok(),
-            "registry off"
         );
         rules.apply(&change(
             2,
@@ -328,7 +330,40 @@ mod tests {
                 enabled: true,
             },
         ));
-        assert!(rules.check(Some(&acme), &owner, facts(None, 0)).is_ok());
+        assert!(
+            rules
+                .check(Some(&acme), true, &owner, facts(None, 0))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn with_the_registry_off_a_disabled_tenant_is_still_refused_and_others_pass() {
+        let owner = OwnerHash::derive(&secret(), "acme", "alice");
+        let (acme, globex) = (
+            TenantHash::derive(&secret(), "acme"),
+            TenantHash::derive(&secret(), "globex"),
+        );
+        let mut rules = Rules::default();
+        assert!(!rules.names_tenants());
+        rules.apply(&change(
+            1,
+            Rule::Tenant {
+                tenant: acme.to_hex(),
+                enabled: false,
+            },
+        ));
+        assert!(rules.names_tenants());
+        assert_eq!(
+            rules.check(Some(&acme), false, &owner, facts(None, 0)),
+            Err(Denied::TenantDisabled)
+        );
+        assert!(
+            rules
+                .check(Some(&globex), false, &owner, facts(None, 0))
+                .is_ok()
+        );
+        assert!(rules.check(None, false, &owner, facts(None, 0)).is_ok());
     }
 
     #[test]

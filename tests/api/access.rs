@@ -154,6 +154,31 @@ async fn revocations_and_tenant_states_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn disabling_a_tenant_without_a_tenants_file_refuses_its_tokens_with_403() {
+    let app = spawn_app().await;
+    let (alice, other) = (token("acme", "alice"), token("globex", "gina"));
+    assert_eq!(list_status(&app, &alice).await, StatusCode::OK);
+
+    let r = app
+        .admin("/admin/v1/tenants/disable", &json!({ "tenant": "acme" }))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_error(
+        app.get("/v1/memories", &alice).await,
+        StatusCode::FORBIDDEN,
+        "tenant_disabled",
+    )
+    .await;
+    // Without a registry, tenants nobody disabled are let in as before.
+    assert_eq!(list_status(&app, &other).await, StatusCode::OK);
+    let r = app
+        .admin("/admin/v1/tenants/enable", &json!({ "tenant": "acme" }))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(list_status(&app, &alice).await, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn with_the_registry_on_unknown_and_disabled_tenants_are_403() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tenants = dir.path().join("tenants.json");
