@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use crate::owner::{OwnerHash, TenantHash, keyed};
+use crate::owner::{Domain, OwnerHash, TenantHash, keyed_in};
 use crate::secret::Secret;
 
 /// The target every audit event is emitted under.
@@ -16,7 +16,7 @@ pub const TARGET: &str = "audit";
 
 /// A keyed, truncated tag of a client address.
 pub fn client_tag(secret: &Secret, ip: IpAddr) -> String {
-    let hash = keyed(secret, &[b"client address\0", ip.to_string().as_bytes()]);
+    let hash = keyed_in(secret, Domain::ClientAddress, &[ip.to_string().as_bytes()]);
     hex::encode(&hash[..6])
 }
 

@@ -54,6 +54,11 @@ impl Memory {
         stored_bytes(&self.text, &self.metadata)
     }
 
+    /// When it was stored, Unix milliseconds.
+    pub fn created_at(&self) -> i64 {
+        self.created_at
+    }
+
     /// The similarity score, for search results.
     pub fn score(&self) -> Option<f32> {
         self.score
@@ -114,12 +119,17 @@ impl Guard {
         let stored = point.payload.get(OWNER_FIELD).and_then(Value::as_str);
         if !stored.is_some_and(|s| owner.matches_hex(s)) {
             self.metrics.guard_dropped(path);
-            let stored_tag = stored.map_or("<missing>", |s| s.get(..12).unwrap_or(s));
-            crate::audit::guard_dropped(owner, stored_tag, path);
+            // The stored owner's log tag, never a piece of its hash (which
+            // would be a piece of a collection name).
+            let stored_tag = match stored {
+                None => "<missing>".to_owned(),
+                Some(s) => OwnerHash::from_hex(s).map_or("<malformed>".to_owned(), |o| o.log_tag()),
+            };
+            crate::audit::guard_dropped(owner, &stored_tag, path);
             tracing::error!(
                 event = "cross_tenant_leak_detected",
                 caller = %owner.log_tag(),
-                stored_owner = %stored.map(|s| s.get(..12).unwrap_or(s)).unwrap_or("<missing>"),
+                stored_owner = %stored_tag,
                 point = %point.id,
                 path,
                 "cross_tenant_leak_detected: dropped a point whose owner is not the caller"

@@ -6,11 +6,22 @@
 //! hash is stored in every point's payload, while the collection name carries
 //! only a prefix of it, so two users may in principle share a collection: the
 //! engine filter and the guard are what keep them apart, never the name.
+//!
+//! Every keyed hash under the server secret has a domain of its own, so no
+//! two uses can produce the same tag. The owner hash's input is
+//! `tenant 0x00 subject` and the tenant hash's is the bare tenant (neither
+//! name holds a control character, so an owner input holds exactly one
+//! 0x00 and a tenant input none); both keep the form they were stored under.
+//! Every other use ([`Domain`]) hashes `0x01`, its label and `0x00` first,
+//! which no owner or tenant input can begin with. Log tags are a labelled
+//! hash of the full keyed hash, never a piece of it: a collection name (a
+//! prefix of the owner hash) cannot be read off a log line, nor the other
+//! way round.
 
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::secret::Secret;
@@ -64,10 +75,10 @@ impl OwnerHash {
         (u64::from_le_bytes(first) % buckets.max(1) as u64) as usize
     }
 
-    /// A short, non-reversible tag for logs: enough to correlate lines, too
-    /// short to serve as a collection name.
+    /// A short, non-reversible tag for logs: enough to correlate lines, and
+    /// no part of the hash, so no collection name can be read from it.
     pub fn log_tag(&self) -> String {
-        hex::encode(&self.0[..6])
+        log_tag(b"owner", &self.0)
     }
 
     /// Collection (or shard directory) name holding this owner's memories:
@@ -111,12 +122,46 @@ impl TenantHash {
 
     /// A short tag for logs, like [`OwnerHash::log_tag`].
     pub fn log_tag(&self) -> String {
-        hex::encode(&self.0[..6])
+        log_tag(b"tenant", &self.0)
     }
 }
 
+/// The uses of the server secret besides owner and tenant hashes, each
+/// with a label of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// Tags of client addresses in the audit trail.
+    ClientAddress,
+}
+
+impl Domain {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Domain::ClientAddress => b"client address",
+        }
+    }
+}
+
+/// HMAC-SHA256 under the server secret of `parts`, in `domain`.
+pub fn keyed_in(secret: &Secret, domain: Domain, parts: &[&[u8]]) -> [u8; 32] {
+    let mut labelled: Vec<&[u8]> = vec![&[1], b"cordon/", domain.label(), &[0]];
+    labelled.extend_from_slice(parts);
+    keyed(secret, &labelled)
+}
+
+/// 12 hex digits of a labelled SHA-256 of a keyed hash.
+fn log_tag(kind: &[u8], hash: &[u8; 32]) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"cordon log tag v1\0")
+        .chain_update(kind)
+        .chain_update([0])
+        .chain_update(hash)
+        .finalize();
+    hex::encode(&digest[..6])
+}
+
 /// HMAC-SHA256 of the concatenated `parts` under the server secret.
-pub(crate) fn keyed(secret: &Secret, parts: &[&[u8]]) -> [u8; 32] {
+fn keyed(secret: &Secret, parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose())
         .expect("HMAC-SHA256 accepts keys of any length");
     for part in parts {
@@ -177,6 +222,31 @@ mod tests {
         assert!(!a.matches_hex(&a.to_hex()[..63]));
         assert!(!a.matches_hex("zz"));
         assert!(!a.matches_hex(""));
+    }
+
+    #[test]
+    fn no_two_uses_of_the_secret_produce_the_same_tag() {
+        // Before labels, a client address tag was the owner hash of the
+        // user whose tenant was "client address" and subject the address.
+        let ip = "10.0.0.1";
+        let client = keyed_in(&secret(), Domain::ClientAddress, &[ip.as_bytes()]);
+        let owner = OwnerHash::derive(&secret(), "client address", ip);
+        assert_ne!(client, owner.0);
+        let owner = OwnerHash::derive(&secret(), "cordon/client address", ip);
+        assert_ne!(client, owner.0);
+        let tenant = TenantHash::derive(&secret(), "client address");
+        assert_ne!(tenant.0, owner.0);
+    }
+
+    #[test]
+    fn a_log_tag_is_no_part_of_the_hash_or_of_a_collection_name() {
+        let a = OwnerHash::derive(&secret(), "t", "u");
+        let tag = a.log_tag();
+        assert_eq!(tag.len(), 12);
+        assert!(!a.to_hex().contains(&tag));
+        let tenant = TenantHash::derive(&secret(), "t");
+        assert!(!tenant.to_hex().contains(&tenant.log_tag()));
+        assert_eq!(tag, OwnerHash::derive(&secret(), "t", "u").log_tag());
     }
 
     #[test]
