@@ -24,13 +24,21 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl libstdc++6 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /data cordon \
+    && useradd --system --uid 10001 --create-home --home-dir /home/cordon cordon \
     && mkdir -p /data && chown cordon /data
 COPY --from=build /src/target/release/cordon /usr/local/bin/cordon
 COPY --from=assets /src/models/model-packed.onnx /src/models/model.onnx /src/models/tokenizer.json /src/models/libonnxruntime.so /app/models/
 USER cordon
+# The data directory must not hold the server secret: pass it in
+# CORDON_SERVER_SECRET, or mount it and point CORDON_SERVER_SECRET_FILE at
+# it. (Left to the default, it is made in /home/cordon/.config/cordon, which
+# a new container does not have: the server then refuses to start on the
+# stored memories rather than make a secret that cannot read them.)
+# The embedded engine's data directory is `data` under the working
+# directory, /data here; it is not set by name, because the Qdrant engine
+# (docker-compose.yml) refuses a data directory it would not use.
+WORKDIR /
 ENV CORDON_BIND=0.0.0.0:8080 \
-    CORDON_DATA_DIR=/data \
     CORDON_MODEL_DIR=/app/models
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \

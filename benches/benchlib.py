@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import socket
 import time
 
@@ -80,15 +81,19 @@ def disk_bytes(path: str) -> int:
 
 def server_env(environ: dict, data_dir: str, model_dir: str, jwt_key: str, port: int, **extra) -> dict:
     """The environment of a bench server: the caller's without any CORDON_*
-    setting, plus a fresh data directory, the model, an HS256 key and a port."""
+    setting, plus a fresh data directory (embedded engine) and server secret,
+    the model, an HS256 key and a port."""
     env = {k: v for k, v in environ.items() if not k.startswith("CORDON_")}
     env.update({
         "CORDON_BIND": f"127.0.0.1:{port}",
-        "CORDON_DATA_DIR": data_dir,
+        "CORDON_SERVER_SECRET": secrets.token_hex(32),
         "CORDON_MODEL_DIR": model_dir,
         "CORDON_JWT_HS256_SECRET": jwt_key,
         "RUST_LOG": "warn,qdrant_edge::common::flags=error",
     })
+    # The Qdrant engine refuses a data directory it would not use.
+    if extra.get("CORDON_STORE") != "qdrant":
+        env["CORDON_DATA_DIR"] = data_dir
     env.update(extra)
     return env
 

@@ -79,16 +79,19 @@ def main():
     env = dict(os.environ)
     env.update({
         "CORDON_BIND": f"127.0.0.1:{port}",
-        "CORDON_DATA_DIR": data_dir,
         "CORDON_MODEL_DIR": os.path.join(ROOT, "models"),
         "CORDON_JWT_HS256_SECRET": jwt_key,
         "CORDON_SERVER_SECRET": secrets.token_hex(32),
         "CORDON_STORE": args.engine,
-        "CORDON_QDRANT_URL": args.qdrant_url,
         "CORDON_COLLECTION_PREFIX": f"cordon_cost_{secrets.token_hex(4)}_",
         "CORDON_MAX_ITEMS": str(max(64, args.per_user)),
         "RUST_LOG": "warn,qdrant_edge::common::flags=error",
     })
+    # Each engine refuses the other's settings.
+    if args.engine == "edge":
+        env["CORDON_DATA_DIR"] = data_dir
+    else:
+        env["CORDON_QDRANT_URL"] = args.qdrant_url
     server = subprocess.Popen([binary, "serve"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:

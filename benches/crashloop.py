@@ -897,17 +897,19 @@ class Harness:
         env = clean_env(("CORDON_",))
         env.update({
             "CORDON_BIND": f"127.0.0.1:{port}",
-            "CORDON_DATA_DIR": self.data_dir,
             "CORDON_JWT_HS256_SECRET": self.jwt_secret,
             "CORDON_MODEL_DIR": self.args.model_dir,
+            "CORDON_SERVER_SECRET": self.server_secret,
         })
+        # Each engine refuses the other's settings.
         if self.args.qdrant_bin:
             env.update({
                 "CORDON_STORE": "qdrant",
                 "CORDON_QDRANT_URL": f"http://127.0.0.1:{self.qdrant_grpc}",
-                "CORDON_SERVER_SECRET": self.server_secret,
                 "CORDON_COLLECTION_PREFIX": self.prefix,
             })
+        else:
+            env["CORDON_DATA_DIR"] = self.data_dir
         env.update(self.args.env)
         return env
 

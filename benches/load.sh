@@ -49,7 +49,6 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 export CORDON_JWT_HS256_SECRET; CORDON_JWT_HS256_SECRET=$(hex)
 server_env=(
   CORDON_BIND="127.0.0.1:$port"
-  CORDON_DATA_DIR="$data"
   CORDON_SERVER_SECRET="$(hex)"
   RUST_LOG="${RUST_LOG:-warn}"
 )
@@ -60,9 +59,12 @@ fi
 if $sealed; then
   server_env+=(CORDON_KEK="$(hex)")
 fi
+# Each engine refuses the other's settings.
 if [ -n "$qdrant_url" ]; then
   server_env+=(CORDON_STORE=qdrant CORDON_QDRANT_URL="$qdrant_url"
                CORDON_COLLECTION_PREFIX="load_$(hex | cut -c1-8)_")
+else
+  server_env+=(CORDON_DATA_DIR="$data")
 fi
 
 server=""

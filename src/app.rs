@@ -16,12 +16,13 @@ use crate::access::file_log::FileLog;
 use crate::access::lockout::Lockout;
 use crate::access::qdrant_log::QdrantLog;
 use crate::access::{Access, AccessError, AccessLog};
-use crate::api::{self, AdminKey, AppState, Quotas};
+use crate::api::{self, AdminKey, AppState, Quotas, Readiness};
 use crate::auth::{AuthState, KeyError, Verifier, VerifierConfig, load_keys};
 use crate::embed::{EmbedError, Embedder};
 use crate::guard::Guard;
 use crate::guarded::GuardedStore;
 use crate::limits::{UserLimitSettings, UserLimits};
+use crate::listener::{Peer, StallListener};
 use crate::metrics::Metrics;
 use crate::settings::{Settings, StoreKind};
 use crate::store::StoreError;
@@ -59,6 +60,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown_grace: Duration,
+    stall_timeout: Duration,
 }
 
 impl Application {
@@ -140,6 +142,7 @@ impl Application {
                 access,
                 lockout: Arc::new(Lockout::new(settings.access.lockout)),
                 limits: user_limits(settings.access.user_limits),
+                proxies: Arc::new(settings.access.proxies.clone()),
                 metrics: metrics.clone(),
             },
             store,
@@ -148,10 +151,13 @@ impl Application {
             metrics,
             in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
             admin_key: AdminKey(settings.access.admin_key.clone().map(Arc::new)),
+            metrics_token: settings.metrics_token.clone().map(Arc::new),
+            readiness: Arc::new(Readiness::default()),
             quotas: Arc::new(Quotas::new(
                 settings.limits.max_memories_per_user,
                 settings.limits.max_bytes_per_user,
             )),
+            keyed: Arc::default(),
         };
         let listener =
             TcpListener::bind(settings.bind)
@@ -164,6 +170,7 @@ impl Application {
             listener,
             state,
             shutdown_grace: settings.shutdown_grace,
+            stall_timeout: settings.stall_timeout,
         })
     }
 
@@ -195,8 +202,8 @@ impl Application {
             let _ = begun.send(());
         };
         let serve = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            StallListener::new(self.listener, self.stall_timeout),
+            router.into_make_service_with_connect_info::<Peer>(),
         )
         .with_graceful_shutdown(signal)
         .into_future();

@@ -127,7 +127,7 @@ fn token(args: TokenArgs) -> ExitCode {
 fn serve(args: ServeArgs) -> ExitCode {
     // Before the settings, so that what loading them logs is not lost.
     let _audit_writer = telemetry::init(
-        std::env::var("CORDON_LOG_JSON").is_ok_and(|v| v == "1" || v == "true"),
+        args.log_json,
         &crate::settings::AuditSink::parse(&args.audit),
     );
     let workers = args.worker_threads;

@@ -71,6 +71,17 @@ pub enum ApiError {
     /// An `Idempotency-Key` the caller already used for a different body.
     #[error("idempotency key reused")]
     IdempotencyKeyReused,
+    /// Another attempt under the same `Idempotency-Key`, with a different
+    /// body, is in progress (or won the race to store).
+    #[error("idempotency conflict")]
+    IdempotencyConflict,
+    /// An admin asked to lower a user's minimum token version, which only
+    /// rises.
+    #[error("the minimum version only rises")]
+    MinVersionLower {
+        /// The minimum held now.
+        held: u64,
+    },
     /// No such memory for this caller (whether or not it exists for another).
     #[error("not found")]
     NotFound,
@@ -163,6 +174,16 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used with a different body; use a new key for a new write".into(),
+            ),
+            Self::IdempotencyConflict => (
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "another request with this Idempotency-Key and a different body is being stored; nothing was written. Use a new key for a new write".into(),
+            ),
+            Self::MinVersionLower { held } => (
+                StatusCode::CONFLICT,
+                "min_version_only_rises",
+                format!("the user's minimum token version is {held} and only rises; nothing was changed. Revoke their tokens to cut them off by time instead"),
             ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such memory".into()),
             Self::NoRoute => (

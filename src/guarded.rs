@@ -70,12 +70,15 @@ impl GuardedStore {
         self
     }
 
-    /// The caller's own points, opened when sealed, as memories.
+    /// The caller's own points, opened when sealed, as memories. With
+    /// `whole`, a point of the caller's that does not open fails the read
+    /// instead of being left out.
     async fn admit(
         &self,
         owner: &OwnerHash,
         points: Vec<RawPoint>,
         path: &'static str,
+        whole: bool,
     ) -> Result<Vec<Memory>, StoreError> {
         let Some(sealer) = self.sealing.sealer()? else {
             return Ok(self.guard.admit(owner, points, path));
@@ -83,7 +86,7 @@ impl GuardedStore {
         // Foreign points are the guard's to count; only the caller's own are
         // worth a key lookup.
         let own = self.guard.owned(owner, points, path);
-        let opened = sealer.open(owner, own, path).await?;
+        let opened = sealer.open(owner, own, path, whole).await?;
         Ok(self.guard.admit(owner, opened, path))
     }
 
@@ -107,18 +110,41 @@ impl GuardedStore {
     }
 
     /// Writes memories for `owner`.
-    pub async fn put(
+    pub async fn put(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
+        self.write(owner, memories, false).await
+    }
+
+    /// Writes memories for `owner` whose ids hold no point yet; an id that
+    /// does keeps its point (see [`Engine::insert_new`]).
+    pub async fn put_new(
+        &self,
+        owner: &OwnerHash,
+        memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError> {
+        self.write(owner, memories, true).await
+    }
+
+    async fn write(
         &self,
         owner: &OwnerHash,
         mut memories: Vec<NewMemory>,
+        only_new: bool,
     ) -> Result<(), StoreError> {
         self.census(owner).await;
-        let Some(sealer) = self.sealing.sealer()? else {
-            return self.engine.upsert(owner, memories).await;
+        let sealer = self.sealing.sealer()?;
+        let _no_erase = match sealer {
+            Some(sealer) => {
+                let guard = sealer.stripe(owner).read().await;
+                sealer.seal(owner, &mut memories).await?;
+                Some(guard)
+            }
+            None => None,
         };
-        let _no_erase = sealer.stripe(owner).read().await;
-        sealer.seal(owner, &mut memories).await?;
-        self.engine.upsert(owner, memories).await
+        if only_new {
+            self.engine.insert_new(owner, memories).await
+        } else {
+            self.engine.upsert(owner, memories).await
+        }
     }
 
     /// Searches `owner`'s memories.
@@ -134,7 +160,7 @@ impl GuardedStore {
             return Ok(Vec::new());
         }
         let points = self.engine.search(owner, query).await?;
-        self.admit(owner, points, "search").await
+        self.admit(owner, points, "search", false).await
     }
 
     /// One of `owner`'s memories, or `None` (also when it is someone else's).
@@ -146,32 +172,55 @@ impl GuardedStore {
     async fn guarded_get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
         let point = self.engine.get(owner, id).await?;
         Ok(self
-            .admit(owner, point.into_iter().collect(), "get")
+            .admit(owner, point.into_iter().collect(), "get", false)
             .await?
             .pop())
     }
 
-    /// Deletes one of `owner`'s memories; `false` if it had none with this id.
-    pub async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<bool, StoreError> {
+    /// Deletes one of `owner`'s memories and returns it; `None` if it had
+    /// none with this id.
+    pub async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
         self.census(owner).await;
-        if self.guarded_get(owner, id).await?.is_none() {
-            return Ok(false);
-        }
+        let Some(memory) = self.guarded_get(owner, id).await? else {
+            return Ok(None);
+        };
         self.engine.delete(owner, id).await?;
-        Ok(true)
+        Ok(Some(memory))
     }
 
     /// A page of `owner`'s memories.
     pub async fn list(
         &self,
         owner: &OwnerHash,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.page(owner, after, limit, "list", false).await
+    }
+
+    /// A page of `owner`'s memories for an export, which fails rather than
+    /// leave out a memory of theirs that does not open.
+    pub async fn export_page(
+        &self,
+        owner: &OwnerHash,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.page(owner, after, limit, "export", true).await
+    }
+
+    async fn page(
+        &self,
+        owner: &OwnerHash,
         mut after: Option<Uuid>,
         limit: usize,
+        path: &'static str,
+        whole: bool,
     ) -> Result<Page, StoreError> {
         self.census(owner).await;
         loop {
             let page = self.engine.scroll(owner, after, limit).await?;
-            let memories = self.admit(owner, page.points, "list").await?;
+            let memories = self.admit(owner, page.points, path, whole).await?;
             // The cursor handed out is always one of the caller's own ids; a
             // page the guard emptied (possible only when the engine filter
             // failed) is skipped rather than answered with a foreign cursor.

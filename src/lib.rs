@@ -19,6 +19,7 @@ pub mod error;
 pub mod guard;
 pub mod guarded;
 pub mod limits;
+pub mod listener;
 pub mod load;
 pub mod metrics;
 pub mod owner;

@@ -61,6 +61,25 @@ impl Drop for InFlight {
     }
 }
 
+/// The per-user slots a request took, handed from the [`crate::auth::Caller`]
+/// extractor to the request's middleware, which keeps them with the
+/// response body: a streamed response counts against its user's cap until
+/// its last byte, not only until its handler returned.
+#[derive(Clone, Default)]
+pub struct HeldSlots(Arc<Mutex<Vec<Arc<InFlight>>>>);
+
+impl HeldSlots {
+    /// Keeps `slot` for as long as the response lives.
+    pub fn keep(&self, slot: Arc<InFlight>) {
+        self.0.lock().push(slot);
+    }
+
+    /// The slots kept so far.
+    pub fn take(&self) -> Vec<Arc<InFlight>> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
 /// Drops a user's semaphore once nothing holds or awaits it (the table's
 /// own reference is the last), so the table only holds active users.
 fn forget_if_idle(slots: &Slots, owner: &OwnerHash) {

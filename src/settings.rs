@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 
 pub use crate::access::lockout::LockoutSettings;
+pub use crate::auth::client::{ClientHeader, TrustedProxies};
 use crate::embed::EmbedSettings;
 pub use crate::limits::UserLimitSettings;
 use crate::owner::DEFAULT_NAME_HEX_CHARS;
@@ -20,22 +21,40 @@ pub use crate::seal::CacheSettings;
 use crate::seal::kek::LocalKek;
 use crate::secret::Secret;
 
-/// File name of the auto-created server secret inside the data directory.
+/// File name of the server secret in its default directory (and where
+/// earlier releases kept it, inside the data directory).
 pub const SERVER_SECRET_FILE: &str = "server.secret";
+
+/// Default quota of memories per user: 10,000, where a search still takes
+/// about a millisecond (benches/RESULTS.md, "Default quotas").
+pub const DEFAULT_MAX_MEMORIES_PER_USER: u64 = 10_000;
+
+/// Default quota of text and metadata bytes per user, 32 MiB (see
+/// benches/RESULTS.md, "Default quotas", for the disk it takes).
+pub const DEFAULT_MAX_BYTES_PER_USER: u64 = 32 * 1024 * 1024;
+
+/// Default cap on the points in one Qdrant collection (see the README's
+/// "Storage on a Qdrant server").
+pub const DEFAULT_QDRANT_MAX_COLLECTION_POINTS: u64 = 1_000_000;
 
 /// Shortest server secret accepted.
 pub const MIN_SERVER_SECRET_BYTES: usize = 32;
 
 /// Flags and environment variables of `cordon serve`.
+///
+/// A setting that only one engine reads, or that only means something next
+/// to another, is an `Option` here with its default applied in
+/// [`ServeArgs::into_settings`]: set where it would be ignored, it refuses
+/// the start rather than be accepted and do nothing.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CORDON_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
-    /// Directory for shards and the auto-created server secret.
-    #[arg(long, env = "CORDON_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
-    /// File holding the server secret (HMAC key for owner hashes); default: `<data-dir>/server.secret`, created on first start.
+    /// Directory for shards, keys and the change log of the embedded engine (default: `data`).
+    #[arg(long, env = "CORDON_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the server secret (HMAC key for owner hashes); default: `$XDG_CONFIG_HOME/cordon/server.secret` (or `~/.config/cordon/server.secret`), created on the embedded engine's first start. Never inside the data directory.
     #[arg(long, env = "CORDON_SERVER_SECRET_FILE")]
     pub server_secret_file: Option<PathBuf>,
     /// The server secret itself (at least 32 bytes), instead of a file.
@@ -59,43 +78,38 @@ pub struct ServeArgs {
     /// Storage engine: `edge` (embedded qdrant-edge) or `qdrant` (a Qdrant server).
     #[arg(long, env = "CORDON_STORE", default_value = "edge")]
     pub store: String,
-    /// Qdrant gRPC URL, for `CORDON_STORE=qdrant`.
-    #[arg(
-        long,
-        env = "CORDON_QDRANT_URL",
-        default_value = "http://127.0.0.1:6334"
-    )]
-    pub qdrant_url: String,
-    /// Qdrant API key, when the server requires one.
+    /// Qdrant gRPC URL (Qdrant engine; default `http://127.0.0.1:6334`).
+    #[arg(long, env = "CORDON_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+    /// Qdrant API key, when the server requires one (Qdrant engine).
     #[arg(long, env = "CORDON_QDRANT_API_KEY", hide_env_values = true)]
     pub qdrant_api_key: Option<Secret>,
-    /// Deadline for each storage operation on Qdrant (all its calls), milliseconds.
-    #[arg(long, env = "CORDON_QDRANT_TIMEOUT_MS", default_value_t = 5_000)]
-    pub qdrant_timeout_ms: u64,
-    /// Deadline for connecting to Qdrant, milliseconds.
-    #[arg(
-        long,
-        env = "CORDON_QDRANT_CONNECT_TIMEOUT_MS",
-        default_value_t = 2_000
-    )]
-    pub qdrant_connect_timeout_ms: u64,
+    /// Deadline for each storage operation on Qdrant (all its calls), milliseconds (Qdrant engine; default 5000).
+    #[arg(long, env = "CORDON_QDRANT_TIMEOUT_MS")]
+    pub qdrant_timeout_ms: Option<u64>,
+    /// Deadline for connecting to Qdrant, milliseconds (Qdrant engine; default 2000).
+    #[arg(long, env = "CORDON_QDRANT_CONNECT_TIMEOUT_MS")]
+    pub qdrant_connect_timeout_ms: Option<u64>,
+    /// Most points a store may leave in one collection; past it stores get 507 (Qdrant engine; default 1000000; 0: no limit).
+    #[arg(long, env = "CORDON_QDRANT_MAX_COLLECTION_POINTS")]
+    pub qdrant_max_collection_points: Option<u64>,
     /// Prefix of collection names (lets several deployments share one Qdrant).
     #[arg(long, env = "CORDON_COLLECTION_PREFIX", default_value = crate::owner::COLLECTION_PREFIX)]
     pub collection_prefix: String,
     /// Hex characters of the owner hash used in collection names.
     #[arg(long, env = "CORDON_COLLECTION_HEX_CHARS", default_value_t = DEFAULT_NAME_HEX_CHARS)]
     pub collection_hex_chars: usize,
-    /// Most user shards kept open at once.
-    #[arg(long, env = "CORDON_MAX_OPEN_SHARDS", default_value_t = 1024)]
-    pub max_open_shards: usize,
+    /// Most user shards kept open at once (embedded engine; default 1024).
+    #[arg(long, env = "CORDON_MAX_OPEN_SHARDS")]
+    pub max_open_shards: Option<usize>,
     /// Free bytes the data directory keeps: below this, stores get 507 instead
-    /// of filling the disk (embedded engine).
-    #[arg(long, env = "CORDON_MIN_FREE_BYTES", default_value_t = 256 * 1024 * 1024)]
-    pub min_free_bytes: u64,
+    /// of filling the disk (embedded engine; default 268435456).
+    #[arg(long, env = "CORDON_MIN_FREE_BYTES")]
+    pub min_free_bytes: Option<u64>,
     /// Longest time, in seconds, a deleted memory's text stays in its shard's
-    /// files before the shard is rewritten without it (embedded engine).
-    #[arg(long, env = "CORDON_PURGE_AFTER_SECS", default_value_t = 60)]
-    pub purge_after_secs: u64,
+    /// files before the shard is rewritten without it (embedded engine; default 60).
+    #[arg(long, env = "CORDON_PURGE_AFTER_SECS")]
+    pub purge_after_secs: Option<u64>,
     /// Collision drill: drop the owner condition from engine read filters so
     /// the guard alone separates users sharing a collection. Never in production.
     #[arg(long, env = "CORDON_COLLISION_DRILL", default_value_t = false, action = clap::ArgAction::Set)]
@@ -106,9 +120,9 @@ pub struct ServeArgs {
     /// Model workers, each with its own ONNX Runtime session.
     #[arg(long, env = "CORDON_EMBED_WORKERS", default_value_t = 1)]
     pub embed_workers: usize,
-    /// Whether the ONNX Runtime threads spin while idle (see the README on threads).
-    #[arg(long, env = "CORDON_EMBED_SPIN", default_value_t = true, action = clap::ArgAction::Set)]
-    pub embed_spin: bool,
+    /// Whether the ONNX Runtime threads spin while idle (default true; a session of one thread never spins).
+    #[arg(long, env = "CORDON_EMBED_SPIN", action = clap::ArgAction::Set)]
+    pub embed_spin: Option<bool>,
     /// Threads serving requests (default: one less than the available cores,
     /// at least one: the model's threads keep the cores busy, and request
     /// work is short).
@@ -135,10 +149,16 @@ pub struct ServeArgs {
     /// Largest metadata object per memory, in bytes of JSON.
     #[arg(long, env = "CORDON_MAX_METADATA_BYTES", default_value_t = 4096)]
     pub max_metadata_bytes: usize,
-    /// Per-request timeout in seconds.
+    /// Seconds a request may take until its answer starts.
     #[arg(long, env = "CORDON_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
-    /// Most requests in flight; beyond this requests get 503 with Retry-After.
+    /// Seconds a response may take from the request to its last byte (an export streams for that long at most).
+    #[arg(long, env = "CORDON_STREAM_TIMEOUT_SECS", default_value_t = 600)]
+    pub stream_timeout_secs: u64,
+    /// Seconds a write to a client may wait for the client to read; then the connection is closed.
+    #[arg(long, env = "CORDON_STALL_TIMEOUT_SECS", default_value_t = 30)]
+    pub stall_timeout_secs: u64,
+    /// Most requests in flight (streamed responses until their last byte); beyond this requests get 503 with Retry-After.
     #[arg(long, env = "CORDON_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
     /// Seconds that requests in flight get to finish after SIGTERM or SIGINT.
@@ -155,15 +175,32 @@ pub struct ServeArgs {
     /// File holding the admin key, instead of `CORDON_ADMIN_KEY`.
     #[arg(long, env = "CORDON_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
+    /// Bearer token `/metrics` asks for (at least 32 bytes); unset: `/metrics` is open.
+    #[arg(
+        long,
+        env = "CORDON_METRICS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "metrics_token_file"
+    )]
+    pub metrics_token: Option<Secret>,
+    /// File holding the metrics token, instead of `CORDON_METRICS_TOKEN`.
+    #[arg(long, env = "CORDON_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Tenants file (JSON: tenant name to "enabled" or "disabled"); turns the tenant registry on.
     #[arg(long, env = "CORDON_TENANTS_FILE")]
     pub tenants_file: Option<PathBuf>,
-    /// How often a replica reads the other replicas' admin changes (Qdrant engine), ms.
-    #[arg(long, env = "CORDON_ACCESS_POLL_MS", default_value_t = 200)]
-    pub access_poll_ms: u64,
+    /// How often a replica reads the other replicas' admin changes, ms (Qdrant engine; 10 to 60000, default 200).
+    #[arg(long, env = "CORDON_ACCESS_POLL_MS")]
+    pub access_poll_ms: Option<u64>,
     /// Where audit events go: `stdout`, `off`, or a directory for daily-rotated files.
     #[arg(long, env = "CORDON_AUDIT", default_value = "stdout")]
     pub audit: String,
+    /// Peers (addresses or address/bits, comma-separated) whose client-address header is believed; unset: none.
+    #[arg(long, env = "CORDON_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// The header the trusted proxies write the client address into: `x-forwarded-for` (default) or `forwarded`.
+    #[arg(long, env = "CORDON_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
     /// Refused tokens from one address within the window that lock it out; 0: never.
     #[arg(long, env = "CORDON_LOCKOUT_THRESHOLD", default_value_t = 20)]
     pub lockout_threshold: u32,
@@ -181,10 +218,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CORDON_LOCKOUT_SECS", default_value_t = 300)]
     pub lockout_secs: u64,
     /// Most memories one user may keep; 0: no quota.
-    #[arg(long, env = "CORDON_MAX_MEMORIES_PER_USER", default_value_t = 0)]
+    #[arg(long, env = "CORDON_MAX_MEMORIES_PER_USER", default_value_t = DEFAULT_MAX_MEMORIES_PER_USER)]
     pub max_memories_per_user: u64,
     /// Most bytes of text and metadata one user may keep; 0: no quota.
-    #[arg(long, env = "CORDON_MAX_BYTES_PER_USER", default_value_t = 0)]
+    #[arg(long, env = "CORDON_MAX_BYTES_PER_USER", default_value_t = DEFAULT_MAX_BYTES_PER_USER)]
     pub max_bytes_per_user: u64,
     /// Most requests one user may have in flight (default: an eighth of CORDON_MAX_IN_FLIGHT).
     #[arg(long, env = "CORDON_MAX_IN_FLIGHT_PER_USER")]
@@ -193,8 +230,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CORDON_USER_RPS", default_value_t = 0)]
     pub user_rps: u32,
     /// Requests one user may make at once above that rate (default: one second's worth).
-    #[arg(long, env = "CORDON_USER_BURST", default_value_t = 0)]
-    pub user_burst: u32,
+    #[arg(long, env = "CORDON_USER_BURST")]
+    pub user_burst: Option<u32>,
     /// How long a request over the user's in-flight cap waits for a slot before 429, ms.
     #[arg(long, env = "CORDON_IN_FLIGHT_WAIT_MS", default_value_t = 1000)]
     pub in_flight_wait_ms: u64,
@@ -210,12 +247,15 @@ pub struct ServeArgs {
     /// File holding the previous KEK, instead of `CORDON_KEK_PREVIOUS`.
     #[arg(long, env = "CORDON_KEK_PREVIOUS_FILE")]
     pub kek_previous_file: Option<PathBuf>,
-    /// Most users whose data keys are held unwrapped in memory.
-    #[arg(long, env = "CORDON_DEK_CACHE", default_value_t = 10_000)]
-    pub dek_cache: usize,
-    /// Longest a data key is held unwrapped, seconds.
-    #[arg(long, env = "CORDON_DEK_CACHE_SECS", default_value_t = 300)]
-    pub dek_cache_secs: u64,
+    /// Most users whose data keys are held unwrapped in memory (with a KEK; default 10000).
+    #[arg(long, env = "CORDON_DEK_CACHE")]
+    pub dek_cache: Option<usize>,
+    /// Longest a data key is held unwrapped, seconds (with a KEK; default 300).
+    #[arg(long, env = "CORDON_DEK_CACHE_SECS")]
+    pub dek_cache_secs: Option<u64>,
+    /// JSON log lines (`true`, `1`, `yes`, `on`); `RUST_LOG` filters.
+    #[arg(long, env = "CORDON_LOG_JSON", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub log_json: bool,
 }
 
 /// JWT verification flags.
@@ -309,6 +349,8 @@ pub struct StoreSettings {
     pub collision_drill: bool,
     /// Qdrant server (server engine).
     pub qdrant: QdrantConnection,
+    /// Most points a store may leave in one Qdrant collection (0: no cap).
+    pub max_collection_points: u64,
 }
 
 /// Request limits.
@@ -324,8 +366,10 @@ pub struct Limits {
     pub max_metadata_bytes: usize,
     /// Largest `limit` for search and list.
     pub max_page: usize,
-    /// Per-request timeout.
+    /// Time until a response starts.
     pub request_timeout: Duration,
+    /// Time from a request to its response's last byte.
+    pub stream_timeout: Duration,
     /// Most requests in flight.
     pub max_in_flight: usize,
     /// Most memories one user may keep (0: no quota).
@@ -347,6 +391,8 @@ pub struct AccessSettings {
     pub lockout: LockoutSettings,
     /// Per-user in-flight cap and request rate.
     pub user_limits: UserLimitSettings,
+    /// Peers whose client-address header is believed.
+    pub proxies: TrustedProxies,
 }
 
 /// Where audit events are written.
@@ -390,6 +436,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Time that requests in flight get to finish once shutdown begins.
     pub shutdown_grace: Duration,
+    /// Longest a write to a client may wait before its connection is closed.
+    pub stall_timeout: Duration,
+    /// The bearer token `/metrics` asks for (`None`: open).
+    pub metrics_token: Option<Secret>,
     /// Admin key, tenant registry, change polling.
     pub access: AccessSettings,
     /// Audit sink.
@@ -412,10 +462,18 @@ pub struct SealSettings {
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// A secret file could not be read or created.
-    #[error("server secret {path}: {source}")]
+    /// A secret or key file could not be read or created.
+    #[error("secret file {path}: {source}")]
     SecretFile {
         /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A directory could not be created.
+    #[error("{path}: {source}")]
+    Io {
+        /// The directory.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
@@ -430,7 +488,9 @@ pub enum SettingsError {
 
 impl ServeArgs {
     /// Resolves the flags into [`Settings`], creating the data directory and
-    /// the server secret when they do not exist yet.
+    /// the server secret when they do not exist yet. Refuses a value that
+    /// would be ignored (a setting of the other engine, a cache without a
+    /// KEK, a burst without a rate) or that makes no sense (a zero limit).
     pub fn into_settings(self) -> Result<Settings, SettingsError> {
         let kind = match self.store.as_str() {
             "edge" | "embedded" => StoreKind::Edge,
@@ -441,15 +501,27 @@ impl ServeArgs {
                 )));
             }
         };
-        // Replicas in front of one Qdrant must derive the same owner hashes;
-        // a secret made up by each replica would hide every user's memories
-        // from the others, so server mode never creates one.
-        if kind == StoreKind::Qdrant
-            && self.server_secret.is_none()
-            && self.server_secret_file.is_none()
-        {
+        self.refuse_ignored(&kind)?;
+        positive("CORDON_EMBED_WORKERS", self.embed_workers as u64)?;
+        positive("CORDON_EMBED_MAX_BATCH", self.embed_max_batch as u64)?;
+        positive("CORDON_EMBED_QUEUE", self.embed_queue as u64)?;
+        positive("CORDON_MAX_BODY_BYTES", self.max_body_bytes as u64)?;
+        positive("CORDON_MAX_TEXT_BYTES", self.max_text_bytes as u64)?;
+        positive("CORDON_MAX_ITEMS", self.max_items as u64)?;
+        positive("CORDON_REQUEST_TIMEOUT_SECS", self.request_timeout_secs)?;
+        positive("CORDON_STREAM_TIMEOUT_SECS", self.stream_timeout_secs)?;
+        positive("CORDON_STALL_TIMEOUT_SECS", self.stall_timeout_secs)?;
+        positive("CORDON_MAX_IN_FLIGHT", self.max_in_flight as u64)?;
+        positive("CORDON_LOCKOUT_WINDOW_SECS", self.lockout_window_secs)?;
+        positive("CORDON_LOCKOUT_SECS", self.lockout_secs)?;
+        if self.stream_timeout_secs < self.request_timeout_secs {
             return Err(SettingsError::Invalid(
-                "CORDON_STORE=qdrant needs the shared server secret: set CORDON_SERVER_SECRET or CORDON_SERVER_SECRET_FILE (the same on every replica)".into(),
+                "CORDON_STREAM_TIMEOUT_SECS is shorter than CORDON_REQUEST_TIMEOUT_SECS, which it includes".into(),
+            ));
+        }
+        if self.jwt.jwt_leeway_secs > 30 {
+            return Err(SettingsError::Invalid(
+                "CORDON_JWT_LEEWAY_SECS is at most 30: a longer one keeps dead tokens alive".into(),
             ));
         }
         if !(1..=64).contains(&self.collection_hex_chars) {
@@ -468,27 +540,73 @@ impl ServeArgs {
                     .into(),
             ));
         }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let intra_threads = self.embed_threads.unwrap_or(cores);
+        positive("CORDON_EMBED_THREADS", intra_threads as u64)?;
+        if self.embed_spin == Some(true) && intra_threads == 1 {
+            return Err(SettingsError::Invalid(
+                "CORDON_EMBED_SPIN=true has no effect with one embedding thread (a session of one thread never spins); leave it unset".into(),
+            ));
+        }
+        let queue_per_user = self
+            .embed_queue_per_user
+            .unwrap_or(self.embed_queue / 8)
+            .max(1);
+        positive("CORDON_EMBED_QUEUE_PER_USER", queue_per_user as u64)?;
+        if queue_per_user > self.embed_queue {
+            return Err(SettingsError::Invalid(
+                "CORDON_EMBED_QUEUE_PER_USER is larger than CORDON_EMBED_QUEUE".into(),
+            ));
+        }
+        let in_flight_per_user = self
+            .max_in_flight_per_user
+            .unwrap_or(self.max_in_flight / 8)
+            .max(1);
+        positive("CORDON_MAX_IN_FLIGHT_PER_USER", in_flight_per_user as u64)?;
+        if in_flight_per_user > self.max_in_flight {
+            return Err(SettingsError::Invalid(
+                "CORDON_MAX_IN_FLIGHT_PER_USER is larger than CORDON_MAX_IN_FLIGHT".into(),
+            ));
+        }
+        if self.user_burst.is_some() && self.user_rps == 0 {
+            return Err(SettingsError::Invalid(
+                "CORDON_USER_BURST is set without CORDON_USER_RPS: there is no rate to burst above"
+                    .into(),
+            ));
+        }
+        let poll_ms = self.access_poll_ms.unwrap_or(200);
+        if !(10..=60_000).contains(&poll_ms) {
+            return Err(SettingsError::Invalid(
+                "CORDON_ACCESS_POLL_MS must be between 10 and 60000".into(),
+            ));
+        }
+        let proxies = match &self.trusted_proxies {
+            Some(list) => TrustedProxies::parse_ranges(list)
+                .map_err(|e| SettingsError::Invalid(format!("CORDON_TRUSTED_PROXIES: {e}")))?,
+            None => Vec::new(),
+        };
+        let client_header = match &self.client_ip_header {
+            Some(_) if proxies.is_empty() => {
+                return Err(SettingsError::Invalid(
+                    "CORDON_CLIENT_IP_HEADER is set without CORDON_TRUSTED_PROXIES: no peer's header is believed".into(),
+                ));
+            }
+            Some(name) => name
+                .parse::<ClientHeader>()
+                .map_err(|e| SettingsError::Invalid(format!("CORDON_CLIENT_IP_HEADER: {e}")))?,
+            None => ClientHeader::default(),
+        };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data"));
         if kind == StoreKind::Edge {
-            std::fs::create_dir_all(&self.data_dir).map_err(|source| {
-                SettingsError::SecretFile {
-                    path: self.data_dir.clone(),
-                    source,
-                }
+            std::fs::create_dir_all(&data_dir).map_err(|source| SettingsError::Io {
+                path: data_dir.clone(),
+                source,
             })?;
         }
-        let secret_path = self
-            .server_secret_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join(SERVER_SECRET_FILE));
-        let server_secret = match self.server_secret {
-            Some(value) => long_enough(value.expose()).ok_or_else(|| {
-                SettingsError::Invalid(format!(
-                    "CORDON_SERVER_SECRET is shorter than {MIN_SERVER_SECRET_BYTES} bytes"
-                ))
-            })?,
-            None if kind == StoreKind::Qdrant => read_secret(&secret_path)?,
-            None => load_or_create_secret(&secret_path)?,
-        };
+        let server_secret = self.resolve_server_secret(&kind, &data_dir)?;
         let admin_key = match (self.admin_key, &self.admin_key_file) {
             (Some(key), _) => Some(key),
             (None, Some(path)) => Some(read_key_file(path)?),
@@ -509,6 +627,31 @@ impl ServeArgs {
             {
                 return Err(SettingsError::Invalid(
                     "CORDON_ADMIN_KEY must differ from the JWT secret and the server secret".into(),
+                ));
+            }
+        }
+        let metrics_token = match (self.metrics_token, &self.metrics_token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(read_key_file(path)?),
+            (None, None) => None,
+        };
+        if let Some(token) = &metrics_token {
+            if token.len() < MIN_SERVER_SECRET_BYTES {
+                return Err(SettingsError::Invalid(format!(
+                    "CORDON_METRICS_TOKEN is shorter than {MIN_SERVER_SECRET_BYTES} bytes"
+                )));
+            }
+            let reused = [
+                Some(&server_secret),
+                admin_key.as_ref(),
+                self.jwt.jwt_hs256_secret.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|other| other.expose() == token.expose());
+            if reused {
+                return Err(SettingsError::Invalid(
+                    "CORDON_METRICS_TOKEN must differ from the server secret, the admin key and the JWT secret: whoever scrapes metrics must not hold them".into(),
                 ));
             }
         }
@@ -546,35 +689,53 @@ impl ServeArgs {
                 "CORDON_KEK_PREVIOUS is set without CORDON_KEK".into(),
             ));
         }
+        if kek.is_none() && (self.dek_cache.is_some() || self.dek_cache_secs.is_some()) {
+            return Err(SettingsError::Invalid(
+                "CORDON_DEK_CACHE and CORDON_DEK_CACHE_SECS apply to encryption at rest: set CORDON_KEK, or leave them unset".into(),
+            ));
+        }
         for key in kek.iter().chain(&previous) {
             LocalKek::parse(key).map_err(|e| SettingsError::Invalid(e.to_string()))?;
             let reused = [
                 Some(&server_secret),
                 admin_key.as_ref(),
                 self.jwt.jwt_hs256_secret.as_ref(),
+                metrics_token.as_ref(),
             ]
             .into_iter()
             .flatten()
             .any(|other| other.expose() == key.expose());
             if reused {
                 return Err(SettingsError::Invalid(
-                    "the KEK must differ from the server secret, the admin key and the JWT secret"
+                    "the KEK must differ from the server secret, the admin key, the metrics token and the JWT secret"
                         .into(),
                 ));
             }
         }
+        let dek_cache = self.dek_cache.unwrap_or(10_000);
+        let dek_cache_secs = self.dek_cache_secs.unwrap_or(300);
+        positive("CORDON_DEK_CACHE", dek_cache as u64)?;
+        positive("CORDON_DEK_CACHE_SECS", dek_cache_secs)?;
         let seal = kek.map(|kek| SealSettings {
             kek,
             previous,
             cache: CacheSettings {
-                capacity: self.dek_cache.max(1),
-                ttl: Duration::from_secs(self.dek_cache_secs.max(1)),
+                capacity: dek_cache,
+                ttl: Duration::from_secs(dek_cache_secs),
             },
         });
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let max_open_shards = self.max_open_shards.unwrap_or(1024);
+        positive("CORDON_MAX_OPEN_SHARDS", max_open_shards as u64)?;
+        let qdrant_timeout_ms = self.qdrant_timeout_ms.unwrap_or(5_000);
+        let qdrant_connect_timeout_ms = self.qdrant_connect_timeout_ms.unwrap_or(2_000);
+        positive("CORDON_QDRANT_TIMEOUT_MS", qdrant_timeout_ms)?;
+        positive(
+            "CORDON_QDRANT_CONNECT_TIMEOUT_MS",
+            qdrant_connect_timeout_ms,
+        )?;
         Ok(Settings {
             bind: self.bind,
-            data_dir: self.data_dir,
+            data_dir,
             server_secret,
             auth: AuthSettings {
                 hs256_secret: self.jwt.jwt_hs256_secret,
@@ -583,74 +744,246 @@ impl ServeArgs {
                 issuer: self.jwt.jwt_issuer,
                 audience: self.jwt.jwt_audience,
                 tenant_claim: self.jwt.jwt_tenant_claim,
-                leeway_secs: self.jwt.jwt_leeway_secs.min(30),
+                leeway_secs: self.jwt.jwt_leeway_secs,
                 max_token_bytes: 8 * 1024,
             },
             embed: EmbedSettings {
                 model_dir: self.model_dir,
                 model_file: self.model_file,
-                workers: self.embed_workers.max(1),
-                intra_threads: self.embed_threads.unwrap_or(cores),
-                intra_spinning: self.embed_spin,
-                max_batch: self.embed_max_batch.max(1),
-                queue_capacity: self.embed_queue.max(1),
-                queue_per_user: self
-                    .embed_queue_per_user
-                    .unwrap_or(self.embed_queue / 8)
-                    .max(1),
+                workers: self.embed_workers,
+                intra_threads,
+                intra_spinning: self.embed_spin.unwrap_or(true),
+                max_batch: self.embed_max_batch,
+                queue_capacity: self.embed_queue,
+                queue_per_user,
             },
             store: StoreSettings {
                 kind,
                 collection_prefix: self.collection_prefix,
                 name_hex_chars: self.collection_hex_chars,
-                max_open_shards: self.max_open_shards.max(1),
-                purge_after: Duration::from_secs(self.purge_after_secs),
+                max_open_shards,
+                purge_after: Duration::from_secs(self.purge_after_secs.unwrap_or(60)),
                 wal_growth_bytes: crate::store::edge::pool::WAL_GROWTH_BYTES,
-                min_free_bytes: self.min_free_bytes,
+                min_free_bytes: self.min_free_bytes.unwrap_or(256 * 1024 * 1024),
                 collision_drill: self.collision_drill,
                 qdrant: QdrantConnection {
-                    url: self.qdrant_url,
+                    url: self
+                        .qdrant_url
+                        .unwrap_or_else(|| "http://127.0.0.1:6334".into()),
                     api_key: self.qdrant_api_key,
-                    timeout: Duration::from_millis(self.qdrant_timeout_ms.max(1)),
-                    connect_timeout: Duration::from_millis(self.qdrant_connect_timeout_ms.max(1)),
+                    timeout: Duration::from_millis(qdrant_timeout_ms),
+                    connect_timeout: Duration::from_millis(qdrant_connect_timeout_ms),
                 },
+                max_collection_points: self
+                    .qdrant_max_collection_points
+                    .unwrap_or(DEFAULT_QDRANT_MAX_COLLECTION_POINTS),
             },
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,
                 max_text_bytes: self.max_text_bytes,
-                max_items: self.max_items.max(1),
+                max_items: self.max_items,
                 max_metadata_bytes: self.max_metadata_bytes,
                 max_page: 100,
-                request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
-                max_in_flight: self.max_in_flight.max(1),
+                request_timeout: Duration::from_secs(self.request_timeout_secs),
+                stream_timeout: Duration::from_secs(self.stream_timeout_secs),
+                max_in_flight: self.max_in_flight,
                 max_memories_per_user: self.max_memories_per_user,
                 max_bytes_per_user: self.max_bytes_per_user,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            stall_timeout: Duration::from_secs(self.stall_timeout_secs),
+            metrics_token,
             access: AccessSettings {
                 admin_key,
                 tenants_file: self.tenants_file,
-                poll_interval: Duration::from_millis(self.access_poll_ms.clamp(10, 60_000)),
+                poll_interval: Duration::from_millis(poll_ms),
                 lockout: LockoutSettings {
                     threshold: self.lockout_threshold,
                     not_found_threshold: self.lockout_not_found_threshold,
-                    window: Duration::from_secs(self.lockout_window_secs.max(1)),
-                    cooldown: Duration::from_secs(self.lockout_secs.max(1)),
+                    window: Duration::from_secs(self.lockout_window_secs),
+                    cooldown: Duration::from_secs(self.lockout_secs),
                 },
                 user_limits: UserLimitSettings {
-                    max_in_flight: self
-                        .max_in_flight_per_user
-                        .unwrap_or(self.max_in_flight / 8)
-                        .max(1),
+                    max_in_flight: in_flight_per_user,
                     requests_per_second: self.user_rps,
-                    burst: self.user_burst,
+                    burst: self.user_burst.unwrap_or(0),
                     wait: Duration::from_millis(self.in_flight_wait_ms),
                 },
+                proxies: TrustedProxies::new(proxies, client_header),
             },
             audit: AuditSink::parse(&self.audit),
             seal,
         })
     }
+
+    /// Refuses the settings of one engine set for the other.
+    fn refuse_ignored(&self, kind: &StoreKind) -> Result<(), SettingsError> {
+        let (ignored, engine): (&[(&str, bool)], &str) = match kind {
+            StoreKind::Edge => (
+                &[
+                    ("CORDON_QDRANT_URL", self.qdrant_url.is_some()),
+                    ("CORDON_QDRANT_API_KEY", self.qdrant_api_key.is_some()),
+                    ("CORDON_QDRANT_TIMEOUT_MS", self.qdrant_timeout_ms.is_some()),
+                    (
+                        "CORDON_QDRANT_CONNECT_TIMEOUT_MS",
+                        self.qdrant_connect_timeout_ms.is_some(),
+                    ),
+                    (
+                        "CORDON_QDRANT_MAX_COLLECTION_POINTS",
+                        self.qdrant_max_collection_points.is_some(),
+                    ),
+                    ("CORDON_ACCESS_POLL_MS", self.access_poll_ms.is_some()),
+                ],
+                "the embedded engine (CORDON_STORE=edge)",
+            ),
+            StoreKind::Qdrant => (
+                &[
+                    ("CORDON_DATA_DIR", self.data_dir.is_some()),
+                    ("CORDON_MAX_OPEN_SHARDS", self.max_open_shards.is_some()),
+                    ("CORDON_MIN_FREE_BYTES", self.min_free_bytes.is_some()),
+                    ("CORDON_PURGE_AFTER_SECS", self.purge_after_secs.is_some()),
+                ],
+                "the Qdrant engine (CORDON_STORE=qdrant)",
+            ),
+        };
+        match ignored.iter().find(|(_, set)| *set) {
+            Some((name, _)) => Err(SettingsError::Invalid(format!(
+                "{name} has no effect on {engine}; leave it unset"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The server secret: given, or read from its file, or (embedded engine,
+    /// no memories stored yet) created there. Never from inside the data
+    /// directory, where a copy of the memories would carry it.
+    fn resolve_server_secret(
+        &self,
+        kind: &StoreKind,
+        data_dir: &Path,
+    ) -> Result<Secret, SettingsError> {
+        if let Some(value) = &self.server_secret {
+            return long_enough(value.expose()).ok_or_else(|| {
+                SettingsError::Invalid(format!(
+                    "CORDON_SERVER_SECRET is shorter than {MIN_SERVER_SECRET_BYTES} bytes"
+                ))
+            });
+        }
+        let legacy = data_dir.join(SERVER_SECRET_FILE);
+        if *kind == StoreKind::Edge && legacy.exists() {
+            let default = default_secret_path();
+            return Err(SettingsError::Invalid(format!(
+                "{} holds the server secret inside the data directory, where a copy of the memories would carry it. Move it out{}, or point CORDON_SERVER_SECRET_FILE at where you keep it",
+                legacy.display(),
+                default.map_or(String::new(), |d| format!(
+                    ": mkdir -p -m 700 {} && mv {} {}",
+                    d.parent()
+                        .map_or_else(|| ".".into(), |p| p.display().to_string()),
+                    legacy.display(),
+                    d.display()
+                )),
+            )));
+        }
+        let path = match (&self.server_secret_file, default_secret_path()) {
+            (Some(path), _) => path.clone(),
+            (None, Some(default)) => default,
+            (None, None) => {
+                return Err(SettingsError::Invalid(
+                    "no place for the server secret: set CORDON_SERVER_SECRET or CORDON_SERVER_SECRET_FILE (neither XDG_CONFIG_HOME nor HOME is set)".into(),
+                ));
+            }
+        };
+        if *kind == StoreKind::Edge && is_inside(&path, data_dir) {
+            return Err(SettingsError::Invalid(format!(
+                "the server secret file {} lies inside the data directory {}; keep it elsewhere, so that a copy of the memories does not carry the key that links them to people",
+                path.display(),
+                data_dir.display()
+            )));
+        }
+        if path.exists() {
+            return read_secret(&path);
+        }
+        match kind {
+            // Replicas in front of one Qdrant must derive the same owner
+            // hashes; a secret made up by each replica would hide every
+            // user's memories from the others, so server mode never creates
+            // one.
+            StoreKind::Qdrant => Err(SettingsError::Invalid(format!(
+                "CORDON_STORE=qdrant needs the shared server secret, the same on every replica: set CORDON_SERVER_SECRET or CORDON_SERVER_SECRET_FILE ({} does not exist)",
+                path.display()
+            ))),
+            // A new secret next to stored memories would orphan them all.
+            StoreKind::Edge if holds_shards(data_dir) => Err(SettingsError::Invalid(format!(
+                "the server secret {} is missing, and {} holds memories stored under it: restore the file (or set CORDON_SERVER_SECRET_FILE); a new secret would orphan every one of them",
+                path.display(),
+                data_dir.display()
+            ))),
+            StoreKind::Edge => load_or_create_secret(&path),
+        }
+    }
+}
+
+/// Refuses 0 for a setting that must be positive.
+fn positive(name: &str, value: u64) -> Result<(), SettingsError> {
+    if value == 0 {
+        return Err(SettingsError::Invalid(format!("{name} must be at least 1")));
+    }
+    Ok(())
+}
+
+/// Where the server secret lives when no setting names it:
+/// `$XDG_CONFIG_HOME/cordon/server.secret`, else
+/// `$HOME/.config/cordon/server.secret`.
+pub fn default_secret_path() -> Option<PathBuf> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|home| PathBuf::from(home).join(".config"))
+        })?;
+    Some(config.join("cordon").join(SERVER_SECRET_FILE))
+}
+
+/// Whether `path` lies inside `dir` (both resolved as far as they exist).
+fn is_inside(path: &Path, dir: &Path) -> bool {
+    let resolve = |p: &Path| {
+        let absolute = if p.is_absolute() {
+            p.to_owned()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        // The deepest existing ancestor, canonical, with the rest appended.
+        let mut existing = absolute.as_path();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => break,
+            }
+        }
+        let mut resolved = existing
+            .canonicalize()
+            .unwrap_or_else(|_| existing.to_owned());
+        for name in rest.iter().rev() {
+            resolved.push(name);
+        }
+        resolved
+    };
+    resolve(path).starts_with(resolve(dir))
+}
+
+/// Whether the data directory holds any user shard.
+fn holds_shards(data_dir: &Path) -> bool {
+    std::fs::read_dir(data_dir.join("shards")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+    })
 }
 
 /// A server secret without surrounding whitespace, if it is long enough.
@@ -685,8 +1018,10 @@ pub fn read_secret(path: &Path) -> Result<Secret, SettingsError> {
 }
 
 /// Reads the server secret at `path`, creating it (mode 0600, 32 random
-/// bytes as hex) when absent.
+/// bytes as hex, in a directory of mode 0700 if there is none) when absent;
+/// a created secret is on disk, its directory entry included, on return.
 pub fn load_or_create_secret(path: &Path) -> Result<Secret, SettingsError> {
+    use std::os::unix::fs::DirBuilderExt as _;
     let io = |source| SettingsError::SecretFile {
         path: path.to_owned(),
         source,
@@ -694,6 +1029,15 @@ pub fn load_or_create_secret(path: &Path) -> Result<Secret, SettingsError> {
     match std::fs::read(path) {
         Ok(_) => read_secret(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io)?;
             let value = hex::encode(rand::random::<[u8; 32]>());
             // create_new: if another process created it meanwhile, use theirs.
             match std::fs::OpenOptions::new()
@@ -705,6 +1049,9 @@ pub fn load_or_create_secret(path: &Path) -> Result<Secret, SettingsError> {
                 Ok(mut f) => {
                     f.write_all(value.as_bytes()).map_err(io)?;
                     f.sync_all().map_err(io)?;
+                    std::fs::File::open(parent)
+                        .and_then(|dir| dir.sync_all())
+                        .map_err(io)?;
                     tracing::info!(path = %path.display(), "created a new server secret");
                     Ok(Secret::new(value.into_bytes()))
                 }
@@ -738,18 +1085,175 @@ mod tests {
         assert_eq!(first.expose(), second.expose());
     }
 
-    fn serve_args(data_dir: &Path, extra: &[&str]) -> ServeArgs {
+    /// `cordon serve` flags over `root/data`, with the server secret in
+    /// `root/config/server.secret` unless `extra` names one (so that no
+    /// test touches the real home directory).
+    fn serve_args(root: &Path, extra: &[&str]) -> ServeArgs {
         #[derive(clap::Parser)]
         struct Wrapper {
             #[command(flatten)]
             args: ServeArgs,
         }
-        let dir = data_dir.to_str().expect("utf-8 temp dir");
-        let mut argv = vec!["cordon", "--data-dir", dir];
-        argv.extend_from_slice(extra);
+        let data = root.join("data");
+        let secret = root.join("config").join(SERVER_SECRET_FILE);
+        let (data, secret) = (
+            data.to_str().expect("utf-8 temp dir").to_owned(),
+            secret.to_str().expect("utf-8 temp dir").to_owned(),
+        );
+        let mut argv = vec!["cordon".to_owned()];
+        if !extra.iter().any(|a| *a == "--data-dir" || *a == "--store") {
+            argv.extend(["--data-dir".to_owned(), data]);
+        }
+        if !extra.iter().any(|a| a.starts_with("--server-secret")) {
+            argv.extend(["--server-secret-file".to_owned(), secret]);
+        }
+        argv.extend(extra.iter().map(|a| (*a).to_owned()));
         <Wrapper as clap::Parser>::try_parse_from(argv)
             .expect("valid flags")
             .args
+    }
+
+    fn refused(root: &Path, extra: &[&str]) -> String {
+        match serve_args(root, extra).into_settings() {
+            Err(SettingsError::Invalid(message)) => message,
+            other => panic!("{extra:?} was not refused: {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_setting_of_the_other_engine_is_refused_not_ignored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for flag in [
+            ["--qdrant-url", "http://127.0.0.1:6334"],
+            ["--qdrant-timeout-ms", "100"],
+            ["--access-poll-ms", "100"],
+            ["--qdrant-max-collection-points", "5"],
+        ] {
+            let message = refused(dir.path(), &flag);
+            assert!(message.contains("embedded engine"), "{message}");
+        }
+        let secret = "ef".repeat(32);
+        for flag in [
+            ["--data-dir", "/tmp/cordon-unused"],
+            ["--max-open-shards", "8"],
+            ["--min-free-bytes", "0"],
+            ["--purge-after-secs", "5"],
+        ] {
+            let mut argv = vec!["--store", "qdrant", "--server-secret", &secret];
+            argv.extend_from_slice(&flag);
+            let message = refused(dir.path(), &argv);
+            assert!(message.contains("Qdrant engine"), "{message}");
+        }
+        let qdrant = serve_args(
+            dir.path(),
+            &["--store", "qdrant", "--server-secret", &secret],
+        )
+        .into_settings();
+        assert!(qdrant.is_ok(), "the engine's own defaults pass");
+    }
+
+    #[test]
+    fn zero_limits_and_settings_that_depend_on_an_unset_one_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (flags, says) in [
+            (&["--max-in-flight", "0"][..], "CORDON_MAX_IN_FLIGHT"),
+            (
+                &["--request-timeout-secs", "0"],
+                "CORDON_REQUEST_TIMEOUT_SECS",
+            ),
+            (&["--stall-timeout-secs", "0"], "CORDON_STALL_TIMEOUT_SECS"),
+            (&["--embed-max-batch", "0"], "CORDON_EMBED_MAX_BATCH"),
+            (
+                &["--lockout-window-secs", "0"],
+                "CORDON_LOCKOUT_WINDOW_SECS",
+            ),
+            (&["--user-burst", "5"], "CORDON_USER_RPS"),
+            (&["--dek-cache", "10"], "CORDON_KEK"),
+            (
+                &["--client-ip-header", "forwarded"],
+                "CORDON_TRUSTED_PROXIES",
+            ),
+            (
+                &["--trusted-proxies", "10.0.0.0/33"],
+                "CORDON_TRUSTED_PROXIES",
+            ),
+            (&["--jwt-leeway-secs", "60"], "CORDON_JWT_LEEWAY_SECS"),
+            (&["--access-poll-ms", "5"], "embedded engine"),
+            (
+                &["--max-in-flight", "8", "--max-in-flight-per-user", "9"],
+                "CORDON_MAX_IN_FLIGHT_PER_USER",
+            ),
+            (
+                &[
+                    "--stream-timeout-secs",
+                    "10",
+                    "--request-timeout-secs",
+                    "20",
+                ],
+                "CORDON_STREAM_TIMEOUT_SECS",
+            ),
+            (
+                &["--embed-threads", "1", "--embed-spin", "true"],
+                "CORDON_EMBED_SPIN",
+            ),
+        ] {
+            let message = refused(dir.path(), flags);
+            assert!(message.contains(says), "{flags:?}: {message}");
+        }
+        let settings = serve_args(
+            dir.path(),
+            &[
+                "--trusted-proxies",
+                "10.0.0.0/8",
+                "--client-ip-header",
+                "Forwarded",
+            ],
+        )
+        .into_settings()
+        .expect("valid");
+        assert_eq!(
+            settings.limits.max_memories_per_user,
+            DEFAULT_MAX_MEMORIES_PER_USER
+        );
+        assert_eq!(
+            settings.limits.max_bytes_per_user,
+            DEFAULT_MAX_BYTES_PER_USER
+        );
+    }
+
+    #[test]
+    fn the_server_secret_is_never_kept_inside_the_data_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inside = dir.path().join("data").join("keys").join("server.secret");
+        let message = refused(
+            dir.path(),
+            &["--server-secret-file", inside.to_str().expect("utf-8")],
+        );
+        assert!(message.contains("inside the data directory"), "{message}");
+
+        // A secret where earlier releases created it: moved out, not used.
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        let legacy = dir.path().join("data").join(SERVER_SECRET_FILE);
+        std::fs::write(&legacy, "ab".repeat(32)).expect("legacy secret");
+        let message = refused(dir.path(), &[]);
+        assert!(message.contains("Move it out"), "{message}");
+        std::fs::remove_file(&legacy).expect("removed");
+
+        let settings = serve_args(dir.path(), &[])
+            .into_settings()
+            .expect("created");
+        let created = dir.path().join("config").join(SERVER_SECRET_FILE);
+        let kept = std::fs::read(&created).expect("created outside the data directory");
+        assert_eq!(kept, settings.server_secret.expose());
+    }
+
+    #[test]
+    fn a_missing_secret_next_to_stored_memories_is_refused_not_made_anew() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("data/shards/cordon_0a1b")).expect("a shard");
+        let message = refused(dir.path(), &[]);
+        assert!(message.contains("would orphan"), "{message}");
+        assert!(!dir.path().join("config").join(SERVER_SECRET_FILE).exists());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Lockout: a principal whose requests keep being rejected (bad tokens,
+//! Lockout: a principal whose requests keep being rejected (forged tokens,
 //! other users' memory ids) is refused outright for a cool-down.
 //!
 //! A principal is an owner (a valid token) or, when there is no valid
@@ -10,27 +10,59 @@
 //! threshold of their own: a 404 cannot tell a probe of another user's id
 //! from a look-up of the caller's own deleted one (the engine only ever sees
 //! the caller's collection), and clients that verify their deletes make many
-//! of the latter.
-//! The table is bounded: past [`MAX_PRINCIPALS`] entries, idle ones go.
+//! of the latter. An IPv6 address counts by its /64, which one host usually
+//! holds whole.
+//!
+//! The table is bounded in memory and in time per call, whatever an attacker
+//! with many addresses sends: it is split into [`SHARDS`] shards, each an LRU
+//! of counts and an LRU of cool-downs; a call locks one shard and does a
+//! constant amount of work in it. When a shard is full, its least recently
+//! counted principal is forgotten (its count starts again); cool-downs live
+//! apart, so counting other principals never lifts a lockout early.
 
-use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::owner::OwnerHash;
 
-/// Most principals tracked at once.
-const MAX_PRINCIPALS: usize = 100_000;
+/// Most principals counted at once (across shards), and, apart from them,
+/// most principals in a cool-down at once.
+pub const MAX_PRINCIPALS: usize = 100_000;
+
+/// Independent parts of the table, so that concurrent calls rarely wait on
+/// one another.
+const SHARDS: usize = 16;
 
 /// Who is being counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// A caller with a valid token.
     Owner(OwnerHash),
-    /// A caller without one, by address.
+    /// A caller without one, by address (see [`Principal::client`]).
     Client(IpAddr),
+}
+
+impl Principal {
+    /// The principal of a client address: IPv4 as it is (an IPv4-mapped
+    /// IPv6 address as its IPv4), IPv6 by its /64 prefix.
+    pub fn client(ip: IpAddr) -> Self {
+        let ip = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    IpAddr::V6(prefix.into())
+                }
+            },
+            v4 => v4,
+        };
+        Self::Client(ip)
+    }
 }
 
 /// Lockout settings; a threshold of 0 turns that kind of lockout off.
@@ -47,24 +79,46 @@ pub struct LockoutSettings {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Count {
     window_start: Instant,
     rejections: u32,
-    locked_until: Option<Instant>,
+}
+
+/// One shard: counts and cool-downs, each bounded.
+struct Shard {
+    counts: LruCache<Principal, Count>,
+    locked: LruCache<Principal, Instant>,
 }
 
 /// The rejection counts and lockouts of this process.
 pub struct Lockout {
     settings: LockoutSettings,
-    entries: Mutex<HashMap<Principal, Entry>>,
+    shards: Vec<Mutex<Shard>>,
+    hasher: ahash::RandomState,
 }
 
 impl Lockout {
-    /// An empty table.
+    /// An empty table of at most [`MAX_PRINCIPALS`] counts and as many
+    /// cool-downs.
     pub fn new(settings: LockoutSettings) -> Self {
+        Self::with_capacity(settings, MAX_PRINCIPALS)
+    }
+
+    /// An empty table of at most `capacity` counts and as many cool-downs.
+    pub fn with_capacity(settings: LockoutSettings, capacity: usize) -> Self {
+        let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1))
+            .expect("at least one entry per shard");
         Self {
             settings,
-            entries: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        counts: LruCache::new(per_shard),
+                        locked: LruCache::new(per_shard),
+                    })
+                })
+                .collect(),
+            hasher: ahash::RandomState::new(),
         }
     }
 
@@ -75,15 +129,24 @@ impl Lockout {
         }
     }
 
+    fn shard(&self, who: &Principal) -> &Mutex<Shard> {
+        let index = self.hasher.hash_one(who) as usize % SHARDS;
+        &self.shards[index]
+    }
+
     /// How long `who` stays locked out, if it is.
     pub fn locked(&self, who: &Principal) -> Option<Duration> {
         if self.threshold(who) == 0 {
             return None;
         }
         let now = Instant::now();
-        let entries = self.entries.lock();
-        let until = entries.get(who)?.locked_until?;
-        (until > now).then(|| until - now)
+        let mut shard = self.shard(who).lock();
+        let until = *shard.locked.peek(who)?;
+        if until > now {
+            return Some(until - now);
+        }
+        shard.locked.pop(who);
+        None
     }
 
     /// Counts one rejection of `who`; returns the cool-down when this one
@@ -94,53 +157,60 @@ impl Lockout {
             return None;
         }
         let now = Instant::now();
-        let mut entries = self.entries.lock();
-        if entries.len() >= MAX_PRINCIPALS && !entries.contains_key(&who) {
-            let window = self.settings.window;
-            entries.retain(|_, e| {
-                e.locked_until.is_some_and(|until| until > now)
-                    || now.duration_since(e.window_start) < window
-            });
+        let mut guard = self.shard(&who).lock();
+        let shard = &mut *guard;
+        match shard.locked.peek(&who) {
+            Some(until) if *until > now => return None,
+            Some(_) => {
+                shard.locked.pop(&who);
+            }
+            None => {}
         }
-        let entry = entries.entry(who).or_insert(Entry {
+        let window = self.settings.window;
+        let count = shard.counts.get_or_insert_mut(who.clone(), || Count {
             window_start: now,
             rejections: 0,
-            locked_until: None,
         });
-        if entry.locked_until.is_some_and(|until| until > now) {
+        if now.duration_since(count.window_start) >= window {
+            count.window_start = now;
+            count.rejections = 0;
+        }
+        count.rejections += 1;
+        if count.rejections < threshold {
             return None;
         }
-        if now.duration_since(entry.window_start) >= self.settings.window {
-            entry.window_start = now;
-            entry.rejections = 0;
-            entry.locked_until = None;
-        }
-        entry.rejections += 1;
-        if entry.rejections >= threshold {
-            entry.locked_until = Some(now + self.settings.cooldown);
-            entry.rejections = 0;
-            entry.window_start = now + self.settings.cooldown;
-            return Some(self.settings.cooldown);
-        }
-        None
+        shard.counts.pop(&who);
+        // Full: the lockout ending soonest gives way (all last as long).
+        shard.locked.push(who, now + self.settings.cooldown);
+        Some(self.settings.cooldown)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
-    fn lockout(threshold: u32, window_ms: u64, cooldown_ms: u64) -> Lockout {
-        Lockout::new(LockoutSettings {
+    fn settings(threshold: u32, window_ms: u64, cooldown_ms: u64) -> LockoutSettings {
+        LockoutSettings {
             threshold,
             not_found_threshold: 0,
             window: Duration::from_millis(window_ms),
             cooldown: Duration::from_millis(cooldown_ms),
-        })
+        }
+    }
+
+    fn lockout(threshold: u32, window_ms: u64, cooldown_ms: u64) -> Lockout {
+        Lockout::new(settings(threshold, window_ms, cooldown_ms))
     }
 
     fn client(n: u8) -> Principal {
-        Principal::Client(IpAddr::from([10, 0, 0, n]))
+        Principal::client(IpAddr::from([10, 0, 0, n]))
+    }
+
+    fn numbered(n: u32) -> Principal {
+        Principal::client(IpAddr::from(n.to_be_bytes()))
     }
 
     #[test]
@@ -174,5 +244,41 @@ mod tests {
             assert_eq!(table.rejected(client(1)), None);
         }
         assert!(table.locked(&client(1)).is_none());
+    }
+
+    #[test]
+    fn a_full_table_stays_within_its_bound_and_keeps_every_lockout_it_can_hold() {
+        let capacity = 64 * SHARDS;
+        let table = Lockout::with_capacity(settings(2, 60_000, 60_000), capacity);
+        // A victim address locked out, then an attacker counting from many
+        // more addresses than the table holds.
+        table.rejected(client(1));
+        table.rejected(client(1));
+        assert!(table.locked(&client(1)).is_some());
+        for n in 0..(capacity as u32 * 8) {
+            table.rejected(numbered(n + 1_000_000));
+        }
+        for shard in &table.shards {
+            let shard = shard.lock();
+            assert!(shard.counts.len() <= capacity / SHARDS);
+            assert!(shard.locked.len() <= capacity / SHARDS);
+        }
+        assert!(
+            table.locked(&client(1)).is_some(),
+            "counting other principals lifted a lockout"
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_bit_prefix_and_mapped_ipv4_as_ipv4() {
+        let table = lockout(2, 60_000, 60_000);
+        let a: Ipv6Addr = "2001:db8:1:2::1".parse().expect("literal");
+        let b: Ipv6Addr = "2001:db8:1:2:ffff::9".parse().expect("literal");
+        let other: Ipv6Addr = "2001:db8:1:3::1".parse().expect("literal");
+        table.rejected(Principal::client(a.into()));
+        assert!(table.rejected(Principal::client(b.into())).is_some());
+        assert!(table.locked(&Principal::client(other.into())).is_none());
+        let mapped: Ipv6Addr = "::ffff:10.0.0.1".parse().expect("literal");
+        assert_eq!(Principal::client(mapped.into()), client(1));
     }
 }

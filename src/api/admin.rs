@@ -71,7 +71,7 @@ where
         let app = AppState::from_ref(state);
         client_locked(parts, &app.auth)?;
         app.metrics.auth_failed("admin_key");
-        audit::auth_failed("admin_key", &client_tag(parts, &app.auth.server_secret));
+        audit::auth_failed("admin_key", &client_tag(parts, &app.auth));
         client_rejected(parts, &app.auth);
         Err(ApiError::Unauthorized)
     }
@@ -251,6 +251,16 @@ async fn min_version(
         sub: body.sub,
     };
     let owner = owner_of(&state, &user)?;
+    // The minimum only rises; a lower one would be stored and then do
+    // nothing, so it is refused instead of answered with 200.
+    let held = state.auth.access.user(&owner).min_version;
+    if body.min_version < held {
+        return audited(
+            "min_version",
+            &owner.log_tag(),
+            Err(ApiError::MinVersionLower { held }),
+        );
+    }
     record_user(
         &state,
         &owner,

@@ -7,11 +7,25 @@
 //! retry whose body differs is refused instead of overwriting. Nothing but the
 //! memories themselves holds this state, so it survives restarts and works
 //! the same on every engine, for as long as the memories exist.
+//!
+//! Concurrent attempts under one key are settled in two places. Within a
+//! process, [`KeyedWrites`] lets one attempt per key run at a time: another
+//! one with a different body is refused at once (409 `idempotency_conflict`),
+//! one with the same body waits for the first's outcome and answers as it
+//! did (or runs itself if the first failed). Across replicas, a keyed write
+//! only ever inserts points that do not exist yet (the engine's
+//! insert-if-absent), and is read back: if another replica's attempt with a
+//! different body got there first, this one is refused the same way.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -45,6 +59,96 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             return Err(invalid());
         }
         Ok(Self(Some(key.to_owned())))
+    }
+}
+
+/// The keyed writes running in this process, by owner and key.
+#[derive(Default)]
+pub struct KeyedWrites {
+    running: Mutex<HashMap<(OwnerHash, String), Running>>,
+}
+
+/// One keyed write in progress: its body's digest and, once it ends,
+/// whether it stored its memories.
+#[derive(Clone)]
+struct Running {
+    digest: String,
+    outcome: watch::Receiver<Option<bool>>,
+}
+
+/// The right to run the keyed write of `(owner, key)`; its drop ends it
+/// (as failed, unless [`Claim::succeeded`] said otherwise).
+pub struct Claim {
+    writes: Arc<KeyedWrites>,
+    slot: (OwnerHash, String),
+    outcome: watch::Sender<Option<bool>>,
+    succeeded: bool,
+}
+
+impl Claim {
+    /// Marks the write as stored: attempts waiting on it answer as it did.
+    pub fn succeeded(mut self) {
+        self.succeeded = true;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.writes.running.lock().remove(&self.slot);
+        let _ = self.outcome.send(Some(self.succeeded));
+    }
+}
+
+impl KeyedWrites {
+    /// Claims the keyed write of `(owner, key)` for a body with `digest`.
+    /// While another attempt holds it, a different body is refused with
+    /// 409 `idempotency_conflict`; the same body waits for that attempt:
+    /// `Ok(None)` when it stored its memories (answer with the same ids),
+    /// a claim of its own when it failed.
+    pub async fn claim(
+        self: &Arc<Self>,
+        owner: &OwnerHash,
+        key: &str,
+        digest: &str,
+    ) -> Result<Option<Claim>, ApiError> {
+        let slot = (owner.clone(), key.to_owned());
+        loop {
+            let running = {
+                let mut table = self.running.lock();
+                match table.get(&slot) {
+                    Some(running) => running.clone(),
+                    None => {
+                        let (sender, receiver) = watch::channel(None);
+                        table.insert(
+                            slot.clone(),
+                            Running {
+                                digest: digest.to_owned(),
+                                outcome: receiver,
+                            },
+                        );
+                        return Ok(Some(Claim {
+                            writes: self.clone(),
+                            slot,
+                            outcome: sender,
+                            succeeded: false,
+                        }));
+                    }
+                }
+            };
+            if running.digest != digest {
+                return Err(ApiError::IdempotencyConflict);
+            }
+            let mut outcome = running.outcome;
+            // A dropped sender without an outcome is a failed attempt.
+            let stored = outcome
+                .wait_for(Option::is_some)
+                .await
+                .map(|o| *o == Some(true))
+                .unwrap_or(false);
+            if stored {
+                return Ok(None);
+            }
+        }
     }
 }
 
@@ -102,6 +206,64 @@ mod tests {
 
     fn owner(sub: &str) -> OwnerHash {
         OwnerHash::derive(&Secret::new(vec![7u8; 32]), "t", sub)
+    }
+
+    #[tokio::test]
+    async fn a_second_attempt_with_another_body_is_refused_and_with_the_same_body_waits() {
+        let writes = Arc::new(KeyedWrites::default());
+        let alice = owner("alice");
+        let first = writes
+            .claim(&alice, "k", "digest-a")
+            .await
+            .expect("first")
+            .expect("a claim");
+        assert!(matches!(
+            writes.claim(&alice, "k", "digest-b").await,
+            Err(ApiError::IdempotencyConflict)
+        ));
+        // Another owner's key of the same name is another write.
+        let bobs = writes.claim(&owner("bob"), "k", "digest-b").await;
+        assert!(matches!(bobs, Ok(Some(_))));
+        let waiter = {
+            let (writes, alice) = (writes.clone(), alice.clone());
+            tokio::spawn(async move {
+                writes
+                    .claim(&alice, "k", "digest-a")
+                    .await
+                    .map(|c| c.is_none())
+            })
+        };
+        tokio::task::yield_now().await;
+        first.succeeded();
+        assert!(
+            matches!(waiter.await.expect("joins"), Ok(true)),
+            "answered as the first did"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_runs_itself_when_the_first_one_failed() {
+        let writes = Arc::new(KeyedWrites::default());
+        let alice = owner("alice");
+        let first = writes
+            .claim(&alice, "k", "d")
+            .await
+            .expect("ok")
+            .expect("claim");
+        let waiter = {
+            let (writes, alice) = (writes.clone(), alice.clone());
+            tokio::spawn(async move { writes.claim(&alice, "k", "d").await.map(|c| c.is_some()) })
+        };
+        tokio::task::yield_now().await;
+        drop(first);
+        assert!(
+            matches!(waiter.await.expect("joins"), Ok(true)),
+            "got a claim of its own"
+        );
+        assert!(
+            writes.running.lock().is_empty(),
+            "every claim ended with its attempt"
+        );
     }
 
     #[test]

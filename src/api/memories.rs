@@ -7,6 +7,7 @@
 //! [`list_memories`]) are shared with the MCP tools, so both ways in meet the
 //! same validation, quotas and guard.
 
+use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -30,15 +31,17 @@ use super::validate;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guard::Memory;
-use crate::guarded::Page;
 use crate::store::{NewMemory, SearchQuery};
 
 /// Default page size for list.
 const DEFAULT_LIST_LIMIT: usize = 20;
 /// Default number of search results.
 const DEFAULT_SEARCH_LIMIT: usize = 10;
-/// Memories read per step of an export (its memory use).
-const EXPORT_PAGE: usize = 100;
+/// Memories read per step of an export: with the chunk below, what one
+/// export holds in memory (see the README's "Long responses").
+const EXPORT_PAGE: usize = 32;
+/// Encoded bytes after which an export hands a chunk to the connection.
+const EXPORT_CHUNK: usize = 64 * 1024;
 
 /// Routes of this module, with their OpenAPI operations.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -125,12 +128,17 @@ pub async fn store_memories(
         let metadata = validate::metadata(input.metadata, limits)?;
         items.push((input.text, metadata));
     }
-    let (ids, request): (Vec<Uuid>, Option<String>) = match &key {
+    let (ids, request, claim) = match &key {
         Some(key) => {
             let ids: Vec<Uuid> = (0..items.len())
                 .map(|i| idempotency::derive_id(&caller.owner, key, i))
                 .collect();
             let digest = idempotency::body_digest(&items);
+            // One attempt per key at a time in this process; a retry with
+            // the same body that waited for a successful one answers as it.
+            let Some(claim) = state.keyed.claim(&caller.owner, key, &digest).await? else {
+                return Ok(ids);
+            };
             // Any item of an earlier write under this key decides: the same
             // body is a retry (answered with the ids, even if some were
             // deleted since, which stay deleted); another body is refused.
@@ -146,9 +154,9 @@ pub async fn store_memories(
             if earlier {
                 return Ok(ids);
             }
-            (ids, Some(digest))
+            (ids, Some(digest), Some(claim))
         }
-        None => (items.iter().map(|_| Uuid::now_v7()).collect(), None),
+        None => (items.iter().map(|_| Uuid::now_v7()).collect(), None, None),
     };
     let bytes: u64 = items
         .iter()
@@ -183,7 +191,19 @@ pub async fn store_memories(
         })
         .collect();
     let n = memories.len();
-    state.store.put(&caller.owner, memories).await?;
+    match (&request, claim) {
+        (Some(digest), Some(claim)) => {
+            // Insert-if-absent, then read back: another replica's attempt
+            // under this key may have got there first.
+            state.store.put_new(&caller.owner, memories).await?;
+            let landed = state.store.get(&caller.owner, ids[0]).await?;
+            if landed.is_some_and(|m| m.request_digest() != Some(digest.as_str())) {
+                return Err(ApiError::IdempotencyConflict);
+            }
+            claim.succeeded();
+        }
+        _ => state.store.put(&caller.owner, memories).await?,
+    }
     state.quotas.stored(&caller.owner, bytes);
     state.metrics.stored(n);
     Ok(ids)
@@ -323,11 +343,12 @@ async fn delete_one(
 
 /// Deletes one of the caller's memories; not found if it is not theirs.
 pub async fn delete_memory(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
-    if state.store.delete(&caller.owner, id).await? {
-        state.quotas.forget(&caller.owner);
-        Ok(())
-    } else {
-        Err(not_found(state, caller))
+    match state.store.delete(&caller.owner, id).await? {
+        Some(memory) => {
+            state.quotas.deleted(&caller.owner, memory.stored_bytes());
+            Ok(())
+        }
+        None => Err(not_found(state, caller)),
     }
 }
 
@@ -408,21 +429,9 @@ async fn erase(
     caller: Caller,
 ) -> Result<axum::Json<EraseResponse>, ApiError> {
     let deleted = state.store.erase(&caller.owner).await?;
-    state.quotas.forget(&caller.owner);
+    state.quotas.erased(&caller.owner);
     tracing::info!(deleted, "erased all memories of the caller");
     Ok(axum::Json(EraseResponse { deleted }))
-}
-
-/// What the export stream has still to do.
-enum ExportState {
-    /// Write the opening and this first page (read before the response
-    /// started, so that an early failure still gets its status code).
-    Start(Page),
-    /// Read and write the page after this cursor.
-    After(Uuid),
-    /// Write the closing.
-    End,
-    Done,
 }
 
 /// Every memory of the caller.
@@ -432,10 +441,18 @@ struct ExportResponse {
     memories: Vec<Memory>,
 }
 
-/// Streams `{"memories": [...]}` page by page: memory use is one page,
-/// whatever the user's size. A store failure after the first page can only
-/// cut the stream short; the body then is not valid JSON, so a client cannot
-/// mistake it for a complete export.
+/// Streams `{"memories": [...]}` page by page: memory use is one page and
+/// one chunk, whatever the user's size.
+///
+/// The view is fixed when the export begins: a memory stored after that
+/// (by its creation time) is left out. Before each chunk and each page the
+/// caller's token is checked again, so a revocation, a disabled tenant or
+/// the token's expiry ends the export there. The body holds the caller's
+/// slot in flight and the server's until it ends, within the stream time
+/// limit. Any failure after the first page (a store error, a memory that
+/// does not open, the token's standing) can only cut the stream short; the
+/// body then is not valid JSON, so a client cannot mistake it for a
+/// complete export.
 #[utoipa::path(
     get,
     path = "/v1/memories/export",
@@ -445,56 +462,105 @@ struct ExportResponse {
 )]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
 async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let first = state.store.list(&caller.owner, None, EXPORT_PAGE).await?;
-    let (store, owner) = (state.store.clone(), caller.owner.clone());
-    let chunks = stream::unfold(
-        (ExportState::Start(first), true),
-        move |(next, first_item)| {
-            let (store, owner) = (store.clone(), owner.clone());
-            async move {
-                let (page, head) = match next {
-                    ExportState::Start(page) => (page, &b"{\"memories\":["[..]),
-                    ExportState::After(cursor) => {
-                        match store.list(&owner, Some(cursor), EXPORT_PAGE).await {
-                            Ok(page) => (page, &b""[..]),
-                            Err(e) => {
-                                tracing::error!(error = %e, "export cut short by a store error");
-                                let err = std::io::Error::other("export cut short");
-                                return Some((Err(err), (ExportState::Done, false)));
-                            }
-                        }
-                    }
-                    ExportState::End => {
-                        return Some((Ok(Bytes::from_static(b"]}")), (ExportState::Done, false)));
-                    }
-                    ExportState::Done => return None,
-                };
-                let mut out = head.to_vec();
-                let mut first_item = first_item;
-                for memory in &page.memories {
-                    if !first_item {
-                        out.push(b',');
-                    }
-                    first_item = false;
-                    if let Err(e) = serde_json::to_writer(&mut out, memory) {
-                        tracing::error!(error = %e, "cannot encode a memory for export");
-                        let err = std::io::Error::other("export cut short");
-                        return Some((Err(err), (ExportState::Done, false)));
-                    }
-                }
-                let next = match page.next {
-                    Some(cursor) => ExportState::After(cursor),
-                    None => ExportState::End,
-                };
-                Some((Ok(Bytes::from(out)), (next, first_item)))
-            }
-        },
-    );
+    let began_ms = now_millis();
+    let first = state
+        .store
+        .export_page(&caller.owner, None, EXPORT_PAGE)
+        .await?;
+    let export = Export {
+        state,
+        caller,
+        began_ms,
+        pending: first.memories.into(),
+        next: first.next,
+        opened: false,
+        written: 0,
+        done: false,
+    };
+    let chunks = stream::unfold(export, |mut export| async move {
+        let chunk = export.chunk().await?;
+        Some((chunk, export))
+    });
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(chunks),
     )
         .into_response())
+}
+
+/// An export under way.
+struct Export {
+    state: AppState,
+    caller: Caller,
+    /// Memories created after this (Unix ms) are left out.
+    began_ms: i64,
+    /// The rest of the page read last.
+    pending: VecDeque<Memory>,
+    /// The page after this cursor is still to be read.
+    next: Option<Uuid>,
+    opened: bool,
+    written: usize,
+    done: bool,
+}
+
+impl Export {
+    /// The next chunk of the body; `None` once the closing bracket is out.
+    async fn chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        if self.done {
+            return None;
+        }
+        let result = self.fill().await;
+        if result.is_err() {
+            self.done = true;
+        }
+        Some(result)
+    }
+
+    async fn fill(&mut self) -> Result<Bytes, std::io::Error> {
+        let cut = |why: &str| {
+            tracing::warn!(reason = why, "export cut short");
+            std::io::Error::other("export cut short")
+        };
+        if let Err(e) = self.state.auth.still_stands(&self.caller) {
+            return Err(cut(&e.to_string()));
+        }
+        let mut out = Vec::new();
+        if !self.opened {
+            out.extend_from_slice(b"{\"memories\":[");
+            self.opened = true;
+        }
+        loop {
+            while let Some(memory) = self.pending.pop_front() {
+                if memory.created_at() > self.began_ms {
+                    continue;
+                }
+                if self.written > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut out, &memory).map_err(|e| cut(&e.to_string()))?;
+                self.written += 1;
+                if out.len() >= EXPORT_CHUNK {
+                    return Ok(out.into());
+                }
+            }
+            let Some(cursor) = self.next.take() else {
+                out.extend_from_slice(b"]}");
+                self.done = true;
+                return Ok(out.into());
+            };
+            if let Err(e) = self.state.auth.still_stands(&self.caller) {
+                return Err(cut(&e.to_string()));
+            }
+            let page = self
+                .state
+                .store
+                .export_page(&self.caller.owner, Some(cursor), EXPORT_PAGE)
+                .await
+                .map_err(|e| cut(&e.to_string()))?;
+            self.pending = page.memories.into();
+            self.next = page.next;
+        }
+    }
 }
 
 fn now_millis() -> i64 {

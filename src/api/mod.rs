@@ -2,11 +2,13 @@
 //!
 //! Each submodule owns a `router()`, declared with its OpenAPI operations
 //! ([`openapi`]); [`router`] merges them, adds `/mcp` ([`mcp`]), and wraps
-//! them in the cross-cutting layers: a body size cap, a per-request timeout
-//! and a cap on requests in flight (shed with 503 and `Retry-After`, never
-//! queued without bound).
+//! them in the cross-cutting layers: a body size cap and the request budget
+//! ([`budget`]): a cap on requests in flight (shed with 503 and
+//! `Retry-After`, never queued without bound), a per-request timeout, and a
+//! time limit on a streamed body, which holds its places until it ends.
 
 mod admin;
+mod budget;
 mod embeddings;
 mod extract;
 mod health;
@@ -23,12 +25,13 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tokio::sync::Semaphore;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use admin::AdminKey;
+pub use health::Readiness;
 pub use quota::Quotas;
 pub use validate::is_metadata_key;
 
@@ -56,8 +59,14 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// The admin API's key (`None`: no admin API).
     pub admin_key: AdminKey,
+    /// The token `/metrics` asks for (`None`: open).
+    pub metrics_token: Option<Arc<crate::secret::Secret>>,
+    /// The last readiness probe, reused for a second.
+    pub readiness: Arc<Readiness>,
     /// Per-user storage quotas.
     pub quotas: Arc<Quotas>,
+    /// Keyed writes in progress in this process.
+    pub keyed: Arc<idempotency::KeyedWrites>,
 }
 
 impl FromRef<AppState> for AuthState {
@@ -92,7 +101,10 @@ pub fn router(state: AppState) -> Router {
     let (api, _) = api_routes().split_for_parts();
     let api = api
         .merge(mcp::router(state.clone()))
-        .layer(middleware::from_fn_with_state(state.clone(), bounded));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            budget::bounded,
+        ));
     let (open, _) = open_routes().split_for_parts();
     Router::new()
         .merge(open)
@@ -124,15 +136,4 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         started.elapsed(),
     );
     response
-}
-
-/// Sheds load beyond the in-flight cap and bounds each request's time.
-async fn bounded(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        return ApiError::Overloaded.into_response();
-    };
-    match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
-    }
 }

@@ -64,6 +64,10 @@ impl IntoResponses for UserErrors {
                 413,
                 "Body too large, or a per-user storage quota would be passed",
             ),
+            (
+                409,
+                "Another request with the same `Idempotency-Key` and a different body is being stored (`idempotency_conflict`)",
+            ),
             (415, "The body is not `application/json`"),
             (
                 422,
@@ -92,6 +96,10 @@ impl IntoResponses for AdminErrors {
             (400, "Malformed JSON"),
             (401, "Not the admin key"),
             (404, "The admin API is off (no `CORDON_ADMIN_KEY`)"),
+            (
+                409,
+                "A minimum token version below the one held (`min_version_only_rises`)",
+            ),
             (413, "Body too large"),
             (415, "The body is not `application/json`"),
             (
@@ -260,6 +268,17 @@ fn complete(doc: &mut OpenApi) {
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
                 .description(Some("The server's `CORDON_ADMIN_KEY`"))
+                .build(),
+        )),
+    );
+    components.security_schemes.insert(
+        "metrics_token".into(),
+        RefOr::T(SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "The server's `CORDON_METRICS_TOKEN`, when it sets one",
+                ))
                 .build(),
         )),
     );

@@ -4,11 +4,15 @@
 //!
 //! The count is asked of the engine on every store (an exact count on the
 //! owner's index). Bytes have no engine-side sum, so each process keeps a
-//! user's total from one read of their memories, adds what it stores, and
-//! reads again after a delete or erase, or once the total is older than
-//! [`BYTES_TTL`] (other replicas' writes). Both are checked before the
-//! write: concurrent stores of one user can pass a quota by what they carry
-//! together, at most `CORDON_MAX_IN_FLIGHT_PER_USER` requests' worth.
+//! running total per user: one listing of the user's memories sets it, every
+//! store adds and every delete subtracts what it changed, and an erase sets
+//! it to zero. The listing is repeated only every [`RECONCILE_EVERY`] (what
+//! other replicas wrote meanwhile), never because of a delete, so no
+//! request pattern turns into repeated full reads of a collection. Both are
+//! checked before the write: concurrent stores of one user can pass a quota
+//! by what they carry together, at most `CORDON_MAX_IN_FLIGHT_PER_USER`
+//! requests' worth (and, with several replicas, what each admits between
+//! two reconciles).
 
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
@@ -20,8 +24,8 @@ use crate::error::ApiError;
 use crate::guarded::GuardedStore;
 use crate::owner::OwnerHash;
 
-/// How long a user's byte total is trusted before it is read again.
-const BYTES_TTL: Duration = Duration::from_secs(30);
+/// How long a user's running byte total is trusted before it is listed again.
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 
 /// Users whose byte totals are kept.
 const KEPT_TOTALS: usize = 10_000;
@@ -29,11 +33,18 @@ const KEPT_TOTALS: usize = 10_000;
 /// Page size when totalling a user's bytes.
 const PAGE: usize = 100;
 
+/// A user's running byte total and when it was last listed.
+#[derive(Debug, Clone, Copy)]
+struct Total {
+    bytes: u64,
+    listed: Instant,
+}
+
 /// The quotas and the byte totals known so far.
 pub struct Quotas {
     max_memories: u64,
     max_bytes: u64,
-    totals: Mutex<LruCache<OwnerHash, (u64, Instant)>>,
+    totals: Mutex<LruCache<OwnerHash, Total>>,
 }
 
 impl Quotas {
@@ -76,36 +87,202 @@ impl Quotas {
         Ok(())
     }
 
-    /// Adds a successful store to `owner`'s known total.
+    /// Adds a store to `owner`'s running total.
     pub fn stored(&self, owner: &OwnerHash, bytes: u64) {
-        if let Some((total, _)) = self.totals.lock().get_mut(owner) {
-            *total += bytes;
+        if let Some(total) = self.totals.lock().get_mut(owner) {
+            total.bytes += bytes;
         }
     }
 
-    /// Forgets `owner`'s total (after a delete or an erase).
-    pub fn forget(&self, owner: &OwnerHash) {
-        self.totals.lock().pop(owner);
+    /// Takes a deleted memory's bytes off `owner`'s running total.
+    pub fn deleted(&self, owner: &OwnerHash, bytes: u64) {
+        if let Some(total) = self.totals.lock().get_mut(owner) {
+            total.bytes = total.bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// `owner` holds nothing any more.
+    pub fn erased(&self, owner: &OwnerHash) {
+        self.totals.lock().put(
+            owner.clone(),
+            Total {
+                bytes: 0,
+                listed: Instant::now(),
+            },
+        );
     }
 
     async fn bytes(&self, store: &GuardedStore, owner: &OwnerHash) -> Result<u64, ApiError> {
-        if let Some((total, at)) = self.totals.lock().get(owner)
-            && at.elapsed() < BYTES_TTL
+        if let Some(total) = self.totals.lock().get(owner)
+            && total.listed.elapsed() < RECONCILE_EVERY
         {
-            return Ok(*total);
+            return Ok(total.bytes);
         }
-        let started = Instant::now();
-        let mut total = 0;
+        let listed = Instant::now();
+        let mut bytes = 0;
         let mut after = None;
         loop {
             let page = store.list(owner, after, PAGE).await?;
-            total += page.memories.iter().map(|m| m.stored_bytes()).sum::<u64>();
+            bytes += page.memories.iter().map(|m| m.stored_bytes()).sum::<u64>();
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,
             }
         }
-        self.totals.lock().put(owner.clone(), (total, started));
-        Ok(total)
+        self.totals
+            .lock()
+            .put(owner.clone(), Total { bytes, listed });
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::{Map, Value};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::guard::Guard;
+    use crate::metrics::Metrics;
+    use crate::secret::Secret;
+    use crate::store::edge::{EdgeEngine, EdgeSettings};
+    use crate::store::{Engine, NewMemory, RawPage, RawPoint, Reseal, SearchQuery, StoreError};
+
+    /// The embedded engine, counting the pages listed from it.
+    struct Listing {
+        inner: Arc<EdgeEngine>,
+        scrolls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Engine for Listing {
+        async fn upsert(&self, o: &OwnerHash, m: Vec<NewMemory>) -> Result<(), StoreError> {
+            self.inner.upsert(o, m).await
+        }
+        async fn search(&self, o: &OwnerHash, q: SearchQuery) -> Result<Vec<RawPoint>, StoreError> {
+            self.inner.search(o, q).await
+        }
+        async fn get(&self, o: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError> {
+            self.inner.get(o, id).await
+        }
+        async fn delete(&self, o: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
+            self.inner.delete(o, id).await
+        }
+        async fn scroll(
+            &self,
+            o: &OwnerHash,
+            after: Option<Uuid>,
+            limit: usize,
+        ) -> Result<RawPage, StoreError> {
+            self.scrolls.fetch_add(1, Ordering::SeqCst);
+            self.inner.scroll(o, after, limit).await
+        }
+        async fn erase(&self, o: &OwnerHash) -> Result<usize, StoreError> {
+            self.inner.erase(o).await
+        }
+        async fn holds_other_owners(&self, o: &OwnerHash) -> Result<bool, StoreError> {
+            self.inner.holds_other_owners(o).await
+        }
+        async fn count(&self, o: &OwnerHash) -> Result<usize, StoreError> {
+            self.inner.count(o).await
+        }
+        async fn holds_memories(&self) -> Result<bool, StoreError> {
+            self.inner.holds_memories().await
+        }
+        async fn ready(&self) -> Result<(), StoreError> {
+            self.inner.ready().await
+        }
+        async fn shutdown(&self) {
+            self.inner.shutdown().await
+        }
+        async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError> {
+            self.inner.owners().await
+        }
+        async fn reseal_all(
+            &self,
+            r: Reseal,
+            p: &(dyn Fn(u64, u64) + Send + Sync),
+        ) -> Result<usize, StoreError> {
+            self.inner.reseal_all(r, p).await
+        }
+    }
+
+    fn memory(text: &str) -> NewMemory {
+        NewMemory {
+            id: Uuid::now_v7(),
+            text: text.to_owned(),
+            metadata: Map::new(),
+            created_at: 1,
+            vector: vec![0.05; crate::embed::DIMENSIONS],
+            request: None,
+            sealed: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn deletes_and_stores_adjust_the_byte_total_without_listing_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let edge = EdgeEngine::open(EdgeSettings {
+            data_dir: dir.path().to_owned(),
+            collection_prefix: "cordon_".into(),
+            name_hex_chars: 32,
+            max_open_shards: 4,
+            drill_skip_read_filter: false,
+            purge_after: Duration::from_secs(60),
+            wal_growth_bytes: crate::store::edge::pool::WAL_GROWTH_BYTES,
+            min_free_bytes: 0,
+        })
+        .expect("engine opens");
+        let engine = Arc::new(Listing {
+            inner: Arc::new(edge),
+            scrolls: AtomicUsize::new(0),
+        });
+        let store = GuardedStore::new(engine.clone(), Guard::new(Arc::new(Metrics::default())));
+        let owner = OwnerHash::derive(&Secret::new(vec![3u8; 32]), "t", "alice");
+        let texts = ["a".repeat(100), "b".repeat(200), "c".repeat(300)];
+        let memories: Vec<NewMemory> = texts.iter().map(|t| memory(t)).collect();
+        let ids: Vec<Uuid> = memories.iter().map(|m| m.id).collect();
+        let each = |t: &str| crate::guard::stored_bytes(t, &Map::<String, Value>::new());
+        store.put(&owner, memories).await.expect("stored");
+
+        let quotas = Quotas::new(0, 1_000);
+        quotas.admit(&store, &owner, 1, 0).await.expect("within");
+        let listed = engine.scrolls.load(Ordering::SeqCst);
+        assert!(listed >= 1, "the first check lists the memories once");
+
+        let deleted = store
+            .delete(&owner, ids[2])
+            .await
+            .expect("deletes")
+            .expect("was there");
+        quotas.deleted(&owner, deleted.stored_bytes());
+        let room = 1_000 - each(&texts[0]) - each(&texts[1]);
+        quotas
+            .admit(&store, &owner, 1, room)
+            .await
+            .expect("the delete made room");
+        assert!(matches!(
+            quotas.admit(&store, &owner, 1, room + 1).await,
+            Err(ApiError::QuotaExceeded { .. })
+        ));
+        quotas.stored(&owner, 10);
+        assert!(matches!(
+            quotas.admit(&store, &owner, 1, room - 9).await,
+            Err(ApiError::QuotaExceeded { .. })
+        ));
+        quotas.erased(&owner);
+        quotas
+            .admit(&store, &owner, 1, 1_000)
+            .await
+            .expect("empty after an erase");
+        assert_eq!(
+            engine.scrolls.load(Ordering::SeqCst),
+            listed,
+            "nothing was listed again"
+        );
     }
 }

@@ -1,18 +1,20 @@
 //! The [`Caller`] extractor: the only way a handler learns who is calling.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
+use super::client::TrustedProxies;
 use super::{AuthError, Verifier};
 use crate::access::lockout::{Lockout, Principal};
-use crate::access::{Access, Denied, Refusal};
+use crate::access::{Access, Denied, Refusal, TokenFacts, now_ms};
 use crate::audit;
 use crate::error::ApiError;
-use crate::limits::{InFlight, UserLimits};
+use crate::limits::{HeldSlots, InFlight, UserLimits};
+use crate::listener::Peer;
 use crate::metrics::Metrics;
 use crate::owner::{OwnerHash, TenantHash};
 use crate::secret::Secret;
@@ -22,9 +24,20 @@ use crate::secret::Secret;
 pub struct Caller {
     /// The caller's keyed identity; every store call takes it.
     pub owner: OwnerHash,
+    /// What the token's standing is checked against again, for a response
+    /// that outlives the check at its start (an export).
+    standing: Arc<Standing>,
     /// The caller's slot among their requests in flight, held until the
-    /// handler is done with the caller.
+    /// handler and the response body are done with the caller.
     _in_flight: Arc<InFlight>,
+}
+
+/// The claims behind a caller that the access rules and expiry look at.
+#[derive(Debug)]
+struct Standing {
+    tenant: String,
+    facts: TokenFacts,
+    expires_at_ms: u64,
 }
 
 /// What the extractor needs from the application state.
@@ -40,8 +53,25 @@ pub struct AuthState {
     pub lockout: Arc<Lockout>,
     /// Per-user in-flight caps and request rates.
     pub limits: Arc<UserLimits>,
+    /// Which peers may name the client address in a header.
+    pub proxies: Arc<TrustedProxies>,
     /// Counts refused tokens.
     pub metrics: Arc<Metrics>,
+}
+
+impl AuthState {
+    /// Refuses a caller whose token no longer stands: revoked, its tenant
+    /// disabled, or expired since the request began. For responses that
+    /// run long, between their steps.
+    pub fn still_stands(&self, caller: &Caller) -> Result<(), ApiError> {
+        let standing = &caller.standing;
+        if now_ms() > standing.expires_at_ms {
+            return Err(ApiError::Unauthorized);
+        }
+        self.access
+            .check(&standing.tenant, &caller.owner, standing.facts)
+            .map_err(ApiError::from)
+    }
 }
 
 impl<S> FromRequestParts<S> for Caller
@@ -56,28 +86,26 @@ where
         let principal = match bearer(parts).and_then(|token| auth.verifier.verify(token)) {
             Ok(principal) => principal,
             Err(reason) => {
-                client_locked(parts, &auth)?;
+                // A token whose signature checked out (expired, say) is no
+                // guess: it always gets its 401, so that its client
+                // refreshes it, and counts towards no lockout.
+                if !reason.signature_checked() {
+                    client_locked(parts, &auth)?;
+                    client_rejected(parts, &auth);
+                }
                 auth.metrics.auth_failed(reason.code());
                 tracing::info!(%reason, "authentication failed");
-                audit::auth_failed(reason.code(), &client_tag(parts, &auth.server_secret));
-                client_rejected(parts, &auth);
+                audit::auth_failed(reason.code(), &client_tag(parts, &auth));
                 return Err(ApiError::from(reason));
             }
         };
         let owner = OwnerHash::derive(&auth.server_secret, &principal.tenant, &principal.subject);
-        if let Some(remaining) = auth.lockout.locked(&Principal::Owner(owner.clone())) {
-            audit::locked_out("owner", &owner.log_tag());
-            auth.metrics.limit_hit("locked_out");
-            return Err(ApiError::locked_out(remaining));
-        }
+        // Before the owner's lockout: a revoked token gets its 401 (and a
+        // disabled tenant its 403) even while its owner is locked out.
         if let Err(refusal) = auth
             .access
             .check(&principal.tenant, &owner, principal.facts)
         {
-            // Counted against the address, not the owner: replaying a
-            // revoked token must not lock the real user out.
-            client_locked(parts, &auth)?;
-            client_rejected(parts, &auth);
             let reason = match refusal {
                 Refusal::Denied(Denied::TokenRevoked) => "token_revoked",
                 Refusal::Denied(Denied::TenantUnknown) => "tenant_unknown",
@@ -89,8 +117,13 @@ where
             audit::access_refused(reason, &owner, &tenant);
             return Err(ApiError::from(refusal));
         }
+        if let Some(remaining) = auth.lockout.locked(&Principal::Owner(owner.clone())) {
+            audit::locked_out("owner", &owner.log_tag());
+            auth.metrics.limit_hit("locked_out");
+            return Err(ApiError::locked_out(remaining));
+        }
         let in_flight = match auth.limits.admit(&owner).await {
-            Ok(slot) => slot,
+            Ok(slot) => Arc::new(slot),
             Err(limited) => {
                 let error = ApiError::from(limited);
                 if let ApiError::RateLimited { limit, .. } = &error {
@@ -100,19 +133,29 @@ where
                 return Err(error);
             }
         };
+        // The response may outlive the handler (a streamed body): the
+        // request's middleware hands the slot on to the body.
+        if let Some(held) = parts.extensions.get::<HeldSlots>() {
+            held.keep(in_flight.clone());
+        }
         Ok(Caller {
             owner,
-            _in_flight: Arc::new(in_flight),
+            standing: Arc::new(Standing {
+                tenant: principal.tenant,
+                facts: principal.facts,
+                expires_at_ms: principal.expires_at_ms,
+            }),
+            _in_flight: in_flight,
         })
     }
 }
 
 /// Refuses a request from a locked-out client address.
 pub fn client_locked(parts: &Parts, auth: &AuthState) -> Result<(), ApiError> {
-    let Some(ip) = client_ip(parts) else {
+    let Some(ip) = client_ip(parts, auth) else {
         return Ok(());
     };
-    match auth.lockout.locked(&Principal::Client(ip)) {
+    match auth.lockout.locked(&Principal::client(ip)) {
         Some(remaining) => {
             audit::locked_out("client", &audit::client_tag(&auth.server_secret, ip));
             auth.metrics.limit_hit("locked_out");
@@ -124,8 +167,8 @@ pub fn client_locked(parts: &Parts, auth: &AuthState) -> Result<(), ApiError> {
 
 /// Counts a rejected request against the client's address.
 pub fn client_rejected(parts: &Parts, auth: &AuthState) {
-    if let Some(ip) = client_ip(parts)
-        && let Some(cooldown) = auth.lockout.rejected(Principal::Client(ip))
+    if let Some(ip) = client_ip(parts, auth)
+        && let Some(cooldown) = auth.lockout.rejected(Principal::client(ip))
     {
         auth.metrics.lockout("client");
         audit::lockout_alert(
@@ -144,22 +187,18 @@ pub fn owner_rejected(owner: &OwnerHash, auth: &AuthState) {
     }
 }
 
-fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip())
+/// The client's address: the peer's, or the one a trusted proxy names.
+fn client_ip(parts: &Parts, auth: &AuthState) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<Peer>>()?.0.0.ip();
+    Some(auth.proxies.client_ip(peer, &parts.headers))
 }
 
 /// The keyed tag of the client's address ("unknown" without one).
-pub fn client_tag(parts: &Parts, secret: &Secret) -> String {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(
-            || "unknown".into(),
-            |info| audit::client_tag(secret, info.0.ip()),
-        )
+pub fn client_tag(parts: &Parts, auth: &AuthState) -> String {
+    client_ip(parts, auth).map_or_else(
+        || "unknown".into(),
+        |ip| audit::client_tag(&auth.server_secret, ip),
+    )
 }
 
 /// The bearer token of a request.

@@ -5,6 +5,7 @@
 //! the caller's [`OwnerHash`] and nothing a client could have chosen.
 
 mod caller;
+pub mod client;
 mod keys;
 mod mint;
 mod verifier;
@@ -44,6 +45,25 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Whether the token's signature was verified before it was refused
+    /// (expired, not yet valid, wrong issuer or audience, a bad claim): such
+    /// a token was issued by a trusted key, so it is no guess.
+    pub fn signature_checked(&self) -> bool {
+        use jsonwebtoken::errors::ErrorKind;
+        match self {
+            Self::Rejected(e) => matches!(
+                e.kind(),
+                ErrorKind::ExpiredSignature
+                    | ErrorKind::ImmatureSignature
+                    | ErrorKind::InvalidIssuer
+                    | ErrorKind::InvalidAudience
+                    | ErrorKind::MissingRequiredClaim(_)
+            ),
+            Self::BadClaim(_) => true,
+            _ => false,
+        }
+    }
+
     /// A fixed word for the reason, for metrics labels and the audit trail.
     pub fn code(&self) -> &'static str {
         use jsonwebtoken::errors::ErrorKind;

@@ -26,6 +26,8 @@ pub struct Principal {
     pub subject: String,
     /// Issue time and version.
     pub facts: TokenFacts,
+    /// `exp`, Unix milliseconds.
+    pub expires_at_ms: u64,
 }
 
 /// One key the server accepts tokens from.
@@ -84,16 +86,25 @@ impl Verifier {
         if candidates.is_empty() {
             return Err(AuthError::UnknownKey);
         }
-        let mut last_error = None;
+        let mut last_error: Option<AuthError> = None;
         for i in candidates {
-            match decode::<Map<String, Value>>(token, &self.keys[i].key, &self.validations[i]) {
+            let error = match decode::<Map<String, Value>>(
+                token,
+                &self.keys[i].key,
+                &self.validations[i],
+            ) {
                 Ok(data) => return self.principal(&data.claims),
-                Err(e) => last_error = Some(e),
+                Err(e) => AuthError::Rejected(e),
+            };
+            // A key whose signature held says more than one whose did not.
+            if !last_error
+                .as_ref()
+                .is_some_and(AuthError::signature_checked)
+            {
+                last_error = Some(error);
             }
         }
-        Err(AuthError::Rejected(
-            last_error.expect("at least one candidate key was tried"),
-        ))
+        Err(last_error.expect("at least one candidate key was tried"))
     }
 
     fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<usize> {
@@ -116,10 +127,15 @@ impl Verifier {
             issued_at_ms: issued_at_ms(claims)?,
             version: version(claims)?,
         };
+        let expires_at_ms = match claims.get("exp").and_then(Value::as_f64) {
+            Some(secs) if secs.is_finite() && secs >= 0.0 => (secs * 1000.0) as u64,
+            _ => return Err(AuthError::BadClaim("exp".into())),
+        };
         Ok(Principal {
             tenant,
             subject,
             facts,
+            expires_at_ms: expires_at_ms.saturating_add(self.config.leeway_secs * 1000),
         })
     }
 }

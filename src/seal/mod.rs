@@ -55,6 +55,10 @@ pub enum SealError {
     /// The data and the configuration disagree about encryption.
     #[error("{0}")]
     Mismatch(String),
+    /// Stored memories of the caller that do not open, where a read must
+    /// not leave any out.
+    #[error("{0} stored memories do not open under their owner's key")]
+    Undecryptable(usize),
 }
 
 /// Cache settings of the unwrapped data keys.
@@ -142,6 +146,17 @@ impl Sealer {
         {
             return Ok(Some(keys.clone()));
         }
+        self.vault_keys(owner, create, cached).await
+    }
+
+    /// The owner's record keys as the vault holds them now (`cached` when
+    /// it still holds the same wrapped key), cached from here on.
+    async fn vault_keys(
+        &self,
+        owner: &OwnerHash,
+        create: bool,
+        cached: Option<(Arc<RecordKeys>, String)>,
+    ) -> Result<Option<Arc<RecordKeys>>, SealError> {
         let shreds = self.shreds_of(owner);
         let stored = self.vault.get(owner).await?;
         if let (Some((keys, wrapped)), Some(stored)) = (&cached, &stored)
@@ -163,7 +178,10 @@ impl Sealer {
                 // the vault's copy is the one to use.
                 self.vault.create(owner, wrapped).await?
             }
-            None => return Ok(None),
+            None => {
+                self.cache.remove(owner);
+                return Ok(None);
+            }
         };
         let keys = Arc::new(self.unwrap(owner, &wrapped).await?.keys());
         if self.shreds_of(owner) == shreds {
@@ -229,39 +247,85 @@ impl Sealer {
         Ok(true)
     }
 
-    /// Opens each point into the plain payload the guard reads. A point that
-    /// does not open (sealed for another owner or id, altered, or stored in
-    /// the clear) is dropped, counted and logged like a guard drop.
+    /// Opens each point into the plain payload the guard reads.
+    ///
+    /// A point that does not open under the cached key is tried once more
+    /// under the key the vault holds now, when other replicas share the
+    /// vault: another replica may have erased the owner and sealed new
+    /// memories under a new key. A point that still does not open (sealed
+    /// for another owner or id, altered, stored in the clear, or under a
+    /// destroyed key) is counted and logged like a guard drop, and then
+    /// dropped, or, when `whole` is set (an export, which must not look
+    /// complete without it), refused as [`SealError::Undecryptable`].
     pub async fn open(
         &self,
         owner: &OwnerHash,
         points: Vec<RawPoint>,
         path: &'static str,
+        whole: bool,
     ) -> Result<Vec<RawPoint>, SealError> {
         if points.is_empty() {
             return Ok(points);
         }
-        let keys = self.keys(owner, false).await?;
-        Ok(points
+        let cached = self.cache.get(owner);
+        let keys = match &cached {
+            Some((keys, _)) => Some(keys.clone()),
+            None => self.keys(owner, false).await?,
+        };
+        let attempt = |keys: Option<&RecordKeys>, point: RawPoint| match keys
+            .and_then(|k| open_point(k, owner, &point))
+        {
+            Some(open) => Ok(open),
+            None => Err(point),
+        };
+        // Each point opened (Ok) or not (Err), in the engine's order.
+        let mut results: Vec<Result<RawPoint, RawPoint>> = points
             .into_iter()
-            .filter_map(|point| {
-                let id = point.id;
-                let opened = keys.as_deref().and_then(|k| open_point(k, owner, point));
-                if opened.is_none() {
+            .map(|point| attempt(keys.as_deref(), point))
+            .collect();
+        if results.iter().any(Result::is_err) && cached.is_some() && self.vault.shared() {
+            let renewed = self.vault_keys(owner, false, cached).await?;
+            let changed = match (&keys, &renewed) {
+                (Some(old), Some(new)) => !Arc::ptr_eq(old, new),
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if changed {
+                for result in &mut results {
+                    if let Err(point) = result
+                        && let Some(open) =
+                            renewed.as_deref().and_then(|k| open_point(k, owner, point))
+                    {
+                        *result = Ok(open);
+                    }
+                }
+            }
+        }
+        let mut closed = 0;
+        let opened: Vec<RawPoint> = results
+            .into_iter()
+            .filter_map(|result| match result {
+                Ok(open) => Some(open),
+                Err(point) => {
+                    closed += 1;
                     self.metrics.guard_dropped(path);
                     self.metrics.unsealing_failed(path);
                     crate::audit::guard_dropped(owner, "<does-not-open>", path);
                     tracing::error!(
                         event = "undecryptable_memory",
                         caller = %owner.log_tag(),
-                        point = %id,
+                        point = %point.id,
                         path,
-                        "dropped a stored memory that does not open under the caller's key"
+                        "a stored memory does not open under the caller's key"
                     );
+                    None
                 }
-                opened
             })
-            .collect())
+            .collect();
+        if whole && closed > 0 {
+            return Err(SealError::Undecryptable(closed));
+        }
+        Ok(opened)
     }
 
     /// Destroys the owner's key, so that every copy of their memories is
@@ -323,11 +387,13 @@ pub fn seal_payload(
     true
 }
 
-fn open_point(keys: &RecordKeys, owner: &OwnerHash, mut point: RawPoint) -> Option<RawPoint> {
-    let blob = match point.payload.remove(SEALED_FIELD) {
+fn open_point(keys: &RecordKeys, owner: &OwnerHash, point: &RawPoint) -> Option<RawPoint> {
+    let blob = match point.payload.get(SEALED_FIELD) {
         Some(Value::String(b)) => BASE64.decode(b).ok()?,
         _ => return None,
     };
+    let mut point = point.clone();
+    point.payload.remove(SEALED_FIELD);
     point.payload.remove(TAGS_FIELD);
     let bytes = keys.open(owner, point.id, &blob)?;
     let plain: Plain = serde_json::from_slice(&bytes).ok()?;

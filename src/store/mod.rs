@@ -234,6 +234,7 @@ pub fn open_engine(settings: &crate::settings::Settings) -> Result<OpenedEngine,
                     collection_prefix: settings.store.collection_prefix.clone(),
                     name_hex_chars: settings.store.name_hex_chars,
                     drill_skip_read_filter: settings.store.collision_drill,
+                    max_collection_points: settings.store.max_collection_points,
                 },
             )?)),
             edge: None,
@@ -259,6 +260,19 @@ pub trait Engine: Send + Sync {
     /// Writes memories into the owner's collection, creating it if needed.
     /// Returns only once the write is durable.
     async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError>;
+    /// Like [`Engine::upsert`], except that an id which already holds a
+    /// point keeps that point: for keyed writes that other replicas may race
+    /// (a batch is one operation, so it lands whole or not at all). On an
+    /// engine that one process alone writes (the embedded one; its data
+    /// directory is locked), the API's per-key claim already rules the race
+    /// out, and this is `upsert`.
+    async fn insert_new(
+        &self,
+        owner: &OwnerHash,
+        memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError> {
+        self.upsert(owner, memories).await
+    }
     /// Nearest memories to the query vector.
     async fn search(
         &self,

@@ -24,8 +24,8 @@ use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeleteCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter,
     HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, Query,
-    QueryPointsBuilder, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder,
-    Value as QValue, VectorParamsBuilder, WalConfigDiffBuilder,
+    QueryPointsBuilder, ScrollPointsBuilder, SetPayloadPointsBuilder, UpdateMode,
+    UpsertPointsBuilder, Value as QValue, VectorParamsBuilder, WalConfigDiffBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use tokio::sync::RwLock;
@@ -36,7 +36,7 @@ use super::{
     StoreError, TAGS_FIELD,
 };
 use crate::embed::DIMENSIONS;
-use crate::owner::OwnerHash;
+use crate::owner::{DEFAULT_NAME_HEX_CHARS, OwnerHash};
 use crate::settings::QdrantConnection;
 
 /// Collections this process knows exist, so a write does not ask each time.
@@ -46,6 +46,9 @@ const KNOWN_COLLECTIONS: usize = 65_536;
 /// writes to the same collection within this process; many, so that an
 /// erase waiting on a slow Qdrant holds up few other users.
 const STRIPES: usize = 1024;
+
+/// How long a collection's point count is trusted by the size guard.
+const SIZE_TTL: Duration = Duration::from_secs(10);
 
 /// Oldest Qdrant release this engine is written against.
 const MIN_SERVER_MAJOR_MINOR: (u64, u64) = (1, 18);
@@ -62,6 +65,8 @@ pub struct QdrantSettings {
     /// Collision drill only: leave the owner condition out of read filters
     /// so that the guard alone separates users who share a collection.
     pub drill_skip_read_filter: bool,
+    /// Most points a write may leave in one collection (0: no cap).
+    pub max_collection_points: u64,
 }
 
 /// The Qdrant server engine.
@@ -69,6 +74,8 @@ pub struct QdrantEngine {
     client: Qdrant,
     settings: QdrantSettings,
     known: Mutex<LruCache<String, ()>>,
+    /// Point counts of collections, for the size guard: (points, read at).
+    sizes: Mutex<LruCache<String, (u64, std::time::Instant)>>,
     stripes: Vec<RwLock<()>>,
 }
 
@@ -258,6 +265,9 @@ impl QdrantEngine {
             known: Mutex::new(LruCache::new(
                 NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
             )),
+            sizes: Mutex::new(LruCache::new(
+                NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
+            )),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
         })
     }
@@ -330,6 +340,55 @@ impl QdrantEngine {
 
     fn forget(&self, name: &str) {
         self.known.lock().pop(name);
+    }
+
+    /// Whether every collection name belongs to one user only: names of the
+    /// shipped length (128 bits of a keyed hash) do; shortened ones may be
+    /// shared, and are never dropped.
+    fn collections_are_private(&self) -> bool {
+        self.settings.name_hex_chars >= DEFAULT_NAME_HEX_CHARS
+    }
+
+    /// Refuses a write of `adding` points into a collection that holds the
+    /// configured cap already (507), so that no collection, shared or not,
+    /// grows without bound on the Qdrant server's disk. The count is
+    /// Qdrant's approximate one, read again at most every [`SIZE_TTL`] and
+    /// kept up to date with this process's writes in between.
+    async fn guard_collection_size(&self, name: &str, adding: usize) -> Result<(), StoreError> {
+        let cap = self.settings.max_collection_points;
+        if cap == 0 {
+            return Ok(());
+        }
+        let cached = self
+            .sizes
+            .lock()
+            .get(name)
+            .filter(|(_, at)| at.elapsed() < SIZE_TTL)
+            .map(|(n, _)| *n);
+        let held = match cached {
+            Some(n) => n,
+            None => {
+                let request = CountPointsBuilder::new(name).exact(false);
+                let n = match self.client.count(request).await {
+                    Ok(r) => r.result.map_or(0, |r| r.count),
+                    Err(e) if is_not_found(&e) => 0,
+                    Err(e) => return Err(store_err(e)),
+                };
+                self.sizes
+                    .lock()
+                    .put(name.to_owned(), (n, std::time::Instant::now()));
+                n
+            }
+        };
+        if held + adding as u64 > cap {
+            return Err(StoreError::InsufficientStorage(format!(
+                "a collection holds {held} points; CORDON_QDRANT_MAX_COLLECTION_POINTS is {cap}"
+            )));
+        }
+        if let Some((n, _)) = self.sizes.lock().get_mut(name) {
+            *n += adding as u64;
+        }
+        Ok(())
     }
 
     async fn scroll_filtered(
@@ -405,12 +464,27 @@ impl QdrantEngine {
         &self,
         owner: &OwnerHash,
         memories: Vec<NewMemory>,
+        only_new: bool,
     ) -> Result<(), StoreError> {
         let name = self.name(owner);
         let _shared = self.stripe(&name).read().await;
         let points = points(owner, memories);
         self.ensure_collection(&name).await?;
-        let request = || UpsertPointsBuilder::new(&name, points.clone()).wait(true);
+        self.guard_collection_size(&name, points.len()).await?;
+        let request = || {
+            let builder = UpsertPointsBuilder::new(&name, points.clone()).wait(true);
+            if only_new {
+                // `insert_only` leaves an existing point alone; the filter,
+                // which no point matches, does the same on a server that
+                // ignores the mode.
+                let never = Filter::must([Condition::matches(OWNER_FIELD, "-".to_owned())]);
+                builder
+                    .update_mode(UpdateMode::InsertOnly)
+                    .update_filter(never)
+            } else {
+                builder
+            }
+        };
         match self.client.upsert_points(request()).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => {
@@ -520,14 +594,12 @@ impl QdrantEngine {
             Err(e) if is_not_found(&e) => return Ok(0),
             Err(e) => return Err(store_err(e)),
         }
-        // A collection shared through a (configured) short name keeps the
-        // other owners' points; otherwise the whole collection goes.
-        let left = match self.count(&name, None).await {
-            Ok(n) => n,
-            Err(e) if is_not_found(&e) => 0,
-            Err(e) => return Err(store_err(e)),
-        };
-        if left == 0 {
+        // Only a collection that is this user's alone goes: with shortened
+        // names another user's write (on another replica, between a count
+        // and the drop) could land in it, and dropping it would lose that
+        // write. So a shared-name collection is emptied by the owner filter
+        // above and kept, however few points it has left.
+        if self.collections_are_private() {
             self.forget(&name);
             match self
                 .client
@@ -600,7 +672,15 @@ impl QdrantEngine {
 #[async_trait]
 impl Engine for Arc<QdrantEngine> {
     async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
-        self.bounded(self.upsert_op(owner, memories)).await
+        self.bounded(self.upsert_op(owner, memories, false)).await
+    }
+
+    async fn insert_new(
+        &self,
+        owner: &OwnerHash,
+        memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError> {
+        self.bounded(self.upsert_op(owner, memories, true)).await
     }
 
     async fn search(

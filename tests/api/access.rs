@@ -114,16 +114,24 @@ async fn raising_the_minimum_version_refuses_older_tokens_only() {
     assert_revoked(&app, &none).await;
     assert_eq!(list_status(&app, &v2).await, StatusCode::OK);
 
-    // A lower minimum later does not lower it: versions only rise.
+    // A lower minimum is refused, not answered 200 and ignored: versions
+    // only rise. The same one again is fine.
     let r = app
         .admin(
             "/admin/v1/users/min-version",
             &json!({ "tenant": "acme", "sub": "alice", "min_version": 1 }),
         )
         .await;
-    let body: Value = r.json().await.expect("json");
-    assert_eq!(body["min_version"], 2);
+    let message = assert_error(r, StatusCode::CONFLICT, "min_version_only_rises").await;
+    assert!(message.contains("is 2"), "{message}");
     assert_revoked(&app, &v1).await;
+    let r = app
+        .admin(
+            "/admin/v1/users/min-version",
+            &json!({ "tenant": "acme", "sub": "alice", "min_version": 2 }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -339,4 +347,41 @@ async fn metrics_count_requests_by_route_template_and_status_without_identities(
     for secret in [ids[0].as_str(), missing, "alice", "acme"] {
         assert!(!metrics.contains(secret), "/metrics holds `{secret}`");
     }
+}
+
+#[tokio::test]
+async fn with_a_metrics_token_metrics_answer_only_that_bearer() {
+    const METRICS: &str = "test-metrics-token-0123456789abcdef-0123";
+    let app = spawn_app_with(|s| {
+        s.metrics_token = Some(cordon::secret::Secret::new(METRICS.as_bytes().to_vec()));
+    })
+    .await;
+    let scrape = |bearer: Option<&str>| {
+        let mut request = app.client.get(app.url("/metrics"));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        request.send()
+    };
+    assert_unauthorized(scrape(None).await.expect("answered")).await;
+    assert_unauthorized(scrape(Some("wrong")).await.expect("answered")).await;
+    let alice = token("acme", "alice");
+    assert_unauthorized(scrape(Some(&alice)).await.expect("answered")).await;
+    let r = scrape(Some(METRICS)).await.expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.expect("text");
+    assert!(
+        body.contains("cordon_auth_failures_total{reason=\"metrics_token\"} 3"),
+        "{body}"
+    );
+    // The other open routes stay open.
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("answered")
+            .status(),
+        StatusCode::OK
+    );
 }

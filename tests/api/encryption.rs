@@ -123,38 +123,41 @@ fn edge(dir: &Path) -> std::sync::Arc<EdgeEngine> {
     std::sync::Arc::new(engine)
 }
 
-#[tokio::test]
-async fn a_sealed_record_copied_into_another_users_collection_does_not_open() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let app = spawn_app_on(dir.path(), sealed_settings).await;
+/// Sealed memories for alice, a plain note for bob, and then, as an
+/// attacker with write access would, alice's first record copied into bob's
+/// collection with its owner field rewritten: same id, same ciphertext.
+async fn copy_a_sealed_record_into_bobs_collection(dir: &Path) {
+    let app = spawn_app_on(dir, sealed_settings).await;
     store_canaries(&app, &["alice"]).await;
     app.store_texts(&token("acme", "bob"), &["bob's own note"])
         .await;
     app.stop().await;
 
-    // An attacker with write access copies alice's record, owner field
-    // rewritten, into bob's collection: same id, same ciphertext.
-    {
-        let engine = edge(dir.path());
-        let (alice, bob) = (owner_of("acme", "alice"), owner_of("acme", "bob"));
-        let page = engine.scroll(&alice, None, 10).await.expect("scroll");
-        let point = &page.points[0];
-        let blob = point.payload["sealed"].as_str().expect("sealed payload");
-        let copy = NewMemory {
-            id: point.id,
-            text: String::new(),
-            metadata: Default::default(),
-            created_at: 1,
-            vector: vec![0.05; cordon::embed::DIMENSIONS],
-            request: None,
-            sealed: Some(Sealed {
-                blob: blob.to_owned(),
-                tags: Vec::new(),
-            }),
-        };
-        engine.upsert(&bob, vec![copy]).await.expect("copied");
-        engine.shutdown().await;
-    }
+    let engine = edge(dir);
+    let (alice, bob) = (owner_of("acme", "alice"), owner_of("acme", "bob"));
+    let page = engine.scroll(&alice, None, 10).await.expect("scroll");
+    let point = &page.points[0];
+    let blob = point.payload["sealed"].as_str().expect("sealed payload");
+    let copy = NewMemory {
+        id: point.id,
+        text: String::new(),
+        metadata: Default::default(),
+        created_at: 1,
+        vector: vec![0.05; cordon::embed::DIMENSIONS],
+        request: None,
+        sealed: Some(Sealed {
+            blob: blob.to_owned(),
+            tags: Vec::new(),
+        }),
+    };
+    engine.upsert(&bob, vec![copy]).await.expect("copied");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sealed_record_copied_into_another_users_collection_does_not_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_a_sealed_record_into_bobs_collection(dir.path()).await;
 
     let app = spawn_app_on(dir.path(), sealed_settings).await;
     assert_eq!(list(&app, "bob").await, ["bob's own note"]);
@@ -163,6 +166,29 @@ async fn a_sealed_record_copied_into_another_users_collection_does_not_open() {
         metrics.contains("cordon_unsealing_failures_total{path=\"list\"} 1"),
         "{metrics}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_export_that_meets_a_record_that_does_not_open_is_cut_short() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_a_sealed_record_into_bobs_collection(dir.path()).await;
+
+    let app = spawn_app_on(dir.path(), sealed_settings).await;
+    let r = app.get("/v1/memories/export", &token("acme", "bob")).await;
+    // The failure comes with the first page, before any byte was sent, or
+    // later as a body cut short: either way no client can take the export
+    // for a complete one.
+    if r.status() == StatusCode::OK {
+        let body = r.bytes().await.unwrap_or_default();
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&body).is_err(),
+            "an export missing a record parsed as complete: {}",
+            String::from_utf8_lossy(&body)
+        );
+    } else {
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
     app.stop().await;
 }
 

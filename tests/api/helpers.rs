@@ -9,7 +9,7 @@ use cordon::embed::{EmbedSettings, Embedder};
 use cordon::secret::Secret;
 use cordon::settings::{
     AccessSettings, AuditSink, AuthSettings, Limits, LockoutSettings, QdrantConnection, Settings,
-    StoreKind, StoreSettings, UserLimitSettings,
+    StoreKind, StoreSettings, TrustedProxies, UserLimitSettings,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Response, StatusCode};
@@ -87,6 +87,7 @@ pub fn settings(data_dir: &Path) -> Settings {
                 timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
             },
+            max_collection_points: 0,
         },
         limits: Limits {
             max_body_bytes: 256 * 1024,
@@ -95,11 +96,14 @@ pub fn settings(data_dir: &Path) -> Settings {
             max_metadata_bytes: 1024,
             max_page: 100,
             request_timeout: Duration::from_secs(60),
+            stream_timeout: Duration::from_secs(120),
             max_in_flight: 512,
             max_memories_per_user: 0,
             max_bytes_per_user: 0,
         },
         shutdown_grace: Duration::from_secs(10),
+        stall_timeout: Duration::from_secs(30),
+        metrics_token: None,
         access: AccessSettings {
             admin_key: Some(Secret::new(ADMIN_KEY.as_bytes().to_vec())),
             tenants_file: None,
@@ -116,6 +120,7 @@ pub fn settings(data_dir: &Path) -> Settings {
                 burst: 0,
                 wait: Duration::from_millis(200),
             },
+            proxies: TrustedProxies::default(),
         },
         audit: AuditSink::Off,
         seal: None,

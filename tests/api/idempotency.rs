@@ -143,3 +143,50 @@ async fn a_malformed_idempotency_key_is_400_and_stores_nothing() {
     assert!(listed(&app, &alice).await.is_empty());
     app.stop().await;
 }
+
+/// Two stores under one key with different bodies, at the same moment, for
+/// `rounds` keys: never both 201; the loser is 409 `idempotency_conflict`
+/// (or, if it came second, 422 `idempotency_key_reused`), and the memory
+/// stored is the winner's.
+async fn racing_bodies_never_both_succeed(app: &TestApp, rounds: usize) {
+    let alice = token("acme", "alice");
+    for round in 0..rounds {
+        let key = format!("race-{round}");
+        let bodies = [
+            json!({ "text": format!("first body of round {round}") }),
+            json!({ "text": format!("second body of round {round}") }),
+        ];
+        let (a, b) = tokio::join!(
+            store_with_key(app, &alice, &key, &bodies[0]),
+            store_with_key(app, &alice, &key, &bodies[1]),
+        );
+        let (sa, sb) = (a.status(), b.status());
+        let created = [sa, sb]
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count();
+        assert_eq!(created, 1, "round {round}: {sa} and {sb}");
+        let (winner, loser, body) = if sa == StatusCode::CREATED {
+            (a, b, &bodies[0])
+        } else {
+            (b, a, &bodies[1])
+        };
+        let loser: Value = loser.json().await.expect("json error");
+        let code = loser["error"]["code"].as_str().unwrap_or_default();
+        assert!(
+            ["idempotency_conflict", "idempotency_key_reused"].contains(&code),
+            "round {round}: {loser}"
+        );
+        let id = &ids_of(winner).await[0];
+        let stored = app.get_json(&format!("/v1/memories/{id}"), &alice).await;
+        assert_eq!(stored["text"], body["text"], "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn two_stores_racing_under_one_key_with_different_bodies_never_both_succeed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(dir.path(), |_| {}).await;
+    racing_bodies_never_both_succeed(&app, 20).await;
+    app.stop().await;
+}

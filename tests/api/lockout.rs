@@ -114,3 +114,79 @@ async fn a_threshold_of_zero_never_locks_anyone_out() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn an_expired_or_revoked_token_from_a_locked_out_address_still_gets_its_401() {
+    let app = app_with_threshold(3).await;
+    let shared = client_from([127, 0, 0, 4]);
+    for _ in 0..3 {
+        let r = list(&app, &shared, "not-a-token").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = list(&app, &shared, "not-a-token").await;
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "locked_out").await;
+
+    // A client behind the same address whose token expired must learn to
+    // refresh it, not to wait.
+    let mut expired = crate::helpers::claims("acme", "alice");
+    expired["exp"] = json!(crate::helpers::now() - 120);
+    let r = list(&app, &shared, &crate::helpers::hs256(&expired)).await;
+    crate::helpers::assert_unauthorized(r).await;
+
+    let mut old = crate::helpers::claims("acme", "bob");
+    old["iat"] = json!(crate::helpers::now() - 10);
+    let old = crate::helpers::hs256(&old);
+    let r = app
+        .admin(
+            "/admin/v1/users/revoke",
+            &json!({ "tenant": "acme", "sub": "bob" }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = list(&app, &shared, &old).await;
+    assert_error(r, StatusCode::UNAUTHORIZED, "token_revoked").await;
+}
+
+async fn list_as(app: &TestApp, forwarded_for: &str, token: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/v1/memories"))
+        .bearer_auth(token)
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_told_apart_by_the_forwarded_address() {
+    let app = spawn_app_with(|s| {
+        s.access.lockout.threshold = 3;
+        s.access.proxies = cordon::settings::TrustedProxies::new(
+            cordon::settings::TrustedProxies::parse_ranges("127.0.0.1").expect("valid"),
+            cordon::settings::ClientHeader::XForwardedFor,
+        );
+    })
+    .await;
+    // The client forges a left entry; the proxy appends the address it saw.
+    for _ in 0..3 {
+        let r = list_as(&app, "198.51.100.1, 203.0.113.9", "forged").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = list_as(&app, "198.51.100.1, 203.0.113.9", "forged").await;
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "locked_out").await;
+    // Another client behind the same proxy is not locked out.
+    let r = list_as(&app, "203.0.113.10", "forged").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_forwarded_address_from_an_untrusted_peer_is_not_believed() {
+    let app = app_with_threshold(3).await;
+    // Each request claims another address; all count against the peer.
+    for n in 0..3 {
+        let r = list_as(&app, &format!("203.0.113.{n}"), "forged").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = list_as(&app, "203.0.113.200", "forged").await;
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "locked_out").await;
+}

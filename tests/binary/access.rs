@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{SECRET, Server, cordon, mint, serve_with, store_request, terminate};
+use super::{SECRET, Server, cordon, mint, on_qdrant, serve_with, store_request, terminate};
 
 const ADMIN_KEY: &str = "binary-test-admin-key-0123456789abcdefgh";
 
@@ -198,14 +198,8 @@ async fn the_audit_trail_records_refusals_revocations_and_admin_calls_with_hashe
 /// A `cordon serve` on the Qdrant at `url`, under `prefix`.
 fn replica(url: &str, prefix: &str, data: &Path, tenants: &Path) -> Server {
     let mut command: Command = cordon(data);
+    on_qdrant(&mut command, url, prefix);
     command
-        .env("CORDON_STORE", "qdrant")
-        .env("CORDON_QDRANT_URL", url)
-        .env("CORDON_COLLECTION_PREFIX", prefix)
-        .env(
-            "CORDON_SERVER_SECRET",
-            "binary-test-server-secret-0123456789abcdef",
-        )
         .env("CORDON_ADMIN_KEY", ADMIN_KEY)
         .env("CORDON_TENANTS_FILE", tenants)
         .env("CORDON_AUDIT", "off");

@@ -15,6 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const SECRET: &str = "binary-test-hs256-secret-0123456789abcdef";
+const SERVER_SECRET: &str = "binary-test-server-secret-0123456789abcdef";
 
 fn cordon(data_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cordon"));
@@ -30,6 +31,8 @@ fn cordon(data_dir: &Path) -> Command {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
         )
         .env("CORDON_JWT_HS256_SECRET", SECRET)
+        // Never the real home directory's default secret.
+        .env("CORDON_SERVER_SECRET", SERVER_SECRET)
         .env("CORDON_EMBED_THREADS", "1")
         // A machine with little disk left must not fail every test with 507;
         // the full-disk test sets its own reserve.
@@ -38,9 +41,22 @@ fn cordon(data_dir: &Path) -> Command {
     cmd
 }
 
+/// Turns a [`cordon`] command to the Qdrant at `url`, under `prefix`,
+/// without the embedded engine's settings (which it would refuse).
+fn on_qdrant(command: &mut Command, url: &str, prefix: &str) {
+    command
+        .env_remove("CORDON_DATA_DIR")
+        .env_remove("CORDON_MIN_FREE_BYTES")
+        .env("CORDON_STORE", "qdrant")
+        .env("CORDON_QDRANT_URL", url)
+        .env("CORDON_COLLECTION_PREFIX", prefix);
+}
+
 struct Server {
     child: Child,
     base: String,
+    /// Everything the server wrote to stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Server {
@@ -69,6 +85,7 @@ fn serve_with(mut command: Command) -> Server {
         .expect("cordon starts");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let deadline = Instant::now() + Duration::from_secs(60);
     let addr = loop {
         assert!(
@@ -79,15 +96,31 @@ fn serve_with(mut command: Command) -> Server {
             .next()
             .expect("server exited before listening")
             .expect("utf8 log line");
+        keep(&log, &line);
         if let Some(rest) = line.split("cordon listening addr=").nth(1) {
             break rest.split_whitespace().next().expect("address").to_owned();
         }
     };
     // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            keep(&kept, &line);
+        }
+    });
     Server {
         child,
         base: format!("http://{addr}"),
+        log,
+    }
+}
+
+/// Appends a server log line, bounded so a chatty server cannot fill memory.
+fn keep(log: &std::sync::Mutex<String>, line: &str) {
+    let mut log = log.lock().expect("log lock");
+    if log.len() < 256 << 20 {
+        log.push_str(line);
+        log.push('\n');
     }
 }
 
@@ -214,6 +247,45 @@ fn no_jwt_key_or_a_short_hs256_secret_refuses_to_start() {
 }
 
 /// Sends SIGTERM to the server, as an orchestrator stopping it would.
+#[tokio::test]
+async fn the_default_server_secret_is_created_outside_the_data_directory_and_kept_there() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (data, config) = (root.path().join("data"), root.path().join("config"));
+    let secretless = |data: &Path| {
+        let mut command = cordon(data);
+        command
+            .env_remove("CORDON_SERVER_SECRET")
+            .env("XDG_CONFIG_HOME", &config);
+        command
+    };
+    let mut server = serve_with(secretless(&data));
+    let client = reqwest::Client::new();
+    let alice = mint(&data, "acme", "alice");
+    let r = store_request(&client, &server, &alice, &json!({ "text": "kept" }))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    terminate(&server);
+    server.child.wait().expect("exits");
+    let secret = config.join("cordon").join("server.secret");
+    assert!(secret.exists(), "created in the configuration directory");
+    assert!(
+        !data.join("server.secret").exists(),
+        "not in the data directory"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&secret).expect("exists").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Without it the memories cannot be reached: the start is refused
+    // rather than a new secret made next to them.
+    std::fs::rename(&secret, root.path().join("elsewhere")).expect("moved away");
+    let message = start_failure(&mut secretless(&data));
+    assert!(message.contains("would orphan"), "{message}");
+}
+
 fn terminate(server: &Server) {
     let status = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])

@@ -50,10 +50,11 @@ pub async fn reads_of_an_unknown_user(h: &Harness) {
     assert!(page.memories.is_empty() && page.next.is_none());
     assert_eq!(h.store.erase(&nobody).await.expect("erase"), 0);
     assert!(
-        !h.store
+        h.store
             .delete(&nobody, uuid::Uuid::now_v7())
             .await
             .expect("delete")
+            .is_none()
     );
     assert_eq!(h.collections().await, 0, "a read created a collection");
 }
@@ -154,7 +155,13 @@ pub async fn paging(h: &Harness) {
     let first = h.store.list(&alice, None, 3).await.expect("list");
     assert_eq!(texts(&first.memories), ["m0", "m1", "m2"]);
     let cursor = first.next.expect("more pages");
-    assert!(h.store.delete(&alice, cursor).await.expect("delete"));
+    assert!(
+        h.store
+            .delete(&alice, cursor)
+            .await
+            .expect("delete")
+            .is_some()
+    );
     let mut seen = Vec::new();
     let mut next = Some(cursor);
     while let Some(c) = next {
@@ -181,11 +188,17 @@ pub async fn delete_and_erase(h: &Harness) {
     h.store.put(&bob, vec![b]).await.expect("put");
 
     assert!(
-        !h.store.delete(&bob, a_id).await.expect("delete"),
+        h.store.delete(&bob, a_id).await.expect("delete").is_none(),
         "bob deleted alice's memory"
     );
     assert!(h.store.get(&alice, a_id).await.expect("get").is_some());
-    assert!(h.store.delete(&alice, a_id).await.expect("delete"));
+    assert!(
+        h.store
+            .delete(&alice, a_id)
+            .await
+            .expect("delete")
+            .is_some()
+    );
     assert!(h.store.get(&alice, a_id).await.expect("get").is_none());
 
     assert_eq!(h.collections().await, 2);
@@ -242,7 +255,7 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
     let first = h.owner(&users[0]);
     for id in &ids[1..] {
         assert!(h.store.get(&first, *id).await.expect("get").is_none());
-        assert!(!h.store.delete(&first, *id).await.expect("delete"));
+        assert!(h.store.delete(&first, *id).await.expect("delete").is_none());
     }
     // Erasing one user spares every neighbour.
     assert_eq!(h.store.erase(&first).await.expect("erase"), 1);
