@@ -139,6 +139,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    telemetry::redact_from_now(&settings.secrets(), &settings.store.collection_prefix);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // Measured on 2 cores (benches/RESULTS.md, "Embedding under load"): with as many

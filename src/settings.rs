@@ -448,6 +448,22 @@ pub struct Settings {
     pub seal: Option<SealSettings>,
 }
 
+impl Settings {
+    /// Every secret the settings hold (for the log's redaction).
+    pub fn secrets(&self) -> Vec<&Secret> {
+        let mut secrets = vec![&self.server_secret];
+        secrets.extend(self.auth.hs256_secret.as_ref());
+        secrets.extend(self.access.admin_key.as_ref());
+        secrets.extend(self.metrics_token.as_ref());
+        secrets.extend(self.store.qdrant.api_key.as_ref());
+        if let Some(seal) = &self.seal {
+            secrets.push(&seal.kek);
+            secrets.extend(seal.previous.as_ref());
+        }
+        secrets
+    }
+}
+
 /// Encryption-at-rest settings.
 #[derive(Debug, Clone)]
 pub struct SealSettings {

@@ -1,8 +1,19 @@
 //! Logging setup: `tracing` to stderr, filtered by `RUST_LOG` (default
 //! `info`), and the audit trail ([`crate::audit`]) as JSON lines to a sink of
 //! its own.
+//!
+//! Cordon's own events carry hashed tags only; the libraries under it do
+//! not know what is secret. qdrant-edge logs its file paths (which hold
+//! collection names) at info, and at trace the tokenizer replays the text
+//! it normalises character by character. So the tokenizer and rmcp are held
+//! to warnings and errors whatever `RUST_LOG` says, and every line of the
+//! log passes [`redact`] on its way out, whichever crate wrote it: the
+//! configured secrets, anything shaped like a bearer JWT, the hex of a
+//! collection name and any long run of hex digits (a full owner hash) are
+//! replaced, at every level.
 
 use std::io::IsTerminal as _;
+use std::sync::RwLock;
 
 use tracing::Level;
 use tracing_appender::non_blocking::WorkerGuard;
@@ -21,8 +32,9 @@ const DEFAULT_FILTER: &str = "info,qdrant_edge::common::flags=error";
 
 /// Always added, whatever `RUST_LOG` says: rmcp logs whole MCP requests and
 /// results (memory text, decrypted or not) at debug, and argument errors
-/// quoting the values at warn; the MCP module logs what matters itself.
-const RMCP_FILTER: &str = "rmcp=error";
+/// quoting the values at warn; the MCP module logs what matters itself. The
+/// tokenizer logs every character of the texts it normalises at trace.
+const HELD_DOWN: [&str; 2] = ["rmcp=error", "tokenizers=warn"];
 
 /// Installs the global subscriber; `json` selects JSON lines for the log.
 /// Keep the returned guard until exit: it flushes the audit file writer.
@@ -38,11 +50,13 @@ pub fn init(json: bool, audit_sink: &AuditSink) -> Option<WorkerGuard> {
             format!("{}=off", audit::TARGET)
                 .parse()
                 .expect("a valid directive"),
-        )
-        .add_directive(RMCP_FILTER.parse().expect("a valid directive"));
+        );
+    let filter = HELD_DOWN.iter().fold(filter, |filter, directive| {
+        filter.add_directive(directive.parse().expect("a valid directive"))
+    });
     let log = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(|| RedactingStderr);
     let log = if json {
         log.json().with_filter(filter).boxed()
     } else {
@@ -90,4 +104,153 @@ pub fn init(json: bool, audit_sink: &AuditSink) -> Option<WorkerGuard> {
         .with(audit_layer)
         .try_init();
     guard
+}
+
+/// What the log must never show, set once the settings are read.
+struct Redaction {
+    secrets: Vec<Vec<u8>>,
+    prefix: Vec<u8>,
+}
+
+static REDACTION: RwLock<Option<Redaction>> = RwLock::new(None);
+
+/// Shortest run of hex digits replaced wherever it stands: a collection
+/// name's hex (32 by default) or a whole owner hash (64).
+const LONG_HEX: usize = 32;
+
+/// Tells the log what to redact from now on: these secrets, and collection
+/// names under `prefix`.
+pub fn redact_from_now(secrets: &[&crate::secret::Secret], prefix: &str) {
+    let redaction = Redaction {
+        secrets: secrets
+            .iter()
+            .map(|s| s.expose().to_vec())
+            .filter(|s| s.len() >= 8)
+            .collect(),
+        prefix: prefix.as_bytes().to_vec(),
+    };
+    if let Ok(mut slot) = REDACTION.write() {
+        *slot = Some(redaction);
+    }
+}
+
+/// Standard error, through [`redact`].
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let redacted = match REDACTION.read() {
+            Ok(slot) => match slot.as_ref() {
+                Some(r) => redact(line, &r.secrets, &r.prefix),
+                None => redact(line, &[], crate::owner::COLLECTION_PREFIX.as_bytes()),
+            },
+            Err(_) => redact(line, &[], crate::owner::COLLECTION_PREFIX.as_bytes()),
+        };
+        std::io::stderr().write_all(&redacted)?;
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `line` with every secret, JWT-shaped token, collection name's hex (after
+/// `prefix`) and run of [`LONG_HEX`] or more hex digits replaced.
+pub fn redact(line: &[u8], secrets: &[Vec<u8>], prefix: &[u8]) -> Vec<u8> {
+    let mut line = line.to_vec();
+    for secret in secrets {
+        line = replace_all(&line, secret, b"<secret>");
+    }
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let mut out = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        // A JWT: `eyJ` (base64url of `{"`) and three dot-separated parts.
+        if line[i..].starts_with(b"eyJ") && (i == 0 || !is_b64(line[i - 1])) {
+            let mut end = i;
+            let mut dots = 0;
+            while end < line.len() && (is_b64(line[end]) || (line[end] == b'.' && dots < 2)) {
+                dots += usize::from(line[end] == b'.');
+                end += 1;
+            }
+            if dots == 2 {
+                out.extend_from_slice(b"<token>");
+                i = end;
+                continue;
+            }
+        }
+        // A collection name: the prefix, then hex digits to a word's end.
+        if !prefix.is_empty() && line[i..].starts_with(prefix) {
+            let start = i + prefix.len();
+            let mut end = start;
+            while end < line.len() && line[end].is_ascii_hexdigit() {
+                end += 1;
+            }
+            if end > start && line.get(end).is_none_or(|b| !b.is_ascii_alphanumeric()) {
+                out.extend_from_slice(prefix);
+                out.extend_from_slice("\u{2026}".as_bytes());
+                i = end;
+                continue;
+            }
+        }
+        // A long run of hex digits, as a whole word.
+        if line[i].is_ascii_hexdigit() && (i == 0 || !line[i - 1].is_ascii_alphanumeric()) {
+            let mut end = i;
+            while end < line.len() && line[end].is_ascii_hexdigit() {
+                end += 1;
+            }
+            if end - i >= LONG_HEX && line.get(end).is_none_or(|b| !b.is_ascii_alphanumeric()) {
+                out.extend_from_slice(b"<hex>");
+                i = end;
+                continue;
+            }
+        }
+        out.push(line[i]);
+        i += 1;
+    }
+    out
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(at) = memchr::memmem::find(rest, needle) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(with);
+        rest = &rest[at + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redacted(line: &str, secrets: &[&str]) -> String {
+        let secrets: Vec<Vec<u8>> = secrets.iter().map(|s| s.as_bytes().to_vec()).collect();
+        String::from_utf8(redact(line.as_bytes(), &secrets, b"cordon_")).expect("utf-8")
+    }
+
+    #[test]
+    fn secrets_tokens_collection_names_and_owner_hashes_are_replaced() {
+        let name = format!("cordon_{}", "ab12".repeat(8));
+        let line = format!(
+            "Wal {{ path: \"/data/shards/{name}/wal\" }} key=admin-key-0123456789 auth=Bearer eyJhbGciOi.eyJzdWIiOiJh.c2ln owner={}",
+            "0f".repeat(32)
+        );
+        let out = redacted(&line, &["admin-key-0123456789"]);
+        assert!(!out.contains(&name), "{out}");
+        assert!(out.contains("shards/cordon_\u{2026}/wal"), "{out}");
+        assert!(!out.contains("admin-key-0123456789"), "{out}");
+        assert!(out.contains("Bearer <token>"), "{out}");
+        assert!(out.contains("owner=<hex>"), "{out}");
+    }
+
+    #[test]
+    fn ordinary_words_ids_and_system_collections_are_left_alone() {
+        let line = "cordon_access cordon_keys cordon_guard_dropped_total id=01a243e2-1217-76cb-a0f5-b752f4b6420d tag=87196d78257a";
+        assert_eq!(redacted(line, &[]), line);
+    }
 }

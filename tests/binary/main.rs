@@ -4,6 +4,7 @@
 mod access;
 mod keys;
 mod load;
+mod logs;
 mod transfer;
 
 use std::io::{BufRead, BufReader};
