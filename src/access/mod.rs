@@ -144,14 +144,16 @@ impl Access {
         Ok(access)
     }
 
-    /// Reads the whole log and replaces the rules with its fold.
+    /// Reads the whole log and folds it into the rules held. Folded in, not
+    /// swapped in: the fold is the same in any order and with repeats, and
+    /// a change this process recorded while the read was under way must not
+    /// be lost with the rules it was applied to.
     async fn reload(&self) -> Result<(), AccessError> {
         let changes = self.log.load().await?;
-        let mut rules = Rules::default();
+        let mut rules = self.rules.write();
         for change in self.seed.iter().chain(&changes) {
             self.fold(&mut rules, change);
         }
-        *self.rules.write() = rules;
         self.loaded.store(true, Ordering::Release);
         Ok(())
     }
@@ -186,11 +188,14 @@ impl Access {
     }
 
     /// Stores `rule` and applies it here; from its return on, this process
-    /// refuses what it refuses.
+    /// refuses what it refuses. It is stamped after every change this
+    /// process has seen, even one stamped by a replica whose clock runs
+    /// ahead, so that the latest call wins over the changes it could see.
     pub async fn record(&self, rule: Rule) -> Result<Change, AccessError> {
+        let at_ms = now_ms().max(self.newest_ms.load(Ordering::Acquire) + 1);
         let change = Change {
             id: Uuid::now_v7(),
-            at_ms: now_ms(),
+            at_ms,
             rule,
         };
         self.log.append(&change).await?;
@@ -247,9 +252,13 @@ impl Access {
     }
 
     async fn poll(&self) -> Result<(), AccessError> {
+        // From this clock's now, not only from the newest stamp seen: one
+        // change from a replica whose clock runs ahead must not hide the
+        // later ones stamped by clocks that do not.
         let since = self
             .newest_ms
             .load(Ordering::Acquire)
+            .min(now_ms())
             .saturating_sub(POLL_OVERLAP_MS);
         let changes = self.log.since(since).await?;
         let mut rules = self.rules.write();
@@ -303,4 +312,125 @@ fn read_tenants_file(path: &Path, secret: &Secret) -> Result<Vec<Change>, Access
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shared log in memory whose reads can be made to miss the newest
+    /// change (as a read racing an append does).
+    #[derive(Default)]
+    struct MemoryLog {
+        changes: parking_lot::Mutex<Vec<Change>>,
+        hide_last: AtomicBool,
+    }
+
+    #[async_trait]
+    impl AccessLog for MemoryLog {
+        async fn load(&self) -> Result<Vec<Change>, AccessError> {
+            let mut changes = self.changes.lock().clone();
+            if self.hide_last.load(Ordering::Acquire) {
+                changes.pop();
+            }
+            Ok(changes)
+        }
+        async fn since(&self, since_ms: u64) -> Result<Vec<Change>, AccessError> {
+            Ok(self
+                .changes
+                .lock()
+                .iter()
+                .filter(|c| c.at_ms >= since_ms)
+                .cloned()
+                .collect())
+        }
+        async fn append(&self, change: &Change) -> Result<(), AccessError> {
+            self.changes.lock().push(change.clone());
+            Ok(())
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+    }
+
+    fn secret() -> Secret {
+        Secret::new(b"access-test-secret-0123456789abcdef".to_vec())
+    }
+
+    fn tenant_rule(access: &Access, enabled: bool) -> Rule {
+        Rule::Tenant {
+            tenant: access.tenant_hash("acme").to_hex(),
+            enabled,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_after_one_stamped_by_a_clock_ahead_still_wins() {
+        let log = Arc::new(MemoryLog::default());
+        let access = Access::open(log.clone(), None, secret()).await.expect("opens");
+        // Another replica, its clock ten minutes ahead, enabled the tenant.
+        log.append(&Change {
+            id: Uuid::now_v7(),
+            at_ms: now_ms() + 600_000,
+            rule: tenant_rule(&access, true),
+        })
+        .await
+        .expect("appends");
+        access.poll().await.expect("polls");
+        let disable = access
+            .record(tenant_rule(&access, false))
+            .await
+            .expect("records");
+        let hash = access.tenant_hash("acme");
+        assert_eq!(access.tenant_enabled(&hash), Some(false), "the later call won");
+        assert!(disable.at_ms > now_ms() + 500_000);
+    }
+
+    #[tokio::test]
+    async fn a_poll_still_finds_changes_stamped_before_one_from_a_clock_ahead() {
+        let log = Arc::new(MemoryLog::default());
+        let access = Access::open(log.clone(), None, secret()).await.expect("opens");
+        let owner = OwnerHash::derive(&secret(), "acme", "alice");
+        log.append(&Change {
+            id: Uuid::now_v7(),
+            at_ms: now_ms() + 600_000,
+            rule: tenant_rule(&access, true),
+        })
+        .await
+        .expect("appends");
+        access.poll().await.expect("polls");
+        // A replica with a right clock revokes alice now.
+        log.append(&Change {
+            id: Uuid::now_v7(),
+            at_ms: now_ms(),
+            rule: Rule::User {
+                owner: owner.to_hex(),
+                revoked_before_ms: now_ms(),
+                min_version: 0,
+            },
+        })
+        .await
+        .expect("appends");
+        access.poll().await.expect("polls");
+        assert!(access.user(&owner).revoked_before_ms > 0, "the poll missed it");
+    }
+
+    #[tokio::test]
+    async fn a_full_read_racing_a_recorded_change_does_not_undo_it() {
+        let log = Arc::new(MemoryLog::default());
+        let access = Access::open(log.clone(), None, secret()).await.expect("opens");
+        let owner = OwnerHash::derive(&secret(), "acme", "alice");
+        access
+            .record(Rule::User {
+                owner: owner.to_hex(),
+                revoked_before_ms: now_ms(),
+                min_version: 3,
+            })
+            .await
+            .expect("records");
+        // A full read that started before the append returns without it.
+        log.hide_last.store(true, Ordering::Release);
+        access.reload().await.expect("reloads");
+        assert_eq!(access.user(&owner).min_version, 3);
+    }
 }

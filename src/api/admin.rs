@@ -370,9 +370,12 @@ async fn set_tenant(
             "tenant_disabled"
         });
         audit::tenant_changed(&hash, enabled);
+        // The state held now, not the one asked for: they differ only if a
+        // later change (another replica's) won, and then the answer says so.
+        let held = state.auth.access.tenant_enabled(&hash).unwrap_or(enabled);
         Ok(Json(TenantAnswer {
             tenant: hash.log_tag(),
-            enabled,
+            enabled: held,
         }))
     }
     .await;
