@@ -22,7 +22,7 @@ use crate::embed::{EmbedError, Embedder};
 use crate::guard::Guard;
 use crate::guarded::GuardedStore;
 use crate::limits::{UserLimitSettings, UserLimits};
-use crate::listener::{Peer, StallListener};
+use crate::listener::{ConnectionLimits, Peer, StallListener};
 use crate::metrics::Metrics;
 use crate::settings::{Settings, StoreKind};
 use crate::store::StoreError;
@@ -60,7 +60,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown_grace: Duration,
-    stall_timeout: Duration,
+    connections: ConnectionLimits,
 }
 
 impl Application {
@@ -170,7 +170,7 @@ impl Application {
             listener,
             state,
             shutdown_grace: settings.shutdown_grace,
-            stall_timeout: settings.stall_timeout,
+            connections: settings.connections.clone(),
         })
     }
 
@@ -202,7 +202,7 @@ impl Application {
             let _ = begun.send(());
         };
         let serve = axum::serve(
-            StallListener::new(self.listener, self.stall_timeout),
+            StallListener::new(self.listener, self.connections),
             router.into_make_service_with_connect_info::<Peer>(),
         )
         .with_graceful_shutdown(signal)

@@ -388,6 +388,7 @@ impl From<crate::limits::Limited> for ApiError {
                 limit: "user_requests_per_second",
                 retry_after_secs: whole_secs(wait),
             },
+            Limited::Overloaded => Self::Overloaded,
         }
     }
 }

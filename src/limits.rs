@@ -29,6 +29,9 @@ pub enum Limited {
     InFlight,
     /// The user's token bucket is empty; it refills after this long.
     Rate(Duration),
+    /// The user's slot came free, but meanwhile all requests' places were
+    /// taken (503 `overloaded`).
+    Overloaded,
 }
 
 /// Per-user limit settings.
@@ -61,22 +64,60 @@ impl Drop for InFlight {
     }
 }
 
-/// The per-user slots a request took, handed from the [`crate::auth::Caller`]
-/// extractor to the request's middleware, which keeps them with the
-/// response body: a streamed response counts against its user's cap until
-/// its last byte, not only until its handler returned.
-#[derive(Clone, Default)]
-pub struct HeldSlots(Arc<Mutex<Vec<Arc<InFlight>>>>);
+/// The places a request holds: its place among all requests in flight and
+/// the per-user slots it took. The request's middleware creates it with
+/// the global place; the [`crate::auth::Caller`] extractor adds the user's
+/// slot (and gives the global place back while it waits for one); the
+/// middleware then keeps them all with the response body, so that a
+/// streamed response counts until its last byte, not only until its
+/// handler returned.
+#[derive(Clone)]
+pub struct HeldSlots(Arc<Mutex<Held>>);
+
+struct Held {
+    global: Option<OwnedSemaphorePermit>,
+    all: Arc<Semaphore>,
+    users: Vec<Arc<InFlight>>,
+}
 
 impl HeldSlots {
-    /// Keeps `slot` for as long as the response lives.
-    pub fn keep(&self, slot: Arc<InFlight>) {
-        self.0.lock().push(slot);
+    /// A request holding `global`, a place of `all`.
+    pub fn new(global: OwnedSemaphorePermit, all: Arc<Semaphore>) -> Self {
+        Self(Arc::new(Mutex::new(Held {
+            global: Some(global),
+            all,
+            users: Vec::new(),
+        })))
     }
 
-    /// The slots kept so far.
-    pub fn take(&self) -> Vec<Arc<InFlight>> {
-        std::mem::take(&mut *self.0.lock())
+    /// Keeps `slot` for as long as the response lives.
+    pub fn keep(&self, slot: Arc<InFlight>) {
+        self.0.lock().users.push(slot);
+    }
+
+    /// Gives the place among all requests back while the request waits:
+    /// a request that waits for its user's slot must not keep other
+    /// users' requests out.
+    fn release_global(&self) {
+        self.0.lock().global = None;
+    }
+
+    /// Takes a place among all requests again; `false` when none is free.
+    fn retake_global(&self) -> bool {
+        let mut held = self.0.lock();
+        match held.all.clone().try_acquire_owned() {
+            Ok(permit) => {
+                held.global = Some(permit);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Everything held, for the response body to keep.
+    pub fn take(&self) -> (Option<OwnedSemaphorePermit>, Vec<Arc<InFlight>>) {
+        let mut held = self.0.lock();
+        (held.global.take(), std::mem::take(&mut held.users))
     }
 }
 
@@ -122,8 +163,14 @@ impl UserLimits {
     }
 
     /// Admits one request of `owner`, or says which limit it is over. The
-    /// returned slot is held for as long as the request runs.
-    pub async fn admit(&self, owner: &OwnerHash) -> Result<InFlight, Limited> {
+    /// returned slot is held for as long as the request runs. While it
+    /// waits for a slot, the request's place among all requests (`held`)
+    /// is given back, and taken again once the slot is free.
+    pub async fn admit(
+        &self,
+        owner: &OwnerHash,
+        held: Option<&HeldSlots>,
+    ) -> Result<InFlight, Limited> {
         if let Some(rate) = &self.rate
             && let Err(not_until) = rate.check_key(owner)
         {
@@ -139,10 +186,19 @@ impl UserLimits {
             .clone();
         let permit = match semaphore.clone().try_acquire_owned() {
             Ok(permit) => Ok(permit),
-            Err(_) => tokio::time::timeout(self.wait, semaphore.acquire_owned())
-                .await
-                .map_err(|_| Limited::InFlight)
-                .and_then(|acquired| acquired.map_err(|_| Limited::InFlight)),
+            Err(_) => {
+                if let Some(held) = held {
+                    held.release_global();
+                }
+                tokio::time::timeout(self.wait, semaphore.acquire_owned())
+                    .await
+                    .map_err(|_| Limited::InFlight)
+                    .and_then(|acquired| acquired.map_err(|_| Limited::InFlight))
+                    .and_then(|permit| match held {
+                        Some(held) if !held.retake_global() => Err(Limited::Overloaded),
+                        _ => Ok(permit),
+                    })
+            }
         };
         match permit {
             Ok(permit) => Ok(InFlight {
@@ -188,27 +244,27 @@ mod tests {
     #[tokio::test]
     async fn a_user_gets_at_most_their_in_flight_share_and_slots_come_back() {
         let limits = limits(2, 0, 0);
-        let first = limits.admit(&owner("a")).await.expect("first");
-        let _second = limits.admit(&owner("a")).await.expect("second");
+        let first = limits.admit(&owner("a"), None).await.expect("first");
+        let _second = limits.admit(&owner("a"), None).await.expect("second");
         assert_eq!(
-            limits.admit(&owner("a")).await.err(),
+            limits.admit(&owner("a"), None).await.err(),
             Some(Limited::InFlight)
         );
         assert!(
-            limits.admit(&owner("b")).await.is_ok(),
+            limits.admit(&owner("b"), None).await.is_ok(),
             "other users are not counted"
         );
         drop(first);
-        assert!(limits.admit(&owner("a")).await.is_ok());
+        assert!(limits.admit(&owner("a"), None).await.is_ok());
     }
 
     #[tokio::test]
     async fn a_request_over_the_cap_waits_for_a_slot_that_frees_up() {
         let limits = Arc::new(limits(1, 0, 0));
-        let held = limits.admit(&owner("a")).await.expect("first");
+        let held = limits.admit(&owner("a"), None).await.expect("first");
         let waiting = {
             let limits = limits.clone();
-            tokio::spawn(async move { limits.admit(&owner("a")).await.is_ok() })
+            tokio::spawn(async move { limits.admit(&owner("a"), None).await.is_ok() })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         drop(held);
@@ -219,9 +275,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_waiting_for_its_users_slot_holds_no_place_among_all_requests() {
+        let limits = Arc::new(limits(1, 0, 0));
+        let all = Arc::new(Semaphore::new(2));
+        let held_first = HeldSlots::new(all.clone().try_acquire_owned().expect("a place"), all.clone());
+        let first = limits.admit(&owner("a"), Some(&held_first)).await.expect("first");
+        let waiting = {
+            let (limits, all) = (limits.clone(), all.clone());
+            tokio::spawn(async move {
+                let held = HeldSlots::new(all.clone().try_acquire_owned().expect("a place"), all);
+                let admitted = limits.admit(&owner("a"), Some(&held)).await;
+                (admitted.is_ok(), held.take().0.is_some())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The waiter gave its place back: another user's request gets one.
+        assert_eq!(all.available_permits(), 1);
+        drop(first);
+        assert_eq!(waiting.await.expect("joins"), (true, true), "admitted, with a place again");
+    }
+
+    #[tokio::test]
     async fn idle_users_leave_the_table() {
         let limits = limits(2, 0, 0);
-        drop(limits.admit(&owner("a")).await.expect("admitted"));
+        drop(limits.admit(&owner("a"), None).await.expect("admitted"));
         assert!(limits.slots.lock().is_empty());
     }
 
@@ -229,12 +306,12 @@ mod tests {
     async fn the_rate_limit_refuses_past_the_burst_and_names_the_wait() {
         let limits = limits(100, 1, 3);
         for _ in 0..3 {
-            drop(limits.admit(&owner("a")).await.expect("within the burst"));
+            drop(limits.admit(&owner("a"), None).await.expect("within the burst"));
         }
-        match limits.admit(&owner("a")).await {
+        match limits.admit(&owner("a"), None).await {
             Err(Limited::Rate(wait)) => assert!(wait <= Duration::from_secs(1), "{wait:?}"),
             other => panic!("expected a rate refusal, got {other:?}"),
         }
-        assert!(limits.admit(&owner("b")).await.is_ok());
+        assert!(limits.admit(&owner("b"), None).await.is_ok());
     }
 }

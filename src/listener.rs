@@ -1,4 +1,5 @@
-//! Accepted connections: every one gets a write-stall limit.
+//! Accepted connections: a bounded number, each with a stall limit on
+//! writes and an idle limit on reads.
 //!
 //! A response is written as fast as the client reads it. A client that
 //! stops reading a long response (an export) would otherwise hold its
@@ -7,30 +8,66 @@
 //! invisible to the response body (nothing polls it while the socket is
 //! full), so the limit sits on the socket itself: a write that makes no
 //! progress for the stall limit fails, which ends the connection and drops
-//! the response with everything it holds.
+//! the response with everything it holds. Likewise a read that waits for
+//! the idle limit with nothing written meanwhile (a kept-alive connection
+//! nobody uses, a client that opened one and sent nothing) ends it.
+//!
+//! The listener holds at most `max` connections (beyond, new ones wait in
+//! the kernel's queue) and at most `per_address` from one client address
+//! (an IPv6 address by its /64; trusted proxies are exempt), so that no one
+//! can take every file descriptor the engine needs.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-/// A TCP listener whose connections fail a write stalled past a limit.
+use crate::access::lockout::Principal;
+use crate::auth::client::TrustedProxies;
+
+/// What each connection may do, and how many there may be.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Longest a write may wait for the client to read.
+    pub stall: Duration,
+    /// Longest a read may wait with nothing written meanwhile.
+    pub idle: Duration,
+    /// Most connections open at once.
+    pub max: usize,
+    /// Most connections open at once from one client address.
+    pub per_address: usize,
+    /// Addresses exempt from `per_address` (they carry many clients).
+    pub proxies: TrustedProxies,
+}
+
+/// A TCP listener whose connections are counted and time-limited.
 pub struct StallListener {
     inner: TcpListener,
-    stall: Duration,
+    limits: ConnectionLimits,
+    open: Arc<Semaphore>,
+    by_address: Arc<Mutex<HashMap<Principal, usize>>>,
 }
 
 impl StallListener {
-    /// Wraps `inner`; writes that wait longer than `stall` fail.
-    pub fn new(inner: TcpListener, stall: Duration) -> Self {
-        Self { inner, stall }
+    /// Wraps `inner` with `limits`.
+    pub fn new(inner: TcpListener, limits: ConnectionLimits) -> Self {
+        Self {
+            inner,
+            open: Arc::new(Semaphore::new(limits.max.max(1))),
+            limits,
+            by_address: Arc::default(),
+        }
     }
 }
 
@@ -38,13 +75,59 @@ impl StallListener {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// A connection's places: one of all connections, one of its address's.
+struct Counted {
+    _open: OwnedSemaphorePermit,
+    address: Option<(Principal, Arc<Mutex<HashMap<Principal, usize>>>)>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some((who, table)) = self.address.take() {
+            let mut table = table.lock();
+            if let Some(n) = table.get_mut(&who) {
+                *n -= 1;
+                if *n == 0 {
+                    table.remove(&who);
+                }
+            }
+        }
+    }
+}
+
 impl Listener for StallListener {
     type Io = StallLimited<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = Listener::accept(&mut self.inner).await;
-        (StallLimited::new(io, self.stall), addr)
+        loop {
+            let open = self
+                .open
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the connection semaphore is never closed");
+            let (io, addr) = Listener::accept(&mut self.inner).await;
+            let address = if self.limits.proxies.trusts(addr.ip()) {
+                None
+            } else {
+                let who = Principal::client(addr.ip());
+                let mut table = self.by_address.lock();
+                let n = table.entry(who.clone()).or_insert(0);
+                if *n >= self.limits.per_address {
+                    // Closed at once: this address holds its share already.
+                    tracing::debug!("refused a connection over its address's share");
+                    continue;
+                }
+                *n += 1;
+                Some((who, self.by_address.clone()))
+            };
+            let counted = Counted {
+                _open: open,
+                address,
+            };
+            return (StallLimited::new(io, &self.limits, counted), addr);
+        }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -58,43 +141,65 @@ impl Connected<IncomingStream<'_, StallListener>> for Peer {
     }
 }
 
-/// An I/O stream whose writes fail once one has waited for `stall`.
+/// An I/O stream whose writes fail once one has waited for `stall`, and
+/// whose reads fail once one has waited for `idle` with nothing written.
 pub struct StallLimited<T> {
     inner: T,
     stall: Duration,
-    // Armed when a write first has to wait, disarmed by any progress.
-    waiting: Option<Pin<Box<Sleep>>>,
+    idle: Duration,
+    // Armed when a write first has to wait, disarmed by a write's progress.
+    writing: Option<Pin<Box<Sleep>>>,
+    // Armed when a read first has to wait, disarmed by any progress.
+    reading: Option<Pin<Box<Sleep>>>,
+    _counted: Option<Counted>,
 }
 
 impl<T> StallLimited<T> {
-    /// Wraps `inner`.
-    pub fn new(inner: T, stall: Duration) -> Self {
+    fn new(inner: T, limits: &ConnectionLimits, counted: Counted) -> Self {
         Self {
             inner,
-            stall,
-            waiting: None,
+            stall: limits.stall,
+            idle: limits.idle,
+            writing: None,
+            reading: None,
+            _counted: Some(counted),
         }
     }
 
-    /// Turns a pending write into an error once it has waited too long;
-    /// passes every other outcome through.
-    fn limit<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if poll.is_ready() {
-            self.waiting = None;
-            return poll;
+    /// A stream with these limits and no connection count (tests).
+    pub fn uncounted(inner: T, stall: Duration, idle: Duration) -> Self {
+        Self {
+            inner,
+            stall,
+            idle,
+            writing: None,
+            reading: None,
+            _counted: None,
         }
-        let stall = self.stall;
-        let timer = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-        ready!(timer.as_mut().poll(cx));
-        self.waiting = None;
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client read nothing for the stall limit",
-        )))
     }
 }
+
+/// Turns a pending operation into an error once `timer` (armed now for
+/// `limit` if it is not yet) has run out; passes every other outcome through.
+fn limit<R>(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    limit: Duration,
+    cx: &mut Context<'_>,
+    poll: Poll<io::Result<R>>,
+    what: &'static str,
+) -> Poll<io::Result<R>> {
+    if poll.is_ready() {
+        *timer = None;
+        return poll;
+    }
+    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+    ready!(sleep.as_mut().poll(cx));
+    *timer = None;
+    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+}
+
+const STALLED: &str = "the client read nothing for the stall limit";
+const IDLE: &str = "the connection was idle for the idle limit";
 
 impl<T: AsyncRead + Unpin> AsyncRead for StallLimited<T> {
     fn poll_read(
@@ -102,7 +207,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for StallLimited<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        limit(&mut this.reading, this.idle, cx, poll, IDLE)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> StallLimited<T> {
+    fn wrote<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            // Progress: a read waiting meanwhile is no idle connection.
+            self.reading = None;
+        }
+        limit(&mut self.writing, self.stall, cx, poll, STALLED)
     }
 }
 
@@ -113,7 +230,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.limit(cx, poll)
+        self.wrote(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -122,7 +239,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.limit(cx, poll)
+        self.wrote(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -131,12 +248,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.limit(cx, poll)
+        self.wrote(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.limit(cx, poll)
+        self.wrote(cx, poll)
     }
 }
 
@@ -149,12 +266,23 @@ mod tests {
     #[tokio::test]
     async fn a_write_the_peer_never_reads_fails_after_the_stall_limit() {
         let (near, _far) = tokio::io::duplex(1024);
-        let mut limited = StallLimited::new(near, Duration::from_millis(50));
+        let mut limited = StallLimited::uncounted(near, Duration::from_millis(50), Duration::from_secs(60));
         let started = std::time::Instant::now();
         let result = limited.write_all(&[7u8; 64 * 1024]).await;
         let error = result.expect_err("the peer never reads");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed_after_the_idle_limit() {
+        use tokio::io::AsyncReadExt as _;
+        let (near, _far) = tokio::io::duplex(1024);
+        let mut limited =
+            StallLimited::uncounted(near, Duration::from_secs(60), Duration::from_millis(50));
+        let mut buf = [0u8; 16];
+        let error = limited.read(&mut buf).await.expect_err("nothing ever arrives");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]
@@ -172,7 +300,7 @@ mod tests {
         });
         // Each wait (about 10 ms) is far shorter than the limit, the whole
         // write (about 2.5 s) far longer.
-        let mut limited = StallLimited::new(near, Duration::from_millis(500));
+        let mut limited = StallLimited::uncounted(near, Duration::from_millis(500), Duration::from_secs(60));
         limited
             .write_all(&[7u8; 16 * 1024])
             .await

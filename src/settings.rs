@@ -14,6 +14,7 @@ use clap::Args;
 
 pub use crate::access::lockout::LockoutSettings;
 pub use crate::auth::client::{ClientHeader, TrustedProxies};
+pub use crate::listener::ConnectionLimits;
 use crate::embed::EmbedSettings;
 pub use crate::limits::UserLimitSettings;
 use crate::owner::DEFAULT_NAME_HEX_CHARS;
@@ -158,6 +159,15 @@ pub struct ServeArgs {
     /// Seconds a write to a client may wait for the client to read; then the connection is closed.
     #[arg(long, env = "CORDON_STALL_TIMEOUT_SECS", default_value_t = 30)]
     pub stall_timeout_secs: u64,
+    /// Seconds a connection may wait for the client's next bytes while nothing is written; then it is closed (more than the request timeout).
+    #[arg(long, env = "CORDON_IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once (lowered at start to half the open-files limit); beyond, new ones wait.
+    #[arg(long, env = "CORDON_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most connections open at once from one client address (trusted proxies exempt).
+    #[arg(long, env = "CORDON_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub max_connections_per_address: usize,
     /// Most requests in flight (streamed responses until their last byte); beyond this requests get 503 with Retry-After.
     #[arg(long, env = "CORDON_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
@@ -436,8 +446,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Time that requests in flight get to finish once shutdown begins.
     pub shutdown_grace: Duration,
-    /// Longest a write to a client may wait before its connection is closed.
-    pub stall_timeout: Duration,
+    /// How many connections, and how long each may stall or idle.
+    pub connections: ConnectionLimits,
     /// The bearer token `/metrics` asks for (`None`: open).
     pub metrics_token: Option<Secret>,
     /// Admin key, tenant registry, change polling.
@@ -527,6 +537,16 @@ impl ServeArgs {
         positive("CORDON_REQUEST_TIMEOUT_SECS", self.request_timeout_secs)?;
         positive("CORDON_STREAM_TIMEOUT_SECS", self.stream_timeout_secs)?;
         positive("CORDON_STALL_TIMEOUT_SECS", self.stall_timeout_secs)?;
+        positive("CORDON_MAX_CONNECTIONS", self.max_connections as u64)?;
+        positive(
+            "CORDON_MAX_CONNECTIONS_PER_ADDRESS",
+            self.max_connections_per_address as u64,
+        )?;
+        if self.idle_timeout_secs <= self.request_timeout_secs {
+            return Err(SettingsError::Invalid(
+                "CORDON_IDLE_TIMEOUT_SECS must be longer than CORDON_REQUEST_TIMEOUT_SECS: a connection waits for its answer that long".into(),
+            ));
+        }
         positive("CORDON_MAX_IN_FLIGHT", self.max_in_flight as u64)?;
         positive("CORDON_LOCKOUT_WINDOW_SECS", self.lockout_window_secs)?;
         positive("CORDON_LOCKOUT_SECS", self.lockout_secs)?;
@@ -582,6 +602,11 @@ impl ServeArgs {
         if in_flight_per_user > self.max_in_flight {
             return Err(SettingsError::Invalid(
                 "CORDON_MAX_IN_FLIGHT_PER_USER is larger than CORDON_MAX_IN_FLIGHT".into(),
+            ));
+        }
+        if self.user_burst == Some(0) {
+            return Err(SettingsError::Invalid(
+                "CORDON_USER_BURST must be at least 1 (leave it unset for one second's worth)".into(),
             ));
         }
         if self.user_burst.is_some() && self.user_rps == 0 {
@@ -705,6 +730,13 @@ impl ServeArgs {
                 "CORDON_KEK_PREVIOUS is set without CORDON_KEK".into(),
             ));
         }
+        if let (Some(kek), Some(previous)) = (&kek, &previous)
+            && trimmed(kek.expose()).expose() == trimmed(previous.expose()).expose()
+        {
+            return Err(SettingsError::Invalid(
+                "CORDON_KEK_PREVIOUS is the same key as CORDON_KEK: there is nothing to rotate from".into(),
+            ));
+        }
         if kek.is_none() && (self.dek_cache.is_some() || self.dek_cache_secs.is_some()) {
             return Err(SettingsError::Invalid(
                 "CORDON_DEK_CACHE and CORDON_DEK_CACHE_SECS apply to encryption at rest: set CORDON_KEK, or leave them unset".into(),
@@ -807,7 +839,13 @@ impl ServeArgs {
                 max_bytes_per_user: self.max_bytes_per_user,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-            stall_timeout: Duration::from_secs(self.stall_timeout_secs),
+            connections: ConnectionLimits {
+                stall: Duration::from_secs(self.stall_timeout_secs),
+                idle: Duration::from_secs(self.idle_timeout_secs),
+                max: fit_open_files(self.max_connections),
+                per_address: self.max_connections_per_address,
+                proxies: TrustedProxies::new(proxies.clone(), client_header),
+            },
             metrics_token,
             access: AccessSettings {
                 admin_key,
@@ -936,6 +974,32 @@ impl ServeArgs {
             ))),
             StoreKind::Edge => load_or_create_secret(&path),
         }
+    }
+}
+
+/// `wanted` connections, or half this process's open-files limit if that
+/// is less: the rest is the engine's (shards, segments, the WAL).
+fn fit_open_files(wanted: usize) -> usize {
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("Max open files"))?
+                .split_whitespace()
+                .nth(3)?
+                .parse::<usize>()
+                .ok()
+        });
+    match limit {
+        Some(limit) if wanted > limit / 2 => {
+            tracing::warn!(
+                wanted,
+                open_files = limit,
+                "CORDON_MAX_CONNECTIONS lowered to half the open-files limit"
+            );
+            (limit / 2).max(1)
+        }
+        _ => wanted,
     }
 }
 
@@ -1194,6 +1258,10 @@ mod tests {
                 "CORDON_TRUSTED_PROXIES",
             ),
             (&["--jwt-leeway-secs", "60"], "CORDON_JWT_LEEWAY_SECS"),
+            (
+                &["--kek", &"ab".repeat(32), "--kek-previous", &"ab".repeat(32)],
+                "CORDON_KEK_PREVIOUS",
+            ),
             (&["--access-poll-ms", "5"], "embedded engine"),
             (
                 &["--max-in-flight", "8", "--max-in-flight-per-user", "9"],

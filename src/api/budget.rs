@@ -32,7 +32,7 @@ pub async fn bounded(State(state): State<AppState>, mut request: Request, next: 
     let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
         return ApiError::Overloaded.into_response();
     };
-    let held = HeldSlots::default();
+    let held = HeldSlots::new(permit, state.in_flight.clone());
     request.extensions_mut().insert(held.clone());
     let response = match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await
     {
@@ -40,12 +40,13 @@ pub async fn bounded(State(state): State<AppState>, mut request: Request, next: 
         Err(_) => return ApiError::Timeout.into_response(),
     };
     let deadline = began + state.limits.stream_timeout;
+    let (permit, slots) = held.take();
     response.map(|body| {
         Body::new(Held {
             inner: body,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             _permit: permit,
-            _slots: held.take(),
+            _slots: slots,
         })
     })
 }
@@ -55,7 +56,7 @@ pub async fn bounded(State(state): State<AppState>, mut request: Request, next: 
 struct Held {
     inner: Body,
     deadline: Pin<Box<Sleep>>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
     _slots: Vec<Arc<InFlight>>,
 }
 

@@ -122,7 +122,8 @@ where
             auth.metrics.limit_hit("locked_out");
             return Err(ApiError::locked_out(remaining));
         }
-        let in_flight = match auth.limits.admit(&owner).await {
+        let held = parts.extensions.get::<HeldSlots>().cloned();
+        let in_flight = match auth.limits.admit(&owner, held.as_ref()).await {
             Ok(slot) => Arc::new(slot),
             Err(limited) => {
                 let error = ApiError::from(limited);
@@ -135,7 +136,7 @@ where
         };
         // The response may outlive the handler (a streamed body): the
         // request's middleware hands the slot on to the body.
-        if let Some(held) = parts.extensions.get::<HeldSlots>() {
+        if let Some(held) = &held {
             held.keep(in_flight.clone());
         }
         Ok(Caller {

@@ -127,7 +127,8 @@ impl TrustedProxies {
             .collect()
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         self.ranges.iter().any(|range| range.contains(ip))
     }
 

@@ -233,7 +233,7 @@ async fn unread_exports_count_against_the_global_cap_in_flight() {
 #[tokio::test]
 async fn an_export_nobody_reads_is_cut_off_after_the_stall_limit_and_frees_its_slot() {
     let app = app_with(|s| {
-        s.stall_timeout = Duration::from_secs(2);
+        s.connections.stall = Duration::from_secs(2);
         s.access.user_limits.max_in_flight = 1;
         s.access.user_limits.wait = Duration::from_millis(100);
     })

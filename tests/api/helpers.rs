@@ -102,7 +102,13 @@ pub fn settings(data_dir: &Path) -> Settings {
             max_bytes_per_user: 0,
         },
         shutdown_grace: Duration::from_secs(10),
-        stall_timeout: Duration::from_secs(30),
+        connections: cordon::settings::ConnectionLimits {
+            stall: Duration::from_secs(30),
+            idle: Duration::from_secs(75),
+            max: 4096,
+            per_address: 4096,
+            proxies: TrustedProxies::default(),
+        },
         metrics_token: None,
         access: AccessSettings {
             admin_key: Some(Secret::new(ADMIN_KEY.as_bytes().to_vec())),

@@ -128,3 +128,68 @@ async fn a_store_past_the_byte_quota_is_413_and_a_delete_makes_room() {
             .contains("cordon_limit_hits_total{limit=\"max_bytes_per_user\"} 1")
     );
 }
+
+/// A connection from `ip` that sends nothing.
+async fn idle_connection(app: &crate::helpers::TestApp, ip: [u8; 4]) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = app
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .expect("a socket address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((ip, 0)))
+        .expect("a local address");
+    socket.connect(addr).await.expect("connects")
+}
+
+/// Whether the server closes `stream` within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn one_address_gets_at_most_its_share_of_connections_and_idle_ones_are_closed() {
+    use std::time::Duration;
+    let app = spawn_app_with(|s| {
+        s.connections.per_address = 2;
+        s.connections.idle = Duration::from_secs(1);
+    })
+    .await;
+    let mut held = vec![
+        idle_connection(&app, [127, 0, 0, 21]).await,
+        idle_connection(&app, [127, 0, 0, 21]).await,
+    ];
+    let mut third = idle_connection(&app, [127, 0, 0, 21]).await;
+    assert!(
+        closed_within(&mut third, Duration::from_millis(500)).await,
+        "a third connection from one address was kept"
+    );
+    // Another address is served meanwhile.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 22]))
+        .build()
+        .expect("client");
+    let r = other
+        .get(app.url("/v1/memories"))
+        .bearer_auth(token("acme", "alice"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    // Connections that send nothing are closed after the idle limit, and
+    // give their address's places back.
+    for stream in &mut held {
+        assert!(closed_within(stream, Duration::from_secs(3)).await, "an idle connection stayed open");
+    }
+    let mut again = idle_connection(&app, [127, 0, 0, 21]).await;
+    assert!(
+        !closed_within(&mut again, Duration::from_millis(300)).await,
+        "the address's places did not come back"
+    );
+}
