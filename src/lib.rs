@@ -21,6 +21,7 @@ pub mod guarded;
 pub mod limits;
 pub mod listener;
 pub mod load;
+pub mod locks;
 pub mod metrics;
 pub mod owner;
 pub mod seal;

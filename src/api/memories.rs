@@ -193,12 +193,9 @@ pub async fn store_memories(
     let n = memories.len();
     match (&request, claim) {
         (Some(digest), Some(claim)) => {
-            // Insert-if-absent, then read back: another replica's attempt
-            // under this key may have got there first.
             state.store.put_new(&caller.owner, memories).await?;
-            let landed = state.store.get(&caller.owner, ids[0]).await?;
-            if landed.is_some_and(|m| m.request_digest() != Some(digest.as_str())) {
-                return Err(ApiError::IdempotencyConflict);
+            if state.store.written_by_others() {
+                settle_race(state, caller, &ids, digest).await?;
             }
             claim.succeeded();
         }
@@ -207,6 +204,34 @@ pub async fn store_memories(
     state.quotas.stored(&caller.owner, bytes);
     state.metrics.stored(n);
     Ok(ids)
+}
+
+/// After an insert-if-absent under an `Idempotency-Key`, reads the ids back:
+/// if another replica's attempt with a different body got any of them
+/// first, this attempt takes back the points it did insert (a batch longer
+/// than the winner's) and is refused with 409.
+async fn settle_race(
+    state: &AppState,
+    caller: &Caller,
+    ids: &[Uuid],
+    digest: &str,
+) -> Result<(), ApiError> {
+    let mut ours = Vec::new();
+    let mut theirs = false;
+    for id in ids {
+        match state.store.get(&caller.owner, *id).await? {
+            Some(memory) if memory.request_digest() == Some(digest) => ours.push(*id),
+            Some(_) => theirs = true,
+            None => {}
+        }
+    }
+    if !theirs {
+        return Ok(());
+    }
+    for id in ours {
+        state.store.delete(&caller.owner, id).await?;
+    }
+    Err(ApiError::IdempotencyConflict)
 }
 
 /// A search by meaning among the caller's memories.

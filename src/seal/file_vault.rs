@@ -16,6 +16,7 @@ use async_trait::async_trait;
 
 use super::SealError;
 use super::vault::{Marker, Vault, WrappedDek};
+use crate::locks::KeyedLocks;
 use crate::owner::OwnerHash;
 
 /// Directory name under the data directory.
@@ -27,7 +28,10 @@ pub struct FileVault {
     dir: PathBuf,
     // Serialises this process's writers; other processes are kept out by the
     // data directory's lock.
-    write: tokio::sync::Mutex<()>,
+    // One writer per owner's key file (create, re-wrap, destroy), so that
+    // one user's key work holds up no one else's; the marker has its own.
+    owners: KeyedLocks<OwnerHash>,
+    marker: tokio::sync::Mutex<()>,
 }
 
 impl FileVault {
@@ -35,7 +39,8 @@ impl FileVault {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join(KEYS_DIR),
-            write: tokio::sync::Mutex::new(()),
+            owners: KeyedLocks::default(),
+            marker: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -120,7 +125,7 @@ impl Vault for FileVault {
     }
 
     async fn create(&self, owner: &OwnerHash, dek: WrappedDek) -> Result<WrappedDek, SealError> {
-        let _write = self.write.lock().await;
+        let _write = self.owners.of(owner).write_owned().await;
         let path = self.path(owner);
         self.blocking(move |dir| {
             if let Some(existing) = read(&path)? {
@@ -148,7 +153,7 @@ impl Vault for FileVault {
         under: &str,
         dek: WrappedDek,
     ) -> Result<bool, SealError> {
-        let _write = self.write.lock().await;
+        let _write = self.owners.of(owner).write_owned().await;
         let path = self.path(owner);
         let under = under.to_owned();
         self.blocking(move |dir| {
@@ -165,7 +170,7 @@ impl Vault for FileVault {
     }
 
     async fn destroy(&self, owner: &OwnerHash) -> Result<(), SealError> {
-        let _write = self.write.lock().await;
+        let _write = self.owners.of(owner).write_owned().await;
         let path = self.path(owner);
         self.blocking(move |dir| {
             let len = match fs::metadata(&path) {
@@ -220,7 +225,7 @@ impl Vault for FileVault {
     }
 
     async fn mark(&self, marker: Marker) -> Result<(), SealError> {
-        let _write = self.write.lock().await;
+        let _write = self.marker.lock().await;
         let text = format!("{}\n", marker.text());
         self.blocking(move |dir| {
             let temp = temp_file(dir, text.as_bytes())?;

@@ -33,6 +33,7 @@ use self::cache::DekCache;
 use self::dek::{Dek, RecordKeys, TagValue};
 use self::kek::Keyring;
 use self::vault::{Vault, WrappedDek};
+use crate::locks::KeyedLocks;
 use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
 use crate::store::{
@@ -84,10 +85,11 @@ pub struct Sealer {
     keyring: Keyring,
     vault: Arc<dyn Vault>,
     cache: DekCache,
-    // Stores hold a stripe's read lock from taking the key to the durable
-    // write, erase its write lock from destroying the key to removing the
-    // memories: no store can land, under a destroyed key, after the erase.
-    stripes: Vec<tokio::sync::RwLock<()>>,
+    // Stores hold their owner's read lock from taking the key to the
+    // durable write, erase its write lock from destroying the key to
+    // removing the memories: no store can land, under a destroyed key,
+    // after the erase. A lock per owner, so an erase holds up no one else.
+    owners: KeyedLocks<OwnerHash>,
     // Bumped by every shred, per stripe: a key read from the vault before a
     // shred of its owner is not put back into the cache after it.
     shreds: Vec<std::sync::atomic::AtomicU64>,
@@ -108,7 +110,7 @@ impl Sealer {
             keyring,
             vault,
             cache: DekCache::new(cache.capacity, cache.ttl),
-            stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+            owners: KeyedLocks::default(),
             shreds: (0..STRIPES)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
@@ -121,8 +123,8 @@ impl Sealer {
     }
 
     /// The lock that orders `owner`'s stores against its erase.
-    pub fn stripe(&self, owner: &OwnerHash) -> &tokio::sync::RwLock<()> {
-        &self.stripes[Self::stripe_of(owner)]
+    pub fn lock_of(&self, owner: &OwnerHash) -> Arc<tokio::sync::RwLock<()>> {
+        self.owners.of(owner)
     }
 
     fn shreds_of(&self, owner: &OwnerHash) -> u64 {
@@ -224,6 +226,22 @@ impl Sealer {
             memory.sealed = Some(seal_plain(&keys, owner, memory.id, &plain));
         }
         Ok(())
+    }
+
+    /// Whether the owner's cached key was replaced in the vault since it was
+    /// cached (another replica erased the owner and made a new one); the
+    /// vault's is cached from now on. Only a shared vault can do that, and
+    /// only a cached key can be stale, so otherwise this reads nothing.
+    pub async fn renewed(&self, owner: &OwnerHash) -> Result<bool, SealError> {
+        if !self.vault.shared() {
+            return Ok(false);
+        }
+        let Some(cached) = self.cache.get(owner) else {
+            return Ok(false);
+        };
+        let before = cached.0.clone();
+        let now = self.vault_keys(owner, false, Some(cached)).await?;
+        Ok(!now.is_some_and(|now| Arc::ptr_eq(&now, &before)))
     }
 
     /// Turns the query's metadata conditions into tag conditions. `false`

@@ -306,6 +306,11 @@ pub trait Engine: Send + Sync {
     async fn ready(&self) -> Result<(), StoreError>;
     /// Flushes and closes everything; called once at shutdown.
     async fn shutdown(&self);
+    /// Whether other processes write the same collections (replicas over
+    /// one Qdrant), so that what this process checked can change under it.
+    fn written_by_others(&self) -> bool {
+        false
+    }
     /// Shards held open in this process (0 for an engine without any).
     fn open_shards(&self) -> usize {
         0

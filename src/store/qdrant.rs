@@ -28,7 +28,6 @@ use qdrant_client::qdrant::{
     UpsertPointsBuilder, Value as QValue, VectorParamsBuilder, WalConfigDiffBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
-use tokio::sync::RwLock;
 use uuid::Uuid;
 
 use super::{
@@ -36,16 +35,12 @@ use super::{
     StoreError, TAGS_FIELD,
 };
 use crate::embed::DIMENSIONS;
+use crate::locks::KeyedLocks;
 use crate::owner::{DEFAULT_NAME_HEX_CHARS, OwnerHash};
 use crate::settings::QdrantConnection;
 
 /// Collections this process knows exist, so a write does not ask each time.
 const KNOWN_COLLECTIONS: usize = 65_536;
-
-/// Lock stripes serialising erase (which may drop a collection) against
-/// writes to the same collection within this process; many, so that an
-/// erase waiting on a slow Qdrant holds up few other users.
-const STRIPES: usize = 1024;
 
 /// How long a collection's point count is trusted by the size guard.
 const SIZE_TTL: Duration = Duration::from_secs(10);
@@ -76,7 +71,11 @@ pub struct QdrantEngine {
     known: Mutex<LruCache<String, ()>>,
     /// Point counts of collections, for the size guard: (points, read at).
     sizes: Mutex<LruCache<String, (u64, std::time::Instant)>>,
-    stripes: Vec<RwLock<()>>,
+    /// Per collection: writes hold the read side, an erase that drops the
+    /// collection the write side (so no write of this process lands in a
+    /// collection being dropped). One lock per collection, so an erase
+    /// holds up nobody else.
+    collections: KeyedLocks<String>,
 }
 
 /// Whether Qdrant answered "no such collection".
@@ -268,7 +267,7 @@ impl QdrantEngine {
             sizes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
             )),
-            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            collections: KeyedLocks::default(),
         })
     }
 
@@ -277,13 +276,6 @@ impl QdrantEngine {
             &self.settings.collection_prefix,
             self.settings.name_hex_chars,
         )
-    }
-
-    fn stripe(&self, name: &str) -> &RwLock<()> {
-        let index = name
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
-        &self.stripes[index % STRIPES]
     }
 
     fn read_filter(&self, owner: &OwnerHash, mut extra: Vec<Condition>) -> Option<Filter> {
@@ -467,7 +459,7 @@ impl QdrantEngine {
         only_new: bool,
     ) -> Result<(), StoreError> {
         let name = self.name(owner);
-        let _shared = self.stripe(&name).read().await;
+        let _shared = self.collections.of(&name).read_owned().await;
         let points = points(owner, memories);
         self.ensure_collection(&name).await?;
         self.guard_collection_size(&name, points.len()).await?;
@@ -549,7 +541,7 @@ impl QdrantEngine {
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
     async fn delete_op(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
         let name = self.name(owner);
-        let _shared = self.stripe(&name).read().await;
+        let _shared = self.collections.of(&name).read_owned().await;
         // Deletes always carry the owner condition, drill or not.
         let filter = Filter::must([owner_condition(owner), Condition::has_id([id])]);
         match self
@@ -578,7 +570,15 @@ impl QdrantEngine {
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
     async fn erase_op(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
         let name = self.name(owner);
-        let _exclusive = self.stripe(&name).write().await;
+        // Only an erase that will drop the collection must keep this
+        // process's writes out of it; one of a shared-name collection
+        // (kept) runs beside them.
+        let lock = self.collections.of(&name);
+        let _held = if self.collections_are_private() {
+            Ok(lock.write_owned().await)
+        } else {
+            Err(lock.read_owned().await)
+        };
         let mine = Filter::must([owner_condition(owner)]);
         let removed = match self.count(&name, Some(mine.clone())).await {
             Ok(n) => n,
@@ -794,6 +794,10 @@ impl Engine for Arc<QdrantEngine> {
 
     async fn shutdown(&self) {
         // Nothing is buffered here: every write waited for Qdrant.
+    }
+
+    fn written_by_others(&self) -> bool {
+        true
     }
 }
 

@@ -82,9 +82,27 @@ async fn a_replica_whose_cached_key_was_destroyed_elsewhere_reads_what_was_seale
         a.delete("/v1/memories", &alice).await.status(),
         StatusCode::OK
     );
-    a.store_texts(&alice, &["sealed under the second key"])
+    let r = a
+        .post(
+            "/v1/memories",
+            &alice,
+            &json!({ "text": "sealed under the second key", "metadata": { "room": "b" } }),
+        )
         .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
 
+    // B's filter tags come from the key it cached: a filtered search finds
+    // the new memory all the same.
+    let r = b
+        .post(
+            "/v1/memories/search",
+            &alice,
+            &json!({ "query": "sealed", "filter": { "room": "b" } }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let found: Value = r.json().await.expect("json");
+    assert_eq!(texts(&found["results"]), ["sealed under the second key"]);
     assert_eq!(listed(&b, &alice).await, ["sealed under the second key"]);
     let export = b.get("/v1/memories/export", &alice).await;
     assert_eq!(export.status(), StatusCode::OK);
@@ -105,11 +123,16 @@ async fn a_replica_whose_cached_key_was_destroyed_elsewhere_reads_what_was_seale
 async fn two_stores_racing_under_one_key_on_two_replicas_never_both_succeed() {
     let (a, b) = replicas(|_| {}).await;
     let alice = token("acme", "alice");
+    let mut kept: Vec<String> = Vec::new();
     for round in 0..20 {
         let key = format!("race-{round}");
+        // Bodies of different lengths: a longer loser must leave nothing.
         let bodies = [
-            json!({ "text": format!("first body of round {round}") }),
-            json!({ "text": format!("second body of round {round}") }),
+            json!({ "memories": [{ "text": format!("first body of round {round}") }] }),
+            json!({ "memories": [
+                { "text": format!("second body of round {round}, one") },
+                { "text": format!("second body of round {round}, two") },
+            ] }),
         ];
         let send = |app: &TestApp, body: &Value| {
             app.client
@@ -127,16 +150,17 @@ async fn two_stores_racing_under_one_key_on_two_replicas_never_both_succeed() {
             .filter(|s| **s == StatusCode::CREATED)
             .count();
         assert_eq!(created, 1, "round {round}: {statuses:?}");
-        let (winner, body) = if ra.status() == StatusCode::CREATED {
-            (ra, &bodies[0])
+        let body = if ra.status() == StatusCode::CREATED {
+            &bodies[0]
         } else {
-            (rb, &bodies[1])
+            &bodies[1]
         };
-        let ids: Value = winner.json().await.expect("ids");
-        let id = ids["ids"][0].as_str().expect("id");
-        let stored = a.get_json(&format!("/v1/memories/{id}"), &alice).await;
-        assert_eq!(stored["text"], body["text"], "round {round}");
+        kept.extend(texts(&body["memories"]));
     }
+    let mut listed = listed(&a, &alice).await;
+    listed.sort();
+    kept.sort();
+    assert_eq!(listed, kept, "exactly the winners' memories are stored");
     a.delete("/v1/memories", &alice).await;
 }
 
