@@ -140,6 +140,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     telemetry::redact_from_now(&settings.secrets(), &settings.store.collection_prefix);
+    telemetry::log_panics();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // Measured on 2 cores (benches/RESULTS.md, "Embedding under load"): with as many

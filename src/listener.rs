@@ -51,12 +51,15 @@ pub struct ConnectionLimits {
     pub proxies: TrustedProxies,
 }
 
+/// Open connections per client address.
+type ByAddress = Arc<Mutex<HashMap<Principal, usize>>>;
+
 /// A TCP listener whose connections are counted and time-limited.
 pub struct StallListener {
     inner: TcpListener,
     limits: ConnectionLimits,
     open: Arc<Semaphore>,
-    by_address: Arc<Mutex<HashMap<Principal, usize>>>,
+    by_address: ByAddress,
 }
 
 impl StallListener {
@@ -78,7 +81,7 @@ pub struct Peer(pub SocketAddr);
 /// A connection's places: one of all connections, one of its address's.
 struct Counted {
     _open: OwnedSemaphorePermit,
-    address: Option<(Principal, Arc<Mutex<HashMap<Principal, usize>>>)>,
+    address: Option<(Principal, ByAddress)>,
 }
 
 impl Drop for Counted {
@@ -266,7 +269,8 @@ mod tests {
     #[tokio::test]
     async fn a_write_the_peer_never_reads_fails_after_the_stall_limit() {
         let (near, _far) = tokio::io::duplex(1024);
-        let mut limited = StallLimited::uncounted(near, Duration::from_millis(50), Duration::from_secs(60));
+        let mut limited =
+            StallLimited::uncounted(near, Duration::from_millis(50), Duration::from_secs(60));
         let started = std::time::Instant::now();
         let result = limited.write_all(&[7u8; 64 * 1024]).await;
         let error = result.expect_err("the peer never reads");
@@ -281,7 +285,10 @@ mod tests {
         let mut limited =
             StallLimited::uncounted(near, Duration::from_secs(60), Duration::from_millis(50));
         let mut buf = [0u8; 16];
-        let error = limited.read(&mut buf).await.expect_err("nothing ever arrives");
+        let error = limited
+            .read(&mut buf)
+            .await
+            .expect_err("nothing ever arrives");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
@@ -300,7 +307,8 @@ mod tests {
         });
         // Each wait (about 10 ms) is far shorter than the limit, the whole
         // write (about 2.5 s) far longer.
-        let mut limited = StallLimited::uncounted(near, Duration::from_millis(500), Duration::from_secs(60));
+        let mut limited =
+            StallLimited::uncounted(near, Duration::from_millis(500), Duration::from_secs(60));
         limited
             .write_all(&[7u8; 16 * 1024])
             .await

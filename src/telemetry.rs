@@ -106,6 +106,24 @@ pub fn init(json: bool, audit_sink: &AuditSink) -> Option<WorkerGuard> {
     guard
 }
 
+/// Sends panic messages through the log, and so through [`redact`], instead
+/// of straight to standard error: a library's panic can name a file path
+/// that holds a collection name (qdrant-edge's "Failed to flush <path>").
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map_or_else(String::new, |l| format!("{}:{}", l.file(), l.line()));
+        tracing::error!(%location, "panic: {message}");
+    }));
+}
+
 /// What the log must never show, set once the settings are read.
 struct Redaction {
     secrets: Vec<Vec<u8>>,

@@ -84,10 +84,32 @@ struct Count {
     rejections: u32,
 }
 
+/// A cool-down: until when, and when a refusal during it was last
+/// reported.
+#[derive(Debug, Clone, Copy)]
+struct Locked {
+    until: Instant,
+    reported: Option<Instant>,
+}
+
+/// How often a locked-out principal's refusals are reported (audited):
+/// the first, then at most one per this interval, so that a flood of
+/// refused requests is not a flood of audit lines.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// A refusal of a locked-out principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockedOut {
+    /// What is left of the cool-down.
+    pub remaining: Duration,
+    /// Whether this refusal is to be reported (see [`REPORT_EVERY`]).
+    pub report: bool,
+}
+
 /// One shard: counts and cool-downs, each bounded.
 struct Shard {
     counts: LruCache<Principal, Count>,
-    locked: LruCache<Principal, Instant>,
+    locked: LruCache<Principal, Locked>,
 }
 
 /// The rejection counts and lockouts of this process.
@@ -134,19 +156,29 @@ impl Lockout {
         &self.shards[index]
     }
 
-    /// How long `who` stays locked out, if it is.
-    pub fn locked(&self, who: &Principal) -> Option<Duration> {
+    /// Whether `who` is locked out: for how long, and whether to report
+    /// this refusal.
+    pub fn locked(&self, who: &Principal) -> Option<LockedOut> {
         if self.threshold(who) == 0 {
             return None;
         }
         let now = Instant::now();
         let mut shard = self.shard(who).lock();
-        let until = *shard.locked.peek(who)?;
-        if until > now {
-            return Some(until - now);
+        let entry = shard.locked.peek_mut(who)?;
+        if entry.until <= now {
+            shard.locked.pop(who);
+            return None;
         }
-        shard.locked.pop(who);
-        None
+        let report = entry
+            .reported
+            .is_none_or(|at| now.duration_since(at) >= REPORT_EVERY);
+        if report {
+            entry.reported = Some(now);
+        }
+        Some(LockedOut {
+            remaining: entry.until - now,
+            report,
+        })
     }
 
     /// Counts one rejection of `who`; returns the cool-down when this one
@@ -160,7 +192,7 @@ impl Lockout {
         let mut guard = self.shard(&who).lock();
         let shard = &mut *guard;
         match shard.locked.peek(&who) {
-            Some(until) if *until > now => return None,
+            Some(entry) if entry.until > now => return None,
             Some(_) => {
                 shard.locked.pop(&who);
             }
@@ -181,7 +213,13 @@ impl Lockout {
         }
         shard.counts.pop(&who);
         // Full: the lockout ending soonest gives way (all last as long).
-        shard.locked.push(who, now + self.settings.cooldown);
+        shard.locked.push(
+            who,
+            Locked {
+                until: now + self.settings.cooldown,
+                reported: None,
+            },
+        );
         Some(self.settings.cooldown)
     }
 }
@@ -235,6 +273,17 @@ mod tests {
         assert!(table.rejected(client(1)).is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(table.locked(&client(1)).is_none(), "the cool-down is over");
+    }
+
+    #[test]
+    fn a_locked_out_principals_refusals_are_reported_once_a_minute_at_most() {
+        let table = lockout(1, 60_000, 60_000);
+        table.rejected(client(1));
+        let reports: Vec<bool> = (0..100)
+            .map(|_| table.locked(&client(1)).expect("locked").report)
+            .collect();
+        assert!(reports[0]);
+        assert!(reports[1..].iter().all(|r| !r), "a flood of reports");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
@@ -23,6 +24,8 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::openapi::ErrorBody;
+use crate::audit;
+use crate::auth::{client_locked, client_rejected, client_tag};
 use crate::error::ApiError;
 
 /// Routes of this module, with their OpenAPI operations.
@@ -118,11 +121,17 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
     ),
     security((), ("metrics_token" = [])),
 )]
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn metrics(State(state): State<AppState>, parts: Parts) -> Response {
     if let Some(token) = &state.metrics_token
-        && !presents(&headers, token)
+        && !presents(&parts.headers, token)
     {
+        // A wrong metrics token is a guess, like a wrong admin key.
+        if let Err(locked) = client_locked(&parts, &state.auth) {
+            return locked.into_response();
+        }
         state.metrics.auth_failed("metrics_token");
+        audit::auth_failed("metrics_token", &client_tag(&parts, &state.auth));
+        client_rejected(&parts, &state.auth);
         return ApiError::Unauthorized.into_response();
     }
     (

@@ -117,10 +117,12 @@ where
             audit::access_refused(reason, &owner, &tenant);
             return Err(ApiError::from(refusal));
         }
-        if let Some(remaining) = auth.lockout.locked(&Principal::Owner(owner.clone())) {
-            audit::locked_out("owner", &owner.log_tag());
+        if let Some(locked) = auth.lockout.locked(&Principal::Owner(owner.clone())) {
+            if locked.report {
+                audit::locked_out("owner", &owner.log_tag());
+            }
             auth.metrics.limit_hit("locked_out");
-            return Err(ApiError::locked_out(remaining));
+            return Err(ApiError::locked_out(locked.remaining));
         }
         let held = parts.extensions.get::<HeldSlots>().cloned();
         let in_flight = match auth.limits.admit(&owner, held.as_ref()).await {
@@ -157,10 +159,12 @@ pub fn client_locked(parts: &Parts, auth: &AuthState) -> Result<(), ApiError> {
         return Ok(());
     };
     match auth.lockout.locked(&Principal::client(ip)) {
-        Some(remaining) => {
-            audit::locked_out("client", &audit::client_tag(&auth.server_secret, ip));
+        Some(locked) => {
+            if locked.report {
+                audit::locked_out("client", &audit::client_tag(&auth.server_secret, ip));
+            }
             auth.metrics.limit_hit("locked_out");
-            Err(ApiError::locked_out(remaining))
+            Err(ApiError::locked_out(locked.remaining))
         }
         None => Ok(()),
     }

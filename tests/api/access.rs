@@ -374,6 +374,26 @@ async fn with_a_metrics_token_metrics_answer_only_that_bearer() {
         body.contains("cordon_auth_failures_total{reason=\"metrics_token\"} 3"),
         "{body}"
     );
+    // Guesses count towards the address's lockout, like wrong admin keys.
+    let guesser = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 31]))
+        .build()
+        .expect("client");
+    let mut last = StatusCode::OK;
+    for _ in 0..25 {
+        last = guesser
+            .get(app.url("/metrics"))
+            .bearer_auth("a guess")
+            .send()
+            .await
+            .expect("answered")
+            .status();
+    }
+    assert_eq!(
+        last,
+        StatusCode::TOO_MANY_REQUESTS,
+        "20 guesses lock the address out"
+    );
     // The other open routes stay open.
     assert_eq!(
         app.client
