@@ -278,8 +278,14 @@ mod tests {
     async fn a_request_waiting_for_its_users_slot_holds_no_place_among_all_requests() {
         let limits = Arc::new(limits(1, 0, 0));
         let all = Arc::new(Semaphore::new(2));
-        let held_first = HeldSlots::new(all.clone().try_acquire_owned().expect("a place"), all.clone());
-        let first = limits.admit(&owner("a"), Some(&held_first)).await.expect("first");
+        let held_first = HeldSlots::new(
+            all.clone().try_acquire_owned().expect("a place"),
+            all.clone(),
+        );
+        let first = limits
+            .admit(&owner("a"), Some(&held_first))
+            .await
+            .expect("first");
         let waiting = {
             let (limits, all) = (limits.clone(), all.clone());
             tokio::spawn(async move {
@@ -292,7 +298,11 @@ mod tests {
         // The waiter gave its place back: another user's request gets one.
         assert_eq!(all.available_permits(), 1);
         drop(first);
-        assert_eq!(waiting.await.expect("joins"), (true, true), "admitted, with a place again");
+        assert_eq!(
+            waiting.await.expect("joins"),
+            (true, true),
+            "admitted, with a place again"
+        );
     }
 
     #[tokio::test]
@@ -306,7 +316,12 @@ mod tests {
     async fn the_rate_limit_refuses_past_the_burst_and_names_the_wait() {
         let limits = limits(100, 1, 3);
         for _ in 0..3 {
-            drop(limits.admit(&owner("a"), None).await.expect("within the burst"));
+            drop(
+                limits
+                    .admit(&owner("a"), None)
+                    .await
+                    .expect("within the burst"),
+            );
         }
         match limits.admit(&owner("a"), None).await {
             Err(Limited::Rate(wait)) => assert!(wait <= Duration::from_secs(1), "{wait:?}"),

@@ -14,9 +14,9 @@ use clap::Args;
 
 pub use crate::access::lockout::LockoutSettings;
 pub use crate::auth::client::{ClientHeader, TrustedProxies};
-pub use crate::listener::ConnectionLimits;
 use crate::embed::EmbedSettings;
 pub use crate::limits::UserLimitSettings;
+pub use crate::listener::ConnectionLimits;
 use crate::owner::DEFAULT_NAME_HEX_CHARS;
 pub use crate::seal::CacheSettings;
 use crate::seal::kek::LocalKek;
@@ -166,7 +166,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CORDON_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// Most connections open at once from one client address (trusted proxies exempt).
-    #[arg(long, env = "CORDON_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "CORDON_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
     pub max_connections_per_address: usize,
     /// Most requests in flight (streamed responses until their last byte); beyond this requests get 503 with Retry-After.
     #[arg(long, env = "CORDON_MAX_IN_FLIGHT", default_value_t = 512)]
@@ -606,7 +610,8 @@ impl ServeArgs {
         }
         if self.user_burst == Some(0) {
             return Err(SettingsError::Invalid(
-                "CORDON_USER_BURST must be at least 1 (leave it unset for one second's worth)".into(),
+                "CORDON_USER_BURST must be at least 1 (leave it unset for one second's worth)"
+                    .into(),
             ));
         }
         if self.user_burst.is_some() && self.user_rps == 0 {
@@ -1259,7 +1264,12 @@ mod tests {
             ),
             (&["--jwt-leeway-secs", "60"], "CORDON_JWT_LEEWAY_SECS"),
             (
-                &["--kek", &"ab".repeat(32), "--kek-previous", &"ab".repeat(32)],
+                &[
+                    "--kek",
+                    &"ab".repeat(32),
+                    "--kek-previous",
+                    &"ab".repeat(32),
+                ],
                 "CORDON_KEK_PREVIOUS",
             ),
             (&["--access-poll-ms", "5"], "embedded engine"),

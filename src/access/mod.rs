@@ -367,7 +367,9 @@ mod tests {
     #[tokio::test]
     async fn a_change_after_one_stamped_by_a_clock_ahead_still_wins() {
         let log = Arc::new(MemoryLog::default());
-        let access = Access::open(log.clone(), None, secret()).await.expect("opens");
+        let access = Access::open(log.clone(), None, secret())
+            .await
+            .expect("opens");
         // Another replica, its clock ten minutes ahead, enabled the tenant.
         log.append(&Change {
             id: Uuid::now_v7(),
@@ -382,14 +384,20 @@ mod tests {
             .await
             .expect("records");
         let hash = access.tenant_hash("acme");
-        assert_eq!(access.tenant_enabled(&hash), Some(false), "the later call won");
+        assert_eq!(
+            access.tenant_enabled(&hash),
+            Some(false),
+            "the later call won"
+        );
         assert!(disable.at_ms > now_ms() + 500_000);
     }
 
     #[tokio::test]
     async fn a_poll_still_finds_changes_stamped_before_one_from_a_clock_ahead() {
         let log = Arc::new(MemoryLog::default());
-        let access = Access::open(log.clone(), None, secret()).await.expect("opens");
+        let access = Access::open(log.clone(), None, secret())
+            .await
+            .expect("opens");
         let owner = OwnerHash::derive(&secret(), "acme", "alice");
         log.append(&Change {
             id: Uuid::now_v7(),
@@ -412,13 +420,18 @@ mod tests {
         .await
         .expect("appends");
         access.poll().await.expect("polls");
-        assert!(access.user(&owner).revoked_before_ms > 0, "the poll missed it");
+        assert!(
+            access.user(&owner).revoked_before_ms > 0,
+            "the poll missed it"
+        );
     }
 
     #[tokio::test]
     async fn a_full_read_racing_a_recorded_change_does_not_undo_it() {
         let log = Arc::new(MemoryLog::default());
-        let access = Access::open(log.clone(), None, secret()).await.expect("opens");
+        let access = Access::open(log.clone(), None, secret())
+            .await
+            .expect("opens");
         let owner = OwnerHash::derive(&secret(), "acme", "alice");
         access
             .record(Rule::User {

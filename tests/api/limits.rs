@@ -185,7 +185,10 @@ async fn one_address_gets_at_most_its_share_of_connections_and_idle_ones_are_clo
     // Connections that send nothing are closed after the idle limit, and
     // give their address's places back.
     for stream in &mut held {
-        assert!(closed_within(stream, Duration::from_secs(3)).await, "an idle connection stayed open");
+        assert!(
+            closed_within(stream, Duration::from_secs(3)).await,
+            "an idle connection stayed open"
+        );
     }
     let mut again = idle_connection(&app, [127, 0, 0, 21]).await;
     assert!(
