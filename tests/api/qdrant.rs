@@ -208,3 +208,41 @@ async fn service_resumes_by_itself_when_qdrant_comes_back() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
+async fn a_store_past_the_collection_size_cap_is_507_and_writes_nothing() {
+    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
+    let app = spawn_app_with(|s| {
+        use_qdrant_at(s, url);
+        s.store.max_collection_points = 3;
+    })
+    .await;
+    let alice = token("acme", "alice");
+    app.store_texts(&alice, &["one", "two"]).await;
+    let r = app
+        .post(
+            "/v1/memories",
+            &alice,
+            &json!({ "memories": [{ "text": "three" }, { "text": "four" }] }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let body: serde_json::Value = r.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], "insufficient_storage");
+    assert_eq!(
+        app.get_json("/v1/memories", &alice).await["memories"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        store(&app, &alice, "three").await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.delete("/v1/memories", &alice).await.status(),
+        StatusCode::OK
+    );
+    app.stop().await;
+}
