@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the isolation work every request does: verifying its
 //! token (HS256 and two asymmetric algorithms), deriving the owner hash,
-//! re-checking a page of results against the owner in the guard, and (with
-//! encryption at rest) sealing and opening one memory.
+//! re-checking a page of results against the owner in the guard, (with
+//! encryption at rest) sealing and opening one memory, and counting a
+//! refused token in a lockout table that an attacker has filled.
 //!
 //! ```text
 //! cargo bench --bench isolation
@@ -216,12 +217,41 @@ fn sealing(c: &mut Criterion) {
     group.finish();
 }
 
+/// A refused token from an address the lockout table has not seen, with
+/// the table full of 100,000 other addresses whose windows are all open:
+/// what each of an attacker's requests costs, under the table's lock,
+/// and so what every valid user's refusal check waits behind.
+fn lockout(c: &mut Criterion) {
+    use cordon::access::lockout::{Lockout, LockoutSettings, Principal};
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    let table = Lockout::new(LockoutSettings {
+        threshold: 1_000_000,
+        not_found_threshold: 0,
+        window: Duration::from_secs(3600),
+        cooldown: Duration::from_secs(300),
+    });
+    let address = |n: u32| Principal::Client(IpAddr::from(n.to_be_bytes()));
+    for n in 0..100_000 {
+        table.rejected(address(n));
+    }
+    let mut next = 1_000_000u32;
+    c.bench_function("lockout/new_address_in_a_full_table", |b| {
+        b.iter(|| {
+            next += 1;
+            table.rejected(black_box(address(next)))
+        })
+    });
+}
+
 criterion_group!(
     benches,
     token_verification,
     owner_hash,
     guard,
     access_check,
-    sealing
+    sealing,
+    lockout
 );
 criterion_main!(benches);
