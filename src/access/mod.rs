@@ -364,21 +364,26 @@ mod tests {
         }
     }
 
+    /// Another replica, its clock ten minutes ahead, enables the tenant;
+    /// `access` polls it in.
+    async fn enabled_by_a_clock_ahead(log: &MemoryLog, access: &Access) {
+        log.append(&Change {
+            id: Uuid::now_v7(),
+            at_ms: now_ms() + 600_000,
+            rule: tenant_rule(access, true),
+        })
+        .await
+        .expect("appends");
+        access.poll().await.expect("polls");
+    }
+
     #[tokio::test]
     async fn a_change_after_one_stamped_by_a_clock_ahead_still_wins() {
         let log = Arc::new(MemoryLog::default());
         let access = Access::open(log.clone(), None, secret())
             .await
             .expect("opens");
-        // Another replica, its clock ten minutes ahead, enabled the tenant.
-        log.append(&Change {
-            id: Uuid::now_v7(),
-            at_ms: now_ms() + 600_000,
-            rule: tenant_rule(&access, true),
-        })
-        .await
-        .expect("appends");
-        access.poll().await.expect("polls");
+        enabled_by_a_clock_ahead(&log, &access).await;
         let disable = access
             .record(tenant_rule(&access, false))
             .await
@@ -399,14 +404,7 @@ mod tests {
             .await
             .expect("opens");
         let owner = OwnerHash::derive(&secret(), "acme", "alice");
-        log.append(&Change {
-            id: Uuid::now_v7(),
-            at_ms: now_ms() + 600_000,
-            rule: tenant_rule(&access, true),
-        })
-        .await
-        .expect("appends");
-        access.poll().await.expect("polls");
+        enabled_by_a_clock_ahead(&log, &access).await;
         // A replica with a right clock revokes alice now.
         log.append(&Change {
             id: Uuid::now_v7(),

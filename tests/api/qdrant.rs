@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::helpers::{TestApp, spawn_app_with, texts, token};
+use crate::helpers::{TestApp, assert_error, spawn_app_with, texts, token};
 
 pub fn use_qdrant_at(s: &mut Settings, url: String) {
     s.store.kind = StoreKind::Qdrant;
@@ -227,9 +227,7 @@ async fn a_store_past_the_collection_size_cap_is_507_and_writes_nothing() {
             &json!({ "memories": [{ "text": "three" }, { "text": "four" }] }),
         )
         .await;
-    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
-    let body: serde_json::Value = r.json().await.expect("JSON error body");
-    assert_eq!(body["error"]["code"], "insufficient_storage");
+    assert_error(r, StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage").await;
     assert_eq!(
         app.get_json("/v1/memories", &alice).await["memories"]
             .as_array()
