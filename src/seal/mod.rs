@@ -290,16 +290,10 @@ impl Sealer {
             Some((keys, _)) => Some(keys.clone()),
             None => self.keys(owner, false).await?,
         };
-        let attempt = |keys: Option<&RecordKeys>, point: RawPoint| match keys
-            .and_then(|k| open_point(k, owner, &point))
-        {
-            Some(open) => Ok(open),
-            None => Err(point),
-        };
         // Each point opened (Ok) or not (Err), in the engine's order.
         let mut results: Vec<Result<RawPoint, RawPoint>> = points
             .into_iter()
-            .map(|point| attempt(keys.as_deref(), point))
+            .map(|point| open_point(keys.as_deref(), owner, point))
             .collect();
         if results.iter().any(Result::is_err) && cached.is_some() && self.vault.shared() {
             let renewed = self.vault_keys(owner, false, cached).await?;
@@ -309,14 +303,10 @@ impl Sealer {
                 _ => false,
             };
             if changed {
-                for result in &mut results {
-                    if let Err(point) = result
-                        && let Some(open) =
-                            renewed.as_deref().and_then(|k| open_point(k, owner, point))
-                    {
-                        *result = Ok(open);
-                    }
-                }
+                results = results
+                    .into_iter()
+                    .map(|result| result.or_else(|p| open_point(renewed.as_deref(), owner, p)))
+                    .collect();
             }
         }
         let mut closed = 0;
@@ -405,16 +395,26 @@ pub fn seal_payload(
     true
 }
 
-fn open_point(keys: &RecordKeys, owner: &OwnerHash, point: &RawPoint) -> Option<RawPoint> {
-    let blob = match point.payload.get(SEALED_FIELD) {
-        Some(Value::String(b)) => BASE64.decode(b).ok()?,
-        _ => return None,
+/// The point with its sealed content opened into the plain fields, or the
+/// point as it was when it does not open under `keys`.
+fn open_point(
+    keys: Option<&RecordKeys>,
+    owner: &OwnerHash,
+    mut point: RawPoint,
+) -> Result<RawPoint, RawPoint> {
+    let plain = keys.and_then(|keys| {
+        let blob = match point.payload.get(SEALED_FIELD) {
+            Some(Value::String(b)) => BASE64.decode(b).ok()?,
+            _ => return None,
+        };
+        let bytes = keys.open(owner, point.id, &blob)?;
+        serde_json::from_slice::<Plain>(&bytes).ok()
+    });
+    let Some(plain) = plain else {
+        return Err(point);
     };
-    let mut point = point.clone();
     point.payload.remove(SEALED_FIELD);
     point.payload.remove(TAGS_FIELD);
-    let bytes = keys.open(owner, point.id, &blob)?;
-    let plain: Plain = serde_json::from_slice(&bytes).ok()?;
     point
         .payload
         .insert(TEXT_FIELD.into(), Value::String(plain.text));
@@ -426,7 +426,7 @@ fn open_point(keys: &RecordKeys, owner: &OwnerHash, point: &RawPoint) -> Option<
             .payload
             .insert(REQUEST_FIELD.into(), Value::String(request));
     }
-    Some(point)
+    Ok(point)
 }
 
 /// Tags of every metadata value a filter can match (strings, integers,
