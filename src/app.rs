@@ -24,7 +24,7 @@ use crate::guarded::GuardedStore;
 use crate::limits::{UserLimitSettings, UserLimits};
 use crate::listener::{ConnectionLimits, Peer, StallListener};
 use crate::metrics::Metrics;
-use crate::settings::{Settings, StoreKind};
+use crate::settings::{Settings, StoreKind, TrustedProxies};
 use crate::store::StoreError;
 
 /// Why the server could not start.
@@ -61,6 +61,7 @@ pub struct Application {
     state: AppState,
     shutdown_grace: Duration,
     connections: ConnectionLimits,
+    proxies: TrustedProxies,
 }
 
 impl Application {
@@ -171,6 +172,7 @@ impl Application {
             state,
             shutdown_grace: settings.shutdown_grace,
             connections: settings.connections.clone(),
+            proxies: settings.access.proxies.clone(),
         })
     }
 
@@ -202,7 +204,7 @@ impl Application {
             let _ = begun.send(());
         };
         let serve = axum::serve(
-            StallListener::new(self.listener, self.connections),
+            StallListener::new(self.listener, self.connections, self.proxies),
             router.into_make_service_with_connect_info::<Peer>(),
         )
         .with_graceful_shutdown(signal)

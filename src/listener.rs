@@ -47,8 +47,6 @@ pub struct ConnectionLimits {
     pub max: usize,
     /// Most connections open at once from one client address.
     pub per_address: usize,
-    /// Addresses exempt from `per_address` (they carry many clients).
-    pub proxies: TrustedProxies,
 }
 
 /// Open connections per client address.
@@ -58,15 +56,19 @@ type ByAddress = Arc<Mutex<HashMap<Principal, usize>>>;
 pub struct StallListener {
     inner: TcpListener,
     limits: ConnectionLimits,
+    // Exempt from the per-address share: they carry many clients.
+    proxies: TrustedProxies,
     open: Arc<Semaphore>,
     by_address: ByAddress,
 }
 
 impl StallListener {
-    /// Wraps `inner` with `limits`.
-    pub fn new(inner: TcpListener, limits: ConnectionLimits) -> Self {
+    /// Wraps `inner` with `limits`; `proxies` are exempt from the
+    /// per-address share.
+    pub fn new(inner: TcpListener, limits: ConnectionLimits, proxies: TrustedProxies) -> Self {
         Self {
             inner,
+            proxies,
             open: Arc::new(Semaphore::new(limits.max.max(1))),
             limits,
             by_address: Arc::default(),
@@ -111,7 +113,7 @@ impl Listener for StallListener {
                 .await
                 .expect("the connection semaphore is never closed");
             let (io, addr) = Listener::accept(&mut self.inner).await;
-            let address = if self.limits.proxies.trusts(addr.ip()) {
+            let address = if self.proxies.trusts(addr.ip()) {
                 None
             } else {
                 let who = Principal::client(addr.ip());
@@ -169,8 +171,9 @@ impl<T> StallLimited<T> {
         }
     }
 
-    /// A stream with these limits and no connection count (tests).
-    pub fn uncounted(inner: T, stall: Duration, idle: Duration) -> Self {
+    /// A stream with these limits and no connection count.
+    #[cfg(test)]
+    fn uncounted(inner: T, stall: Duration, idle: Duration) -> Self {
         Self {
             inner,
             stall,

@@ -849,7 +849,6 @@ impl ServeArgs {
                 idle: Duration::from_secs(self.idle_timeout_secs),
                 max: fit_open_files(self.max_connections),
                 per_address: self.max_connections_per_address,
-                proxies: TrustedProxies::new(proxies.clone(), client_header),
             },
             metrics_token,
             access: AccessSettings {

@@ -107,7 +107,6 @@ pub fn settings(data_dir: &Path) -> Settings {
             idle: Duration::from_secs(75),
             max: 4096,
             per_address: 4096,
-            proxies: TrustedProxies::default(),
         },
         metrics_token: None,
         access: AccessSettings {
