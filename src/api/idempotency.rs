@@ -12,7 +12,12 @@
 //! process, [`KeyedWrites`] lets one attempt per key run at a time: another
 //! one with a different body is refused at once (409 `idempotency_conflict`),
 //! one with the same body waits for the first's outcome and answers as it
-//! did (or runs itself if the first failed). Across replicas, a keyed write
+//! did (or runs itself if the first failed). An attempt's write runs to its
+//! end in a task of its own, so a request cut off by its timeout never frees
+//! the key while its write is applied but not yet durable. A retry that did
+//! not see an earlier attempt succeed cannot tell a durable point from one a
+//! failed flush left readable, so it writes what it finds once more and
+//! answers only once that is durable. Across replicas, a keyed write
 //! only ever inserts points that do not exist yet (the engine's
 //! insert-if-absent), and is read back: if another replica's attempt with a
 //! different body got there first, this one is refused the same way.

@@ -128,36 +128,89 @@ pub async fn store_memories(
         let metadata = validate::metadata(input.metadata, limits)?;
         items.push((input.text, metadata));
     }
-    let (ids, request, claim) = match &key {
-        Some(key) => {
-            let ids: Vec<Uuid> = (0..items.len())
-                .map(|i| idempotency::derive_id(&caller.owner, key, i))
-                .collect();
-            let digest = idempotency::body_digest(&items);
-            // One attempt per key at a time in this process; a retry with
-            // the same body that waited for a successful one answers as it.
-            let Some(claim) = state.keyed.claim(&caller.owner, key, &digest).await? else {
-                return Ok(ids);
-            };
-            // Any item of an earlier write under this key decides: the same
-            // body is a retry (answered with the ids, even if some were
-            // deleted since, which stay deleted); another body is refused.
-            let mut earlier = false;
-            for id in &ids {
-                if let Some(memory) = state.store.get(&caller.owner, *id).await? {
-                    if memory.request_digest() != Some(digest.as_str()) {
-                        return Err(ApiError::IdempotencyKeyReused);
-                    }
-                    earlier = true;
-                }
-            }
-            if earlier {
-                return Ok(ids);
-            }
-            (ids, Some(digest), Some(claim))
-        }
-        None => (items.iter().map(|_| Uuid::now_v7()).collect(), None, None),
+    let Some(key) = key else {
+        let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
+        let created_at = vec![now_millis(); items.len()];
+        let bytes = admit(state, caller, &items).await?;
+        let memories = embedded(state, caller, items, &ids, &created_at, None).await?;
+        state.store.put(&caller.owner, memories).await?;
+        stored(state, caller, ids.len(), bytes);
+        return Ok(ids);
     };
+    let ids: Vec<Uuid> = (0..items.len())
+        .map(|i| idempotency::derive_id(&caller.owner, &key, i))
+        .collect();
+    let digest = idempotency::body_digest(&items);
+    // One attempt per key at a time in this process; a retry with the same
+    // body that waited for a successful one answers as it.
+    let Some(claim) = state.keyed.claim(&caller.owner, &key, &digest).await? else {
+        return Ok(ids);
+    };
+    // Any item of an earlier write under this key decides: the same body is
+    // a retry, another body is refused. A retry that did not see the earlier
+    // attempt succeed cannot tell a durable point from one that a failed
+    // flush left readable, so it writes the items it finds once more (as
+    // they were, with their first time) and answers only once that write is
+    // durable. Items deleted since stay deleted.
+    let mut found = Vec::new();
+    for (index, id) in ids.iter().enumerate() {
+        if let Some(memory) = state.store.get(&caller.owner, *id).await? {
+            if memory.request_digest() != Some(digest.as_str()) {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            found.push((index, memory.created_at()));
+        }
+    }
+    let retry = !found.is_empty();
+    let (items, write_ids, created_at, bytes) = if retry {
+        let mut kept = Vec::with_capacity(found.len());
+        let mut kept_ids = Vec::with_capacity(found.len());
+        let mut times = Vec::with_capacity(found.len());
+        let mut items: Vec<Option<_>> = items.into_iter().map(Some).collect();
+        for (index, at) in found {
+            kept.push(items[index].take().expect("each index is found once"));
+            kept_ids.push(ids[index]);
+            times.push(at);
+        }
+        (kept, kept_ids, times, None)
+    } else {
+        let bytes = admit(state, caller, &items).await?;
+        let times = vec![now_millis(); items.len()];
+        (items, ids.clone(), times, Some(bytes))
+    };
+    let memories = embedded(state, caller, items, &write_ids, &created_at, Some(&digest)).await?;
+    // The write runs to its end in a task of its own, holding the claim: a
+    // request cut off by its timeout or its client must not free the key
+    // while its write is applied but not yet durable.
+    let (task_state, owner, n) = (state.clone(), caller.owner.clone(), memories.len());
+    let write = tokio::spawn(async move {
+        let state = &task_state;
+        if retry {
+            state.store.put(&owner, memories).await?;
+        } else {
+            state.store.put_new(&owner, memories).await?;
+            if state.store.written_by_others() {
+                settle_race(state, &owner, &write_ids, &digest).await?;
+            }
+        }
+        claim.succeeded();
+        Ok::<(), ApiError>(())
+    });
+    write
+        .await
+        .map_err(|e| ApiError::from(crate::store::StoreError::Internal(e.to_string())))??;
+    if let Some(bytes) = bytes {
+        stored(state, caller, n, bytes);
+    }
+    Ok(ids)
+}
+
+/// Admits a store of `items` under the caller's quotas; returns its bytes.
+async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    items: &[(String, Map<String, Value>)],
+) -> Result<u64, ApiError> {
     let bytes: u64 = items
         .iter()
         .map(|(text, metadata)| crate::guard::stored_bytes(text, metadata))
@@ -173,37 +226,40 @@ pub async fn store_memories(
         }
         return Err(e);
     }
+    Ok(bytes)
+}
+
+/// Embeds `items` into the memories to write under `ids`.
+async fn embedded(
+    state: &AppState,
+    caller: &Caller,
+    items: Vec<(String, Map<String, Value>)>,
+    ids: &[Uuid],
+    created_at: &[i64],
+    request: Option<&str>,
+) -> Result<Vec<NewMemory>, ApiError> {
     let texts = items.iter().map(|(text, _)| text.clone()).collect();
     let encoded = state.embedder.embed(&caller.owner, texts).await?;
-    let created_at = now_millis();
-    let memories: Vec<NewMemory> = items
+    Ok(items
         .into_iter()
-        .zip(ids.iter())
+        .zip(ids.iter().zip(created_at))
         .zip(encoded.vectors)
-        .map(|(((text, metadata), id), vector)| NewMemory {
+        .map(|(((text, metadata), (id, at)), vector)| NewMemory {
             id: *id,
             text,
             metadata,
-            created_at,
+            created_at: *at,
             vector,
-            request: request.clone(),
+            request: request.map(str::to_owned),
             sealed: None,
         })
-        .collect();
-    let n = memories.len();
-    match (&request, claim) {
-        (Some(digest), Some(claim)) => {
-            state.store.put_new(&caller.owner, memories).await?;
-            if state.store.written_by_others() {
-                settle_race(state, caller, &ids, digest).await?;
-            }
-            claim.succeeded();
-        }
-        _ => state.store.put(&caller.owner, memories).await?,
-    }
+        .collect())
+}
+
+/// Counts a store of `n` new memories holding `bytes`.
+fn stored(state: &AppState, caller: &Caller, n: usize, bytes: u64) {
     state.quotas.stored(&caller.owner, bytes);
     state.metrics.stored(n);
-    Ok(ids)
 }
 
 /// After an insert-if-absent under an `Idempotency-Key`, reads the ids back:
@@ -212,14 +268,14 @@ pub async fn store_memories(
 /// than the winner's) and is refused with 409.
 async fn settle_race(
     state: &AppState,
-    caller: &Caller,
+    owner: &crate::owner::OwnerHash,
     ids: &[Uuid],
     digest: &str,
 ) -> Result<(), ApiError> {
     let mut ours = Vec::new();
     let mut theirs = false;
     for id in ids {
-        match state.store.get(&caller.owner, *id).await? {
+        match state.store.get(owner, *id).await? {
             Some(memory) if memory.request_digest() == Some(digest) => ours.push(*id),
             Some(_) => theirs = true,
             None => {}
@@ -229,7 +285,7 @@ async fn settle_race(
         return Ok(());
     }
     for id in ours {
-        state.store.delete(&caller.owner, id).await?;
+        state.store.delete(owner, id).await?;
     }
     Err(ApiError::IdempotencyConflict)
 }

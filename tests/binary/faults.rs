@@ -1,0 +1,212 @@
+//! Durability under injected faults: every sync slowed or failed with `strace`
+//! (`-e inject=`), and the process killed with `kill -9` at the worst moment.
+//!
+//! Each test skips with a reason when `strace` cannot run here (it is a
+//! Debian package; `.ci/run` installs it when missing).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use super::{Immutable, Server, cordon, exported_texts, mint, serve, serve_with, store_request};
+
+/// Whether `strace` can trace a child here, or why not.
+fn strace_works() -> Result<(), String> {
+    let out = Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "--", "true"])
+        .output()
+        .map_err(|e| format!("strace: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// `command` (a [`cordon`] command) run under `strace` with `options`.
+fn under_strace(command: &Command, options: &[&str]) -> Command {
+    let mut traced = Command::new("strace");
+    traced
+        .args(["-f", "-qq", "-o", "/dev/null"])
+        .args(options)
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => traced.env(key, value),
+            None => traced.env_remove(key),
+        };
+    }
+    traced
+}
+
+/// Kills the traced server itself with SIGKILL (not `strace`, which would
+/// detach and let it run on), then `strace`.
+fn kill_9_traced(server: &mut Server) {
+    let tracer = server.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"))
+        .expect("the tracer's children are listed");
+    for pid in children.split_whitespace() {
+        let status = Command::new("kill")
+            .args(["-KILL", pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "killed {pid}");
+    }
+    server.child.kill().expect("killed strace");
+    server.child.wait().expect("reaped strace");
+}
+
+/// Every kind of sync the engine makes, each held back by `delay`.
+fn slowed_syncs(delay: Duration) -> Vec<String> {
+    let syncs = "fsync,fdatasync,msync,sync_file_range";
+    vec![
+        "-e".into(),
+        format!("trace={syncs}"),
+        "-e".into(),
+        format!("inject={syncs}:delay_enter={}", delay.as_micros()),
+    ]
+}
+
+#[tokio::test]
+async fn with_every_sync_slowed_a_keyed_retry_is_acknowledged_only_once_the_first_attempt_is_durable()
+ {
+    if let Err(why) = strace_works() {
+        eprintln!("skipped: strace cannot trace here ({why})");
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let alice = mint(data.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    // The shard exists before the first round, so that each round's write
+    // is a plain group-committed flush.
+    let mut server = serve(data.path());
+    let first = store_request(
+        &client,
+        &server,
+        &alice,
+        &json!({ "text": "the shard's first memory" }),
+    )
+    .send()
+    .await
+    .expect("answered");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+
+    let slowed = slowed_syncs(Duration::from_millis(200));
+    let slowed: Vec<&str> = slowed.iter().map(String::as_str).collect();
+    for round in 0..4 {
+        // The server gives up on a request after a second, long before the
+        // flush ends (every sync takes 200 ms); the write goes on regardless.
+        let mut command = cordon(data.path());
+        command.env("CORDON_REQUEST_TIMEOUT_SECS", "1");
+        let mut server = serve_with(under_strace(&command, &slowed));
+        let body = json!({ "text": format!("round {round}: the keyed memory") });
+        let key = format!("retry-round-{round}");
+        let store = || {
+            store_request(&client, &server, &alice, &body)
+                .header("Idempotency-Key", &key)
+                .send()
+        };
+        let first = store().await.expect("answered");
+        assert!(
+            first.status().is_server_error(),
+            "round {round}: the first attempt ran out of time ({})",
+            first.status()
+        );
+        // Retried at once and until acknowledged, as a client would.
+        let retry = loop {
+            let retry = store().await.expect("answered");
+            if retry.status() == StatusCode::CREATED {
+                break retry;
+            }
+            assert!(retry.status().is_server_error(), "{}", retry.status());
+        };
+        let ids: serde_json::Value = retry.json().await.expect("JSON");
+        let id = ids["ids"][0].as_str().expect("an id").to_owned();
+        // The acknowledgement must already be on disk.
+        kill_9_traced(&mut server);
+
+        let mut server = serve(data.path());
+        let found = client
+            .get(format!("{}/v1/memories/{id}", server.base))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(
+            found.status(),
+            StatusCode::OK,
+            "round {round}: an acknowledged keyed write was lost"
+        );
+        server.child.kill().expect("killed");
+        server.child.wait().expect("reaped");
+    }
+}
+
+#[tokio::test]
+async fn while_every_flush_fails_a_keyed_retry_is_never_acknowledged_from_what_the_failed_flush_left()
+ {
+    let data = tempfile::tempdir().expect("temp dir");
+    let alice = mint(data.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    let mut server = serve(data.path());
+    let body = json!({ "text": "written while the disk fails" });
+    let store = || {
+        store_request(&client, &server, &alice, &body)
+            .header("Idempotency-Key", "during-the-fault")
+            .send()
+    };
+    let created = store_request(&client, &server, &alice, &json!({ "text": "before" }))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let fault = match Immutable::segments_of(&only_shard(data.path())) {
+        Ok(fault) => fault,
+        Err(why) => {
+            eprintln!("skipped: cannot make a shard's segments immutable here ({why})");
+            return;
+        }
+    };
+    let first = store().await.expect("answered");
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The failed flush may have left the memory readable; a retry must not
+    // take that for an acknowledgement while no flush can succeed.
+    for attempt in 0..3 {
+        let retry = store().await.expect("answered");
+        assert_eq!(
+            retry.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry {attempt} was acknowledged while every flush fails"
+        );
+    }
+    drop(fault);
+    let retry = store().await.expect("answered");
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+    let mut server = serve(data.path());
+    assert_eq!(
+        exported_texts(&client, &server, &alice).await,
+        ["before", "written while the disk fails"]
+    );
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
+/// The one shard directory under `data`.
+fn only_shard(data: &Path) -> std::path::PathBuf {
+    let shards: Vec<_> = std::fs::read_dir(data.join("shards"))
+        .expect("shards dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.join("edge_config.json").is_file())
+        .collect();
+    assert_eq!(shards.len(), 1, "one shard");
+    shards[0].clone()
+}
