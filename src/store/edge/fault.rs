@@ -22,18 +22,23 @@ pub fn flush(shard: &EdgeShard) -> Result<(), StoreError> {
     })
 }
 
-/// Closes `shard` (its `Drop` flushes it once more). If that flush fails the
-/// shard is still closed, its locks and maps released; the failure is
-/// logged, and whatever the flush did not write is gone with it.
-pub fn close(shard: EdgeShard, name: &str) {
+/// Closes `shard` (its `Drop` flushes it once more); returns whether that
+/// last flush succeeded. If it fails the shard is still closed, its locks
+/// and maps released; the failure is logged, and whatever the flush did not
+/// write is gone with it.
+pub fn close(shard: EdgeShard, name: &str) -> bool {
     if std::thread::panicking() {
         // A panic in `Drop` while unwinding aborts the process; leaking the
         // handle until exit is the lesser harm (this is never a request path).
         std::mem::forget(shard);
-        return;
+        return false;
     }
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(shard))) {
-        tracing::warn!(shard = name, reason = %message(&*panic), "a shard closed without its last flush");
+    match catch_unwind(AssertUnwindSafe(move || drop(shard))) {
+        Ok(()) => true,
+        Err(panic) => {
+            tracing::warn!(shard = name, reason = %message(&*panic), "a shard closed without its last flush");
+            false
+        }
     }
 }
 

@@ -46,7 +46,69 @@ pub fn swap_dir(root: &Path, name: &str) -> PathBuf {
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
-        .map_err(|e| storage_err(&format!("cannot sync {}", dir.display()), e))
+        .map_err(|e| storage_err(&format!("cannot sync {}", dir.display()), e))?;
+    #[cfg(test)]
+    if inject::sync_fails(dir) {
+        return Err(storage_err(
+            &format!("cannot sync {}", dir.display()),
+            "injected I/O error",
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and any missing parent) and syncs each parent that gained
+/// an entry, so that a shard acknowledged as written cannot lose its
+/// directory to a power loss.
+pub fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_owned());
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| storage_err(&format!("cannot create {}", dir.display()), e))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops the page cache's clean pages of every file under `dir`, so that
+/// the next read comes from the disk. After a failed sync the kernel may
+/// keep pages it could not write, marked clean: read back, they would show
+/// data that is not on disk. Best effort: a file that cannot be opened is
+/// skipped.
+pub fn drop_cached_pages(dir: &Path) {
+    use std::os::fd::AsRawFd as _;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => {
+                    if let Ok(file) = std::fs::File::open(&path) {
+                        // SAFETY: the descriptor is open for the whole call;
+                        // the advice changes no memory of this process.
+                        unsafe {
+                            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Syncs every directory under `dir` (and `dir`), so that a tree whose files
@@ -66,7 +128,9 @@ pub fn sync_tree(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Renames `from` to `to` and makes it durable.
+/// Renames `from` to `to` and makes it durable. An error may come after the
+/// rename itself (the sync of `root` failed): callers look at the disk
+/// ([`renamed`]) before undoing anything.
 pub fn rename_durably(root: &Path, from: &Path, to: &Path) -> Result<(), StoreError> {
     std::fs::rename(from, to).map_err(|e| {
         storage_err(
@@ -77,8 +141,14 @@ pub fn rename_durably(root: &Path, from: &Path, to: &Path) -> Result<(), StoreEr
     sync_dir(root)
 }
 
+/// Whether a rename of `from` to `to` took place (whatever its sync said).
+pub fn renamed(from: &Path, to: &Path) -> bool {
+    !from.exists() && to.exists()
+}
+
 /// Moves `dir` out of the way in one atomic step and returns where it went;
 /// `None` when it did not exist. Delete the result with [`remove_trash`].
+/// As with [`rename_durably`], an error may come after the move.
 pub fn move_to_trash(root: &Path, dir: &Path) -> Result<Option<PathBuf>, StoreError> {
     let trash = root.join(format!("{TRASH_PREFIX}{}", Uuid::new_v4()));
     match std::fs::rename(dir, &trash) {
@@ -266,6 +336,62 @@ pub fn pending_purges(root: &Path) -> Vec<(String, SystemTime)> {
             purge_pending_since(&e.path()).map(|since| (name, since))
         })
         .collect()
+}
+
+/// Test-only faults at the file steps: a failed directory sync at a chosen
+/// call, and hooks that run at named steps of a rewrite (for example to make
+/// a directory immutable, so that a real flush fails).
+#[cfg(test)]
+pub mod inject {
+    use std::path::{Path, PathBuf};
+
+    use parking_lot::Mutex;
+
+    type Hook = Box<dyn Fn(&str) + Send>;
+
+    /// Per directory: syncs made so far, and which of them (1-based) fail.
+    static SYNCS: Mutex<Vec<(PathBuf, usize, Vec<usize>)>> = Mutex::new(Vec::new());
+    /// Per shards root: the hook called at each named step.
+    static STEPS: Mutex<Vec<(PathBuf, Hook)>> = Mutex::new(Vec::new());
+
+    /// Makes the `calls`-th syncs of `dir` from now on report an I/O error
+    /// (after syncing for real, as a sync that fails late would).
+    pub fn fail_syncs(dir: &Path, calls: &[usize]) {
+        SYNCS.lock().push((dir.to_owned(), 0, calls.to_vec()));
+    }
+
+    pub(super) fn sync_fails(dir: &Path) -> bool {
+        let mut syncs = SYNCS.lock();
+        for (path, made, fails) in syncs.iter_mut() {
+            if path == dir {
+                *made += 1;
+                return fails.contains(made);
+            }
+        }
+        false
+    }
+
+    /// Calls `hook` with the name of each step reached under shards `root`.
+    pub fn on_step(root: &Path, hook: impl Fn(&str) + Send + 'static) {
+        STEPS.lock().push((root.to_owned(), Box::new(hook)));
+    }
+
+    pub(crate) fn step(root: &Path, name: &str) {
+        for (path, hook) in STEPS.lock().iter() {
+            if path == root {
+                hook(name);
+            }
+        }
+    }
+}
+
+/// A named step of a multi-step file operation under shards `root` (a point
+/// where the tests inject faults; nothing happens otherwise).
+pub fn step(root: &Path, name: &str) {
+    #[cfg(test)]
+    inject::step(root, name);
+    #[cfg(not(test))]
+    let _ = (root, name);
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ mod fault;
 pub mod files;
 pub mod pool;
 pub mod rewrite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;

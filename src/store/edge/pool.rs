@@ -18,10 +18,13 @@
 //! A flush that fails (an I/O error) fails every write it covered, with 503.
 //! The slot is then retired: its shard closes, it refuses from then on, and
 //! the pool hands the next request a fresh slot that reopens the directory
-//! from its files. Those hold what the last good flush wrote, plus whatever
-//! the closing flush managed to write, so a refused write may still land,
-//! whole, like a write whose answer timed out (a retry with the same
-//! `Idempotency-Key` settles it).
+//! from its files, after dropping their pages from the page cache (which may
+//! hold what the failed sync could not write, marked clean). The files hold
+//! what the last good flush wrote, plus whatever the closing flush managed
+//! to write, so a refused write may still land, whole, like a write whose
+//! answer timed out (a retry with the same `Idempotency-Key` settles it, by
+//! writing it again). The same holds for every write applied before a close
+//! whose flush failed (a rewrite's, an erase's): retiring the slot fails them.
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -98,6 +101,10 @@ pub struct Slot {
     /// Set when a write failed to flush: this slot's shard is closed for
     /// good and the pool replaces the slot (see the module docs).
     retired: AtomicBool,
+    /// Set on the slot that replaces a retired one: the page cache may hold
+    /// what the failed flush claimed to write, so the shard's cached pages
+    /// are dropped before it opens and it is read from the disk.
+    distrust_cache: AtomicBool,
     /// Memory maps the open shard holds, estimated at open by its files
     /// (each WAL segment, vector chunk, payload page and index file is one
     /// map; measured: 26 maps for 32 files); 0 while closed.
@@ -148,6 +155,7 @@ impl Slot {
             wal_growth,
             broken: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            distrust_cache: AtomicBool::new(false),
             maps: AtomicUsize::new(0),
             dead: AtomicU64::new(0),
             applied: AtomicU64::new(0),
@@ -177,8 +185,10 @@ impl Slot {
     }
 
     /// Closes the shard held in `guard` (the slot's exclusive lock) after a
-    /// failed write and retires the slot: a rewrite copying it is cancelled
-    /// and the pool replaces it on the next request.
+    /// failed write or close and retires the slot: a rewrite copying it is
+    /// cancelled, every write applied and not yet flushed fails (its writer
+    /// gets 503, never an acknowledgement), and the pool replaces the slot on
+    /// the next request.
     pub fn retire(&self, guard: &mut Option<EdgeShard>) {
         *self.journal.lock() = None;
         if let Some(shard) = guard.take() {
@@ -187,6 +197,8 @@ impl Slot {
         self.retired.store(true, Ordering::Release);
         self.maps.store(0, Ordering::Release);
         self.bump_generation();
+        self.commit.lock().failed = true;
+        self.committed.notify_all();
     }
 
     /// Sets the rewrite bound from the WAL size right after the last rewrite.
@@ -253,7 +265,11 @@ impl Slot {
         if !exists && !create {
             return Ok(false);
         }
-        std::fs::create_dir_all(&self.dir).map_err(engine_err)?;
+        if !exists {
+            files::create_dir_durably(&self.dir)?;
+        } else if self.distrust_cache.swap(false, Ordering::AcqRel) {
+            files::drop_cached_pages(&self.dir);
+        }
         let shard = EdgeShard::load(&self.dir, Some(shard_config())).map_err(engine_err)?;
         if !exists {
             create_owner_index(&shard)?;
@@ -345,8 +361,10 @@ impl Slot {
             let (covered, flushed) = {
                 let mut guard = self.shard.write();
                 let covered = self.applied.load(Ordering::Acquire);
-                // No shard: it was closed (erase, or a rewrite's swap) after
-                // this update, and closing flushed it.
+                // No shard: it was closed after this update by an erase
+                // (which removed it) or a rewrite's swap (whose copy holds
+                // it, synced); a close that lost it retired the slot, and
+                // `failed` is set.
                 let flushed = guard.as_ref().map_or(Ok(()), fault::flush);
                 if let Err(e) = &flushed {
                     tracing::error!(shard = %self.name, error = %e, "write failed; closing the shard");
@@ -482,6 +500,7 @@ impl Pool {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("shutting down".into()));
         }
+        let mut replaced_retired = false;
         if let Some(slot) = pool.get(name) {
             if !slot.retired() {
                 return Ok(slot.clone());
@@ -489,12 +508,16 @@ impl Pool {
             // Its shard is closed (see `Slot::retire`); a fresh slot reopens
             // the directory. Requests still holding the old one get 503.
             pool.pop(name);
+            replaced_retired = true;
         }
         let slot = Arc::new(Slot::new(
             name.to_owned(),
             self.root.join(name),
             self.wal_growth,
         ));
+        if replaced_retired {
+            slot.distrust_cache.store(true, Ordering::Release);
+        }
         if self.broken.lock().contains(name) {
             slot.mark_broken();
         }
@@ -579,6 +602,39 @@ mod tests {
         assert!(fitted * MAPS_PER_OPEN_SHARD + MAPS_HEADROOM <= 65_530);
         assert!(fitted > 2_000);
         assert_eq!(fit_open_shards(10, Some(100)), 1);
+    }
+
+    #[test]
+    fn a_write_applied_before_its_shard_closed_without_a_flush_is_never_acknowledged() {
+        use qdrant_edge::{
+            Payload, PointId, PointInsertOperations, PointStructPersisted, VectorStructPersisted,
+        };
+        let root = tempfile::tempdir().unwrap();
+        let pool = Pool::new(root.path(), 4, usize::MAX, WAL_GROWTH_BYTES);
+        let slot = pool.slot("s").unwrap();
+        let point = PointStructPersisted {
+            id: PointId::Uuid(uuid::Uuid::now_v7()),
+            vector: VectorStructPersisted::Single(vec![1.0; crate::embed::DIMENSIONS]),
+            payload: Some(Payload(Default::default())),
+        };
+        let op = UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+            PointInsertOperations::PointsList(vec![point]),
+        ));
+        // Applied, not yet flushed: its writer is about to wait in `commit`.
+        let seq = slot
+            .write(true, |shard| {
+                shard.update(op).map_err(engine_err)?;
+                Ok(slot.applied.fetch_add(1, Ordering::AcqRel) + 1)
+            })
+            .unwrap()
+            .unwrap();
+        // A close whose flush failed (a rewrite's, an erase's) retires it.
+        slot.retire(&mut slot.shard.write());
+        let answer = slot.commit(seq);
+        assert!(
+            answer.is_err(),
+            "acknowledged a write nothing flushed: {answer:?} seq {seq}"
+        );
     }
 
     #[test]

@@ -24,9 +24,9 @@ use qdrant_edge::{
     UpdateOperation, WithPayloadInterface, WithVector,
 };
 
-use super::files;
 use super::pool::{Slot, create_owner_index};
 use super::{EdgeEngine, engine_err, shard_config};
+use super::{fault, files};
 use crate::store::StoreError;
 
 /// Points copied per page; the user's writes wait at most one page.
@@ -296,7 +296,9 @@ impl EdgeEngine {
         for op in journal {
             fresh.shard().update(op).map_err(engine_err)?;
         }
-        fresh.close();
+        files::step(&self.root, "copy-built");
+        // A copy that cannot be flushed is given up; the old shard serves on.
+        fresh.close()?;
         let wal_after = files::wal_bytes(building);
         files::write_baseline(building, wal_after)?;
         if had_deletes {
@@ -313,21 +315,41 @@ impl EdgeEngine {
 
         // The copy is now the shard of record: a crash from here on completes
         // the swap at start. Close the old shard first so that its final flush
-        // lands in its own directory.
-        drop(guard.take());
+        // lands in its own directory. That flush may fail (an I/O error):
+        // nothing is lost as long as the swap completes, since the copy holds
+        // every write applied to the old shard.
+        files::step(&self.root, "swap-ready");
+        let closed_cleanly = guard.take().is_none_or(|old| fault::close(old, &slot.name));
         slot.bump_generation();
         let trash = match files::move_to_trash(&self.root, &slot.dir) {
             Ok(trash) => trash,
-            // The old shard is still live and reopens on the next request.
-            Err(e) => return Err(self.undo_swap(slot, &swap, e)),
+            Err(e) if slot.dir.exists() => {
+                // The old shard stays live, so the copy must go before any
+                // write to it is acknowledged; if its last flush failed, the
+                // writes it held fail too and it reopens from its files.
+                if !closed_cleanly {
+                    slot.retire(&mut guard);
+                }
+                return Err(self.undo_swap(slot, &swap, e));
+            }
+            Err(e) => {
+                // Moved aside, but the sync that makes it durable failed: the
+                // copy is now the only complete shard, so finish the swap.
+                tracing::warn!(shard = %self.shard_tag(&slot.name), error = %e, "finishing a shard swap after a failed directory sync");
+                None
+            }
         };
         if let Err(e) = files::rename_durably(&self.root, &swap, &slot.dir) {
-            if !slot.dir.exists() {
+            if !files::renamed(&swap, &slot.dir) {
                 // No live shard and a complete copy aside: only a restart's
                 // repair can put it back, so refuse this shard until then.
                 self.pool.mark_broken(slot);
+                return Err(e);
             }
-            return Err(e);
+            // In place, only its sync failed: the copy serves from here, and
+            // a crash before the next sync of the directory leaves `.swap-`
+            // for start-up to finish.
+            tracing::warn!(shard = %self.shard_tag(&slot.name), error = %e, "a shard swap's directory sync failed; the copy serves");
         }
         let reopened = EdgeShard::load(&slot.dir, Some(shard_config())).map_err(engine_err)?;
         slot.set_wal_baseline(wal_after);
@@ -350,10 +372,14 @@ impl EdgeEngine {
 }
 
 impl EdgeEngine {
-    /// Removes a `.swap-` copy after a failed step while the old shard is
-    /// still live; if even that fails, refuses the shard until a restart.
+    /// Removes a `.swap-` copy durably after a failed step while the old
+    /// shard is still live (start-up would otherwise prefer it to the writes
+    /// acknowledged from now on); if even that fails, refuses the shard until
+    /// a restart.
     fn undo_swap(&self, slot: &Slot, swap: &std::path::Path, cause: StoreError) -> StoreError {
-        if swap.exists() && files::remove_trash(swap).is_err() {
+        // Moved aside in one rename first, so that a removal cut short never
+        // leaves a partial `.swap-` for start-up to take for a complete one.
+        if swap.exists() && files::discard_dir(&self.root, swap).is_err() {
             self.pool.mark_broken(slot);
         }
         cause
@@ -373,11 +399,21 @@ impl Building {
             .expect("a building shard is only taken by close")
     }
 
-    /// Flushes and closes the shard.
-    fn close(mut self) {
-        if let Some(shard) = self.0.take() {
-            shard.flush();
-            drop(shard);
+    /// Flushes and closes the shard; a failed flush is an error, never a
+    /// panic (a second one in the shard's `Drop` would abort the process).
+    fn close(mut self) -> Result<(), StoreError> {
+        let Some(shard) = self.0.take() else {
+            return Ok(());
+        };
+        let flushed = fault::flush(&shard);
+        let closed = fault::close(shard, "a rewrite's copy");
+        flushed?;
+        if closed {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "closing a rewrite's copy failed".into(),
+            ))
         }
     }
 }

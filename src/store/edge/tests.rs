@@ -1,0 +1,277 @@
+//! Faults injected at each step of a shard rewrite, against a real engine on
+//! disk: real I/O errors where the machine can make them (`chattr +i` on a
+//! shard's segment directories makes qdrant-edge's flush fail), and failed
+//! directory syncs reported by [`files::inject`] after the real sync.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::files::{self, inject};
+use super::{EdgeEngine, EdgeSettings, pool};
+use crate::embed::DIMENSIONS;
+use crate::owner::OwnerHash;
+use crate::secret::Secret;
+use crate::store::{Engine, NewMemory};
+
+const PREFIX: &str = "cordon_";
+
+fn open(data: &Path) -> Arc<EdgeEngine> {
+    Arc::new(
+        EdgeEngine::open(EdgeSettings {
+            data_dir: data.to_owned(),
+            collection_prefix: PREFIX.into(),
+            name_hex_chars: 32,
+            max_open_shards: 16,
+            drill_skip_read_filter: false,
+            purge_after: Duration::from_secs(3600),
+            wal_growth_bytes: pool::WAL_GROWTH_BYTES,
+            min_free_bytes: 0,
+        })
+        .expect("the engine opens"),
+    )
+}
+
+fn alice() -> OwnerHash {
+    OwnerHash::derive(&Secret::new(vec![3u8; 32]), "t", "alice")
+}
+
+fn memory(text: &str, n: usize) -> NewMemory {
+    let mut vector = vec![0.0; DIMENSIONS];
+    vector[n % DIMENSIONS] = 1.0;
+    NewMemory {
+        id: Uuid::now_v7(),
+        text: text.into(),
+        metadata: Default::default(),
+        created_at: 0,
+        vector,
+        request: None,
+        sealed: None,
+    }
+}
+
+/// The texts of `owner`'s memories, sorted.
+async fn texts(engine: &Arc<EdgeEngine>, owner: &OwnerHash) -> Vec<String> {
+    let page = engine.scroll(owner, None, 100).await.expect("scrolls");
+    let mut texts: Vec<String> = page
+        .points
+        .iter()
+        .map(|p| p.payload["text"].as_str().expect("plain text").to_owned())
+        .collect();
+    texts.sort();
+    texts
+}
+
+/// Alice's shard holding "a" and "c", with "b" deleted (so a rewrite has
+/// something to drop); returns the engine, the shards root and the name.
+async fn shard_with_a_delete(data: &Path) -> (Arc<EdgeEngine>, PathBuf, String) {
+    let engine = open(data);
+    let owner = alice();
+    let b = memory("b", 1);
+    let b_id = b.id;
+    engine
+        .upsert(&owner, vec![memory("a", 0), b, memory("c", 2)])
+        .await
+        .expect("stored");
+    engine.delete(&owner, b_id).await.expect("deleted");
+    let name = owner.collection_name(PREFIX, 32);
+    (engine, data.join("shards"), name)
+}
+
+async fn rewrite(engine: &Arc<EdgeEngine>, name: &str) -> Result<super::rewrite::Outcome, String> {
+    let (engine, name) = (engine.clone(), name.to_owned());
+    tokio::task::spawn_blocking(move || engine.rewrite_blocking(&name))
+        .await
+        .expect("the rewrite's thread joins")
+        .map_err(|e| e.to_string())
+}
+
+/// The segment directories of a shard, made immutable while held (a real
+/// flush then fails: it cannot create its files); released when dropped.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn segments_of(shard: &Path) -> Self {
+        let dirs = std::fs::read_dir(shard.join("segments"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let held = Self(dirs);
+        held.chattr("+i");
+        held
+    }
+
+    fn chattr(&self, flag: &str) -> bool {
+        !self.0.is_empty()
+            && Command::new("chattr")
+                .arg(flag)
+                .args(&self.0)
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        self.chattr("-i");
+    }
+}
+
+/// Makes the directories `fault` returns immutable the first time a
+/// rewrite under `root` reaches `step`; [`release_all`] lifts it.
+fn once_at(root: &Path, step: &'static str, fault: impl Fn() -> Immutable + Send + 'static) {
+    let fired = std::sync::atomic::AtomicBool::new(false);
+    inject::on_step(root, move |reached| {
+        if reached == step && !fired.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // Held until the test lifts it from the whole tree.
+            std::mem::forget(fault());
+        }
+    });
+}
+
+/// Lifts `chattr +i` from everything under `root` (a directory made
+/// immutable may have been moved since).
+fn release_all(root: &Path) {
+    let _ = Command::new("chattr").args(["-R", "-i"]).arg(root).status();
+}
+
+/// Whether `chattr +i` works on this file system (root on ext4 or tmpfs).
+fn immutable_works() -> bool {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sub = dir.path().join("d");
+    std::fs::create_dir(&sub).expect("dir");
+    let held = Immutable(vec![sub.clone()]);
+    let works = held.chattr("+i") && std::fs::write(sub.join("f"), b"x").is_err();
+    drop(held);
+    works
+}
+
+/// Names in the shards root that start with `prefix`.
+fn leftovers(root: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(root)
+        .expect("shards root")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_old_shard_whose_last_flush_fails_after_its_copy_is_ready_never_outlives_the_swap() {
+    if !immutable_works() {
+        eprintln!("skipped: chattr +i does not work here (needs root on ext4 or tmpfs)");
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let (engine, root, name) = shard_with_a_delete(data.path()).await;
+    let live = root.join(&name);
+    once_at(&root, "swap-ready", move || Immutable::segments_of(&live));
+    let outcome = rewrite(&engine, &name).await;
+    release_all(&root);
+    // Either way, no `.swap-` may stay beside a live shard that takes writes.
+    assert_eq!(
+        leftovers(&root, ".swap-"),
+        Vec::<String>::new(),
+        "{outcome:?}"
+    );
+    let owner = alice();
+    engine
+        .upsert(&owner, vec![memory("d", 3)])
+        .await
+        .expect("a write after the rewrite is acknowledged");
+    assert_eq!(texts(&engine, &owner).await, ["a", "c", "d"]);
+    engine.shutdown().await;
+    drop(engine);
+
+    let engine = open(data.path());
+    assert_eq!(
+        texts(&engine, &owner).await,
+        ["a", "c", "d"],
+        "start-up brought back an older copy"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_directory_sync_after_the_old_shard_moved_aside_never_deletes_the_copy() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (engine, root, name) = shard_with_a_delete(data.path()).await;
+    // The rewrite syncs the shards root after each rename: first the copy
+    // to `.swap-`, then the old shard aside. The second one fails.
+    inject::fail_syncs(&root, &[2]);
+    let _ = rewrite(&engine, &name).await;
+    let owner = alice();
+    assert_eq!(
+        texts(&engine, &owner).await,
+        ["a", "c"],
+        "the shard is gone"
+    );
+    engine
+        .upsert(&owner, vec![memory("d", 3)])
+        .await
+        .expect("stored");
+    engine.shutdown().await;
+    drop(engine);
+    let engine = open(data.path());
+    assert_eq!(texts(&engine, &owner).await, ["a", "c", "d"]);
+}
+
+#[tokio::test]
+async fn a_failed_directory_sync_after_the_swap_keeps_the_copy_serving() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (engine, root, name) = shard_with_a_delete(data.path()).await;
+    // The third sync of the root follows the copy's rename into place.
+    inject::fail_syncs(&root, &[3]);
+    let _ = rewrite(&engine, &name).await;
+    let owner = alice();
+    assert_eq!(texts(&engine, &owner).await, ["a", "c"]);
+    engine
+        .upsert(&owner, vec![memory("d", 3)])
+        .await
+        .expect("stored");
+    engine.shutdown().await;
+    drop(engine);
+    let engine = open(data.path());
+    assert_eq!(texts(&engine, &owner).await, ["a", "c", "d"]);
+    assert_eq!(
+        leftovers(&root, "."),
+        Vec::<String>::new(),
+        "nothing left aside"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_whose_flush_fails_gives_up_the_rewrite_and_the_process_keeps_running() {
+    if !immutable_works() {
+        eprintln!("skipped: chattr +i does not work here (needs root on ext4 or tmpfs)");
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let (engine, root, name) = shard_with_a_delete(data.path()).await;
+    let building = files::building_dir(&root, &name);
+    once_at(&root, "copy-built", move || {
+        Immutable::segments_of(&building)
+    });
+    // Before, the copy's failed flush panicked and its `Drop` flushed again
+    // while unwinding: the process aborted here.
+    let outcome = rewrite(&engine, &name).await;
+    release_all(&root);
+    assert!(outcome.is_err(), "{outcome:?}");
+    let owner = alice();
+    assert_eq!(texts(&engine, &owner).await, ["a", "c"]);
+    engine
+        .upsert(&owner, vec![memory("d", 3)])
+        .await
+        .expect("stored");
+    // The next rewrite succeeds.
+    let next = rewrite(&engine, &name).await;
+    assert!(next.is_ok(), "{next:?}");
+    assert_eq!(texts(&engine, &owner).await, ["a", "c", "d"]);
+}
