@@ -5,7 +5,10 @@
 //! fails if the name exists, so two racing first writes agree on one key. A
 //! destroyed key's file is overwritten with zeros and synced before it is
 //! unlinked; the README says what that does not reach (file-system journals,
-//! SSD remapping, backups).
+//! SSD remapping, backups). A crash between the zeros and the unlink leaves
+//! a zeroed file, which reads as no key and is removed at the next open, as
+//! are the temporary files that a crash (or a failed rename) left behind: one
+//! of those may hold a wrapped key that an erase would otherwise miss.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -44,6 +47,21 @@ impl FileVault {
         }
     }
 
+    /// [`FileVault::new`], after finishing what a crash or a failed step left
+    /// in `keys/`: interrupted destroys and stray temporary files.
+    pub fn open(data_dir: &Path) -> Result<Self, SealError> {
+        let vault = Self::new(data_dir);
+        let removed = repair(&vault.dir)
+            .map_err(|e| SealError::Vault(format!("{}: {e}", vault.dir.display())))?;
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "removed key files left by an interrupted key change"
+            );
+        }
+        Ok(vault)
+    }
+
     fn path(&self, owner: &OwnerHash) -> PathBuf {
         self.dir.join(format!("{}.json", owner.to_hex()))
     }
@@ -62,6 +80,8 @@ impl FileVault {
 
 fn read(path: &Path) -> io::Result<Option<WrappedDek>> {
     match fs::read(path) {
+        // Zeroed by a destroy that a crash stopped before the unlink.
+        Ok(bytes) if is_zeroed(&bytes) => Ok(None),
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -73,18 +93,62 @@ fn read(path: &Path) -> io::Result<Option<WrappedDek>> {
     }
 }
 
+/// Whether a key file holds only zeros (a destroy was cut short).
+fn is_zeroed(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| b == 0)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Removes the temporary files in `dir` and finishes interrupted destroys
+/// (zeroed key files); returns how many files went.
+fn repair(dir: &Path) -> io::Result<usize> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let stray = name.is_some_and(|n| n.starts_with(".tmp-"));
+        let destroyed = path.extension().is_some_and(|e| e == "json")
+            && fs::read(&path).is_ok_and(|bytes| is_zeroed(&bytes));
+        if stray || destroyed {
+            fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Creates `dir` (owner-only) and, if it is new, syncs its parent so that
+/// the key files inside it cannot vanish with it on a power loss.
+fn create_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 /// Writes `bytes` to a fresh temporary file in `dir`, synced.
 fn temp_file(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
     // Wrapped keys are no secret without the KEK, but nobody else needs
     // to read them either.
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    create_dir(dir)?;
     let path = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     let mut file = OpenOptions::new()
         .write(true)
@@ -131,6 +195,10 @@ impl Vault for FileVault {
             if let Some(existing) = read(&path)? {
                 return Ok(existing);
             }
+            if path.exists() {
+                // A destroy cut short; finish it before the new key.
+                fs::remove_file(&path)?;
+            }
             let temp = temp_file(dir, &encode(&dek))?;
             let linked = fs::hard_link(&temp, &path);
             fs::remove_file(&temp)?;
@@ -162,7 +230,11 @@ impl Vault for FileVault {
                 _ => return Ok(false),
             }
             let temp = temp_file(dir, &encode(&dek))?;
-            fs::rename(&temp, &path)?;
+            if let Err(e) = fs::rename(&temp, &path) {
+                // Not left behind: it holds the key, wrapped anew.
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
             sync_dir(dir)?;
             Ok(true)
         })
@@ -173,6 +245,7 @@ impl Vault for FileVault {
         let _write = self.owners.of(owner).write_owned().await;
         let path = self.path(owner);
         self.blocking(move |dir| {
+            // A zeroed file is a destroy cut short: zeroed again, removed.
             let len = match fs::metadata(&path) {
                 Ok(m) => m.len(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -229,7 +302,10 @@ impl Vault for FileVault {
         let text = format!("{}\n", marker.text());
         self.blocking(move |dir| {
             let temp = temp_file(dir, text.as_bytes())?;
-            fs::rename(&temp, dir.join(MARKER_FILE))?;
+            if let Err(e) = fs::rename(&temp, dir.join(MARKER_FILE)) {
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
             sync_dir(dir)
         })
         .await

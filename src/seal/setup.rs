@@ -60,7 +60,7 @@ impl SealGate {
 /// The vault of the configured engine.
 pub fn vault_for(settings: &Settings) -> Result<Arc<dyn Vault>, SealError> {
     Ok(match settings.store.kind {
-        StoreKind::Edge => Arc::new(FileVault::new(&settings.data_dir)),
+        StoreKind::Edge => Arc::new(FileVault::open(&settings.data_dir)?),
         StoreKind::Qdrant => Arc::new(QdrantVault::new(
             &settings.store.qdrant,
             &settings.store.collection_prefix,

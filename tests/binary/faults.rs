@@ -200,6 +200,179 @@ async fn while_every_flush_fails_a_keyed_retry_is_never_acknowledged_from_what_t
     server.child.wait().expect("reaped");
 }
 
+/// A fresh KEK in a file under `dir`, from `cordon keys generate`.
+fn kek_file(data: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
+    let out = cordon(data)
+        .args(["keys", "generate"])
+        .output()
+        .expect("cordon keys runs");
+    assert!(out.status.success());
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout.trim_ascii()).expect("written");
+    path
+}
+
+/// The files in `data/keys` whose name starts with `prefix`.
+fn key_files(data: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(data.join("keys"))
+        .expect("keys dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_erase_cut_short_between_zeroing_and_removing_the_key_is_finished_at_the_next_start() {
+    if let Err(why) = strace_works() {
+        eprintln!("skipped: strace cannot trace here ({why})");
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let kek = kek_file(data.path(), secrets.path(), "kek.hex");
+    let sealed = || {
+        let mut command = cordon(data.path());
+        command.env("CORDON_KEK_FILE", &kek);
+        command
+    };
+    let alice = mint(data.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    let mut server = serve_with(sealed());
+    let stored = store_request(
+        &client,
+        &server,
+        &alice,
+        &json!({ "text": "sealed, then shredded" }),
+    )
+    .send()
+    .await
+    .expect("answered");
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+    let keys: Vec<_> = key_files(data.path(), "")
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(keys.len(), 1, "alice's key: {keys:?}");
+    let key = keys[0].to_string_lossy().into_owned();
+
+    // The key file is zeroed and synced; its unlink fails.
+    let unlink = [
+        "-e",
+        "trace=unlink,unlinkat",
+        "-e",
+        "inject=unlink,unlinkat:error=EIO",
+        "-P",
+        &key,
+    ];
+    let mut server = serve_with(under_strace(&sealed(), &unlink));
+    let erase = client
+        .delete(format!("{}/v1/memories", server.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("answered");
+    assert!(erase.status().is_server_error(), "{}", erase.status());
+    kill_9_traced(&mut server);
+    let left = std::fs::read(&key).expect("the zeroed key is still there");
+    assert!(left.iter().all(|&b| b == 0), "the key was zeroed first");
+
+    // The next start finishes the destroy, and the erase, retried, removes
+    // what the key no longer opens.
+    let mut server = serve_with(sealed());
+    assert!(!Path::new(&key).exists(), "the zeroed key file was removed");
+    let erase = client
+        .delete(format!("{}/v1/memories", server.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(erase.status(), StatusCode::OK);
+    assert_eq!(
+        exported_texts(&client, &server, &alice).await,
+        Vec::<String>::new()
+    );
+    let again = store_request(&client, &server, &alice, &json!({ "text": "a new start" }))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(
+        exported_texts(&client, &server, &alice).await,
+        ["a new start"]
+    );
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
+#[tokio::test]
+async fn a_key_rotation_whose_renames_fail_leaves_no_wrapped_key_behind() {
+    if let Err(why) = strace_works() {
+        eprintln!("skipped: strace cannot trace here ({why})");
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let one = kek_file(data.path(), secrets.path(), "kek-1.hex");
+    let two = kek_file(data.path(), secrets.path(), "kek-2.hex");
+    let alice = mint(data.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    let mut first = cordon(data.path());
+    first.env("CORDON_KEK_FILE", &one);
+    let mut server = serve_with(first);
+    let stored = store_request(&client, &server, &alice, &json!({ "text": "kept sealed" }))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+
+    // Every rename fails: each re-wrapped key stays in its temporary file.
+    let mut rotate = cordon(data.path());
+    rotate
+        .env("CORDON_KEK_FILE", &two)
+        .env("CORDON_KEK_PREVIOUS_FILE", &one)
+        .args(["keys", "rotate"]);
+    let renames = "rename,renameat,renameat2";
+    let failing = [
+        "-e".to_owned(),
+        format!("trace={renames}"),
+        "-e".to_owned(),
+        format!("inject={renames}:error=EIO"),
+    ];
+    let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
+    let out = under_strace(&rotate, &failing).output().expect("runs");
+    assert!(!out.status.success(), "the rotation failed");
+    assert_eq!(
+        key_files(data.path(), ".tmp-"),
+        Vec::<std::path::PathBuf>::new(),
+        "a wrapped key was left in a temporary file"
+    );
+
+    // One a crash left (a kill between write and rename) goes at the next start.
+    let stray = data.path().join("keys").join(".tmp-left-by-a-crash");
+    std::fs::write(&stray, b"{\"wrapped\":\"...\"}").expect("written");
+    let mut sealed = cordon(data.path());
+    sealed.env("CORDON_KEK_FILE", &one);
+    let mut server = serve_with(sealed);
+    assert!(
+        !stray.exists(),
+        "the stray temporary file was removed at start"
+    );
+    assert_eq!(
+        exported_texts(&client, &server, &alice).await,
+        ["kept sealed"]
+    );
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
 /// The one shard directory under `data`.
 fn only_shard(data: &Path) -> std::path::PathBuf {
     let shards: Vec<_> = std::fs::read_dir(data.join("shards"))
