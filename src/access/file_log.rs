@@ -1,10 +1,14 @@
 //! The change log of the embedded engine: one JSON line per change in
 //! `<data_dir>/access/changes.ndjson`, apart from every shard.
 //!
-//! An append is written and fsynced before the admin call returns. A crash
-//! mid-append leaves a torn last line, which was never acknowledged: it is
-//! cut off at the next start. Any other unreadable line stops the start,
-//! since skipping it could silently lift a revocation.
+//! An append is written and fsynced before the admin call returns. An append
+//! that fails (a full disk writing part of the line, a failed sync) is cut
+//! back to the last complete record before anything else is written, so a
+//! refused change never takes effect at the next start and a partial line
+//! never joins the next one. A crash mid-append leaves a torn last line,
+//! which was never acknowledged: it is cut off at the next start. Any other
+//! unreadable line stops the start, since skipping it could silently lift a
+//! revocation.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write as _};
@@ -25,25 +29,64 @@ const FILE: &str = "changes.ndjson";
 pub struct FileLog {
     path: PathBuf,
     // Appends from concurrent admin calls must not interleave.
-    file: Mutex<File>,
+    tail: Mutex<Tail>,
+}
+
+/// The open log and where its last complete record ends.
+struct Tail {
+    file: File,
+    /// Bytes of complete, synced records.
+    len: u64,
+    /// Whether bytes of a failed append may lie past `len`.
+    torn: bool,
+}
+
+impl Tail {
+    /// Cuts a failed append off, if one may be there; until that succeeds
+    /// nothing more is appended.
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.file.sync_all()?;
+            self.torn = false;
+        }
+        Ok(())
+    }
 }
 
 impl FileLog {
     /// Opens (creating) the log under `data_dir`, repairing a torn last line.
     pub fn open(data_dir: &Path) -> Result<Self, AccessError> {
         let dir = data_dir.join(DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| AccessError::io(&dir, e))?;
         let path = dir.join(FILE);
+        // A new directory or file is synced into its parent: an
+        // acknowledged change must not vanish with the entry that holds it.
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(|e| AccessError::io(&dir, e))?;
+            sync_dir(data_dir)?;
+        }
+        let created = !path.exists();
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&path)
             .map_err(|e| AccessError::io(&path, e))?;
+        if created {
+            sync_dir(&dir)?;
+        }
         cut_torn_tail(&path, &file)?;
+        let len = file
+            .metadata()
+            .map_err(|e| AccessError::io(&path, e))?
+            .len();
         Ok(Self {
             path,
-            file: Mutex::new(file),
+            tail: Mutex::new(Tail {
+                file,
+                len,
+                torn: false,
+            }),
         })
     }
 
@@ -62,6 +105,12 @@ impl FileLog {
         }
         Ok(changes)
     }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AccessError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AccessError::io(dir, e))
 }
 
 /// Truncates the file after its last newline: bytes past it are an append
@@ -97,10 +146,28 @@ impl AccessLog for FileLog {
         // append, rarely, and the call must not return before the sync.
         let mut line = serde_json::to_vec(change).expect("a change always serialises");
         line.push(b'\n');
-        let mut file = self.file.lock();
-        file.write_all(&line)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| AccessError::io(&self.path, e))
+        let mut tail = self.tail.lock();
+        tail.cut_back()
+            .map_err(|e| AccessError::io(&self.path, e))?;
+        let written = tail
+            .file
+            .write_all(&line)
+            .and_then(|()| tail.file.sync_data());
+        match written {
+            Ok(()) => {
+                tail.len += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // The change is refused: take back whatever of it reached
+                // the file, now or (failing that) before the next append.
+                tail.torn = true;
+                if let Err(cut) = tail.cut_back() {
+                    tracing::error!(path = %self.path.display(), error = %cut, "could not cut a failed append off the access log; no change is appended until it is");
+                }
+                Err(AccessError::io(&self.path, e))
+            }
+        }
     }
 
     fn shared(&self) -> bool {

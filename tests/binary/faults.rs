@@ -11,7 +11,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::{Immutable, Server, cordon, exported_texts, mint, serve, serve_with, store_request};
+use super::{
+    Immutable, Server, SmallDisk, cordon, exported_texts, mint, serve, serve_with, store_request,
+};
 
 /// Whether `strace` can trace a child here, or why not.
 fn strace_works() -> Result<(), String> {
@@ -368,6 +370,124 @@ async fn a_key_rotation_whose_renames_fail_leaves_no_wrapped_key_behind() {
     assert_eq!(
         exported_texts(&client, &server, &alice).await,
         ["kept sealed"]
+    );
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
+const ADMIN_KEY: &str = "faults-test-admin-key-0123456789abcdefghij";
+
+/// A [`cordon`] command with the admin API on.
+fn with_admin(data: &Path) -> Command {
+    let mut command = cordon(data);
+    command.env("CORDON_ADMIN_KEY", ADMIN_KEY);
+    command
+}
+
+/// `POST /admin/v1/tenants/disable` for `tenant`; the status it got.
+async fn disable_tenant(client: &reqwest::Client, server: &Server, tenant: &str) -> StatusCode {
+    client
+        .post(format!("{}/admin/v1/tenants/disable", server.base))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "tenant": tenant }))
+        .send()
+        .await
+        .expect("answered")
+        .status()
+}
+
+/// The status of `GET /v1/memories` as `token`.
+async fn list_status(client: &reqwest::Client, server: &Server, token: &str) -> StatusCode {
+    client
+        .get(format!("{}/v1/memories", server.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("answered")
+        .status()
+}
+
+#[tokio::test]
+async fn an_admin_change_whose_sync_fails_is_refused_and_never_takes_effect_after_a_restart() {
+    if let Err(why) = strace_works() {
+        eprintln!("skipped: strace cannot trace here ({why})");
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let alice = mint(data.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    // The change log exists before the fault, so that its path can be named.
+    let mut server = serve_with(with_admin(data.path()));
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+    let log = data.path().join("access").join("changes.ndjson");
+    assert!(log.exists());
+
+    let log_path = log.to_string_lossy().into_owned();
+    let failing = [
+        "-e",
+        "trace=fsync,fdatasync",
+        "-e",
+        "inject=fsync,fdatasync:error=EIO",
+        "-P",
+        &log_path,
+    ];
+    let mut server = serve_with(under_strace(&with_admin(data.path()), &failing));
+    let refused = disable_tenant(&client, &server, "acme").await;
+    assert!(refused.is_server_error(), "{refused}");
+    assert_eq!(list_status(&client, &server, &alice).await, StatusCode::OK);
+    kill_9_traced(&mut server);
+
+    let mut server = serve_with(with_admin(data.path()));
+    assert_eq!(
+        list_status(&client, &server, &alice).await,
+        StatusCode::OK,
+        "the refused change took effect after the restart"
+    );
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
+#[tokio::test]
+async fn an_admin_change_cut_short_by_a_full_disk_never_stops_the_next_start() {
+    let disk = match SmallDisk::mount("8k") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: a size-limited tmpfs cannot be mounted here ({why}); run as root");
+            return;
+        }
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+    std::os::unix::fs::symlink(disk.dir.path(), data.path().join("access")).expect("linked");
+    // Two pages: the log's (nearly full of blank lines, which the log
+    // skips) and a filler's. An append writes the rest of the log's page,
+    // then finds no page for the remainder.
+    let log = disk.dir.path().join("changes.ndjson");
+    std::fs::write(&log, vec![b'\n'; 4096 - 40]).expect("written");
+    let filler = disk.dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 4096]).expect("written");
+    let alice = mint(data.path(), "acme", "alice");
+    let bob = mint(data.path(), "umbrella", "bob");
+    let client = reqwest::Client::new();
+
+    let mut server = serve_with(with_admin(data.path()));
+    let refused = disable_tenant(&client, &server, "acme").await;
+    assert!(refused.is_server_error(), "{refused}");
+    assert_eq!(list_status(&client, &server, &alice).await, StatusCode::OK);
+    // Space comes back; the next change is written whole.
+    std::fs::remove_file(&filler).expect("removed");
+    assert_eq!(
+        disable_tenant(&client, &server, "umbrella").await,
+        StatusCode::OK
+    );
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+
+    let mut server = serve_with(with_admin(data.path()));
+    assert_eq!(list_status(&client, &server, &alice).await, StatusCode::OK);
+    assert_eq!(
+        list_status(&client, &server, &bob).await,
+        StatusCode::FORBIDDEN
     );
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");
