@@ -31,8 +31,11 @@ fn strace_works() -> Result<(), String> {
 /// `command` (a [`cordon`] command) run under `strace` with `options`.
 fn under_strace(command: &Command, options: &[&str]) -> Command {
     let mut traced = Command::new("strace");
+    traced.args(["-f", "-qq"]);
+    if !options.contains(&"-o") {
+        traced.args(["-o", "/dev/null"]);
+    }
     traced
-        .args(["-f", "-qq", "-o", "/dev/null"])
         .args(options)
         .arg("--")
         .arg(command.get_program())
@@ -491,6 +494,57 @@ async fn an_admin_change_cut_short_by_a_full_disk_never_stops_the_next_start() {
     );
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");
+}
+
+#[tokio::test]
+async fn every_directory_a_first_store_creates_is_synced_into_its_parent_before_the_201() {
+    if let Err(why) = strace_works() {
+        eprintln!("skipped: strace cannot trace here ({why})");
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let kek = kek_file(data.path(), secrets.path(), "kek.hex");
+    let trace = secrets.path().join("syncs.trace");
+    let alice = mint(data.path(), "acme", "alice");
+    let mut command = with_admin(data.path());
+    command.env("CORDON_KEK_FILE", &kek);
+    let trace_path = trace.to_string_lossy().into_owned();
+    let options = ["-y", "-e", "trace=fsync,fdatasync", "-o", &trace_path];
+    let mut server = serve_with(under_strace(&command, &options));
+    let client = reqwest::Client::new();
+    let stored = store_request(&client, &server, &alice, &json!({ "text": "the first" }))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    kill_9_traced(&mut server);
+
+    // `-y` names each synced descriptor: `fsync(7</path>) = 0`.
+    let trace = std::fs::read_to_string(&trace).expect("the trace");
+    let synced: std::collections::BTreeSet<String> = trace
+        .lines()
+        .filter_map(|line| Some(line.split_once('<')?.1.split_once('>')?.0.to_owned()))
+        .collect();
+    let shard = only_shard(data.path());
+    let data = data.path().to_string_lossy().into_owned();
+    for dir in [
+        // Holds shards/, keys/ and access/, all new.
+        data.clone(),
+        // Holds the new shard's directory.
+        format!("{data}/shards"),
+        // Holds the new shard's segments and WAL.
+        shard.to_string_lossy().into_owned(),
+        // Holds the new key file.
+        format!("{data}/keys"),
+        // Holds the new change log.
+        format!("{data}/access"),
+    ] {
+        assert!(
+            synced.contains(&dir),
+            "{dir} was never synced; synced: {synced:#?}"
+        );
+    }
 }
 
 /// The one shard directory under `data`.

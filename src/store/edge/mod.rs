@@ -248,7 +248,9 @@ impl EdgeEngine {
             settings.max_open_shards = fitted;
         }
         let root = settings.data_dir.join("shards");
-        std::fs::create_dir_all(&root).map_err(|e| {
+        // Synced into its parent when new, like every directory a
+        // successful write depends on.
+        files::create_dir_durably(&root).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", root.display()))
         })?;
         let lock = lock_data_dir(&settings.data_dir)?;

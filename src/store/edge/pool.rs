@@ -273,6 +273,9 @@ impl Slot {
         let shard = EdgeShard::load(&self.dir, Some(shard_config())).map_err(engine_err)?;
         if !exists {
             create_owner_index(&shard)?;
+            // The directories the new shard made (its segments, its WAL)
+            // must outlive a power loss with the first write they hold.
+            files::sync_tree(&self.dir)?;
         }
         self.set_wal_baseline(files::read_baseline(&self.dir));
         let pending = files::purge_pending_since(&self.dir).is_some();
