@@ -119,13 +119,14 @@ impl AccessLog for QdrantLog {
             HashMap::<String, Vector>::new(),
             payload,
         );
-        self.bounded(
-            self.client
-                .upsert_points(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true)),
-        )
-        .await?
-        .map_err(|e| AccessError::Store(store_err(e)))?;
-        Ok(())
+        let response = self
+            .bounded(
+                self.client
+                    .upsert_points(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true)),
+            )
+            .await?
+            .map_err(|e| AccessError::Store(store_err(e)))?;
+        crate::store::qdrant::confirmed(&response).map_err(AccessError::Store)
     }
 
     fn shared(&self) -> bool {

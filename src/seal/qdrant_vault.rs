@@ -120,10 +120,11 @@ impl QdrantVault {
         let payload = Payload::try_from(payload).expect("a wrapped key serialises to an object");
         let point = PointStruct::new(id.to_string(), HashMap::<String, Vector>::new(), payload);
         let request = builder(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true));
-        self.bounded(self.client.upsert_points(request))
+        let response = self
+            .bounded(self.client.upsert_points(request))
             .await?
             .map_err(vault_err)?;
-        Ok(())
+        crate::store::qdrant::confirmed(&response).map_err(|e| SealError::Vault(e.to_string()))
     }
 }
 
@@ -195,13 +196,14 @@ impl Vault for QdrantVault {
         let ids = PointsIdsList {
             ids: vec![PointId::from(point_id(owner).to_string())],
         };
-        self.bounded(
-            self.client
-                .delete_points(DeletePointsBuilder::new(&self.name).points(ids).wait(true)),
-        )
-        .await?
-        .map_err(vault_err)?;
-        Ok(())
+        let response = self
+            .bounded(
+                self.client
+                    .delete_points(DeletePointsBuilder::new(&self.name).points(ids).wait(true)),
+            )
+            .await?
+            .map_err(vault_err)?;
+        crate::store::qdrant::confirmed(&response).map_err(|e| SealError::Vault(e.to_string()))
     }
 
     async fn all(&self) -> Result<Vec<WrappedDek>, SealError> {

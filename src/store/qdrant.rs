@@ -23,9 +23,10 @@ use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeleteCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter,
-    HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, Query,
-    QueryPointsBuilder, ScrollPointsBuilder, SetPayloadPointsBuilder, UpdateMode,
-    UpsertPointsBuilder, Value as QValue, VectorParamsBuilder, WalConfigDiffBuilder,
+    HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList,
+    PointsOperationResponse, Query, QueryPointsBuilder, ScrollPointsBuilder,
+    SetPayloadPointsBuilder, UpdateMode, UpdateStatus, UpsertPointsBuilder, Value as QValue,
+    VectorParamsBuilder, WalConfigDiffBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use uuid::Uuid;
@@ -478,16 +479,17 @@ impl QdrantEngine {
             }
         };
         match self.client.upsert_points(request()).await {
-            Ok(_) => Ok(()),
+            Ok(response) => confirmed(&response),
             Err(e) if is_not_found(&e) => {
                 // Erased meanwhile by another replica: create it again.
                 self.forget(&name);
                 self.ensure_collection(&name).await?;
-                self.client
+                let response = self
+                    .client
                     .upsert_points(request())
                     .await
-                    .map(|_| ())
-                    .map_err(store_err)
+                    .map_err(store_err)?;
+                confirmed(&response)
             }
             Err(e) => Err(store_err(e)),
         }
@@ -549,7 +551,7 @@ impl QdrantEngine {
             .delete_points(DeletePointsBuilder::new(&name).points(filter).wait(true))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(response) => confirmed(&response),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(store_err(e)),
         }
@@ -590,7 +592,7 @@ impl QdrantEngine {
             .delete_points(DeletePointsBuilder::new(&name).points(mine).wait(true))
             .await
         {
-            Ok(_) => {}
+            Ok(response) => confirmed(&response)?,
             Err(e) if is_not_found(&e) => return Ok(0),
             Err(e) => return Err(store_err(e)),
         }
@@ -764,7 +766,8 @@ impl Engine for Arc<QdrantEngine> {
                     let ids = PointsIdsList {
                         ids: vec![PointId::from(point.id.to_string())],
                     };
-                    self.client
+                    let response = self
+                        .client
                         .overwrite_payload(
                             SetPayloadPointsBuilder::new(name, payload)
                                 .points_selector(ids)
@@ -772,6 +775,7 @@ impl Engine for Arc<QdrantEngine> {
                         )
                         .await
                         .map_err(store_err)?;
+                    confirmed(&response)?;
                     changed += 1;
                 }
                 match page.next {
@@ -801,9 +805,52 @@ impl Engine for Arc<QdrantEngine> {
     }
 }
 
+/// Whether Qdrant confirmed a `wait=true` write as applied. Any other status
+/// (`WaitTimeout` when the wait ran out, `Acknowledged`) means the write is
+/// in its WAL at best: it may still land, and is not acknowledged.
+pub(crate) fn confirmed(response: &PointsOperationResponse) -> Result<(), StoreError> {
+    let status = response.result.as_ref().map_or(0, |r| r.status);
+    if status == UpdateStatus::Completed as i32 {
+        return Ok(());
+    }
+    let name = UpdateStatus::try_from(status).map_or("unknown", |s| s.as_str_name());
+    Err(StoreError::Unavailable(format!(
+        "Qdrant did not confirm the write (status {name}); it may still land"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_qdrant_did_not_confirm_as_completed_is_not_acknowledged() {
+        let with = |status: UpdateStatus| PointsOperationResponse {
+            result: Some(qdrant_client::qdrant::UpdateResult {
+                operation_id: Some(1),
+                status: status as i32,
+            }),
+            time: 0.0,
+            usage: None,
+        };
+        assert!(confirmed(&with(UpdateStatus::Completed)).is_ok());
+        for status in [
+            UpdateStatus::WaitTimeout,
+            UpdateStatus::Acknowledged,
+            UpdateStatus::ClockRejected,
+        ] {
+            assert!(
+                matches!(confirmed(&with(status)), Err(StoreError::Unavailable(_))),
+                "{status:?}"
+            );
+        }
+        let empty = PointsOperationResponse {
+            result: None,
+            time: 0.0,
+            usage: None,
+        };
+        assert!(confirmed(&empty).is_err());
+    }
 
     #[test]
     fn versions_parse_to_major_and_minor() {
