@@ -437,6 +437,48 @@ mod tests {
         assert_eq!(left.len(), 1, "only the live shard remains");
     }
 
+    /// Pages of `path` in the page cache (by `mincore` on a fresh mapping).
+    fn resident_pages(path: &Path) -> usize {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let pages = len.div_ceil(4096);
+        let mut residency = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of an open file, unmapped
+        // before return; mincore writes one byte per page into `residency`.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(addr, len, residency.as_mut_ptr()), 0);
+            libc::munmap(addr, len);
+        }
+        residency.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[test]
+    fn dropped_pages_are_read_from_the_disk_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("s").join("segments");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data");
+        std::fs::write(&path, vec![7u8; 64 * 1024]).unwrap();
+        std::fs::File::open(&path).unwrap().sync_all().unwrap();
+        assert!(resident_pages(&path) > 0, "the written pages are cached");
+        drop_cached_pages(&root.path().join("s"));
+        assert_eq!(
+            resident_pages(&path),
+            0,
+            "no page of the shard stays cached"
+        );
+    }
+
     #[test]
     fn the_purge_marker_keeps_the_first_delete_time() {
         let root = tempfile::tempdir().unwrap();

@@ -641,6 +641,24 @@ mod tests {
     }
 
     #[test]
+    fn the_slot_that_replaces_a_retired_one_drops_the_cached_pages_before_it_opens() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = Pool::new(root.path(), 4, usize::MAX, WAL_GROWTH_BYTES);
+        let first = pool.slot("s").unwrap();
+        assert!(first.ensure_open(true).unwrap());
+        assert!(!first.distrust_cache.load(Ordering::Acquire));
+        first.retire(&mut first.shard.write());
+        let second = pool.slot("s").unwrap();
+        assert!(!Arc::ptr_eq(&first, &second), "a fresh slot");
+        assert!(second.distrust_cache.load(Ordering::Acquire));
+        assert!(second.ensure_open(false).unwrap());
+        assert!(
+            !second.distrust_cache.load(Ordering::Acquire),
+            "the pages were dropped as it opened"
+        );
+    }
+
+    #[test]
     fn idle_shards_close_when_their_maps_pass_the_budget() {
         let root = tempfile::tempdir().unwrap();
         for name in ["a", "b", "c"] {
