@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
 use crate::seal::SealError;
 use crate::seal::setup::SealGate;
-use crate::store::{Engine, NewMemory, RawPoint, SearchQuery, StoreError};
+use crate::store::{Engine, NewMemory, RawPoint, SearchQuery, StoreError, WriteMode};
 
 /// The store handlers use: an engine whose every read passes the guard.
 #[derive(Clone)]
@@ -111,7 +111,7 @@ impl GuardedStore {
 
     /// Writes memories for `owner`.
     pub async fn put(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
-        self.write(owner, memories, false).await
+        self.write(owner, memories, WriteMode::Upsert).await
     }
 
     /// Writes memories for `owner` whose ids hold no point yet; an id that
@@ -121,14 +121,24 @@ impl GuardedStore {
         owner: &OwnerHash,
         memories: Vec<NewMemory>,
     ) -> Result<(), StoreError> {
-        self.write(owner, memories, true).await
+        self.write(owner, memories, WriteMode::InsertNew).await
+    }
+
+    /// Writes memories for `owner` over the points of their ids that still
+    /// exist (see [`Engine::update_existing`]).
+    pub async fn put_existing(
+        &self,
+        owner: &OwnerHash,
+        memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError> {
+        self.write(owner, memories, WriteMode::UpdateExisting).await
     }
 
     async fn write(
         &self,
         owner: &OwnerHash,
         mut memories: Vec<NewMemory>,
-        only_new: bool,
+        mode: WriteMode,
     ) -> Result<(), StoreError> {
         self.census(owner).await;
         let sealer = self.sealing.sealer()?;
@@ -140,10 +150,10 @@ impl GuardedStore {
             }
             None => None,
         };
-        if only_new {
-            self.engine.insert_new(owner, memories).await
-        } else {
-            self.engine.upsert(owner, memories).await
+        match mode {
+            WriteMode::Upsert => self.engine.upsert(owner, memories).await,
+            WriteMode::InsertNew => self.engine.insert_new(owner, memories).await,
+            WriteMode::UpdateExisting => self.engine.update_existing(owner, memories).await,
         }
     }
 

@@ -151,7 +151,8 @@ pub async fn store_memories(
     // attempt succeed cannot tell a durable point from one that a failed
     // flush left readable, so it writes the items it finds once more (as
     // they were, with their first time) and answers only once that write is
-    // durable. Items deleted since stay deleted.
+    // durable. Items deleted since stay deleted, even if the delete comes
+    // between this read and that write: it only overwrites what still exists.
     let mut found = Vec::new();
     for (index, id) in ids.iter().enumerate() {
         if let Some(memory) = state.store.get(&caller.owner, *id).await? {
@@ -186,7 +187,7 @@ pub async fn store_memories(
     let write = tokio::spawn(async move {
         let state = &task_state;
         if retry {
-            state.store.put(&owner, memories).await?;
+            state.store.put_existing(&owner, memories).await?;
         } else {
             state.store.put_new(&owner, memories).await?;
             if state.store.written_by_others() {

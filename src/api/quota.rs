@@ -163,6 +163,13 @@ mod tests {
         async fn upsert(&self, o: &OwnerHash, m: Vec<NewMemory>) -> Result<(), StoreError> {
             self.inner.upsert(o, m).await
         }
+        async fn update_existing(
+            &self,
+            o: &OwnerHash,
+            m: Vec<NewMemory>,
+        ) -> Result<(), StoreError> {
+            self.inner.update_existing(o, m).await
+        }
         async fn search(&self, o: &OwnerHash, q: SearchQuery) -> Result<Vec<RawPoint>, StoreError> {
             self.inner.search(o, q).await
         }

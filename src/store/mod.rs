@@ -249,6 +249,17 @@ pub fn is_user_collection(name: &str, prefix: &str) -> bool {
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// How a write treats the ids it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Insert new points, replace existing ones.
+    Upsert,
+    /// Insert new points, leave existing ones as they are.
+    InsertNew,
+    /// Replace existing points of the owner, insert none.
+    UpdateExisting,
+}
+
 /// A rewrite of one stored payload (point id, payload); `true` when it
 /// changed it. See [`Engine::reseal_all`].
 pub type Reseal = std::sync::Arc<dyn Fn(Uuid, &mut Map<String, Value>) -> bool + Send + Sync>;
@@ -273,6 +284,15 @@ pub trait Engine: Send + Sync {
     ) -> Result<(), StoreError> {
         self.upsert(owner, memories).await
     }
+    /// Writes memories over the points of their ids that still exist and
+    /// are the owner's; an id that holds no point stays absent. A keyed
+    /// retry rewrites what it found this way, so a memory deleted or erased
+    /// after the retry read it is not brought back.
+    async fn update_existing(
+        &self,
+        owner: &OwnerHash,
+        memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError>;
     /// Nearest memories to the query vector.
     async fn search(
         &self,

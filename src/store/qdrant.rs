@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::{
     Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
-    StoreError, TAGS_FIELD,
+    StoreError, TAGS_FIELD, WriteMode,
 };
 use crate::embed::DIMENSIONS;
 use crate::locks::KeyedLocks;
@@ -457,7 +457,7 @@ impl QdrantEngine {
         &self,
         owner: &OwnerHash,
         memories: Vec<NewMemory>,
-        only_new: bool,
+        mode: WriteMode,
     ) -> Result<(), StoreError> {
         let name = self.name(owner);
         let _shared = self.collections.of(&name).read_owned().await;
@@ -466,16 +466,20 @@ impl QdrantEngine {
         self.guard_collection_size(&name, points.len()).await?;
         let request = || {
             let builder = UpsertPointsBuilder::new(&name, points.clone()).wait(true);
-            if only_new {
-                // `insert_only` leaves an existing point alone; the filter,
-                // which no point matches, does the same on a server that
-                // ignores the mode.
-                let never = Filter::must([Condition::matches(OWNER_FIELD, "-".to_owned())]);
-                builder
-                    .update_mode(UpdateMode::InsertOnly)
-                    .update_filter(never)
-            } else {
-                builder
+            match mode {
+                WriteMode::Upsert => builder,
+                WriteMode::InsertNew => {
+                    // `insert_only` leaves an existing point alone; the
+                    // filter, which no point matches, does the same on a
+                    // server that ignores the mode.
+                    let never = Filter::must([Condition::matches(OWNER_FIELD, "-".to_owned())]);
+                    builder
+                        .update_mode(UpdateMode::InsertOnly)
+                        .update_filter(never)
+                }
+                WriteMode::UpdateExisting => builder
+                    .update_mode(UpdateMode::UpdateOnly)
+                    .update_filter(Filter::must([owner_condition(owner)])),
             }
         };
         match self.client.upsert_points(request()).await {
@@ -674,7 +678,8 @@ impl QdrantEngine {
 #[async_trait]
 impl Engine for Arc<QdrantEngine> {
     async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
-        self.bounded(self.upsert_op(owner, memories, false)).await
+        self.bounded(self.upsert_op(owner, memories, WriteMode::Upsert))
+            .await
     }
 
     async fn insert_new(
@@ -682,7 +687,17 @@ impl Engine for Arc<QdrantEngine> {
         owner: &OwnerHash,
         memories: Vec<NewMemory>,
     ) -> Result<(), StoreError> {
-        self.bounded(self.upsert_op(owner, memories, true)).await
+        self.bounded(self.upsert_op(owner, memories, WriteMode::InsertNew))
+            .await
+    }
+
+    async fn update_existing(
+        &self,
+        owner: &OwnerHash,
+        memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError> {
+        self.bounded(self.upsert_op(owner, memories, WriteMode::UpdateExisting))
+            .await
     }
 
     async fn search(

@@ -30,6 +30,56 @@ pub async fn put_then_get(h: &Harness) {
     );
 }
 
+/// `put_existing` overwrites the owner's points that still exist and
+/// creates none: a deleted memory, an id never stored and another owner's
+/// point are left as they are.
+pub async fn update_existing(h: &Harness) {
+    let (alice, bob) = (h.owner("alice"), h.owner("bob"));
+    let kept = memory("kept, first version", vector(0, 0.0), json!({}));
+    let gone = memory("deleted", vector(1, 0.0), json!({}));
+    let never = memory("never stored", vector(2, 0.0), json!({}));
+    let bobs = memory("bob's own", vector(3, 0.0), json!({}));
+    h.store
+        .put(&alice, vec![kept.clone(), gone.clone()])
+        .await
+        .expect("put");
+    h.store.put(&bob, vec![bobs.clone()]).await.expect("put");
+    h.store.delete(&alice, gone.id).await.expect("delete");
+
+    let mut second = kept.clone();
+    second.text = "kept, second version".into();
+    h.store
+        .put_existing(&alice, vec![second, gone.clone(), never.clone()])
+        .await
+        .expect("update");
+    let got = h
+        .store
+        .get(&alice, kept.id)
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(got.text(), "kept, second version");
+    assert!(
+        h.store.get(&alice, gone.id).await.expect("get").is_none(),
+        "brought back"
+    );
+    assert!(
+        h.store.get(&alice, never.id).await.expect("get").is_none(),
+        "created"
+    );
+
+    // Alice naming Bob's id changes nothing of his, shared collection or not.
+    let mut over_bobs = bobs.clone();
+    over_bobs.text = "alice over bob's".into();
+    h.store
+        .put_existing(&alice, vec![over_bobs])
+        .await
+        .expect("update");
+    let his = h.store.get(&bob, bobs.id).await.expect("get").expect("his");
+    assert_eq!(his.text(), "bob's own");
+    assert!(h.store.get(&alice, bobs.id).await.expect("get").is_none());
+}
+
 pub async fn reads_of_an_unknown_user(h: &Harness) {
     let nobody = h.owner("nobody");
     let query = SearchQuery {

@@ -46,6 +46,18 @@ macro_rules! conformance {
 
             #[tokio::test]
             $(#[$attr])*
+            async fn an_update_of_existing_memories_never_brings_back_a_deleted_one() {
+                cases::update_existing(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
+            async fn an_update_of_existing_memories_never_touches_a_neighbours_in_a_shared_collection() {
+                cases::update_existing(&$make(1, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
             async fn users_sharing_a_collection_stay_apart_with_the_engine_filter() {
                 cases::shared_collection(&$make(1, false).await, false).await;
             }

@@ -31,11 +31,12 @@ use ahash::AHashSet;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use qdrant_edge::{
-    Condition, CountRequest, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeOptimizersConfig,
-    EdgeVectorParams, FieldCondition, Filter, HasIdCondition, JsonPath, Match, MatchValue,
-    NamedQuery, Payload, PointId, PointInsertOperations, PointOperations, PointStructPersisted,
-    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants,
-    VectorStructPersisted, WalOptions, WithPayloadInterface, WithVector,
+    Condition, ConditionalInsertOperation, CountRequest, DEFAULT_VECTOR_NAME, Distance, EdgeConfig,
+    EdgeOptimizersConfig, EdgeVectorParams, FieldCondition, Filter, HasIdCondition, JsonPath,
+    Match, MatchValue, NamedQuery, Payload, PointId, PointInsertOperations, PointOperations,
+    PointStructPersisted, QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateMode,
+    UpdateOperation, ValueVariants, VectorStructPersisted, WalOptions, WithPayloadInterface,
+    WithVector,
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -44,7 +45,7 @@ pub use pool::{MAPS_PER_OPEN_SHARD, fit_open_shards, max_map_count};
 
 use super::{
     Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
-    StoreError, TAGS_FIELD,
+    StoreError, TAGS_FIELD, WriteMode,
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
@@ -460,6 +461,7 @@ impl EdgeEngine {
         &self,
         owner: &OwnerHash,
         memories: Vec<NewMemory>,
+        mode: WriteMode,
     ) -> Result<(), StoreError> {
         self.check_space(0)?;
         let owner_hex = owner.to_hex();
@@ -474,14 +476,25 @@ impl EdgeEngine {
                 }
             })
             .collect();
+        let points = PointInsertOperations::PointsList(points);
+        let op = match mode {
+            // One process writes this data directory (its lock), so the
+            // API's per-key claim already settles racing keyed writes.
+            WriteMode::Upsert | WriteMode::InsertNew => PointOperations::UpsertPoints(points),
+            // Checked and applied under the shard's exclusive lock, so a
+            // delete cannot fall between the two.
+            WriteMode::UpdateExisting => {
+                PointOperations::UpsertPointsConditional(ConditionalInsertOperation {
+                    points_op: points,
+                    condition: filter(vec![owner_condition(owner)]).expect("one condition"),
+                    update_mode: Some(UpdateMode::UpdateOnly),
+                })
+            }
+        };
         let slot = self.slot(owner)?;
-        slot.update(
-            true,
-            UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-                PointInsertOperations::PointsList(points),
-            )),
-            || Ok(()),
-        )?;
+        // An update creates no shard: with none, there is nothing to update.
+        let create = mode != WriteMode::UpdateExisting;
+        slot.update(create, UpdateOperation::PointOperation(op), || Ok(()))?;
         self.check_due(&slot, slot.dead());
         Ok(())
     }
@@ -597,7 +610,20 @@ impl EdgeEngine {
 impl Engine for Arc<EdgeEngine> {
     async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
         let (this, owner) = (self.clone(), owner.clone());
-        EdgeEngine::blocking(move || this.upsert_blocking(&owner, memories)).await
+        EdgeEngine::blocking(move || this.upsert_blocking(&owner, memories, WriteMode::Upsert))
+            .await
+    }
+
+    async fn update_existing(
+        &self,
+        owner: &OwnerHash,
+        memories: Vec<NewMemory>,
+    ) -> Result<(), StoreError> {
+        let (this, owner) = (self.clone(), owner.clone());
+        EdgeEngine::blocking(move || {
+            this.upsert_blocking(&owner, memories, WriteMode::UpdateExisting)
+        })
+        .await
     }
 
     async fn search(
