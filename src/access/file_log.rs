@@ -3,9 +3,12 @@
 //!
 //! An append is written and fsynced before the admin call returns. An append
 //! that fails (a full disk writing part of the line, a failed sync) is cut
-//! back to the last complete record before anything else is written, so a
-//! refused change never takes effect at the next start and a partial line
-//! never joins the next one. A crash mid-append leaves a torn last line,
+//! back to the last complete record, synced, before the call is refused, so
+//! the refused change does not take effect at the next start and a partial
+//! line never joins the next one. Should even the cut fail, nothing more is
+//! appended until it succeeds; a process that stops before then may find
+//! the refused change at its next start (as after any 503, its outcome is
+//! unknown). A crash mid-append leaves a torn last line,
 //! which was never acknowledged: it is cut off at the next start. Any other
 //! unreadable line stops the start, since skipping it could silently lift a
 //! revocation.
@@ -59,22 +62,18 @@ impl FileLog {
     pub fn open(data_dir: &Path) -> Result<Self, AccessError> {
         let dir = data_dir.join(DIR);
         let path = dir.join(FILE);
-        // A new directory or file is synced into its parent: an
-        // acknowledged change must not vanish with the entry that holds it.
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(|e| AccessError::io(&dir, e))?;
-            sync_dir(data_dir)?;
-        }
-        let created = !path.exists();
+        // The directory and the file are synced into their parents at
+        // every open (a failed start may have made them): an acknowledged
+        // change must not vanish with the entry that holds it.
+        std::fs::create_dir_all(&dir).map_err(|e| AccessError::io(&dir, e))?;
+        sync_dir(data_dir)?;
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&path)
             .map_err(|e| AccessError::io(&path, e))?;
-        if created {
-            sync_dir(&dir)?;
-        }
+        sync_dir(&dir)?;
         cut_torn_tail(&path, &file)?;
         let len = file
             .metadata()

@@ -128,12 +128,10 @@ fn repair(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Creates `dir` (owner-only) and, if it is new, syncs its parent so that
-/// the key files inside it cannot vanish with it on a power loss.
+/// Creates `dir` (owner-only) if needed and syncs its parent, so that the
+/// key files inside it cannot vanish with it on a power loss (every time:
+/// an earlier attempt may have made it and failed to sync).
 fn create_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -28,6 +28,17 @@ fn strace_works() -> Result<(), String> {
     }
 }
 
+/// Whether a test must skip for want of `strace`; prints the reason if so.
+fn skipped_without_strace() -> bool {
+    match strace_works() {
+        Ok(()) => false,
+        Err(why) => {
+            eprintln!("skipped: strace cannot trace here ({why})");
+            true
+        }
+    }
+}
+
 /// `command` (a [`cordon`] command) run under `strace` with `options`.
 fn under_strace(command: &Command, options: &[&str]) -> Command {
     let mut traced = Command::new("strace");
@@ -80,8 +91,7 @@ fn slowed_syncs(delay: Duration) -> Vec<String> {
 #[tokio::test]
 async fn with_every_sync_slowed_a_keyed_retry_is_acknowledged_only_once_the_first_attempt_is_durable()
  {
-    if let Err(why) = strace_works() {
-        eprintln!("skipped: strace cannot trace here ({why})");
+    if skipped_without_strace() {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
@@ -181,8 +191,14 @@ async fn while_every_flush_fails_a_keyed_retry_is_never_acknowledged_from_what_t
     };
     let first = store().await.expect("answered");
     assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
-    // The failed flush may have left the memory readable; a retry must not
-    // take that for an acknowledgement while no flush can succeed.
+    // The failed flush left the memory readable (it wrote the data and failed
+    // on the segment's state file); a retry must not take that for an
+    // acknowledgement while no flush can succeed.
+    assert_eq!(
+        exported_texts(&client, &server, &alice).await,
+        ["before", "written while the disk fails"],
+        "the premise: the refused write is readable"
+    );
     for attempt in 0..3 {
         let retry = store().await.expect("answered");
         assert_eq!(
@@ -232,8 +248,7 @@ fn key_files(data: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn an_erase_cut_short_between_zeroing_and_removing_the_key_is_finished_at_the_next_start() {
-    if let Err(why) = strace_works() {
-        eprintln!("skipped: strace cannot trace here ({why})");
+    if skipped_without_strace() {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
@@ -317,8 +332,7 @@ async fn an_erase_cut_short_between_zeroing_and_removing_the_key_is_finished_at_
 
 #[tokio::test]
 async fn a_key_rotation_whose_renames_fail_leaves_no_wrapped_key_behind() {
-    if let Err(why) = strace_works() {
-        eprintln!("skipped: strace cannot trace here ({why})");
+    if skipped_without_strace() {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
@@ -412,8 +426,7 @@ async fn list_status(client: &reqwest::Client, server: &Server, token: &str) -> 
 
 #[tokio::test]
 async fn an_admin_change_whose_sync_fails_is_refused_and_never_takes_effect_after_a_restart() {
-    if let Err(why) = strace_works() {
-        eprintln!("skipped: strace cannot trace here ({why})");
+    if skipped_without_strace() {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
@@ -497,9 +510,9 @@ async fn an_admin_change_cut_short_by_a_full_disk_never_stops_the_next_start() {
 }
 
 #[tokio::test]
-async fn every_directory_a_first_store_creates_is_synced_into_its_parent_before_the_201() {
-    if let Err(why) = strace_works() {
-        eprintln!("skipped: strace cannot trace here ({why})");
+async fn every_directory_a_first_sealed_store_depends_on_is_synced_into_its_parent_before_the_201()
+{
+    if skipped_without_strace() {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");

@@ -27,6 +27,8 @@ const SWAP_PREFIX: &str = ".swap-";
 pub const PURGE_MARKER: &str = "cordon-purge-pending";
 /// Inside a shard: its WAL size right after the last rewrite (JSON).
 pub const BASELINE_FILE: &str = "cordon-rewrite.json";
+/// Inside a shard: its owner index exists and its directories are synced.
+pub const SET_UP_MARKER: &str = "cordon-set-up";
 
 pub(super) fn storage_err(context: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(format!("{context}: {e}"))
@@ -57,29 +59,6 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates `dir` (and any missing parent) and syncs each parent that gained
-/// an entry, so that a shard acknowledged as written cannot lose its
-/// directory to a power loss.
-pub fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
-    let mut missing = Vec::new();
-    let mut at = dir;
-    while !at.exists() {
-        missing.push(at.to_owned());
-        match at.parent() {
-            Some(parent) => at = parent,
-            None => break,
-        }
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| storage_err(&format!("cannot create {}", dir.display()), e))?;
-    for created in missing.iter().rev() {
-        if let Some(parent) = created.parent() {
-            sync_dir(parent)?;
-        }
-    }
-    Ok(())
-}
-
 /// Drops the page cache's clean pages of every file under `dir`, so that
 /// the next read comes from the disk. After a failed sync the kernel may
 /// keep pages it could not write, marked clean: read back, they would show
@@ -87,28 +66,15 @@ pub fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
 /// skipped.
 pub fn drop_cached_pages(dir: &Path) {
     use std::os::fd::AsRawFd as _;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_file() => {
-                    if let Ok(file) = std::fs::File::open(&path) {
-                        // SAFETY: the descriptor is open for the whole call;
-                        // the advice changes no memory of this process.
-                        unsafe {
-                            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-                        }
-                    }
-                }
-                _ => {}
+    for_each_file(dir, |path, _| {
+        if let Ok(file) = std::fs::File::open(path) {
+            // SAFETY: the descriptor is open for the whole call; the advice
+            // changes no memory of this process.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
             }
         }
-    }
+    });
 }
 
 /// Syncs every directory under `dir` (and `dir`), so that a tree whose files
@@ -194,6 +160,20 @@ pub fn mark_purge_pending(dir: &Path) -> Result<(), StoreError> {
     sync_dir(dir)
 }
 
+/// Whether the shard in `dir` finished its set-up (see [`SET_UP_MARKER`]).
+pub fn is_set_up(dir: &Path) -> bool {
+    dir.join(SET_UP_MARKER).is_file()
+}
+
+/// Records, durably, that the shard in `dir` is set up.
+pub fn mark_set_up(dir: &Path) -> Result<(), StoreError> {
+    let marker = dir.join(SET_UP_MARKER);
+    std::fs::File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| storage_err(&format!("cannot create {}", marker.display()), e))?;
+    sync_dir(dir)
+}
+
 /// When the oldest unpurged delete in `dir` happened, if any is pending.
 pub fn purge_pending_since(dir: &Path) -> Option<SystemTime> {
     std::fs::metadata(dir.join(PURGE_MARKER))
@@ -214,8 +194,9 @@ pub fn wal_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Calls `f` with the metadata of every file under `dir`, at any depth.
-fn for_each_file(dir: &Path, mut f: impl FnMut(&std::fs::Metadata)) {
+/// Calls `f` with the path and metadata of every file under `dir`, at any
+/// depth.
+fn for_each_file(dir: &Path, mut f: impl FnMut(&Path, &std::fs::Metadata)) {
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -224,7 +205,7 @@ fn for_each_file(dir: &Path, mut f: impl FnMut(&std::fs::Metadata)) {
         for entry in entries.flatten() {
             match entry.metadata() {
                 Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) if m.is_file() => f(&m),
+                Ok(m) if m.is_file() => f(&entry.path(), &m),
                 _ => {}
             }
         }
@@ -235,14 +216,14 @@ fn for_each_file(dir: &Path, mut f: impl FnMut(&std::fs::Metadata)) {
 pub fn disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     let mut total = 0;
-    for_each_file(dir, |m| total += m.blocks() * 512);
+    for_each_file(dir, |_, m| total += m.blocks() * 512);
     total
 }
 
 /// Regular files under `dir`, at any depth.
 pub fn file_count(dir: &Path) -> usize {
     let mut count = 0;
-    for_each_file(dir, |_| count += 1);
+    for_each_file(dir, |_, _| count += 1);
     count
 }
 
@@ -358,6 +339,15 @@ pub mod inject {
     /// (after syncing for real, as a sync that fails late would).
     pub fn fail_syncs(dir: &Path, calls: &[usize]) {
         SYNCS.lock().push((dir.to_owned(), 0, calls.to_vec()));
+    }
+
+    /// Syncs of `dir` made since [`fail_syncs`] named it.
+    pub fn syncs_made(dir: &Path) -> usize {
+        SYNCS
+            .lock()
+            .iter()
+            .find(|(path, _, _)| path == dir)
+            .map_or(0, |(_, made, _)| *made)
     }
 
     pub(super) fn sync_fails(dir: &Path) -> bool {

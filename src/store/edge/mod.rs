@@ -249,11 +249,14 @@ impl EdgeEngine {
             settings.max_open_shards = fitted;
         }
         let root = settings.data_dir.join("shards");
-        // Synced into its parent when new, like every directory a
-        // successful write depends on.
-        files::create_dir_durably(&root).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create {}: {e}", root.display()))
-        })?;
+        // Synced into its parent at every start, like every directory a
+        // successful write depends on (a start that failed may have made it).
+        std::fs::create_dir_all(&root)
+            .map_err(|e| e.to_string())
+            .and_then(|()| files::sync_dir(&settings.data_dir).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", root.display()))
+            })?;
         let lock = lock_data_dir(&settings.data_dir)?;
         let repaired = files::repair(&root)?;
         if repaired != files::Repaired::default() {
@@ -580,8 +583,14 @@ impl EdgeEngine {
             // rewrite copying it is cancelled. Its directory goes next, so
             // a failing last flush does not matter.
             *slot.journal.lock() = None;
-            if let Some(shard) = guard.take() {
-                fault::close(shard, &slot.name);
+            let closed = guard
+                .take()
+                .is_none_or(|shard| fault::close(shard, &slot.name));
+            if !closed {
+                // Writes applied before the erase and waiting for a flush
+                // get 503: should the removal below fail, the directory
+                // that stays never had them.
+                slot.retire(&mut guard);
             }
             slot.bump_generation();
             files::discard_dir(&self.root, &slot.dir)?;

@@ -266,16 +266,19 @@ impl Slot {
             return Ok(false);
         }
         if !exists {
-            files::create_dir_durably(&self.dir)?;
+            std::fs::create_dir_all(&self.dir).map_err(engine_err)?;
         } else if self.distrust_cache.swap(false, Ordering::AcqRel) {
             files::drop_cached_pages(&self.dir);
         }
         let shard = EdgeShard::load(&self.dir, Some(shard_config())).map_err(engine_err)?;
-        if !exists {
-            create_owner_index(&shard)?;
-            // The directories the new shard made (its segments, its WAL)
-            // must outlive a power loss with the first write they hold.
-            files::sync_tree(&self.dir)?;
+        if !files::is_set_up(&self.dir) {
+            // New, or its set-up was cut short by a failure: done again
+            // before it serves. Closed through `fault` if that fails, since
+            // its `Drop` flushes and may panic.
+            if let Err(e) = set_up(&shard, &self.dir) {
+                fault::close(shard, &self.name);
+                return Err(e);
+            }
         }
         self.set_wal_baseline(files::read_baseline(&self.dir));
         let pending = files::purge_pending_since(&self.dir).is_some();
@@ -386,6 +389,24 @@ impl Slot {
         }
     }
 
+    /// Applies `op` and returns its sequence number without waiting for the
+    /// flush, as a writer does just before it waits in `commit`.
+    #[cfg(test)]
+    pub(super) fn apply_unflushed(&self, op: UpdateOperation) -> u64 {
+        self.write(false, |shard| {
+            shard.update(op).map_err(engine_err)?;
+            Ok(self.applied.fetch_add(1, Ordering::AcqRel) + 1)
+        })
+        .expect("applied")
+        .expect("the shard is open")
+    }
+
+    /// Waits for update `seq` to be flushed, as its writer does.
+    #[cfg(test)]
+    pub(super) fn flushed(&self, seq: u64) -> Result<(), StoreError> {
+        self.commit(seq)
+    }
+
     /// Runs `f` on the open shard under the exclusive lock.
     pub fn write<R>(
         &self,
@@ -437,6 +458,19 @@ fn undo_of(shard: &EdgeShard, op: &UpdateOperation) -> Option<UpdateOperation> {
     let ids: Vec<_> = ids.into_iter().filter(|id| !held.contains(id)).collect();
     (!ids.is_empty())
         .then(|| UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))
+}
+
+/// Makes a shard that was just created (or whose set-up failed) ready to
+/// serve: the owner index, then a sync of every directory it made (its
+/// segments, its WAL) and of its entry in the shards directory, which must
+/// outlive a power loss with the first write they hold, then the marker.
+fn set_up(shard: &EdgeShard, dir: &Path) -> Result<(), StoreError> {
+    create_owner_index(shard)?;
+    files::sync_tree(dir)?;
+    if let Some(root) = dir.parent() {
+        files::sync_dir(root)?;
+    }
+    files::mark_set_up(dir)
 }
 
 /// Creates the keyword index on the owner field, which every read filters on.
@@ -623,17 +657,11 @@ mod tests {
         let op = UpdateOperation::PointOperation(PointOperations::UpsertPoints(
             PointInsertOperations::PointsList(vec![point]),
         ));
-        // Applied, not yet flushed: its writer is about to wait in `commit`.
-        let seq = slot
-            .write(true, |shard| {
-                shard.update(op).map_err(engine_err)?;
-                Ok(slot.applied.fetch_add(1, Ordering::AcqRel) + 1)
-            })
-            .unwrap()
-            .unwrap();
+        assert!(slot.ensure_open(true).unwrap());
+        let seq = slot.apply_unflushed(op);
         // A close whose flush failed (a rewrite's, an erase's) retires it.
         slot.retire(&mut slot.shard.write());
-        let answer = slot.commit(seq);
+        let answer = slot.flushed(seq);
         assert!(
             answer.is_err(),
             "acknowledged a write nothing flushed: {answer:?} seq {seq}"

@@ -301,6 +301,7 @@ impl EdgeEngine {
         fresh.close()?;
         let wal_after = files::wal_bytes(building);
         files::write_baseline(building, wal_after)?;
+        files::mark_set_up(building)?;
         if had_deletes {
             // Deleted during the copy: the copy holds that text too.
             files::mark_purge_pending(building)?;
