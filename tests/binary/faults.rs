@@ -77,6 +77,71 @@ fn kill_9_traced(server: &mut Server) {
     server.child.wait().expect("reaped strace");
 }
 
+/// Seconds since the Unix epoch, as `strace -ttt` prints them.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+/// The syncs in an `strace -f -ttt -T` trace that had begun before `at` and
+/// not yet returned, as `(pid, began)`.
+fn syncs_running_at(trace: &str, at: f64) -> Vec<(String, f64)> {
+    let mut begun: std::collections::HashMap<String, f64> = Default::default();
+    let mut running = Vec::new();
+    for line in trace.lines() {
+        let mut words = line.splitn(3, ' ');
+        let (Some(pid), Some(time), Some(call)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(time) = time.parse::<f64>() else {
+            continue;
+        };
+        // `-T` ends a finished call with its duration: `<0.200123>`.
+        let took = call
+            .rsplit_once('<')
+            .and_then(|(_, d)| d.strip_suffix('>')?.parse::<f64>().ok());
+        let (began, ended) = if call.ends_with("<unfinished ...>") {
+            begun.insert(pid.to_owned(), time);
+            continue;
+        } else if call.starts_with("<...") {
+            match begun.remove(pid) {
+                Some(began) => (began, time),
+                None => continue,
+            }
+        } else {
+            (time, time + took.unwrap_or(0.0))
+        };
+        if began < at && at < ended {
+            running.push((pid.to_owned(), began));
+        }
+    }
+    running.extend(begun.into_iter().filter(|(_, began)| *began < at));
+    running
+}
+
+#[test]
+fn a_sync_is_running_between_its_start_and_its_return_in_a_trace() {
+    let trace = "\
+10 100.000000 fsync(7) = 0 <0.200000>
+11 100.100000 fdatasync(8 <unfinished ...>
+10 100.300000 msync(0x7f, 4096, MS_SYNC) = 0 <0.200000>
+11 100.350000 <... fdatasync resumed>) = 0 <0.250000>
+12 101.000000 fsync(9 <unfinished ...>
+";
+    assert_eq!(syncs_running_at(trace, 99.9), vec![]);
+    assert_eq!(syncs_running_at(trace, 100.05), vec![("10".into(), 100.0)]);
+    assert_eq!(
+        syncs_running_at(trace, 100.32).len(),
+        2,
+        "the resumed fdatasync and the msync"
+    );
+    assert_eq!(syncs_running_at(trace, 100.6), vec![]);
+    // Never returned before the trace ended (the process was killed).
+    assert_eq!(syncs_running_at(trace, 101.5), vec![("12".into(), 101.0)]);
+}
+
 /// Every kind of sync the engine makes, each held back by `delay`.
 fn slowed_syncs(delay: Duration) -> Vec<String> {
     let syncs = "fsync,fdatasync,msync,sync_file_range";
@@ -113,7 +178,10 @@ async fn with_every_sync_slowed_a_keyed_retry_is_acknowledged_only_once_the_firs
     server.child.kill().expect("killed");
     server.child.wait().expect("reaped");
 
-    let slowed = slowed_syncs(Duration::from_millis(200));
+    let trace = data.path().join("syncs.trace");
+    let mut slowed = slowed_syncs(Duration::from_millis(200));
+    slowed.extend(["-ttt", "-T", "-o"].map(String::from));
+    slowed.push(trace.to_string_lossy().into_owned());
     let slowed: Vec<&str> = slowed.iter().map(String::as_str).collect();
     for round in 0..4 {
         // The server gives up on a request after a second, long before the
@@ -135,17 +203,28 @@ async fn with_every_sync_slowed_a_keyed_retry_is_acknowledged_only_once_the_firs
             first.status()
         );
         // Retried at once and until acknowledged, as a client would.
-        let retry = loop {
+        let (retry, acknowledged_at) = loop {
             let retry = store().await.expect("answered");
             if retry.status() == StatusCode::CREATED {
-                break retry;
+                break (retry, unix_seconds());
             }
             assert!(retry.status().is_server_error(), "{}", retry.status());
         };
         let ids: serde_json::Value = retry.json().await.expect("JSON");
         let id = ids["ids"][0].as_str().expect("an id").to_owned();
-        // The acknowledgement must already be on disk.
+        // The acknowledgement must already be on disk: no sync was still
+        // running when it arrived, and it survives kill -9.
         kill_9_traced(&mut server);
+        let trace_text = std::fs::read_to_string(&trace).expect("trace");
+        assert!(
+            trace_text.contains("sync("),
+            "round {round}: the trace holds the syncs"
+        );
+        let running = syncs_running_at(&trace_text, acknowledged_at);
+        assert!(
+            running.is_empty(),
+            "round {round}: acknowledged while syncs were running: {running:?}"
+        );
 
         let mut server = serve(data.path());
         let found = client
