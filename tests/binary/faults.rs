@@ -28,6 +28,24 @@ fn strace_works() -> Result<(), String> {
     }
 }
 
+/// Starts `command` (a [`cordon`] command), stores `text` as `token`, and
+/// kills the server.
+async fn store_then_kill(command: Command, token: &str, text: &str) {
+    let mut server = serve_with(command);
+    let stored = store_request(
+        &reqwest::Client::new(),
+        &server,
+        token,
+        &json!({ "text": text }),
+    )
+    .send()
+    .await
+    .expect("answered");
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    server.child.kill().expect("killed");
+    server.child.wait().expect("reaped");
+}
+
 /// Whether a test must skip for want of `strace`; prints the reason if so.
 fn skipped_without_strace() -> bool {
     match strace_works() {
@@ -164,19 +182,7 @@ async fn with_every_sync_slowed_a_keyed_retry_is_acknowledged_only_once_the_firs
     let client = reqwest::Client::new();
     // The shard exists before the first round, so that each round's write
     // is a plain group-committed flush.
-    let mut server = serve(data.path());
-    let first = store_request(
-        &client,
-        &server,
-        &alice,
-        &json!({ "text": "the shard's first memory" }),
-    )
-    .send()
-    .await
-    .expect("answered");
-    assert_eq!(first.status(), StatusCode::CREATED);
-    server.child.kill().expect("killed");
-    server.child.wait().expect("reaped");
+    store_then_kill(cordon(data.path()), &alice, "the shard's first memory").await;
 
     let trace = data.path().join("syncs.trace");
     let mut slowed = slowed_syncs(Duration::from_millis(200));
@@ -340,19 +346,7 @@ async fn an_erase_cut_short_between_zeroing_and_removing_the_key_is_finished_at_
     };
     let alice = mint(data.path(), "acme", "alice");
     let client = reqwest::Client::new();
-    let mut server = serve_with(sealed());
-    let stored = store_request(
-        &client,
-        &server,
-        &alice,
-        &json!({ "text": "sealed, then shredded" }),
-    )
-    .send()
-    .await
-    .expect("answered");
-    assert_eq!(stored.status(), StatusCode::CREATED);
-    server.child.kill().expect("killed");
-    server.child.wait().expect("reaped");
+    store_then_kill(sealed(), &alice, "sealed, then shredded").await;
     let keys: Vec<_> = key_files(data.path(), "")
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
@@ -422,14 +416,7 @@ async fn a_key_rotation_whose_renames_fail_leaves_no_wrapped_key_behind() {
     let client = reqwest::Client::new();
     let mut first = cordon(data.path());
     first.env("CORDON_KEK_FILE", &one);
-    let mut server = serve_with(first);
-    let stored = store_request(&client, &server, &alice, &json!({ "text": "kept sealed" }))
-        .send()
-        .await
-        .expect("answered");
-    assert_eq!(stored.status(), StatusCode::CREATED);
-    server.child.kill().expect("killed");
-    server.child.wait().expect("reaped");
+    store_then_kill(first, &alice, "kept sealed").await;
 
     // Every rename fails: each re-wrapped key stays in its temporary file.
     let mut rotate = cordon(data.path());

@@ -144,6 +144,16 @@ fn release_all(root: &Path) {
     let _ = Command::new("chattr").args(["-R", "-i"]).arg(root).status();
 }
 
+/// Whether a test must skip because `chattr +i` does not work here; prints
+/// the reason if so.
+fn skipped_without_chattr() -> bool {
+    let works = immutable_works();
+    if !works {
+        eprintln!("skipped: chattr +i does not work here (needs root on ext4 or tmpfs)");
+    }
+    !works
+}
+
 /// Whether `chattr +i` works on this file system (root on ext4 or tmpfs).
 fn immutable_works() -> bool {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -167,8 +177,7 @@ fn leftovers(root: &Path, prefix: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn an_old_shard_whose_last_flush_fails_after_its_copy_is_ready_never_outlives_the_swap() {
-    if !immutable_works() {
-        eprintln!("skipped: chattr +i does not work here (needs root on ext4 or tmpfs)");
+    if skipped_without_chattr() {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
@@ -260,8 +269,7 @@ async fn a_failed_directory_sync_after_the_swap_keeps_the_copy_serving() {
 
 #[tokio::test]
 async fn a_copy_whose_flush_fails_gives_up_the_rewrite_and_the_process_keeps_running() {
-    if !immutable_works() {
-        eprintln!("skipped: chattr +i does not work here (needs root on ext4 or tmpfs)");
+    if skipped_without_chattr() {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
@@ -313,8 +321,7 @@ async fn a_shard_whose_set_up_failed_is_set_up_again_at_its_next_open() {
 
 #[tokio::test]
 async fn a_write_waiting_on_an_erase_whose_close_failed_is_never_acknowledged() {
-    if !immutable_works() {
-        eprintln!("skipped: chattr +i does not work here (needs root on ext4 or tmpfs)");
+    if skipped_without_chattr() {
         return;
     }
     let data = tempfile::tempdir().expect("temp dir");
