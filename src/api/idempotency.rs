@@ -16,8 +16,9 @@
 //! end in a task of its own, so a request cut off by its timeout never frees
 //! the key while its write is applied but not yet durable. A retry that did
 //! not see an earlier attempt succeed cannot tell a durable point from one a
-//! failed flush left readable, so it writes what it finds once more and
-//! answers only once that is durable. Across replicas, a keyed write
+//! failed flush left readable, so it writes what it finds once more (over
+//! the points that still exist, so a delete meanwhile stays) and answers
+//! only once that is durable. Across replicas, a keyed write
 //! only ever inserts points that do not exist yet (the engine's
 //! insert-if-absent), and is read back: if another replica's attempt with a
 //! different body got there first, this one is refused the same way.

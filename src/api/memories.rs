@@ -134,7 +134,7 @@ pub async fn store_memories(
         let bytes = admit(state, caller, &items).await?;
         let memories = embedded(state, caller, items, &ids, &created_at, None).await?;
         state.store.put(&caller.owner, memories).await?;
-        stored(state, caller, ids.len(), bytes);
+        stored(state, &caller.owner, ids.len(), bytes);
         return Ok(ids);
     };
     let ids: Vec<Uuid> = (0..items.len())
@@ -195,14 +195,14 @@ pub async fn store_memories(
             }
         }
         claim.succeeded();
+        if let Some(bytes) = bytes {
+            stored(state, &owner, n, bytes);
+        }
         Ok::<(), ApiError>(())
     });
     write
         .await
         .map_err(|e| ApiError::from(crate::store::StoreError::Internal(e.to_string())))??;
-    if let Some(bytes) = bytes {
-        stored(state, caller, n, bytes);
-    }
     Ok(ids)
 }
 
@@ -258,8 +258,8 @@ async fn embedded(
 }
 
 /// Counts a store of `n` new memories holding `bytes`.
-fn stored(state: &AppState, caller: &Caller, n: usize, bytes: u64) {
-    state.quotas.stored(&caller.owner, bytes);
+fn stored(state: &AppState, owner: &crate::owner::OwnerHash, n: usize, bytes: u64) {
+    state.quotas.stored(owner, bytes);
     state.metrics.stored(n);
 }
 
