@@ -28,6 +28,7 @@ pub struct QdrantLog {
     client: Qdrant,
     name: String,
     timeout: std::time::Duration,
+    replication: crate::settings::Replication,
 }
 
 impl QdrantLog {
@@ -37,6 +38,7 @@ impl QdrantLog {
             client: client(connection).map_err(AccessError::Store)?,
             name: format!("{prefix}{COLLECTION_SUFFIX}"),
             timeout: connection.timeout,
+            replication: connection.replication,
         })
     }
 
@@ -51,7 +53,10 @@ impl QdrantLog {
         if !exists
             && let Err(e) = self
                 .client
-                .create_collection(CreateCollectionBuilder::new(&self.name).shard_number(1))
+                .create_collection(crate::store::qdrant::replicated(
+                    CreateCollectionBuilder::new(&self.name),
+                    &self.replication,
+                ))
                 .await
         {
             let exists = self

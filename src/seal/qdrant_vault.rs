@@ -30,6 +30,7 @@ pub struct QdrantVault {
     client: Qdrant,
     name: String,
     timeout: std::time::Duration,
+    replication: crate::settings::Replication,
 }
 
 fn point_id(owner: &OwnerHash) -> Uuid {
@@ -55,6 +56,7 @@ impl QdrantVault {
             client: client(connection).map_err(|e| SealError::Vault(e.to_string()))?,
             name: format!("{prefix}{COLLECTION_SUFFIX}"),
             timeout: connection.timeout,
+            replication: connection.replication,
         })
     }
 
@@ -78,7 +80,10 @@ impl QdrantVault {
         let created = self
             .bounded(
                 self.client
-                    .create_collection(CreateCollectionBuilder::new(&self.name).shard_number(1)),
+                    .create_collection(crate::store::qdrant::replicated(
+                        CreateCollectionBuilder::new(&self.name),
+                        &self.replication,
+                    )),
             )
             .await?;
         if let Err(e) = created

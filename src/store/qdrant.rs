@@ -164,16 +164,15 @@ fn to_raw(
 async fn create_collection(
     client: &Qdrant,
     name: &str,
-    timeout: Duration,
+    connection: &QdrantConnection,
 ) -> Result<(), QdrantError> {
     client
         .create_collection(
-            CreateCollectionBuilder::new(name)
+            replicated(CreateCollectionBuilder::new(name), &connection.replication)
                 .vectors_config(
                     VectorParamsBuilder::new(DIMENSIONS as u64, Distance::Cosine).on_disk(true),
                 )
                 .on_disk_payload(true)
-                .shard_number(1)
                 .hnsw_config(HnswConfigDiffBuilder::default().on_disk(true))
                 .wal_config(
                     WalConfigDiffBuilder::default()
@@ -181,10 +180,22 @@ async fn create_collection(
                         .wal_segments_ahead(0),
                 )
                 .optimizers_config(OptimizersConfigDiffBuilder::default().default_segment_number(1))
-                .timeout(timeout.as_secs().max(1)),
+                .timeout(connection.timeout.as_secs().max(1)),
         )
         .await?;
     Ok(())
+}
+
+/// `builder` with the deployment's replication: a single shard, `factor`
+/// copies of it, and `write_consistency` of them applying each write.
+pub fn replicated(
+    builder: CreateCollectionBuilder,
+    replication: &crate::settings::Replication,
+) -> CreateCollectionBuilder {
+    builder
+        .shard_number(1)
+        .replication_factor(replication.factor)
+        .write_consistency_factor(replication.write_consistency)
 }
 
 /// A client for `connection` (lazy: it connects on its first call).
@@ -293,9 +304,7 @@ impl QdrantEngine {
         if self.known.lock().get(name).is_some() {
             return Ok(());
         }
-        if let Err(e) =
-            create_collection(&self.client, name, self.settings.connection.timeout).await
-        {
+        if let Err(e) = create_collection(&self.client, name, &self.settings.connection).await {
             let exists = self
                 .client
                 .collection_exists(name)

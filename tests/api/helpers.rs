@@ -86,6 +86,7 @@ pub fn settings(data_dir: &Path) -> Settings {
                 api_key: std::env::var("QDRANT_API_KEY").ok().map(Secret::new),
                 timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
+                replication: Default::default(),
             },
             max_collection_points: 0,
         },

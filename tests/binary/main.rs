@@ -2,6 +2,7 @@
 //! start-up errors, and a `kill -9` right after acknowledged writes.
 
 mod access;
+mod cluster;
 mod faults;
 mod keys;
 mod load;

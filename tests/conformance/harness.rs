@@ -193,6 +193,7 @@ fn qdrant_engine(prefix: &str, name_hex_chars: usize, collision_drill: bool) -> 
             api_key: std::env::var("QDRANT_API_KEY").ok().map(Secret::new),
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            replication: Default::default(),
         },
         collection_prefix: prefix.to_owned(),
         name_hex_chars,
