@@ -9,23 +9,23 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use qdrant_client::Payload;
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, FieldType, Filter,
     PointStruct, Range, UpsertPointsBuilder, Vector,
 };
-use qdrant_client::{Payload, Qdrant};
 
 use super::rules::Change;
 use super::{AccessError, AccessLog};
 use crate::settings::QdrantConnection;
-use crate::store::qdrant::{client, scroll_payloads, store_err};
+use crate::store::qdrant::{Nodes, scroll_payloads, store_err};
 
 /// Suffix of the system collection's name, after the deployment's prefix.
 pub const COLLECTION_SUFFIX: &str = "access";
 
 /// The change log in a Qdrant system collection.
 pub struct QdrantLog {
-    client: Qdrant,
+    nodes: Nodes,
     name: String,
     timeout: std::time::Duration,
     replication: crate::settings::Replication,
@@ -35,7 +35,7 @@ impl QdrantLog {
     /// A log over `connection` in `<prefix>access`; nothing is called yet.
     pub fn new(connection: &QdrantConnection, prefix: &str) -> Result<Self, AccessError> {
         Ok(Self {
-            client: client(connection).map_err(AccessError::Store)?,
+            nodes: Nodes::new(connection).map_err(AccessError::Store)?,
             name: format!("{prefix}{COLLECTION_SUFFIX}"),
             timeout: connection.timeout,
             replication: connection.replication,
@@ -46,13 +46,15 @@ impl QdrantLog {
     /// race here: "already exists" is success).
     async fn ensure(&self) -> Result<(), AccessError> {
         let exists = self
-            .client
+            .nodes
+            .client()
             .collection_exists(&self.name)
             .await
             .map_err(|e| AccessError::Store(store_err(e)))?;
         if !exists
             && let Err(e) = self
-                .client
+                .nodes
+                .client()
                 .create_collection(crate::store::qdrant::replicated(
                     CreateCollectionBuilder::new(&self.name),
                     &self.replication,
@@ -60,7 +62,8 @@ impl QdrantLog {
                 .await
         {
             let exists = self
-                .client
+                .nodes
+                .client()
                 .collection_exists(&self.name)
                 .await
                 .map_err(|e| AccessError::Store(store_err(e)))?;
@@ -68,7 +71,8 @@ impl QdrantLog {
                 return Err(AccessError::Store(store_err(e)));
             }
         }
-        self.client
+        self.nodes
+            .client()
             .create_field_index(
                 CreateFieldIndexCollectionBuilder::new(&self.name, "at_ms", FieldType::Integer)
                     .wait(true),
@@ -79,7 +83,7 @@ impl QdrantLog {
     }
 
     async fn scroll(&self, filter: Option<Filter>) -> Result<Vec<Change>, AccessError> {
-        scroll_payloads(&self.client, &self.name, filter, self.timeout)
+        scroll_payloads(self.nodes.client(), &self.name, filter, self.timeout)
             .await
             .map_err(AccessError::Store)?
             .into_iter()
@@ -90,13 +94,24 @@ impl QdrantLog {
             .collect()
     }
 
-    async fn bounded<F: std::future::Future>(&self, call: F) -> Result<F::Output, AccessError> {
-        tokio::time::timeout(self.timeout, call).await.map_err(|_| {
-            AccessError::Store(crate::store::StoreError::Unavailable(format!(
-                "Qdrant did not answer within {:?}",
-                self.timeout
-            )))
-        })
+    /// Runs `call` under the deadline; a node that fails it as unavailable
+    /// (or not at all) is left for the next one at the next call.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
+    ) -> Result<Result<T, qdrant_client::QdrantError>, AccessError> {
+        let node = self.nodes.active();
+        let result = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| {
+                self.nodes.failed(node);
+                AccessError::Store(crate::store::StoreError::Unavailable(format!(
+                    "Qdrant did not answer within {:?}",
+                    self.timeout
+                )))
+            })?;
+        self.nodes.check(node, &result);
+        Ok(result)
     }
 }
 
@@ -126,7 +141,8 @@ impl AccessLog for QdrantLog {
         );
         let response = self
             .bounded(
-                self.client
+                self.nodes
+                    .client()
                     .upsert_points(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true)),
             )
             .await?

@@ -9,25 +9,25 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use qdrant_client::Payload;
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, PointId,
     PointStruct, PointsIdsList, ScrollPointsBuilder, UpdateMode, UpsertPointsBuilder, Vector,
 };
-use qdrant_client::{Payload, Qdrant};
 use uuid::Uuid;
 
 use super::SealError;
 use super::vault::{Marker, Vault, WrappedDek};
 use crate::owner::OwnerHash;
 use crate::settings::QdrantConnection;
-use crate::store::qdrant::{client, json_payload, scroll_payloads, store_err};
+use crate::store::qdrant::{Nodes, json_payload, scroll_payloads, store_err};
 
 /// Suffix of the system collection's name, after the deployment's prefix.
 pub const COLLECTION_SUFFIX: &str = "keys";
 
 /// Wrapped keys in a Qdrant system collection.
 pub struct QdrantVault {
-    client: Qdrant,
+    nodes: Nodes,
     name: String,
     timeout: std::time::Duration,
     replication: crate::settings::Replication,
@@ -53,21 +53,32 @@ impl QdrantVault {
     /// A vault over `connection` in `<prefix>keys`; nothing is called yet.
     pub fn new(connection: &QdrantConnection, prefix: &str) -> Result<Self, SealError> {
         Ok(Self {
-            client: client(connection).map_err(|e| SealError::Vault(e.to_string()))?,
+            nodes: Nodes::new(connection).map_err(|e| SealError::Vault(e.to_string()))?,
             name: format!("{prefix}{COLLECTION_SUFFIX}"),
             timeout: connection.timeout,
             replication: connection.replication,
         })
     }
 
-    async fn bounded<F: std::future::Future>(&self, call: F) -> Result<F::Output, SealError> {
-        tokio::time::timeout(self.timeout, call).await.map_err(|_| {
-            SealError::Vault(format!("Qdrant did not answer within {:?}", self.timeout))
-        })
+    /// Runs `call` under the deadline; a node that fails it as unavailable
+    /// (or not at all) is left for the next one at the next call.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
+    ) -> Result<Result<T, qdrant_client::QdrantError>, SealError> {
+        let node = self.nodes.active();
+        let result = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| {
+                self.nodes.failed(node);
+                SealError::Vault(format!("Qdrant did not answer within {:?}", self.timeout))
+            })?;
+        self.nodes.check(node, &result);
+        Ok(result)
     }
 
     async fn exists(&self) -> Result<bool, SealError> {
-        self.bounded(self.client.collection_exists(&self.name))
+        self.bounded(self.nodes.client().collection_exists(&self.name))
             .await?
             .map_err(vault_err)
     }
@@ -79,7 +90,8 @@ impl QdrantVault {
         }
         let created = self
             .bounded(
-                self.client
+                self.nodes
+                    .client()
                     .create_collection(crate::store::qdrant::replicated(
                         CreateCollectionBuilder::new(&self.name),
                         &self.replication,
@@ -100,7 +112,7 @@ impl QdrantVault {
         }
         let found = self
             .bounded(
-                self.client.get_points(
+                self.nodes.client().get_points(
                     GetPointsBuilder::new(&self.name, vec![PointId::from(id.to_string())])
                         .with_payload(true)
                         .with_vectors(false),
@@ -126,7 +138,7 @@ impl QdrantVault {
         let point = PointStruct::new(id.to_string(), HashMap::<String, Vector>::new(), payload);
         let request = builder(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true));
         let response = self
-            .bounded(self.client.upsert_points(request))
+            .bounded(self.nodes.client().upsert_points(request))
             .await?
             .map_err(vault_err)?;
         crate::store::qdrant::confirmed(&response).map_err(|e| SealError::Vault(e.to_string()))
@@ -203,7 +215,8 @@ impl Vault for QdrantVault {
         };
         let response = self
             .bounded(
-                self.client
+                self.nodes
+                    .client()
                     .delete_points(DeletePointsBuilder::new(&self.name).points(ids).wait(true)),
             )
             .await?
@@ -215,7 +228,7 @@ impl Vault for QdrantVault {
         if !self.exists().await? {
             return Ok(Vec::new());
         }
-        scroll_payloads(&self.client, &self.name, None, self.timeout)
+        scroll_payloads(self.nodes.client(), &self.name, None, self.timeout)
             .await
             .map_err(|e| SealError::Vault(e.to_string()))?
             .into_iter()
@@ -230,7 +243,7 @@ impl Vault for QdrantVault {
         // Two points: one of them may be the marker.
         let page = self
             .bounded(
-                self.client.scroll(
+                self.nodes.client().scroll(
                     ScrollPointsBuilder::new(&self.name)
                         .limit(2)
                         .with_payload(true)

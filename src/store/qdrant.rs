@@ -14,6 +14,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -67,7 +68,7 @@ pub struct QdrantSettings {
 
 /// The Qdrant server engine.
 pub struct QdrantEngine {
-    client: Qdrant,
+    nodes: Nodes,
     settings: QdrantSettings,
     known: Mutex<LruCache<String, ()>>,
     /// Point counts of collections, for the size guard: (points, read at).
@@ -87,9 +88,17 @@ fn is_not_found(e: &QdrantError) -> bool {
 /// Maps a client error: a request Qdrant rejects as malformed is an engine
 /// error (a bug here); everything else (down, slow, overloaded, failing) is
 /// "unavailable", which clients may retry.
-pub(crate) fn store_err(e: QdrantError) -> StoreError {
+/// What kind of failure a Qdrant error is.
+enum ErrorKind {
+    /// The request itself is wrong: retrying cannot help.
+    Request,
+    /// Qdrant (or the node) could not serve it now.
+    Unavailable,
+}
+
+fn store_err_ref(e: &QdrantError) -> ErrorKind {
     use tonic::Code;
-    match &e {
+    match e {
         QdrantError::ResponseError { status }
             if matches!(
                 status.code(),
@@ -101,10 +110,17 @@ pub(crate) fn store_err(e: QdrantError) -> StoreError {
                     | Code::Unauthenticated
             ) =>
         {
-            StoreError::Engine(e.to_string())
+            ErrorKind::Request
         }
-        QdrantError::ConversionError(_) => StoreError::Engine(e.to_string()),
-        _ => StoreError::Unavailable(e.to_string()),
+        QdrantError::ConversionError(_) => ErrorKind::Request,
+        _ => ErrorKind::Unavailable,
+    }
+}
+
+pub(crate) fn store_err(e: QdrantError) -> StoreError {
+    match store_err_ref(&e) {
+        ErrorKind::Request => StoreError::Engine(e.to_string()),
+        ErrorKind::Unavailable => StoreError::Unavailable(e.to_string()),
     }
 }
 
@@ -198,7 +214,79 @@ pub fn replicated(
         .write_consistency_factor(replication.write_consistency)
 }
 
-/// A client for `connection` (lazy: it connects on its first call).
+/// The Qdrant nodes this process talks to: one client per URL of
+/// `CORDON_QDRANT_URL` (a comma-separated list of nodes of one cluster), and
+/// the one in use. A call that finds its node unavailable moves on to the
+/// next, so a Cordon process outlives the node it was talking to.
+pub struct Nodes {
+    clients: Vec<Qdrant>,
+    active: AtomicUsize,
+}
+
+impl Nodes {
+    /// A client per URL of `connection` (lazy: none connects before its
+    /// first call).
+    pub fn new(connection: &QdrantConnection) -> Result<Self, StoreError> {
+        let clients = connection
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| client_for(connection, url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if clients.is_empty() {
+            return Err(StoreError::Engine("CORDON_QDRANT_URL names no node".into()));
+        }
+        Ok(Self {
+            clients,
+            active: AtomicUsize::new(0),
+        })
+    }
+
+    /// The client of the node in use.
+    pub fn client(&self) -> &Qdrant {
+        &self.clients[self.active()]
+    }
+
+    /// Which node is in use (an index into the URL list).
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire) % self.clients.len()
+    }
+
+    /// How many nodes there are.
+    pub fn count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Moves past `node` if `result`, from a call to it, says it is
+    /// unavailable.
+    pub fn check<T>(&self, node: usize, result: &Result<T, QdrantError>) {
+        if let Err(e) = result
+            && matches!(store_err_ref(e), ErrorKind::Unavailable)
+        {
+            self.failed(node);
+        }
+    }
+
+    /// Moves past `node` after a call to it failed as unavailable, unless
+    /// another call already did.
+    pub fn failed(&self, node: usize) {
+        let next = (node + 1) % self.clients.len();
+        if self
+            .active
+            .compare_exchange(node, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && self.clients.len() > 1
+        {
+            tracing::warn!(
+                node,
+                next,
+                "a Qdrant node is unavailable; moving to the next"
+            );
+        }
+    }
+}
+
 /// Every point's payload, as JSON, of the system collection `name` (the
 /// access log, the key vault), page by page, each call within `timeout`.
 pub async fn scroll_payloads(
@@ -249,8 +337,9 @@ pub fn json_payload(
         .collect()
 }
 
-pub fn client(connection: &QdrantConnection) -> Result<Qdrant, StoreError> {
-    let mut builder = Qdrant::from_url(&connection.url)
+/// A client for the node at `url`, with `connection`'s deadlines and key.
+fn client_for(connection: &QdrantConnection, url: &str) -> Result<Qdrant, StoreError> {
+    let mut builder = Qdrant::from_url(url)
         .timeout(connection.timeout)
         .connect_timeout(connection.connect_timeout)
         .skip_compatibility_check();
@@ -261,17 +350,17 @@ pub fn client(connection: &QdrantConnection) -> Result<Qdrant, StoreError> {
     }
     builder
         .build()
-        .map_err(|e| StoreError::Engine(format!("Qdrant URL {}: {e}", connection.url)))
+        .map_err(|e| StoreError::Engine(format!("Qdrant URL {url}: {e}")))
 }
 
 impl QdrantEngine {
     /// Builds the client; no connection is made until the first call, so
     /// Cordon starts (not ready) while Qdrant is still down.
     pub fn connect(settings: QdrantSettings) -> Result<Self, StoreError> {
-        let client = client(&settings.connection)?;
+        let nodes = Nodes::new(&settings.connection)?;
         tracing::info!(url = %settings.connection.url, prefix = %settings.collection_prefix, "storing in a Qdrant server");
         Ok(Self {
-            client,
+            nodes,
             settings,
             known: Mutex::new(LruCache::new(
                 NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
@@ -304,9 +393,12 @@ impl QdrantEngine {
         if self.known.lock().get(name).is_some() {
             return Ok(());
         }
-        if let Err(e) = create_collection(&self.client, name, &self.settings.connection).await {
+        if let Err(e) =
+            create_collection(self.nodes.client(), name, &self.settings.connection).await
+        {
             let exists = self
-                .client
+                .nodes
+                .client()
                 .collection_exists(name)
                 .await
                 .map_err(store_err)?;
@@ -314,7 +406,8 @@ impl QdrantEngine {
                 return Err(store_err(e));
             }
         }
-        self.client
+        self.nodes
+            .client()
             .create_field_index(
                 CreateFieldIndexCollectionBuilder::new(name, OWNER_FIELD, FieldType::Keyword)
                     .wait(true),
@@ -325,19 +418,40 @@ impl QdrantEngine {
         Ok(())
     }
 
-    /// Runs one storage operation under the configured deadline.
-    async fn bounded<R>(
-        &self,
-        operation: impl std::future::Future<Output = Result<R, StoreError>>,
-    ) -> Result<R, StoreError> {
-        tokio::time::timeout(self.settings.connection.timeout, operation)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
-                    "Qdrant did not answer within {:?}",
-                    self.settings.connection.timeout
-                )))
-            })
+    /// Runs one storage operation under the configured deadline. If its
+    /// node is unavailable, the operation is tried again on the next node,
+    /// each node once, within the same deadline: every operation is safe to
+    /// repeat (writes name their ids, deletes and erases find less to do).
+    async fn bounded<R, F>(&self, operation: impl Fn() -> F) -> Result<R, StoreError>
+    where
+        F: std::future::Future<Output = Result<R, StoreError>>,
+    {
+        let timeout = self.settings.connection.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut left = self.nodes.count();
+        loop {
+            let node = self.nodes.active();
+            let result = tokio::time::timeout_at(deadline, operation())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(format!(
+                        "Qdrant did not answer within {timeout:?}"
+                    )))
+                });
+            left -= 1;
+            match result {
+                Err(StoreError::Unavailable(_))
+                    if left > 0 && tokio::time::Instant::now() < deadline =>
+                {
+                    self.nodes.failed(node);
+                }
+                Err(StoreError::Unavailable(reason)) => {
+                    self.nodes.failed(node);
+                    return Err(StoreError::Unavailable(reason));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn forget(&self, name: &str) {
@@ -371,7 +485,7 @@ impl QdrantEngine {
             Some(n) => n,
             None => {
                 let request = CountPointsBuilder::new(name).exact(false);
-                let n = match self.client.count(request).await {
+                let n = match self.nodes.client().count(request).await {
                     Ok(r) => r.result.map_or(0, |r| r.count),
                     Err(e) if is_not_found(&e) => 0,
                     Err(e) => return Err(store_err(e)),
@@ -412,7 +526,7 @@ impl QdrantEngine {
         if let Some(after) = after {
             request = request.offset(after);
         }
-        let response = match self.client.scroll(request).await {
+        let response = match self.nodes.client().scroll(request).await {
             Ok(r) => r,
             Err(e) if is_not_found(&e) => return Ok(RawPage::empty()),
             Err(e) => return Err(store_err(e)),
@@ -435,7 +549,7 @@ impl QdrantEngine {
         if let Some(filter) = filter {
             request = request.filter(filter);
         }
-        let response = self.client.count(request).await?;
+        let response = self.nodes.client().count(request).await?;
         Ok(response.result.map_or(0, |r| r.count))
     }
 }
@@ -491,14 +605,15 @@ impl QdrantEngine {
                     .update_filter(Filter::must([owner_condition(owner)])),
             }
         };
-        match self.client.upsert_points(request()).await {
+        match self.nodes.client().upsert_points(request()).await {
             Ok(response) => confirmed(&response),
             Err(e) if is_not_found(&e) => {
                 // Erased meanwhile by another replica: create it again.
                 self.forget(&name);
                 self.ensure_collection(&name).await?;
                 let response = self
-                    .client
+                    .nodes
+                    .client()
                     .upsert_points(request())
                     .await
                     .map_err(store_err)?;
@@ -531,7 +646,7 @@ impl QdrantEngine {
         if let Some(min) = query.min_score {
             request = request.score_threshold(min);
         }
-        match self.client.query(request).await {
+        match self.nodes.client().query(request).await {
             Ok(response) => Ok(response
                 .result
                 .into_iter()
@@ -560,7 +675,8 @@ impl QdrantEngine {
         // Deletes always carry the owner condition, drill or not.
         let filter = Filter::must([owner_condition(owner), Condition::has_id([id])]);
         match self
-            .client
+            .nodes
+            .client()
             .delete_points(DeletePointsBuilder::new(&name).points(filter).wait(true))
             .await
         {
@@ -601,7 +717,8 @@ impl QdrantEngine {
             Err(e) => return Err(store_err(e)),
         };
         match self
-            .client
+            .nodes
+            .client()
             .delete_points(DeletePointsBuilder::new(&name).points(mine).wait(true))
             .await
         {
@@ -617,7 +734,8 @@ impl QdrantEngine {
         if self.collections_are_private() {
             self.forget(&name);
             match self
-                .client
+                .nodes
+                .client()
                 .delete_collection(
                     DeleteCollectionBuilder::new(&name)
                         .timeout(self.settings.connection.timeout.as_secs().max(1)),
@@ -651,10 +769,16 @@ impl QdrantEngine {
     }
 
     async fn ready_op(&self) -> Result<(), StoreError> {
-        let reply = self.client.health_check().await.map_err(store_err)?;
+        let reply = self
+            .nodes
+            .client()
+            .health_check()
+            .await
+            .map_err(store_err)?;
         // The health check needs no API key; this call does, so a wrong key
         // shows as "not ready" rather than as 503s on every request.
-        self.client
+        self.nodes
+            .client()
             .collection_exists(format!("{}ready_probe", self.settings.collection_prefix))
             .await
             .map_err(store_err)?;
@@ -671,7 +795,12 @@ impl QdrantEngine {
 impl QdrantEngine {
     /// Names of the deployment's user collections.
     async fn user_collections(&self) -> Result<Vec<String>, StoreError> {
-        let listed = self.client.list_collections().await.map_err(store_err)?;
+        let listed = self
+            .nodes
+            .client()
+            .list_collections()
+            .await
+            .map_err(store_err)?;
         let prefix = &self.settings.collection_prefix;
         let mut names: Vec<String> = listed
             .collections
@@ -687,7 +816,7 @@ impl QdrantEngine {
 #[async_trait]
 impl Engine for Arc<QdrantEngine> {
     async fn upsert(&self, owner: &OwnerHash, memories: Vec<NewMemory>) -> Result<(), StoreError> {
-        self.bounded(self.upsert_op(owner, memories, WriteMode::Upsert))
+        self.bounded(|| self.upsert_op(owner, memories.clone(), WriteMode::Upsert))
             .await
     }
 
@@ -696,7 +825,7 @@ impl Engine for Arc<QdrantEngine> {
         owner: &OwnerHash,
         memories: Vec<NewMemory>,
     ) -> Result<(), StoreError> {
-        self.bounded(self.upsert_op(owner, memories, WriteMode::InsertNew))
+        self.bounded(|| self.upsert_op(owner, memories.clone(), WriteMode::InsertNew))
             .await
     }
 
@@ -705,7 +834,7 @@ impl Engine for Arc<QdrantEngine> {
         owner: &OwnerHash,
         memories: Vec<NewMemory>,
     ) -> Result<(), StoreError> {
-        self.bounded(self.upsert_op(owner, memories, WriteMode::UpdateExisting))
+        self.bounded(|| self.upsert_op(owner, memories.clone(), WriteMode::UpdateExisting))
             .await
     }
 
@@ -714,15 +843,15 @@ impl Engine for Arc<QdrantEngine> {
         owner: &OwnerHash,
         query: SearchQuery,
     ) -> Result<Vec<RawPoint>, StoreError> {
-        self.bounded(self.search_op(owner, query)).await
+        self.bounded(|| self.search_op(owner, query.clone())).await
     }
 
     async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError> {
-        self.bounded(self.get_op(owner, id)).await
+        self.bounded(|| self.get_op(owner, id)).await
     }
 
     async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
-        self.bounded(self.delete_op(owner, id)).await
+        self.bounded(|| self.delete_op(owner, id)).await
     }
 
     async fn scroll(
@@ -731,19 +860,19 @@ impl Engine for Arc<QdrantEngine> {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
-        self.bounded(self.scroll_op(owner, after, limit)).await
+        self.bounded(|| self.scroll_op(owner, after, limit)).await
     }
 
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
-        self.bounded(self.erase_op(owner)).await
+        self.bounded(|| self.erase_op(owner)).await
     }
 
     async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
-        self.bounded(self.holds_other_owners_op(owner)).await
+        self.bounded(|| self.holds_other_owners_op(owner)).await
     }
 
     async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
-        self.bounded(self.count_op(owner)).await
+        self.bounded(|| self.count_op(owner)).await
     }
 
     async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError> {
@@ -791,7 +920,8 @@ impl Engine for Arc<QdrantEngine> {
                         ids: vec![PointId::from(point.id.to_string())],
                     };
                     let response = self
-                        .client
+                        .nodes
+                        .client()
                         .overwrite_payload(
                             SetPayloadPointsBuilder::new(name, payload)
                                 .points_selector(ids)
@@ -813,11 +943,11 @@ impl Engine for Arc<QdrantEngine> {
     }
 
     async fn holds_memories(&self) -> Result<bool, StoreError> {
-        Ok(!self.bounded(self.user_collections()).await?.is_empty())
+        Ok(!self.bounded(|| self.user_collections()).await?.is_empty())
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        self.bounded(self.ready_op()).await
+        self.bounded(|| self.ready_op()).await
     }
 
     async fn shutdown(&self) {
