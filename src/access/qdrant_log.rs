@@ -83,8 +83,12 @@ impl QdrantLog {
     }
 
     async fn scroll(&self, filter: Option<Filter>) -> Result<Vec<Change>, AccessError> {
-        scroll_payloads(self.nodes.client(), &self.name, filter, self.timeout)
-            .await
+        let node = self.nodes.active();
+        let payloads = scroll_payloads(self.nodes.client(), &self.name, filter, self.timeout).await;
+        // A poll that fails on a dead node moves on, so the next poll asks
+        // another: revocations made elsewhere keep arriving.
+        self.nodes.note(node, &payloads);
+        payloads
             .map_err(AccessError::Store)?
             .into_iter()
             .map(|json| {
@@ -118,7 +122,12 @@ impl QdrantLog {
 #[async_trait]
 impl AccessLog for QdrantLog {
     async fn load(&self) -> Result<Vec<Change>, AccessError> {
-        self.ensure().await?;
+        let node = self.nodes.active();
+        let ensured = self.ensure().await;
+        if let Err(AccessError::Store(crate::store::StoreError::Unavailable(_))) = &ensured {
+            self.nodes.failed(node);
+        }
+        ensured?;
         self.scroll(None).await
     }
 

@@ -228,8 +228,10 @@ impl Vault for QdrantVault {
         if !self.exists().await? {
             return Ok(Vec::new());
         }
-        scroll_payloads(self.nodes.client(), &self.name, None, self.timeout)
-            .await
+        let node = self.nodes.active();
+        let payloads = scroll_payloads(self.nodes.client(), &self.name, None, self.timeout).await;
+        self.nodes.note(node, &payloads);
+        payloads
             .map_err(|e| SealError::Vault(e.to_string()))?
             .into_iter()
             .filter_map(key_of)

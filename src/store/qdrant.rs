@@ -268,6 +268,14 @@ impl Nodes {
         }
     }
 
+    /// Moves past `node` if `result`, of work done on it, failed as
+    /// unavailable.
+    pub fn note<T>(&self, node: usize, result: &Result<T, StoreError>) {
+        if let Err(StoreError::Unavailable(_)) = result {
+            self.failed(node);
+        }
+    }
+
     /// Moves past `node` after a call to it failed as unavailable, unless
     /// another call already did.
     pub fn failed(&self, node: usize) {
@@ -454,6 +462,26 @@ impl QdrantEngine {
         }
     }
 
+    /// Runs one storage operation that is not safe to repeat under the
+    /// configured deadline; its node, if unavailable, is left for the next
+    /// one at the next operation.
+    async fn bounded_once<R>(
+        &self,
+        operation: impl std::future::Future<Output = Result<R, StoreError>>,
+    ) -> Result<R, StoreError> {
+        let node = self.nodes.active();
+        let timeout = self.settings.connection.timeout;
+        let result = tokio::time::timeout(timeout, operation)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "Qdrant did not answer within {timeout:?}"
+                )))
+            });
+        self.nodes.note(node, &result);
+        result
+    }
+
     fn forget(&self, name: &str) {
         self.known.lock().pop(name);
     }
@@ -505,6 +533,14 @@ impl QdrantEngine {
             *n += adding as u64;
         }
         Ok(())
+    }
+
+    /// Takes back what [`Self::guard_collection_size`] counted for a write
+    /// that failed, so that a retry of it is not counted twice.
+    fn unguard_collection_size(&self, name: &str, adding: usize) {
+        if let Some((n, _)) = self.sizes.lock().get_mut(name) {
+            *n = n.saturating_sub(adding as u64);
+        }
     }
 
     async fn scroll_filtered(
@@ -605,22 +641,25 @@ impl QdrantEngine {
                     .update_filter(Filter::must([owner_condition(owner)])),
             }
         };
-        match self.nodes.client().upsert_points(request()).await {
+        let written = match self.nodes.client().upsert_points(request()).await {
             Ok(response) => confirmed(&response),
             Err(e) if is_not_found(&e) => {
                 // Erased meanwhile by another replica: create it again.
                 self.forget(&name);
                 self.ensure_collection(&name).await?;
-                let response = self
-                    .nodes
+                self.nodes
                     .client()
                     .upsert_points(request())
                     .await
-                    .map_err(store_err)?;
-                confirmed(&response)
+                    .map_err(store_err)
+                    .and_then(|response| confirmed(&response))
             }
             Err(e) => Err(store_err(e)),
+        };
+        if written.is_err() {
+            self.unguard_collection_size(&name, points.len());
         }
+        written
     }
 
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
@@ -864,7 +903,9 @@ impl Engine for Arc<QdrantEngine> {
     }
 
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
-        self.bounded(|| self.erase_op(owner)).await
+        // Not repeated on another node: a retry after the points went and
+        // only the collection's drop failed would answer that none were.
+        self.bounded_once(self.erase_op(owner)).await
     }
 
     async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
