@@ -150,9 +150,11 @@ impl AccessLog for QdrantLog {
         );
         let response = self
             .bounded(
-                self.nodes
-                    .client()
-                    .upsert_points(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true)),
+                self.nodes.client().upsert_points(
+                    UpsertPointsBuilder::new(&self.name, vec![point])
+                        .wait(true)
+                        .ordering(crate::store::qdrant::ordering(&self.replication)),
+                ),
             )
             .await?
             .map_err(|e| AccessError::Store(store_err(e)))?;

@@ -136,7 +136,11 @@ impl QdrantVault {
         self.ensure().await?;
         let payload = Payload::try_from(payload).expect("a wrapped key serialises to an object");
         let point = PointStruct::new(id.to_string(), HashMap::<String, Vector>::new(), payload);
-        let request = builder(UpsertPointsBuilder::new(&self.name, vec![point]).wait(true));
+        let request = builder(
+            UpsertPointsBuilder::new(&self.name, vec![point])
+                .wait(true)
+                .ordering(crate::store::qdrant::ordering(&self.replication)),
+        );
         let response = self
             .bounded(self.nodes.client().upsert_points(request))
             .await?
@@ -215,9 +219,12 @@ impl Vault for QdrantVault {
         };
         let response = self
             .bounded(
-                self.nodes
-                    .client()
-                    .delete_points(DeletePointsBuilder::new(&self.name).points(ids).wait(true)),
+                self.nodes.client().delete_points(
+                    DeletePointsBuilder::new(&self.name)
+                        .points(ids)
+                        .wait(true)
+                        .ordering(crate::store::qdrant::ordering(&self.replication)),
+                ),
             )
             .await?
             .map_err(vault_err)?;

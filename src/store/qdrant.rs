@@ -27,7 +27,7 @@ use qdrant_client::qdrant::{
     HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList,
     PointsOperationResponse, Query, QueryPointsBuilder, ScrollPointsBuilder,
     SetPayloadPointsBuilder, UpdateMode, UpdateStatus, UpsertPointsBuilder, Value as QValue,
-    VectorParamsBuilder, WalConfigDiffBuilder,
+    VectorParamsBuilder, WalConfigDiffBuilder, WriteOrdering, WriteOrderingType,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use uuid::Uuid;
@@ -200,6 +200,23 @@ async fn create_collection(
         )
         .await?;
     Ok(())
+}
+
+/// The write ordering for `replication`. With one copy, Qdrant's default
+/// (weak). With several, `medium`: every write of a collection goes through
+/// one node (the live copy with the highest id), so that two insert-only
+/// writes of one id racing through different nodes land in the same order
+/// on every copy; with `weak`, measured on a three-node cluster, 8 of 30
+/// such races had both writers confirmed and the copies disagreeing.
+pub fn ordering(replication: &crate::settings::Replication) -> WriteOrdering {
+    let kind = if replication.factor > 1 {
+        WriteOrderingType::Medium
+    } else {
+        WriteOrderingType::Weak
+    };
+    WriteOrdering {
+        r#type: kind as i32,
+    }
 }
 
 /// `builder` with the deployment's replication: a single shard, `factor`
@@ -482,6 +499,11 @@ impl QdrantEngine {
         result
     }
 
+    /// The write ordering of this deployment (see [`ordering`]).
+    fn ordering(&self) -> WriteOrdering {
+        ordering(&self.settings.connection.replication)
+    }
+
     fn forget(&self, name: &str) {
         self.known.lock().pop(name);
     }
@@ -624,7 +646,9 @@ impl QdrantEngine {
         self.ensure_collection(&name).await?;
         self.guard_collection_size(&name, points.len()).await?;
         let request = || {
-            let builder = UpsertPointsBuilder::new(&name, points.clone()).wait(true);
+            let builder = UpsertPointsBuilder::new(&name, points.clone())
+                .wait(true)
+                .ordering(self.ordering());
             match mode {
                 WriteMode::Upsert => builder,
                 WriteMode::InsertNew => {
@@ -716,7 +740,12 @@ impl QdrantEngine {
         match self
             .nodes
             .client()
-            .delete_points(DeletePointsBuilder::new(&name).points(filter).wait(true))
+            .delete_points(
+                DeletePointsBuilder::new(&name)
+                    .points(filter)
+                    .wait(true)
+                    .ordering(self.ordering()),
+            )
             .await
         {
             Ok(response) => confirmed(&response),
@@ -758,7 +787,12 @@ impl QdrantEngine {
         match self
             .nodes
             .client()
-            .delete_points(DeletePointsBuilder::new(&name).points(mine).wait(true))
+            .delete_points(
+                DeletePointsBuilder::new(&name)
+                    .points(mine)
+                    .wait(true)
+                    .ordering(self.ordering()),
+            )
             .await
         {
             Ok(response) => confirmed(&response)?,
@@ -966,7 +1000,8 @@ impl Engine for Arc<QdrantEngine> {
                         .overwrite_payload(
                             SetPayloadPointsBuilder::new(name, payload)
                                 .points_selector(ids)
-                                .wait(true),
+                                .wait(true)
+                                .ordering(self.ordering()),
                         )
                         .await
                         .map_err(store_err)?;

@@ -233,3 +233,81 @@ async fn a_node_killed_under_load_loses_no_acknowledged_write_and_leaks_nothing(
     }
     assert_eq!(lost, Vec::new(), "acknowledged writes lost");
 }
+
+#[tokio::test]
+async fn keyed_writes_racing_through_two_nodes_have_one_winner_on_every_copy() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+    let prefix = format!("race{}_", std::process::id());
+    let replica = |url: &str| -> Server {
+        let mut command = cordon(data.path());
+        on_qdrant(&mut command, url, &prefix);
+        command.env("CORDON_QDRANT_REPLICATION_FACTOR", "2");
+        serve_with(command)
+    };
+    let urls = &cluster.urls;
+    let a = replica(&format!("{},{},{}", urls[0], urls[1], urls[2]));
+    let b = replica(&format!("{},{},{}", urls[1], urls[2], urls[0]));
+    let alice = mint(data.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    let store = |base: &str, key: &str, text: &str| {
+        client
+            .post(format!("{base}/v1/memories"))
+            .bearer_auth(&alice)
+            .header("Idempotency-Key", key)
+            .json(&json!({ "text": text }))
+            .send()
+    };
+    let mut both = Vec::new();
+    let mut split = Vec::new();
+    for round in 0..30 {
+        let key = format!("race-{round}");
+        let (ra, rb) = tokio::join!(
+            store(&a.base, &key, &format!("from a, round {round}")),
+            store(&b.base, &key, &format!("from b, round {round}"))
+        );
+        let (ra, rb) = (ra.expect("answered"), rb.expect("answered"));
+        if ra.status() == StatusCode::CREATED && rb.status() == StatusCode::CREATED {
+            both.push(round);
+        }
+        let winner = if ra.status() == StatusCode::CREATED {
+            ra
+        } else {
+            rb
+        };
+        if winner.status() != StatusCode::CREATED {
+            continue;
+        }
+        let body: Value = winner.json().await.expect("JSON");
+        let id = body["ids"][0].as_str().expect("an id").to_owned();
+        // Each server reads from its own node first: both must see one text.
+        let mut texts = Vec::new();
+        for base in [&a.base, &b.base] {
+            let got: Value = client
+                .get(format!("{base}/v1/memories/{id}"))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .expect("answered")
+                .json()
+                .await
+                .expect("JSON");
+            texts.push(got["text"].as_str().unwrap_or_default().to_owned());
+        }
+        if texts[0] != texts[1] {
+            split.push((round, texts));
+        }
+    }
+    assert_eq!(
+        both,
+        Vec::<i32>::new(),
+        "rounds where both attempts got 201"
+    );
+    assert_eq!(
+        split,
+        Vec::<(i32, Vec<String>)>::new(),
+        "copies that disagree"
+    );
+}
