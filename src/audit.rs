@@ -81,6 +81,18 @@ pub fn locked_out(principal: &'static str, tag: &str) {
     tracing::info!(target: TARGET, event = "locked_out", principal, tag);
 }
 
+/// A store was refused because a new collection would pass the
+/// collections-per-node bound (`total` collections on the cluster).
+pub fn collection_limit(total: u64, per_node: u64) {
+    tracing::error!(
+        target: TARGET,
+        event = "alert",
+        kind = "collection_limit",
+        total,
+        per_node,
+    );
+}
+
 /// A request was refused by a per-user limit.
 pub fn limit_hit(limit: &'static str, owner: &OwnerHash) {
     tracing::info!(target: TARGET, event = "limit_hit", limit, owner = %owner.log_tag());

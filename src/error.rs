@@ -103,6 +103,9 @@ pub enum ApiError {
     /// The data directory is (nearly) full; the write was refused.
     #[error("insufficient storage")]
     InsufficientStorage,
+    /// A new user's collection would pass the collections-per-node bound.
+    #[error("collection limit")]
+    CollectionLimit,
     /// The embedding model cannot serve the request right now.
     #[error("embedder unavailable")]
     EmbedderUnavailable,
@@ -216,6 +219,11 @@ impl ApiError {
                 "insufficient_storage",
                 "the memory store is out of disk space; nothing was written. Reads, deletes and erase still work".into(),
             ),
+            Self::CollectionLimit => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "collection_limit",
+                "the deployment holds as many collections per Qdrant node as it allows (CORDON_QDRANT_MAX_COLLECTIONS_PER_NODE): a new user cannot be stored until an operator raises it or adds nodes; existing users are served".into(),
+            ),
             Self::EmbedderUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "embedder_unavailable",
@@ -295,6 +303,10 @@ impl From<StoreError> for ApiError {
             StoreError::InsufficientStorage(reason) => {
                 tracing::warn!(%reason, "write refused: insufficient storage");
                 Self::InsufficientStorage
+            }
+            StoreError::CollectionLimit(reason) => {
+                tracing::error!(%reason, "new collection refused");
+                Self::CollectionLimit
             }
             StoreError::Engine(reason) => {
                 tracing::error!(%reason, "store engine error");

@@ -38,6 +38,12 @@ pub const DEFAULT_MAX_BYTES_PER_USER: u64 = 32 * 1024 * 1024;
 /// "Storage on a Qdrant server").
 pub const DEFAULT_QDRANT_MAX_COLLECTION_POINTS: u64 = 1_000_000;
 
+/// Default bound on the collections of one Qdrant node. Measured on Qdrant
+/// 1.18.3: a collection holds about 25 memory maps, so at the kernel's
+/// default `vm.max_map_count` (65,530) a node dies at about 2,600; 2,000
+/// leaves room for the node's own maps and for growth.
+pub const DEFAULT_QDRANT_MAX_COLLECTIONS_PER_NODE: u64 = 2_000;
+
 /// Shortest server secret accepted.
 pub const MIN_SERVER_SECRET_BYTES: usize = 32;
 
@@ -97,6 +103,9 @@ pub struct ServeArgs {
     /// Copies that must apply a write before Qdrant confirms it, 1 to the replication factor (Qdrant engine; default 1: with more, writes to a collection with a copy on a node that just died wait until Qdrant marks that copy dead).
     #[arg(long, env = "CORDON_QDRANT_WRITE_CONSISTENCY")]
     pub qdrant_write_consistency: Option<u32>,
+    /// Most collections each Qdrant node may hold (all of them, every deployment's, times the replication factor, spread over the nodes in CORDON_QDRANT_URL); a store that would create one more gets 507 (Qdrant engine; default 2000; 0: no limit).
+    #[arg(long, env = "CORDON_QDRANT_MAX_COLLECTIONS_PER_NODE")]
+    pub qdrant_max_collections_per_node: Option<u64>,
     /// Most points a store may leave in one collection; past it stores get 507 (Qdrant engine; default 1000000; 0: no limit).
     #[arg(long, env = "CORDON_QDRANT_MAX_COLLECTION_POINTS")]
     pub qdrant_max_collection_points: Option<u64>,
@@ -392,6 +401,8 @@ pub struct StoreSettings {
     pub qdrant: QdrantConnection,
     /// Most points a store may leave in one Qdrant collection (0: no cap).
     pub max_collection_points: u64,
+    /// Most collections per Qdrant node (0: no limit).
+    pub max_collections_per_node: u64,
 }
 
 /// Request limits.
@@ -862,6 +873,9 @@ impl ServeArgs {
                 max_collection_points: self
                     .qdrant_max_collection_points
                     .unwrap_or(DEFAULT_QDRANT_MAX_COLLECTION_POINTS),
+                max_collections_per_node: self
+                    .qdrant_max_collections_per_node
+                    .unwrap_or(DEFAULT_QDRANT_MAX_COLLECTIONS_PER_NODE),
             },
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,
@@ -925,6 +939,10 @@ impl ServeArgs {
                     (
                         "CORDON_QDRANT_REPLICATION_FACTOR",
                         self.qdrant_replication_factor.is_some(),
+                    ),
+                    (
+                        "CORDON_QDRANT_MAX_COLLECTIONS_PER_NODE",
+                        self.qdrant_max_collections_per_node.is_some(),
                     ),
                     (
                         "CORDON_QDRANT_WRITE_CONSISTENCY",

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// would grow storage are refused until space is back.
     #[error("insufficient storage: {0}")]
     InsufficientStorage(String),
+    /// A new collection would pass the collections-per-node bound; users
+    /// who have one are served as before.
+    #[error("collection limit: {0}")]
+    CollectionLimit(String),
     /// The engine reported an error for this operation.
     #[error("engine error: {0}")]
     Engine(String),
@@ -235,6 +239,7 @@ pub fn open_engine(settings: &crate::settings::Settings) -> Result<OpenedEngine,
                     name_hex_chars: settings.store.name_hex_chars,
                     drill_skip_read_filter: settings.store.collision_drill,
                     max_collection_points: settings.store.max_collection_points,
+                    max_collections_per_node: settings.store.max_collections_per_node,
                 },
             )?)),
             edge: None,

@@ -64,6 +64,9 @@ pub struct QdrantSettings {
     pub drill_skip_read_filter: bool,
     /// Most points a write may leave in one collection (0: no cap).
     pub max_collection_points: u64,
+    /// Most collections per Qdrant node, counting every collection on the
+    /// cluster times the replication factor over the nodes named (0: no cap).
+    pub max_collections_per_node: u64,
 }
 
 /// The Qdrant server engine.
@@ -73,6 +76,8 @@ pub struct QdrantEngine {
     known: Mutex<LruCache<String, ()>>,
     /// Point counts of collections, for the size guard: (points, read at).
     sizes: Mutex<LruCache<String, (u64, std::time::Instant)>>,
+    /// Collections on the cluster, for the count guard, and when read.
+    collection_count: Mutex<Option<(u64, std::time::Instant)>>,
     /// Per collection: writes hold the read side, an erase that drops the
     /// collection the write side (so no write of this process lands in a
     /// collection being dropped). One lock per collection, so an erase
@@ -217,6 +222,13 @@ pub fn ordering(replication: &crate::settings::Replication) -> WriteOrdering {
     WriteOrdering {
         r#type: kind as i32,
     }
+}
+
+/// Collections on each of `nodes` nodes when `total` collections keep
+/// `factor` copies each, spread evenly (rounded up).
+fn per_node(total: u64, factor: u32, nodes: usize) -> u64 {
+    let copies = total * u64::from(factor);
+    copies.div_ceil(nodes.max(1) as u64)
 }
 
 /// `builder` with the deployment's replication: a single shard, `factor`
@@ -390,6 +402,7 @@ impl QdrantEngine {
             known: Mutex::new(LruCache::new(
                 NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
             )),
+            collection_count: Mutex::new(None),
             sizes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
             )),
@@ -418,6 +431,7 @@ impl QdrantEngine {
         if self.known.lock().get(name).is_some() {
             return Ok(());
         }
+        self.guard_collection_count(name).await?;
         if let Err(e) =
             create_collection(self.nodes.client(), name, &self.settings.connection).await
         {
@@ -553,6 +567,59 @@ impl QdrantEngine {
         }
         if let Some((n, _)) = self.sizes.lock().get_mut(name) {
             *n += adding as u64;
+        }
+        Ok(())
+    }
+
+    /// Refuses to create collection `name` when the nodes would then hold
+    /// more than `max_collections_per_node` each: Qdrant dies on its memory
+    /// map limit past a few thousand, taking every user with it. Counts every
+    /// collection on the cluster (other deployments' too), read at most every
+    /// few seconds; an existing `name` passes.
+    async fn guard_collection_count(&self, name: &str) -> Result<(), StoreError> {
+        let cap = self.settings.max_collections_per_node;
+        if cap == 0 {
+            return Ok(());
+        }
+        let cached = *self.collection_count.lock();
+        let total = match cached {
+            Some((n, at)) if at.elapsed() < SIZE_TTL => n,
+            _ => {
+                let listed = self
+                    .nodes
+                    .client()
+                    .list_collections()
+                    .await
+                    .map_err(store_err)?;
+                if listed.collections.iter().any(|c| c.name == name) {
+                    return Ok(());
+                }
+                let n = listed.collections.len() as u64;
+                *self.collection_count.lock() = Some((n, std::time::Instant::now()));
+                n
+            }
+        };
+        let replication = &self.settings.connection.replication;
+        let per_node = per_node(total + 1, replication.factor, self.nodes.count());
+        if per_node > cap {
+            // Another replica may have made it since the count was read.
+            if self
+                .nodes
+                .client()
+                .collection_exists(name)
+                .await
+                .map_err(store_err)?
+            {
+                return Ok(());
+            }
+            crate::audit::collection_limit(total, cap);
+            return Err(StoreError::CollectionLimit(format!(
+                "a new collection would put {per_node} on each Qdrant node; \
+                 CORDON_QDRANT_MAX_COLLECTIONS_PER_NODE is {cap} (use the shared tier, or add nodes)"
+            )));
+        }
+        if let Some((n, _)) = self.collection_count.lock().as_mut() {
+            *n += 1;
         }
         Ok(())
     }
@@ -1052,6 +1119,14 @@ pub(crate) fn confirmed(response: &PointsOperationResponse) -> Result<(), StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collections_per_node_count_every_copy_over_the_nodes() {
+        assert_eq!(per_node(2_000, 1, 1), 2_000);
+        assert_eq!(per_node(3_000, 2, 3), 2_000);
+        assert_eq!(per_node(3_001, 2, 3), 2_001);
+        assert_eq!(per_node(10, 1, 0), 10);
+    }
 
     #[test]
     fn a_write_qdrant_did_not_confirm_as_completed_is_not_acknowledged() {

@@ -89,6 +89,7 @@ pub fn settings(data_dir: &Path) -> Settings {
                 replication: Default::default(),
             },
             max_collection_points: 0,
+            max_collections_per_node: 0,
         },
         limits: Limits {
             max_body_bytes: 256 * 1024,

@@ -35,7 +35,9 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         // Ports apart from other runs' clusters, below the kernel's
         // ephemeral range (32768 and up) and away from the CI's Qdrant.
-        let base = 20_000 + (std::process::id() % 300) * 40;
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
+        let base = 20_000 + ((std::process::id() % 60) * 4 + nth) * 40;
         let out = Command::new(script())
             .args(["start"])
             .arg(dir.path())
@@ -310,4 +312,54 @@ async fn keyed_writes_racing_through_two_nodes_have_one_winner_on_every_copy() {
         Vec::<(i32, Vec<String>)>::new(),
         "copies that disagree"
     );
+}
+
+#[tokio::test]
+async fn past_its_collections_per_node_a_cluster_refuses_new_users_with_507_and_serves_the_others()
+{
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+    let prefix = format!("cap{}_", std::process::id());
+    let mut command = cordon(data.path());
+    let urls = &cluster.urls;
+    on_qdrant(&mut command, &urls.join(","), &prefix);
+    // Three nodes, one copy each, three collections a node: nine in all,
+    // the access log's among them.
+    command.env("CORDON_QDRANT_MAX_COLLECTIONS_PER_NODE", "3");
+    let server = serve_with(command);
+    let client = reqwest::Client::new();
+    let store = |token: String| {
+        client
+            .post(format!("{}/v1/memories", server.base))
+            .bearer_auth(token)
+            .json(&json!({ "text": "a first memory" }))
+            .send()
+    };
+    let tokens: Vec<String> = (0..12)
+        .map(|u| mint(data.path(), "acme", &format!("capped-user-{u}")))
+        .collect();
+    let mut admitted = 0;
+    let mut refused = None;
+    for token in &tokens {
+        let response = store(token.clone()).await.expect("answered");
+        if response.status() == StatusCode::CREATED {
+            admitted += 1;
+            continue;
+        }
+        refused = Some(response);
+        break;
+    }
+    let refused = refused.expect("a user past the bound was refused");
+    assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let body: Value = refused.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "collection_limit");
+    assert!(
+        (1..=8).contains(&admitted),
+        "{admitted} users had their collection made under a bound of 9"
+    );
+    // Users with a collection are served as before.
+    let again = store(tokens[0].clone()).await.expect("answered");
+    assert_eq!(again.status(), StatusCode::CREATED);
 }

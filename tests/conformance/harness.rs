@@ -199,6 +199,7 @@ fn qdrant_engine(prefix: &str, name_hex_chars: usize, collision_drill: bool) -> 
         name_hex_chars,
         drill_skip_read_filter: collision_drill,
         max_collection_points: 0,
+        max_collections_per_node: 0,
     })
     .expect("client builds");
     Arc::new(Arc::new(engine))
