@@ -81,7 +81,7 @@ impl IntoResponses for UserErrors {
             ),
             (
                 507,
-                "The data directory is out of space; nothing was written",
+                "Nothing was written: the data directory is out of space, a collection is at its size cap, or a new user's collection would pass the collections-per-node bound (`collection_limit`)",
             ),
         ])
     }

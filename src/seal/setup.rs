@@ -89,7 +89,10 @@ pub async fn prepare(
     engine: Arc<dyn Engine>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<SealGate>, SealError> {
-    match check(settings, &*engine, metrics.clone()).await {
+    // One vault for every attempt: it remembers which Qdrant node failed, so
+    // a retry asks the next one rather than the first again.
+    let vault = vault_for(settings)?;
+    match check(settings, vault.clone(), &*engine, metrics.clone()).await {
         Ok(sealer) => Ok(Arc::new(SealGate::decided(sealer))),
         Err(e @ (SealError::Mismatch(_) | SealError::Corrupt(_) | SealError::BadKek(_))) => Err(e),
         Err(e) => {
@@ -99,7 +102,7 @@ pub async fn prepare(
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    match check(&settings, &*engine, metrics.clone()).await {
+                    match check(&settings, vault.clone(), &*engine, metrics.clone()).await {
                         Ok(sealer) => {
                             tracing::info!("encryption state checked; storage is open");
                             waiting.decide(Ok(sealer));
@@ -123,10 +126,10 @@ pub async fn prepare(
 /// `None` when encryption is off (and the data is plain).
 async fn check(
     settings: &Settings,
+    vault: Arc<dyn Vault>,
     engine: &dyn Engine,
     metrics: Arc<Metrics>,
 ) -> Result<Option<Arc<Sealer>>, SealError> {
-    let vault = vault_for(settings)?;
     let marker = vault.marker().await?;
     if marker == Marker::Sealing {
         return Err(SealError::Mismatch(

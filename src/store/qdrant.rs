@@ -432,9 +432,11 @@ impl QdrantEngine {
             return Ok(());
         }
         self.guard_collection_count(name).await?;
-        if let Err(e) =
-            create_collection(self.nodes.client(), name, &self.settings.connection).await
-        {
+        let created = create_collection(self.nodes.client(), name, &self.settings.connection).await;
+        if created.is_ok() {
+            self.count_created_collection();
+        }
+        if let Err(e) = created {
             let exists = self
                 .nodes
                 .client()
@@ -581,6 +583,16 @@ impl QdrantEngine {
         if cap == 0 {
             return Ok(());
         }
+        // Made by another replica, or before a restart: nothing new.
+        if self
+            .nodes
+            .client()
+            .collection_exists(name)
+            .await
+            .map_err(store_err)?
+        {
+            return Ok(());
+        }
         let cached = *self.collection_count.lock();
         let total = match cached {
             Some((n, at)) if at.elapsed() < SIZE_TTL => n,
@@ -591,9 +603,6 @@ impl QdrantEngine {
                     .list_collections()
                     .await
                     .map_err(store_err)?;
-                if listed.collections.iter().any(|c| c.name == name) {
-                    return Ok(());
-                }
                 let n = listed.collections.len() as u64;
                 *self.collection_count.lock() = Some((n, std::time::Instant::now()));
                 n
@@ -602,26 +611,20 @@ impl QdrantEngine {
         let replication = &self.settings.connection.replication;
         let per_node = per_node(total + 1, replication.factor, self.nodes.count());
         if per_node > cap {
-            // Another replica may have made it since the count was read.
-            if self
-                .nodes
-                .client()
-                .collection_exists(name)
-                .await
-                .map_err(store_err)?
-            {
-                return Ok(());
-            }
             crate::audit::collection_limit(total, cap);
             return Err(StoreError::CollectionLimit(format!(
                 "a new collection would put {per_node} on each Qdrant node; \
                  CORDON_QDRANT_MAX_COLLECTIONS_PER_NODE is {cap} (use the shared tier, or add nodes)"
             )));
         }
+        Ok(())
+    }
+
+    /// Counts a collection this process created, until the next listing.
+    fn count_created_collection(&self) {
         if let Some((n, _)) = self.collection_count.lock().as_mut() {
             *n += 1;
         }
-        Ok(())
     }
 
     /// Takes back what [`Self::guard_collection_size`] counted for a write

@@ -363,3 +363,37 @@ async fn past_its_collections_per_node_a_cluster_refuses_new_users_with_507_and_
     let again = store(tokens[0].clone()).await.expect("answered");
     assert_eq!(again.status(), StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn a_cordon_started_while_its_first_node_is_down_serves_from_the_others() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    cluster.node("kill", 1);
+    let data = tempfile::tempdir().expect("temp dir");
+    let prefix = format!("down{}_", std::process::id());
+    let mut command = cordon(data.path());
+    on_qdrant(&mut command, &cluster.urls.join(","), &prefix);
+    command.env("CORDON_QDRANT_REPLICATION_FACTOR", "2");
+    let server = serve_with(command);
+    let alice = mint(data.path(), "acme", "alice");
+    let client = reqwest::Client::new();
+    // The start-up checks move past the dead node within a few attempts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = client
+            .post(format!("{}/v1/memories", server.base))
+            .bearer_auth(&alice)
+            .json(&json!({ "text": "stored with node 1 down" }))
+            .send()
+            .await
+            .expect("answered")
+            .status();
+        if status == StatusCode::CREATED || Instant::now() > deadline {
+            break status;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(status, StatusCode::CREATED, "never served with node 1 down");
+}
