@@ -112,9 +112,12 @@ pub struct ServeArgs {
     /// Prefix of collection names (lets several deployments share one Qdrant).
     #[arg(long, env = "CORDON_COLLECTION_PREFIX", default_value = crate::owner::COLLECTION_PREFIX)]
     pub collection_prefix: String,
-    /// Hex characters of the owner hash used in collection names.
-    #[arg(long, env = "CORDON_COLLECTION_HEX_CHARS", default_value_t = DEFAULT_NAME_HEX_CHARS)]
-    pub collection_hex_chars: usize,
+    /// Namespace tier: `per-user` (a collection, or shard directory, of each user's own) or `shared` (users share a bounded number of collections named by a short hash prefix, every read filtered by owner in the engine and checked by the guard).
+    #[arg(long, env = "CORDON_TIER", default_value = "per-user")]
+    pub tier: String,
+    /// Hex characters of the owner hash used in collection names (default 32 in the per-user tier, 2 in the shared tier: 256 collections).
+    #[arg(long, env = "CORDON_COLLECTION_HEX_CHARS")]
+    pub collection_hex_chars: Option<usize>,
     /// Most user shards kept open at once (embedded engine; default 1024).
     #[arg(long, env = "CORDON_MAX_OPEN_SHARDS")]
     pub max_open_shards: Option<usize>,
@@ -338,6 +341,24 @@ pub struct QdrantConnection {
     pub replication: Replication,
 }
 
+/// Hex characters naming a shared-tier collection by default: 256
+/// collections, well inside what one Qdrant node holds (about 25 memory maps
+/// each), and few enough that a restart loads them in seconds.
+pub const DEFAULT_SHARED_HEX_CHARS: usize = 2;
+
+/// Most hex characters a shared-tier name may have: 4,096 collections, past
+/// which a node runs out of memory maps.
+pub const MAX_SHARED_HEX_CHARS: usize = 3;
+
+/// How users are laid out in collections (or shard directories).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// A collection of each user's own, named by 128 bits of their hash.
+    PerUser,
+    /// Users share collections named by a short prefix of their hash.
+    Shared,
+}
+
 /// How a Qdrant cluster keeps the collections Cordon creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replication {
@@ -385,6 +406,8 @@ pub struct StoreSettings {
     pub kind: StoreKind,
     /// Prefix of collection names.
     pub collection_prefix: String,
+    /// Namespace tier.
+    pub tier: Tier,
     /// Hex characters of the owner hash in collection names.
     pub name_hex_chars: usize,
     /// Most open shards (embedded engine).
@@ -602,7 +625,25 @@ impl ServeArgs {
                 "CORDON_JWT_LEEWAY_SECS is at most 30: a longer one keeps dead tokens alive".into(),
             ));
         }
-        if !(1..=64).contains(&self.collection_hex_chars) {
+        let tier = match self.tier.as_str() {
+            "per-user" => Tier::PerUser,
+            "shared" => Tier::Shared,
+            other => {
+                return Err(SettingsError::Invalid(format!(
+                    "CORDON_TIER={other} is not a known tier (expected `per-user` or `shared`)"
+                )));
+            }
+        };
+        let collection_hex_chars = self.collection_hex_chars.unwrap_or(match tier {
+            Tier::PerUser => DEFAULT_NAME_HEX_CHARS,
+            Tier::Shared => DEFAULT_SHARED_HEX_CHARS,
+        });
+        if tier == Tier::Shared && !(1..=MAX_SHARED_HEX_CHARS).contains(&collection_hex_chars) {
+            return Err(SettingsError::Invalid(format!(
+                "the shared tier names collections by 1 to {MAX_SHARED_HEX_CHARS} hex characters (CORDON_COLLECTION_HEX_CHARS); more would make a collection per user"
+            )));
+        }
+        if !(1..=64).contains(&collection_hex_chars) {
             return Err(SettingsError::Invalid(
                 "CORDON_COLLECTION_HEX_CHARS must be between 1 and 64".into(),
             ));
@@ -855,7 +896,8 @@ impl ServeArgs {
             store: StoreSettings {
                 kind,
                 collection_prefix: self.collection_prefix,
-                name_hex_chars: self.collection_hex_chars,
+                tier,
+                name_hex_chars: collection_hex_chars,
                 max_open_shards,
                 purge_after: Duration::from_secs(self.purge_after_secs.unwrap_or(60)),
                 wal_growth_bytes: crate::store::edge::pool::WAL_GROWTH_BYTES,
@@ -1249,6 +1291,39 @@ mod tests {
         assert!(replication(Some(2), Some(3)).is_err());
         assert!(replication(Some(0), None).is_err());
         assert!(replication(Some(2), Some(0)).is_err());
+    }
+
+    #[test]
+    fn the_shared_tier_names_collections_by_two_hex_characters_and_never_by_a_private_length() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let per_user = serve_args(dir.path(), &[])
+            .into_settings()
+            .expect("defaults");
+        assert_eq!(
+            (per_user.store.tier, per_user.store.name_hex_chars),
+            (Tier::PerUser, 32)
+        );
+        let shared = serve_args(dir.path(), &["--tier", "shared"])
+            .into_settings()
+            .expect("the shared tier");
+        assert_eq!(
+            (shared.store.tier, shared.store.name_hex_chars),
+            (Tier::Shared, 2)
+        );
+        let three = serve_args(
+            dir.path(),
+            &["--tier", "shared", "--collection-hex-chars", "3"],
+        )
+        .into_settings()
+        .expect("4,096 shared collections");
+        assert_eq!(three.store.name_hex_chars, 3);
+        let message = refused(
+            dir.path(),
+            &["--tier", "shared", "--collection-hex-chars", "32"],
+        );
+        assert!(message.contains("collection per user"), "{message}");
+        let message = refused(dir.path(), &["--tier", "pooled"]);
+        assert!(message.contains("CORDON_TIER=pooled"), "{message}");
     }
 
     #[test]

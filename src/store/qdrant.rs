@@ -24,10 +24,10 @@ use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeleteCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter,
-    HnswConfigDiffBuilder, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList,
-    PointsOperationResponse, Query, QueryPointsBuilder, ScrollPointsBuilder,
-    SetPayloadPointsBuilder, UpdateMode, UpdateStatus, UpsertPointsBuilder, Value as QValue,
-    VectorParamsBuilder, WalConfigDiffBuilder, WriteOrdering, WriteOrderingType,
+    HnswConfigDiffBuilder, KeywordIndexParamsBuilder, OptimizersConfigDiffBuilder, PointId,
+    PointStruct, PointsIdsList, PointsOperationResponse, Query, QueryPointsBuilder,
+    ScrollPointsBuilder, SetPayloadPointsBuilder, UpdateMode, UpdateStatus, UpsertPointsBuilder,
+    Value as QValue, VectorParamsBuilder, WalConfigDiffBuilder, WriteOrdering, WriteOrderingType,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use uuid::Uuid;
@@ -186,7 +186,19 @@ async fn create_collection(
     client: &Qdrant,
     name: &str,
     connection: &QdrantConnection,
+    shared: bool,
 ) -> Result<(), QdrantError> {
+    // A collection that many users share gets no global graph: every read is
+    // filtered to one owner, so Qdrant builds a graph per owner (`payload_m`)
+    // over the tenant index instead, as its multitenancy guide advises.
+    let hnsw = if shared {
+        HnswConfigDiffBuilder::default()
+            .on_disk(true)
+            .m(0)
+            .payload_m(16)
+    } else {
+        HnswConfigDiffBuilder::default().on_disk(true)
+    };
     client
         .create_collection(
             replicated(CreateCollectionBuilder::new(name), &connection.replication)
@@ -194,7 +206,7 @@ async fn create_collection(
                     VectorParamsBuilder::new(DIMENSIONS as u64, Distance::Cosine).on_disk(true),
                 )
                 .on_disk_payload(true)
-                .hnsw_config(HnswConfigDiffBuilder::default().on_disk(true))
+                .hnsw_config(hnsw)
                 .wal_config(
                     WalConfigDiffBuilder::default()
                         .wal_capacity_mb(1)
@@ -205,6 +217,19 @@ async fn create_collection(
         )
         .await?;
     Ok(())
+}
+
+/// The owner field's index: a tenant index (Qdrant keeps each owner's
+/// points together and plans filtered reads per owner) where users share
+/// collections, a plain keyword index where each has their own.
+fn owner_index(name: &str, shared: bool) -> CreateFieldIndexCollectionBuilder {
+    let index = CreateFieldIndexCollectionBuilder::new(name, OWNER_FIELD, FieldType::Keyword);
+    if shared {
+        index.field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true))
+    } else {
+        index
+    }
+    .wait(true)
 }
 
 /// The write ordering for `replication`. With one copy, Qdrant's default
@@ -432,7 +457,9 @@ impl QdrantEngine {
             return Ok(());
         }
         self.guard_collection_count(name).await?;
-        let created = create_collection(self.nodes.client(), name, &self.settings.connection).await;
+        let shared = !self.collections_are_private();
+        let created =
+            create_collection(self.nodes.client(), name, &self.settings.connection, shared).await;
         if created.is_ok() {
             self.count_created_collection();
         }
@@ -449,10 +476,7 @@ impl QdrantEngine {
         }
         self.nodes
             .client()
-            .create_field_index(
-                CreateFieldIndexCollectionBuilder::new(name, OWNER_FIELD, FieldType::Keyword)
-                    .wait(true),
-            )
+            .create_field_index(owner_index(name, shared))
             .await
             .map_err(store_err)?;
         self.known.lock().put(name.to_owned(), ());

@@ -75,6 +75,7 @@ pub fn settings(data_dir: &Path) -> Settings {
         store: StoreSettings {
             kind: StoreKind::Edge,
             collection_prefix: cordon::owner::COLLECTION_PREFIX.into(),
+            tier: cordon::settings::Tier::PerUser,
             name_hex_chars: 32,
             max_open_shards: 64,
             purge_after: Duration::from_secs(60),

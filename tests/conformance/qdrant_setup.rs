@@ -46,3 +46,39 @@ async fn a_user_collection_has_the_documented_settings() {
     let owner_index = info.payload_schema.get("owner").expect("an index on owner");
     assert_eq!(owner_index.data_type, PayloadSchemaType::Keyword as i32);
 }
+
+#[tokio::test]
+#[allow(deprecated)]
+#[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
+async fn a_shared_collection_indexes_owners_as_tenants_and_builds_no_global_graph() {
+    use qdrant_client::qdrant::payload_index_params::IndexParams;
+
+    let h = harness::qdrant(2, false).await;
+    let alice = h.owner("alice");
+    h.store
+        .put(&alice, vec![memory("x", vector(0, 0.0), json!({}))])
+        .await
+        .expect("put");
+    let prefix = h.qdrant_prefix().expect("a Qdrant harness");
+    let info = qdrant_client()
+        .collection_info(alice.collection_name(prefix, 2))
+        .await
+        .expect("collection info")
+        .result
+        .expect("info present");
+    let hnsw = info
+        .config
+        .and_then(|c| c.hnsw_config)
+        .expect("hnsw config");
+    assert_eq!((hnsw.m, hnsw.payload_m), (Some(0), Some(16)));
+    assert_eq!(hnsw.on_disk, Some(true));
+    let owner_index = info.payload_schema.get("owner").expect("an index on owner");
+    let Some(IndexParams::KeywordIndexParams(keyword)) = owner_index
+        .params
+        .as_ref()
+        .and_then(|p| p.index_params.clone())
+    else {
+        panic!("a keyword index with parameters expected: {owner_index:?}");
+    };
+    assert_eq!(keyword.is_tenant, Some(true));
+}

@@ -283,6 +283,7 @@ impl EdgeEngine {
             settings.max_open_shards,
             map_budget,
             settings.wal_growth_bytes,
+            settings.name_hex_chars < crate::owner::DEFAULT_NAME_HEX_CHARS,
         );
         Ok(Self {
             settings,

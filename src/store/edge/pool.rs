@@ -35,8 +35,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use lru::LruCache;
 use parking_lot::{Condvar, Mutex, RwLock};
 use qdrant_edge::{
-    CreateIndex, EdgeShard, FieldIndexOperations, PayloadFieldSchema, PayloadSchemaType,
-    PointOperations, UpdateOperation, WithPayloadInterface, WithVector,
+    CreateIndex, EdgeShard, FieldIndexOperations, KeywordIndexParams, PayloadFieldSchema,
+    PayloadSchemaParams, PayloadSchemaType, PointOperations, UpdateOperation, WithPayloadInterface,
+    WithVector,
 };
 
 use super::{engine_err, owner_path, shard_config};
@@ -82,6 +83,9 @@ pub struct Slot {
     pub name: String,
     /// The shard's directory.
     pub dir: PathBuf,
+    /// Whether the shard's owner index is a tenant index (shared-tier
+    /// names, which several users' memories share).
+    pub tenant_index: bool,
     /// The open shard, if any.
     pub shard: RwLock<Option<EdgeShard>>,
     /// Bumped whenever the open shard is replaced or closed, so that a rewrite
@@ -144,10 +148,11 @@ impl Drop for FlushingReset<'_> {
 }
 
 impl Slot {
-    fn new(name: String, dir: PathBuf, wal_growth: u64) -> Self {
+    fn new(name: String, dir: PathBuf, wal_growth: u64, tenant_index: bool) -> Self {
         Self {
             name,
             dir,
+            tenant_index,
             shard: RwLock::new(None),
             generation: AtomicU64::new(0),
             journal: Mutex::new(None),
@@ -275,7 +280,7 @@ impl Slot {
             // New, or its set-up was cut short by a failure: done again
             // before it serves. Closed through `fault` if that fails, since
             // its `Drop` flushes and may panic.
-            if let Err(e) = set_up(&shard, &self.dir) {
+            if let Err(e) = set_up(&shard, &self.dir, self.tenant_index) {
                 fault::close(shard, &self.name);
                 return Err(e);
             }
@@ -464,8 +469,8 @@ fn undo_of(shard: &EdgeShard, op: &UpdateOperation) -> Option<UpdateOperation> {
 /// serve: the owner index, then a sync of every directory it made (its
 /// segments, its WAL) and of its entry in the shards directory, which must
 /// outlive a power loss with the first write they hold, then the marker.
-fn set_up(shard: &EdgeShard, dir: &Path) -> Result<(), StoreError> {
-    create_owner_index(shard)?;
+fn set_up(shard: &EdgeShard, dir: &Path, tenant_index: bool) -> Result<(), StoreError> {
+    create_owner_index(shard, tenant_index)?;
     files::sync_tree(dir)?;
     if let Some(root) = dir.parent() {
         files::sync_dir(root)?;
@@ -473,13 +478,22 @@ fn set_up(shard: &EdgeShard, dir: &Path) -> Result<(), StoreError> {
     files::mark_set_up(dir)
 }
 
-/// Creates the keyword index on the owner field, which every read filters on.
-pub fn create_owner_index(shard: &EdgeShard) -> Result<(), StoreError> {
+/// Creates the keyword index on the owner field, which every read filters
+/// on: a tenant index in a shard that several users share.
+pub fn create_owner_index(shard: &EdgeShard, tenant_index: bool) -> Result<(), StoreError> {
+    let field_schema = if tenant_index {
+        PayloadFieldSchema::FieldParams(PayloadSchemaParams::Keyword(KeywordIndexParams {
+            is_tenant: Some(true),
+            ..KeywordIndexParams::default()
+        }))
+    } else {
+        PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)
+    };
     shard
         .update(UpdateOperation::FieldIndexOperation(
             FieldIndexOperations::CreateIndex(CreateIndex {
                 field_name: owner_path(),
-                field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)),
+                field_schema: Some(field_schema),
             }),
         ))
         .map_err(engine_err)
@@ -492,6 +506,8 @@ pub struct Pool {
     /// Memory maps the open shards may hold together.
     map_budget: usize,
     wal_growth: u64,
+    /// Whether new shards get a tenant index (see [`Slot::tenant_index`]).
+    tenant_index: bool,
     slots: Mutex<LruCache<String, Arc<Slot>>>,
     /// Shards whose swap failed midway: refused until a restart repairs
     /// them, even after their slot leaves the pool.
@@ -503,14 +519,22 @@ pub struct Pool {
 impl Pool {
     /// An empty pool for shards under `root`, keeping at most `cap` idle
     /// shards holding at most `map_budget` maps together, whose WALs may grow
-    /// by `wal_growth` past twice their baseline.
-    pub fn new(root: &Path, cap: usize, map_budget: usize, wal_growth: u64) -> Self {
+    /// by `wal_growth` past twice their baseline; `tenant_index` where users
+    /// share shards.
+    pub fn new(
+        root: &Path,
+        cap: usize,
+        map_budget: usize,
+        wal_growth: u64,
+        tenant_index: bool,
+    ) -> Self {
         let cap = cap.max(1);
         Self {
             root: root.to_owned(),
             cap,
             map_budget,
             wal_growth,
+            tenant_index,
             slots: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cap).expect("max(1) is non-zero"),
             )),
@@ -551,6 +575,7 @@ impl Pool {
             name.to_owned(),
             self.root.join(name),
             self.wal_growth,
+            self.tenant_index,
         ));
         if replaced_retired {
             slot.distrust_cache.store(true, Ordering::Release);
@@ -647,7 +672,7 @@ mod tests {
             Payload, PointId, PointInsertOperations, PointStructPersisted, VectorStructPersisted,
         };
         let root = tempfile::tempdir().unwrap();
-        let pool = Pool::new(root.path(), 4, usize::MAX, WAL_GROWTH_BYTES);
+        let pool = Pool::new(root.path(), 4, usize::MAX, WAL_GROWTH_BYTES, false);
         let slot = pool.slot("s").unwrap();
         let point = PointStructPersisted {
             id: PointId::Uuid(uuid::Uuid::now_v7()),
@@ -671,7 +696,7 @@ mod tests {
     #[test]
     fn the_slot_that_replaces_a_retired_one_drops_the_cached_pages_before_it_opens() {
         let root = tempfile::tempdir().unwrap();
-        let pool = Pool::new(root.path(), 4, usize::MAX, WAL_GROWTH_BYTES);
+        let pool = Pool::new(root.path(), 4, usize::MAX, WAL_GROWTH_BYTES, false);
         let first = pool.slot("s").unwrap();
         assert!(first.ensure_open(true).unwrap());
         assert!(!first.distrust_cache.load(Ordering::Acquire));
@@ -697,7 +722,7 @@ mod tests {
             }
         }
         // Room for 10 shards by count, but for only 10 maps: two shards.
-        let pool = Pool::new(root.path(), 10, 10, WAL_GROWTH_BYTES);
+        let pool = Pool::new(root.path(), 10, 10, WAL_GROWTH_BYTES, false);
         pool.slot("a").unwrap();
         pool.slot("b").unwrap();
         let held = pool.slot("a").unwrap();

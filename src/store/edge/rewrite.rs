@@ -233,7 +233,7 @@ impl EdgeEngine {
         let fresh = Building(Some(
             EdgeShard::new(building, shard_config()).map_err(engine_err)?,
         ));
-        create_owner_index(fresh.shard())?;
+        create_owner_index(fresh.shard(), slot.tenant_index)?;
         let wal_before = files::wal_bytes(&slot.dir);
         let mut points = 0;
         let mut offset = None;

@@ -21,11 +21,16 @@ use crate::store::{Engine, NewMemory};
 const PREFIX: &str = "cordon_";
 
 fn open(data: &Path) -> Arc<EdgeEngine> {
+    open_named(data, 32)
+}
+
+/// An engine naming shards by `hex_chars` of the owner hash.
+fn open_named(data: &Path, hex_chars: usize) -> Arc<EdgeEngine> {
     Arc::new(
         EdgeEngine::open(EdgeSettings {
             data_dir: data.to_owned(),
             collection_prefix: PREFIX.into(),
-            name_hex_chars: 32,
+            name_hex_chars: hex_chars,
             max_open_shards: 16,
             drill_skip_read_filter: false,
             purge_after: Duration::from_secs(3600),
@@ -360,4 +365,71 @@ fn upsert_of(memory: NewMemory) -> qdrant_edge::UpdateOperation {
             payload: Some(qdrant_edge::Payload(payload)),
         }]),
     ))
+}
+
+/// Whether the shard in `dir` indexes the owner field as a tenant index.
+fn owner_index_is_tenant(dir: &Path) -> bool {
+    let shard = qdrant_edge::EdgeShard::load(dir, None).expect("the shard loads");
+    let info = shard.info();
+    drop(shard);
+    let index = info
+        .payload_schema
+        .get(&super::owner_path())
+        .expect("the owner field is indexed");
+    matches!(
+        &index.params,
+        Some(qdrant_edge::PayloadSchemaParams::Keyword(params)) if params.is_tenant == Some(true)
+    )
+}
+
+#[tokio::test]
+async fn a_shared_tier_shard_indexes_owners_as_tenants_and_keeps_its_other_users_through_an_erase_and_a_rewrite()
+ {
+    let data = tempfile::tempdir().expect("temp dir");
+    let engine = open_named(data.path(), 1);
+    let secret = Secret::new(vec![3u8; 32]);
+    let owner = alice();
+    let name = owner.collection_name(PREFIX, 1);
+    let neighbour = (0..)
+        .map(|n| OwnerHash::derive(&secret, "t", &format!("user-{n}")))
+        .find(|other| other.collection_name(PREFIX, 1) == name)
+        .expect("one owner in 16 shares the first hex character");
+    engine
+        .upsert(&owner, vec![memory("a", 0)])
+        .await
+        .expect("stored");
+    engine
+        .upsert(&neighbour, vec![memory("n", 1)])
+        .await
+        .expect("stored");
+    assert_eq!(engine.erase(&owner).await.expect("erased"), 1);
+    assert_eq!(texts(&engine, &neighbour).await, ["n"]);
+    assert!(matches!(
+        rewrite(&engine, &name).await,
+        Ok(Outcome::Rewritten { .. })
+    ));
+    assert!(texts(&engine, &owner).await.is_empty());
+    assert_eq!(texts(&engine, &neighbour).await, ["n"]);
+    engine.shutdown().await;
+    drop(engine);
+    assert!(owner_index_is_tenant(
+        &data.path().join("shards").join(&name)
+    ));
+
+    let private = tempfile::tempdir().expect("temp dir");
+    let engine = open(private.path());
+    engine
+        .upsert(&owner, vec![memory("a", 0)])
+        .await
+        .expect("stored");
+    engine.shutdown().await;
+    drop(engine);
+    let dir = private
+        .path()
+        .join("shards")
+        .join(owner.collection_name(PREFIX, 32));
+    assert!(
+        !owner_index_is_tenant(&dir),
+        "a user's own shard keeps a plain index"
+    );
 }
