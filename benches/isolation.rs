@@ -96,6 +96,7 @@ fn page(owner: &OwnerHash, other: &OwnerHash, n: usize, foreign: usize) -> Vec<R
                 id: Uuid::now_v7(),
                 score: Some(0.5),
                 payload: payload.as_object().cloned().expect("literal is an object"),
+                vector: None,
             }
         })
         .collect()

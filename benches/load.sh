@@ -12,6 +12,9 @@
 #                 engine; collections get a fresh prefix and are erased by the
 #                 tool's users at the end.
 #   --sealed      start the server with a fresh KEK: memories encrypted at rest.
+#   --tier TIER   start the server with CORDON_TIER=TIER (`per-user`, the
+#                 default, or `shared`); with --collision, the shared tier
+#                 keeps its own names unless HEX_CHARS is set.
 #
 # The load tool is `cordon load` of this checkout's release build. CORDON_BIN
 # runs that server binary instead of the same build (for before/after runs of
@@ -27,11 +30,13 @@ source scripts/env.sh
 collision=false
 qdrant_url=""
 sealed=false
+tier=per-user
 while [ $# -gt 0 ]; do
   case "$1" in
     --collision) collision=true; shift ;;
     --qdrant) qdrant_url="${2:?--qdrant needs a gRPC URL}"; shift 2 ;;
     --sealed) sealed=true; shift ;;
+    --tier) tier="${2:?--tier needs per-user or shared}"; shift 2 ;;
     --) shift; break ;;
     *) echo "load.sh: unknown flag $1" >&2; exit 2 ;;
   esac
@@ -51,9 +56,14 @@ server_env=(
   CORDON_BIND="127.0.0.1:$port"
   CORDON_SERVER_SECRET="$(hex)"
   RUST_LOG="${RUST_LOG:-warn}"
+  CORDON_TIER="$tier"
 )
 if $collision; then
-  server_env+=(CORDON_COLLECTION_HEX_CHARS="${HEX_CHARS:-1}" CORDON_COLLISION_DRILL=true)
+  if [ "$tier" = shared ] && [ -z "${HEX_CHARS:-}" ]; then
+    server_env+=(CORDON_COLLISION_DRILL=true)
+  else
+    server_env+=(CORDON_COLLECTION_HEX_CHARS="${HEX_CHARS:-1}" CORDON_COLLISION_DRILL=true)
+  fi
   set -- --collision "$@"
 fi
 if $sealed; then
@@ -97,7 +107,7 @@ if ! $up; then
   exit 2
 fi
 
-echo "load.sh: server on 127.0.0.1:$port ($([ -n "$qdrant_url" ] && echo "Qdrant at $qdrant_url" || echo embedded)), collision drill: $collision, sealed: $sealed" >&2
+echo "load.sh: server on 127.0.0.1:$port ($([ -n "$qdrant_url" ] && echo "Qdrant at $qdrant_url" || echo embedded)), tier: $tier, collision drill: $collision, sealed: $sealed" >&2
 rc=0
 "$load_bin" load --url "http://127.0.0.1:$port" "$@" || rc=$?
 echo "server log: $log ($(grep -c cross_tenant_leak_detected "$log" || true) cross_tenant_leak_detected lines)"

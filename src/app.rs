@@ -107,6 +107,7 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let opened = crate::store::open_engine(&settings)?;
         let engine = opened.engine.clone();
+        crate::store::tier::check_layout(engine.as_ref()).await?;
         if settings.store.collision_drill {
             tracing::warn!(
                 "COLLISION DRILL: engine reads skip the owner filter, so only the guard separates users, and every store call costs one extra count. Never run this in production."

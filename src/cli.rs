@@ -1,6 +1,7 @@
-//! The command line: `cordon serve`, `token`, `keys`, `export`, `import` and `load`.
+//! The command line: `cordon serve`, `token`, `keys`, `tier`, `export`, `import` and `load`.
 
 mod keys;
+mod tier;
 mod transfer;
 
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ enum Command {
     /// Manage the keys of encryption at rest.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Move memories between namespace tiers (per-user and shared collections).
+    #[command(subcommand)]
+    Tier(tier::TierCommand),
     /// Write one user's memories as NDJSON, through the API with their token.
     Export(transfer::ExportArgs),
     /// Store NDJSON memories for one user, through the API with their token.
@@ -93,6 +97,7 @@ pub fn run() -> ExitCode {
         Command::Token(args) => token(args),
         Command::Serve(args) => serve(*args),
         Command::Keys(command) => keys::run(command),
+        Command::Tier(command) => tier::run(command),
         Command::Export(args) => transfer::export(args),
         Command::Import(args) => transfer::import(args),
         Command::Load(args) => crate::load::main(*args),

@@ -312,7 +312,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%reason, "store engine error");
                 Self::StoreUnavailable
             }
-            StoreError::Internal(reason) => {
+            StoreError::Internal(reason) | StoreError::Layout(reason) => {
                 tracing::error!(%reason, "store internal error");
                 Self::Internal
             }

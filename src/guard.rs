@@ -188,6 +188,7 @@ mod tests {
             id: Uuid::now_v7(),
             score: Some(0.5),
             payload: payload.as_object().cloned().expect("literal is an object"),
+            vector: None,
         }
     }
 

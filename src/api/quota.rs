@@ -209,6 +209,20 @@ mod tests {
         async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError> {
             self.inner.owners().await
         }
+        async fn export_page(
+            &self,
+            o: &OwnerHash,
+            after: Option<Uuid>,
+            limit: usize,
+        ) -> Result<RawPage, StoreError> {
+            self.inner.export_page(o, after, limit).await
+        }
+        async fn other_layouts(&self) -> Result<std::collections::BTreeSet<usize>, StoreError> {
+            self.inner.other_layouts().await
+        }
+        async fn remove_empty(&self) -> Result<usize, StoreError> {
+            self.inner.remove_empty().await
+        }
         async fn reseal_all(
             &self,
             r: Reseal,

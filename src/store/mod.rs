@@ -9,6 +9,7 @@
 
 pub mod edge;
 pub mod qdrant;
+pub mod tier;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -47,6 +48,10 @@ pub enum StoreError {
     /// who have one are served as before.
     #[error("collection limit: {0}")]
     CollectionLimit(String),
+    /// The stored collections are laid out for another tier than the
+    /// configured one (a start-up refusal, never a request's error).
+    #[error("{0}")]
+    Layout(String),
     /// The engine reported an error for this operation.
     #[error("engine error: {0}")]
     Engine(String),
@@ -111,6 +116,46 @@ impl NewMemory {
     }
 }
 
+impl NewMemory {
+    /// The memory a stored point holds, to write it again elsewhere exactly
+    /// as it is (sealed content stays sealed); `None` without its vector.
+    pub fn from_stored(point: RawPoint) -> Option<Self> {
+        let RawPoint {
+            id,
+            mut payload,
+            vector,
+            ..
+        } = point;
+        let text = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let created_at = payload.get(CREATED_FIELD).and_then(Value::as_i64)?;
+        let sealed = text(payload.remove(SEALED_FIELD)).map(|blob| Sealed {
+            blob,
+            tags: match payload.remove(TAGS_FIELD) {
+                Some(Value::Array(tags)) => {
+                    tags.into_iter().filter_map(|t| text(Some(t))).collect()
+                }
+                _ => Vec::new(),
+            },
+        });
+        let metadata = match payload.remove(METADATA_FIELD) {
+            Some(Value::Object(metadata)) => metadata,
+            _ => Map::new(),
+        };
+        Some(Self {
+            id,
+            text: text(payload.remove(TEXT_FIELD)).unwrap_or_default(),
+            metadata,
+            created_at,
+            vector: vector?,
+            request: text(payload.remove(REQUEST_FIELD)),
+            sealed,
+        })
+    }
+}
+
 /// A point as read back from an engine, not yet checked against its owner.
 #[derive(Debug, Clone)]
 pub struct RawPoint {
@@ -120,6 +165,9 @@ pub struct RawPoint {
     pub score: Option<f32>,
     /// The whole stored payload, owner field included.
     pub payload: Map<String, Value>,
+    /// The stored embedding, read only to move a memory to another
+    /// collection ([`Engine::export_page`]).
+    pub vector: Option<Vec<f32>>,
 }
 
 /// A metadata equality condition value.
@@ -211,6 +259,40 @@ impl OpenedEngine {
     }
 }
 
+/// The Qdrant engine of `settings`, naming collections by `hex_chars`.
+fn qdrant_engine(
+    settings: &crate::settings::Settings,
+    hex_chars: usize,
+) -> Result<std::sync::Arc<dyn Engine>, StoreError> {
+    Ok(std::sync::Arc::new(std::sync::Arc::new(
+        qdrant::QdrantEngine::connect(qdrant::QdrantSettings {
+            connection: settings.store.qdrant.clone(),
+            collection_prefix: settings.store.collection_prefix.clone(),
+            name_hex_chars: hex_chars,
+            drill_skip_read_filter: settings.store.collision_drill,
+            max_collection_points: settings.store.max_collection_points,
+            max_collections_per_node: settings.store.max_collections_per_node,
+        })?,
+    )))
+}
+
+impl OpenedEngine {
+    /// The same storage seen through another tier's naming (`hex_chars` of
+    /// the owner hash), for `cordon tier migrate`.
+    pub fn beside(
+        &self,
+        settings: &crate::settings::Settings,
+        hex_chars: usize,
+    ) -> Result<std::sync::Arc<dyn Engine>, StoreError> {
+        match &self.edge {
+            Some(edge) => Ok(std::sync::Arc::new(std::sync::Arc::new(
+                edge.open_beside(hex_chars)?,
+            ))),
+            None => qdrant_engine(settings, hex_chars),
+        }
+    }
+}
+
 /// Opens the engine `settings` choose; nothing runs in the background yet.
 pub fn open_engine(settings: &crate::settings::Settings) -> Result<OpenedEngine, StoreError> {
     use std::sync::Arc;
@@ -232,19 +314,17 @@ pub fn open_engine(settings: &crate::settings::Settings) -> Result<OpenedEngine,
             }
         }
         crate::settings::StoreKind::Qdrant => OpenedEngine {
-            engine: Arc::new(Arc::new(qdrant::QdrantEngine::connect(
-                qdrant::QdrantSettings {
-                    connection: settings.store.qdrant.clone(),
-                    collection_prefix: settings.store.collection_prefix.clone(),
-                    name_hex_chars: settings.store.name_hex_chars,
-                    drill_skip_read_filter: settings.store.collision_drill,
-                    max_collection_points: settings.store.max_collection_points,
-                    max_collections_per_node: settings.store.max_collections_per_node,
-                },
-            )?)),
+            engine: qdrant_engine(settings, settings.store.name_hex_chars)?,
             edge: None,
         },
     })
+}
+
+/// How many hex characters of an owner hash name user collection `name`
+/// under `prefix` (which tier's layout it belongs to); `None` for any other
+/// name.
+pub fn name_hex_len(name: &str, prefix: &str) -> Option<usize> {
+    is_user_collection(name, prefix).then(|| name.len() - prefix.len())
 }
 
 /// Whether `name` is a user's collection (or shard directory) under `prefix`:
@@ -340,9 +420,25 @@ pub trait Engine: Send + Sync {
     fn open_shards(&self) -> usize {
         0
     }
-    /// Every owner hash stored in any collection (offline maintenance only:
-    /// `cordon keys migrate`, with no server running).
+    /// Every owner hash stored in a collection named as this engine names
+    /// them (offline maintenance only: `cordon keys migrate`, `cordon tier
+    /// migrate`, with no server running).
     async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError>;
+    /// A page of the owner's memories with their vectors, in id order, to
+    /// write them elsewhere (offline maintenance only).
+    async fn export_page(
+        &self,
+        owner: &OwnerHash,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<RawPage, StoreError>;
+    /// The name lengths (hex characters) of user collections under this
+    /// deployment's prefix that differ from the configured one: another
+    /// tier's layout, whose memories this engine would never read.
+    async fn other_layouts(&self) -> Result<std::collections::BTreeSet<usize>, StoreError>;
+    /// Removes collections of this engine's naming that hold no point any
+    /// more; returns how many (offline maintenance only, after a move).
+    async fn remove_empty(&self) -> Result<usize, StoreError>;
     /// Passes every stored payload through `reseal` and keeps what it
     /// changed, durably; returns how many changed (offline maintenance only).
     /// `progress(done, total)` follows the collections.

@@ -165,6 +165,7 @@ fn to_raw(
     Some(RawPoint {
         id,
         score,
+        vector: None,
         payload: payload
             .into_iter()
             .map(|(k, v)| (k, v.into_json()))
@@ -217,6 +218,19 @@ async fn create_collection(
         )
         .await?;
     Ok(())
+}
+
+/// The dense vector of a point read with its vector.
+fn dense(vectors: qdrant_client::qdrant::VectorsOutput) -> Option<Vec<f32>> {
+    use qdrant_client::qdrant::vector_output::Vector;
+    use qdrant_client::qdrant::vectors_output::VectorsOptions;
+    match vectors.vectors_options? {
+        VectorsOptions::Vector(output) => match output.into_vector() {
+            Vector::Dense(dense) => Some(dense.data),
+            _ => None,
+        },
+        VectorsOptions::Vectors(_) => None,
+    }
 }
 
 /// The owner field's index: a tenant index (Qdrant keeps each owner's
@@ -666,12 +680,24 @@ impl QdrantEngine {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
+        self.scroll_with(name, filter, after, limit, false).await
+    }
+
+    /// [`Self::scroll_filtered`], with the points' vectors when `vectors`.
+    async fn scroll_with(
+        &self,
+        name: &str,
+        filter: Option<Filter>,
+        after: Option<Uuid>,
+        limit: usize,
+        vectors: bool,
+    ) -> Result<RawPage, StoreError> {
         // `offset` is inclusive; ask for one more and skip the cursor itself.
         let ask = u32::try_from(limit + usize::from(after.is_some())).unwrap_or(u32::MAX);
         let mut request = ScrollPointsBuilder::new(name)
             .limit(ask)
             .with_payload(true)
-            .with_vectors(false);
+            .with_vectors(vectors);
         if let Some(filter) = filter {
             request = request.filter(filter);
         }
@@ -686,7 +712,10 @@ impl QdrantEngine {
         let records = response
             .result
             .into_iter()
-            .filter_map(|p| to_raw(p.id, None, p.payload))
+            .filter_map(|p| {
+                let vector = p.vectors.and_then(dense);
+                to_raw(p.id, None, p.payload).map(|raw| RawPoint { vector, ..raw })
+            })
             .collect();
         Ok(RawPage::after_cursor(
             records,
@@ -978,6 +1007,15 @@ impl QdrantEngine {
         names.sort();
         Ok(names)
     }
+
+    /// The user collections named as this engine names them.
+    async fn own_collections(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = &self.settings.collection_prefix;
+        let mut names = self.user_collections().await?;
+        names
+            .retain(|name| super::name_hex_len(name, prefix) == Some(self.settings.name_hex_chars));
+        Ok(names)
+    }
 }
 
 #[async_trait]
@@ -1046,7 +1084,7 @@ impl Engine for Arc<QdrantEngine> {
 
     async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError> {
         let mut owners = std::collections::BTreeSet::new();
-        for name in self.user_collections().await? {
+        for name in self.own_collections().await? {
             let mut after = None;
             loop {
                 let page = self.scroll_filtered(&name, None, after, 256).await?;
@@ -1072,7 +1110,7 @@ impl Engine for Arc<QdrantEngine> {
         reseal: super::Reseal,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<usize, StoreError> {
-        let names = self.user_collections().await?;
+        let names = self.own_collections().await?;
         let total = names.len() as u64;
         let mut changed = 0;
         for (done, name) in names.iter().enumerate() {
@@ -1110,6 +1148,51 @@ impl Engine for Arc<QdrantEngine> {
             progress(done as u64 + 1, total);
         }
         Ok(changed)
+    }
+
+    async fn export_page(
+        &self,
+        owner: &OwnerHash,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<RawPage, StoreError> {
+        // The owner's points only, even in a collision drill.
+        let (name, filter) = (self.name(owner), Filter::must([owner_condition(owner)]));
+        self.bounded(|| self.scroll_with(&name, Some(filter.clone()), after, limit, true))
+            .await
+    }
+
+    async fn other_layouts(&self) -> Result<std::collections::BTreeSet<usize>, StoreError> {
+        let prefix = &self.settings.collection_prefix;
+        Ok(self
+            .bounded(|| self.user_collections())
+            .await?
+            .iter()
+            .filter_map(|name| super::name_hex_len(name, prefix))
+            .filter(|len| *len != self.settings.name_hex_chars)
+            .collect())
+    }
+
+    async fn remove_empty(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for name in self.own_collections().await? {
+            let left = QdrantEngine::count(self, &name, None)
+                .await
+                .map_err(store_err)?;
+            if left == 0 {
+                self.nodes
+                    .client()
+                    .delete_collection(
+                        DeleteCollectionBuilder::new(&name)
+                            .timeout(self.settings.connection.timeout.as_secs().max(1)),
+                    )
+                    .await
+                    .map_err(store_err)?;
+                self.forget(&name);
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     async fn holds_memories(&self) -> Result<bool, StoreError> {

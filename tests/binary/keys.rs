@@ -23,7 +23,7 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn holds(dir: &Path, needle: &[u8]) -> bool {
+pub(crate) fn holds(dir: &Path, needle: &[u8]) -> bool {
     let mut stack = vec![dir.to_owned()];
     while let Some(path) = stack.pop() {
         if path.is_dir() {

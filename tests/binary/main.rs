@@ -7,6 +7,7 @@ mod faults;
 mod keys;
 mod load;
 mod logs;
+mod tier;
 mod transfer;
 
 use std::io::{BufRead, BufReader};

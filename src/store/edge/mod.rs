@@ -230,7 +230,16 @@ fn to_raw(id: PointId, score: Option<f32>, payload: Option<Payload>) -> Option<R
         id,
         score,
         payload: payload.map(|p| p.0).unwrap_or_default(),
+        vector: None,
     })
+}
+
+/// The dense vector of a record read with its vector.
+fn dense(vector: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> {
+    match vector? {
+        qdrant_edge::VectorStructInternal::Single(v) => Some(v),
+        _ => None,
+    }
 }
 
 impl EdgeEngine {
@@ -290,6 +299,37 @@ impl EdgeEngine {
             root,
             pool,
             due: Mutex::new(due),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            maintenance: Mutex::new(None),
+            _lock: lock,
+        })
+    }
+
+    /// A second engine over the same data directory, naming shards by
+    /// `name_hex_chars` instead (for `cordon tier migrate`, which reads one
+    /// layout and writes the other). It shares this engine's lock; the two
+    /// never open the same shard, since their names differ in length.
+    pub fn open_beside(&self, name_hex_chars: usize) -> Result<Self, StoreError> {
+        let settings = EdgeSettings {
+            name_hex_chars,
+            ..self.settings.clone()
+        };
+        let lock = self._lock.try_clone().map_err(|e| {
+            StoreError::Unavailable(format!("cannot share the data directory lock: {e}"))
+        })?;
+        let pool = Pool::new(
+            &self.root,
+            settings.max_open_shards,
+            self.pool.map_budget(),
+            settings.wal_growth_bytes,
+            name_hex_chars < crate::owner::DEFAULT_NAME_HEX_CHARS,
+        );
+        Ok(Self {
+            settings,
+            root: self.root.clone(),
+            pool,
+            due: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             maintenance: Mutex::new(None),
@@ -530,6 +570,18 @@ impl EdgeEngine {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
+        self.scroll_with(owner, filter, after, limit, false)
+    }
+
+    /// [`Self::scroll_blocking`], with the points' vectors when `vectors`.
+    fn scroll_with(
+        &self,
+        owner: &OwnerHash,
+        filter: Option<Filter>,
+        after: Option<Uuid>,
+        limit: usize,
+        vectors: bool,
+    ) -> Result<RawPage, StoreError> {
         let page = self.slot(owner)?.read(|shard| {
             // `offset` is inclusive; ask for one more and skip the cursor itself.
             let (records, next) = shard
@@ -538,17 +590,71 @@ impl EdgeEngine {
                     limit: Some(limit + usize::from(after.is_some())),
                     filter,
                     with_payload: Some(WithPayloadInterface::Bool(true)),
-                    with_vector: WithVector::Bool(false),
+                    with_vector: WithVector::Bool(vectors),
                     order_by: None,
                 })
                 .map_err(engine_err)?;
             let records = records
                 .into_iter()
-                .filter_map(|r| to_raw(r.id, None, r.payload))
+                .filter_map(|r| {
+                    let vector = dense(r.vector);
+                    to_raw(r.id, None, r.payload).map(|p| RawPoint { vector, ..p })
+                })
                 .collect();
             Ok(RawPage::after_cursor(records, after, limit, next.is_some()))
         })?;
         Ok(page.unwrap_or_else(RawPage::empty))
+    }
+
+    /// Removes the shard of `slot`, which holds no point, entirely. A
+    /// rewrite copying it is cancelled. Its directory goes next, so a
+    /// failing last flush does not matter.
+    fn discard(
+        &self,
+        slot: &Slot,
+        guard: &mut parking_lot::RwLockWriteGuard<'_, Option<qdrant_edge::EdgeShard>>,
+    ) -> Result<(), StoreError> {
+        *slot.journal.lock() = None;
+        let closed = guard
+            .take()
+            .is_none_or(|shard| fault::close(shard, &slot.name));
+        if !closed {
+            // Writes applied before the erase and waiting for a flush get
+            // 503: should the removal below fail, the directory that stays
+            // never had them.
+            slot.retire(guard);
+        }
+        slot.bump_generation();
+        files::discard_dir(&self.root, &slot.dir)?;
+        slot.count_maps();
+        self.due.lock().remove(&slot.name);
+        Ok(())
+    }
+
+    /// Removes every shard of this engine's naming that holds no point.
+    fn remove_empty_blocking(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for name in self.shard_names()? {
+            let slot = self.pool.slot(&name)?;
+            if !slot.ensure_open(false)? {
+                continue;
+            }
+            let mut guard = slot.shard.write();
+            let Some(shard) = guard.as_ref() else {
+                continue;
+            };
+            let left = shard
+                .count(CountRequest {
+                    filter: None,
+                    exact: true,
+                })
+                .map_err(engine_err)?;
+            if left == 0 {
+                self.discard(&slot, &mut guard)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn erase_blocking(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
@@ -580,23 +686,7 @@ impl EdgeEngine {
             })
             .map_err(engine_err)?;
         if left == 0 {
-            // Nobody else's points live here: remove the shard entirely. A
-            // rewrite copying it is cancelled. Its directory goes next, so
-            // a failing last flush does not matter.
-            *slot.journal.lock() = None;
-            let closed = guard
-                .take()
-                .is_none_or(|shard| fault::close(shard, &slot.name));
-            if !closed {
-                // Writes applied before the erase and waiting for a flush
-                // get 503: should the removal below fail, the directory
-                // that stays never had them.
-                slot.retire(&mut guard);
-            }
-            slot.bump_generation();
-            files::discard_dir(&self.root, &slot.dir)?;
-            slot.count_maps();
-            self.due.lock().remove(&slot.name);
+            self.discard(&slot, &mut guard)?;
         } else {
             // A shared (collided) shard keeps the other owners' points; the
             // erased ones' text goes at its next rewrite.
@@ -750,7 +840,10 @@ impl Engine for Arc<EdgeEngine> {
 
     async fn holds_memories(&self) -> Result<bool, StoreError> {
         let this = self.clone();
-        EdgeEngine::blocking(move || Ok(!this.shard_names()?.is_empty())).await
+        EdgeEngine::blocking(move || {
+            Ok(!this.shard_names()?.is_empty() || !this.other_layouts_blocking()?.is_empty())
+        })
+        .await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -790,6 +883,31 @@ impl Engine for Arc<EdgeEngine> {
     async fn owners(&self) -> Result<Vec<OwnerHash>, StoreError> {
         let this = self.clone();
         EdgeEngine::blocking(move || this.owners_blocking()).await
+    }
+
+    async fn export_page(
+        &self,
+        owner: &OwnerHash,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<RawPage, StoreError> {
+        let (this, owner) = (self.clone(), owner.clone());
+        EdgeEngine::blocking(move || {
+            // The owner's points only, even in a collision drill.
+            let filter = filter(vec![owner_condition(&owner)]);
+            this.scroll_with(&owner, filter, after, limit, true)
+        })
+        .await
+    }
+
+    async fn other_layouts(&self) -> Result<std::collections::BTreeSet<usize>, StoreError> {
+        let this = self.clone();
+        EdgeEngine::blocking(move || this.other_layouts_blocking()).await
+    }
+
+    async fn remove_empty(&self) -> Result<usize, StoreError> {
+        let this = self.clone();
+        EdgeEngine::blocking(move || this.remove_empty_blocking()).await
     }
 
     async fn reseal_all(

@@ -543,6 +543,11 @@ impl Pool {
         }
     }
 
+    /// Memory maps the open shards may hold together.
+    pub fn map_budget(&self) -> usize {
+        self.map_budget
+    }
+
     /// Shards in the pool: open, or opening for a request.
     pub fn open(&self) -> usize {
         self.slots.lock().len()

@@ -89,13 +89,31 @@ impl EdgeEngine {
         let mut names: Vec<String> = entries
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| crate::store::is_user_collection(name, prefix))
+            .filter(|name| {
+                crate::store::name_hex_len(name, prefix) == Some(self.settings.name_hex_chars)
+            })
             .collect();
         names.sort();
         Ok(names)
     }
 
-    /// Every owner hash in any shard (offline migration).
+    /// Name lengths of shard directories of another layout (see
+    /// [`crate::store::Engine::other_layouts`]).
+    pub(super) fn other_layouts_blocking(
+        &self,
+    ) -> Result<std::collections::BTreeSet<usize>, StoreError> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| files::storage_err(&format!("cannot read {}", self.root.display()), e))?;
+        let prefix = &self.settings.collection_prefix;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| crate::store::name_hex_len(&name, prefix))
+            .filter(|len| *len != self.settings.name_hex_chars)
+            .collect())
+    }
+
+    /// Every owner hash in a shard of this engine's naming (offline migration).
     pub(super) fn owners_blocking(&self) -> Result<Vec<crate::owner::OwnerHash>, StoreError> {
         let mut owners = std::collections::BTreeSet::new();
         for name in self.shard_names()? {
