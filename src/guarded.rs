@@ -63,6 +63,12 @@ impl GuardedStore {
         }
     }
 
+    /// The engine below the guard, unchecked: for drills that count what
+    /// the guard had to drop against what the engine returned.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
     /// Seals every memory written and opens every memory read as `gate`
     /// decides.
     pub fn with_sealing(mut self, gate: Arc<SealGate>) -> Self {

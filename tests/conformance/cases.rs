@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cordon::metrics::Metrics;
-use cordon::store::{MetaValue, SearchQuery};
+use cordon::store::{MetaValue, RawPoint, SearchQuery};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -283,6 +283,7 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
             .expect("put");
     }
     let mut ids = Vec::new();
+    let mut foreign_seen = 0;
     for u in &users {
         let owner = h.owner(u);
         let mine = format!("secret of {u}");
@@ -293,12 +294,43 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
             metadata: vec![("k".into(), MetaValue::Str("same".into()))],
             tags: Vec::new(),
         };
+        // What the engine itself returns, and so how many foreign points
+        // the guard must drop from each read: all of them, no more.
+        let foreign = |points: &[RawPoint]| {
+            points
+                .iter()
+                .filter(|p| p.payload["owner"].as_str() != Some(owner.to_hex().as_str()))
+                .count() as u64
+        };
+        let engine = h.store.engine();
+        let raw_found = engine
+            .search(&owner, query.clone())
+            .await
+            .expect("raw search");
+        let raw_listed = engine.scroll(&owner, None, 50).await.expect("raw list");
+        let before = h.metrics.guard_dropped_total();
         assert_eq!(
             texts(&h.store.search(&owner, query).await.expect("search")),
             [mine.as_str()]
         );
+        assert_eq!(
+            h.metrics.guard_dropped_total() - before,
+            foreign(&raw_found),
+            "the guard's drops on a search differ from the foreign points the engine returned"
+        );
+        let before = h.metrics.guard_dropped_total();
         let page = h.store.list(&owner, None, 50).await.expect("list");
         assert_eq!(texts(&page.memories), [mine.as_str()]);
+        assert_eq!(
+            h.metrics.guard_dropped_total() - before,
+            foreign(&raw_listed.points),
+            "the guard's drops on a list differ from the foreign points the engine returned"
+        );
+        if drill {
+            foreign_seen += foreign(&raw_found) + foreign(&raw_listed.points);
+        } else {
+            assert_eq!(foreign(&raw_found) + foreign(&raw_listed.points), 0);
+        }
         ids.push(page.memories[0].id());
     }
     // Every other user's id is invisible and undeletable.
@@ -320,7 +352,7 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
     let dropped = h.metrics.guard_dropped_total();
     if drill {
         assert!(
-            dropped > 0,
+            foreign_seen > 0 && dropped >= foreign_seen,
             "the guard saw no foreign point, so the drill tested nothing"
         );
     } else {
