@@ -105,7 +105,8 @@ impl Application {
             },
         );
         let metrics = Arc::new(Metrics::default());
-        let opened = crate::store::open_engine(&settings)?;
+        let opened =
+            crate::store::open_engine(&settings)?.with_promotion(&settings, metrics.clone())?;
         let engine = opened.engine.clone();
         crate::store::tier::check_layout(engine.as_ref()).await?;
         if settings.store.collision_drill {
@@ -131,7 +132,7 @@ impl Application {
             crate::seal::setup::prepare(&settings, engine.clone(), metrics.clone()).await?;
         // Only once the server will run: a refused start leaves nothing
         // behind that holds the data directory.
-        opened.start_maintenance();
+        opened.start_maintenance().await;
         let mut store = GuardedStore::new(engine, Guard::new(metrics.clone()));
         if settings.store.collision_drill {
             store = store.with_shared_census(metrics.clone());

@@ -26,6 +26,8 @@ pub struct Metrics {
     memories_stored: AtomicU64,
     searches: AtomicU64,
     shared_collection_requests: AtomicU64,
+    promotions: AtomicU64,
+    promotions_stopped: AtomicU64,
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
 }
@@ -141,6 +143,17 @@ impl Metrics {
     pub fn shared_collection_touched(&self) {
         self.shared_collection_requests
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one user moved out of the shared tier (`finished`), or one
+    /// move that stopped and waits to resume.
+    pub fn promotion(&self, finished: bool) {
+        let counter = if finished {
+            &self.promotions
+        } else {
+            &self.promotions_stopped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Store calls on a shared collection since start.
@@ -272,6 +285,16 @@ impl Metrics {
             out,
             "cordon_shared_collection_requests_total {}",
             get(&self.shared_collection_requests)
+        );
+        out.push_str("# HELP cordon_promotions_total Users this process moved out of the shared tier to a collection of their own.\n");
+        out.push_str("# TYPE cordon_promotions_total counter\n");
+        let _ = writeln!(out, "cordon_promotions_total {}", get(&self.promotions));
+        out.push_str("# HELP cordon_promotions_stopped_total Moves out of the shared tier that stopped on an error (each resumes at the user's next write or the next start).\n");
+        out.push_str("# TYPE cordon_promotions_stopped_total counter\n");
+        let _ = writeln!(
+            out,
+            "cordon_promotions_stopped_total {}",
+            get(&self.promotions_stopped)
         );
         out
     }

@@ -115,6 +115,9 @@ pub struct ServeArgs {
     /// Namespace tier: `per-user` (a collection, or shard directory, of each user's own) or `shared` (users share a bounded number of collections named by a short hash prefix, every read filtered by owner in the engine and checked by the guard).
     #[arg(long, env = "CORDON_TIER", default_value = "per-user")]
     pub tier: String,
+    /// Shared tier: memories past which a user moves, online, to a collection of their own (default 1000; 0: never).
+    #[arg(long, env = "CORDON_PROMOTE_AFTER")]
+    pub promote_after: Option<u64>,
     /// Hex characters of the owner hash used in collection names (default 32 in the per-user tier, 2 in the shared tier: 256 collections).
     #[arg(long, env = "CORDON_COLLECTION_HEX_CHARS")]
     pub collection_hex_chars: Option<usize>,
@@ -346,6 +349,11 @@ pub struct QdrantConnection {
 /// each), and few enough that a restart loads them in seconds.
 pub const DEFAULT_SHARED_HEX_CHARS: usize = 2;
 
+/// Memories past which a shared-tier user moves to a collection of their
+/// own by default: a user that large is worth a collection's fixed cost,
+/// and the move (a copy of their memories) stays short.
+pub const DEFAULT_PROMOTE_AFTER: u64 = 1_000;
+
 /// Most hex characters a shared-tier name may have: 4,096 collections, past
 /// which a node runs out of memory maps.
 pub const MAX_SHARED_HEX_CHARS: usize = 3;
@@ -410,6 +418,9 @@ pub struct StoreSettings {
     pub tier: Tier,
     /// Hex characters of the owner hash in collection names.
     pub name_hex_chars: usize,
+    /// Memories past which a shared-tier user moves to their own collection
+    /// (0: never).
+    pub promote_after: u64,
     /// Most open shards (embedded engine).
     pub max_open_shards: usize,
     /// Purge delay for deleted text (embedded engine).
@@ -643,6 +654,15 @@ impl ServeArgs {
                 "the shared tier names collections by 1 to {MAX_SHARED_HEX_CHARS} hex characters (CORDON_COLLECTION_HEX_CHARS); more would make a collection per user"
             )));
         }
+        if tier == Tier::PerUser && self.promote_after.is_some() {
+            return Err(SettingsError::Invalid(
+                "CORDON_PROMOTE_AFTER moves users out of the shared tier; the per-user tier (CORDON_TIER) has nothing to promote".into(),
+            ));
+        }
+        let promote_after = match tier {
+            Tier::Shared => self.promote_after.unwrap_or(DEFAULT_PROMOTE_AFTER),
+            Tier::PerUser => 0,
+        };
         if !(1..=64).contains(&collection_hex_chars) {
             return Err(SettingsError::Invalid(
                 "CORDON_COLLECTION_HEX_CHARS must be between 1 and 64".into(),
@@ -898,6 +918,7 @@ impl ServeArgs {
                 collection_prefix: self.collection_prefix,
                 tier,
                 name_hex_chars: collection_hex_chars,
+                promote_after,
                 max_open_shards,
                 purge_after: Duration::from_secs(self.purge_after_secs.unwrap_or(60)),
                 wal_growth_bytes: crate::store::edge::pool::WAL_GROWTH_BYTES,

@@ -223,6 +223,9 @@ mod tests {
         async fn remove_empty(&self) -> Result<usize, StoreError> {
             self.inner.remove_empty().await
         }
+        async fn names(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.names().await
+        }
         async fn reseal_all(
             &self,
             r: Reseal,

@@ -6,6 +6,7 @@
 //! embedded engine's data directory lock makes sure of it) and finishes a
 //! run that was cut short when run again.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -52,16 +53,31 @@ fn migrate(args: ServeArgs) -> Result<ExitCode, String> {
         bar.set_length(total);
         bar.set_position(done);
     };
+    let promoting =
+        settings.store.tier == crate::settings::Tier::Shared && settings.store.promote_after > 0;
     let report = runtime
         .block_on(async {
             let opened = crate::store::open_engine(&settings)?;
+            let placements = crate::store::open_placements(&settings)?;
+            // Users promoted out of the shared tier keep their own
+            // collections while promotion stays on; otherwise everyone
+            // moves, and the registry goes once they have.
+            let stay: HashSet<String> = if promoting {
+                placements.load().await?.into_keys().collect()
+            } else {
+                HashSet::new()
+            };
             let report = tier::migrate(
                 opened.engine.as_ref(),
                 |len| opened.beside(&settings, len),
+                &stay,
                 &progress,
             )
             .await;
             opened.engine.shutdown().await;
+            if report.is_ok() && !promoting {
+                placements.clear().await?;
+            }
             report
         })
         .map_err(|e| format!("{e} (run the command again to finish the move)"))?;

@@ -74,7 +74,9 @@ pub async fn run(
     let seal = settings.seal.as_ref().ok_or_else(|| {
         SealError::Mismatch("set CORDON_KEK (or CORDON_KEK_FILE) to the KEK to seal under".into())
     })?;
+    // With promotion on, promoted users' own collections are sealed too.
     let engine = crate::store::open_engine(settings)
+        .and_then(|opened| opened.with_promotion(settings, Default::default()))
         .map_err(|e| SealError::Vault(e.to_string()))?
         .engine;
     let vault = super::setup::vault_for(settings)?;

@@ -8,8 +8,10 @@
 //! the guard. Imports run one way: `store` knows neither the guard nor the API.
 
 pub mod edge;
+pub mod placement;
 pub mod qdrant;
 pub mod tier;
+pub mod tiered;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -247,16 +249,87 @@ pub struct OpenedEngine {
     /// The engine.
     pub engine: std::sync::Arc<dyn Engine>,
     edge: Option<std::sync::Arc<edge::EdgeEngine>>,
+    /// The promoted users' embedded engine, beside `edge`.
+    own_edge: Option<std::sync::Arc<edge::EdgeEngine>>,
+    /// The shared tier with promotion, when on.
+    tiered: Option<std::sync::Arc<tiered::Tiered>>,
 }
 
 impl OpenedEngine {
     /// Starts the embedded engine's background shard rewrites (a server
-    /// wants them once it is sure to run; an offline command does its own).
-    pub fn start_maintenance(&self) {
-        if let Some(edge) = &self.edge {
+    /// wants them once it is sure to run; an offline command does its own)
+    /// and resumes unfinished promotions.
+    pub async fn start_maintenance(&self) {
+        for edge in self.edge.iter().chain(&self.own_edge) {
             edge.start_maintenance();
         }
+        if let Some(tiered) = &self.tiered {
+            tiered.resume().await;
+        }
     }
+
+    /// Turns on promotion out of the shared tier, if `settings` ask for it:
+    /// the engine becomes a [`tiered::Tiered`] over the shared naming and
+    /// the per-user one.
+    pub fn with_promotion(
+        mut self,
+        settings: &crate::settings::Settings,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, StoreError> {
+        use std::sync::Arc;
+        let threshold = settings.store.promote_after;
+        if settings.store.tier != crate::settings::Tier::Shared || threshold == 0 {
+            return Ok(self);
+        }
+        let (own, placements, settle): (Arc<dyn Engine>, Arc<dyn placement::Placements>, _) =
+            match &self.edge {
+                Some(edge) => {
+                    let own = Arc::new(edge.open_beside(crate::owner::DEFAULT_NAME_HEX_CHARS)?);
+                    self.own_edge = Some(own.clone());
+                    (
+                        Arc::new(own),
+                        Arc::new(placement::FilePlacements::open(&settings.data_dir)?),
+                        std::time::Duration::ZERO,
+                    )
+                }
+                None => (
+                    qdrant_engine(settings, crate::owner::DEFAULT_NAME_HEX_CHARS)?,
+                    Arc::new(placement::QdrantPlacements::new(
+                        &settings.store.qdrant,
+                        &settings.store.collection_prefix,
+                    )?),
+                    placement::LEASE + 2 * settings.store.qdrant.timeout,
+                ),
+            };
+        let tiered = tiered::Tiered::open(
+            &settings.store.collection_prefix,
+            self.engine.clone(),
+            own,
+            placements,
+            tiered::Promotion { threshold, settle },
+            metrics,
+        );
+        self.engine = Arc::new(tiered.clone());
+        self.tiered = Some(tiered);
+        Ok(self)
+    }
+}
+
+/// The registry of promoted users of the deployment `settings` describe.
+pub fn open_placements(
+    settings: &crate::settings::Settings,
+) -> Result<std::sync::Arc<dyn placement::Placements>, StoreError> {
+    Ok(match settings.store.kind {
+        crate::settings::StoreKind::Edge => {
+            std::sync::Arc::new(placement::FilePlacements::open(&settings.data_dir)?)
+        }
+        crate::settings::StoreKind::Qdrant => {
+            std::sync::Arc::new(placement::QdrantPlacements::new(
+                &settings.store.qdrant,
+                &settings.store.collection_prefix,
+            )?)
+        }
+    })
 }
 
 /// The Qdrant engine of `settings`, naming collections by `hex_chars`.
@@ -311,11 +384,15 @@ pub fn open_engine(settings: &crate::settings::Settings) -> Result<OpenedEngine,
             OpenedEngine {
                 engine: Arc::new(edge.clone()),
                 edge: Some(edge),
+                own_edge: None,
+                tiered: None,
             }
         }
         crate::settings::StoreKind::Qdrant => OpenedEngine {
             engine: qdrant_engine(settings, settings.store.name_hex_chars)?,
             edge: None,
+            own_edge: None,
+            tiered: None,
         },
     })
 }
@@ -439,6 +516,8 @@ pub trait Engine: Send + Sync {
     /// Removes collections of this engine's naming that hold no point any
     /// more; returns how many (offline maintenance only, after a move).
     async fn remove_empty(&self) -> Result<usize, StoreError>;
+    /// The names of the user collections of this engine's naming.
+    async fn names(&self) -> Result<Vec<String>, StoreError>;
     /// Passes every stored payload through `reseal` and keeps what it
     /// changed, durably; returns how many changed (offline maintenance only).
     /// `progress(done, total)` follows the collections.

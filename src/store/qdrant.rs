@@ -1173,6 +1173,10 @@ impl Engine for Arc<QdrantEngine> {
             .collect())
     }
 
+    async fn names(&self) -> Result<Vec<String>, StoreError> {
+        self.bounded(|| self.own_collections()).await
+    }
+
     async fn remove_empty(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
         for name in self.own_collections().await? {

@@ -14,7 +14,7 @@
 //! step (a crash, `kill -9`, a full disk) is finished by running the command
 //! again, and no memory is ever in neither place.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -67,18 +67,22 @@ fn lengths(set: &BTreeSet<usize>) -> String {
         .join(", ")
 }
 
-/// Moves every owner of every other layout into `target`'s; `open(len)`
-/// opens the engine naming collections by `len` hex characters, and
-/// `progress(owners_done, owners_total)` follows each layout.
+/// Moves every owner of every other layout into `target`'s, except those
+/// in `stay` (owner hashes, hex: users promoted out of the shared tier, who
+/// keep their own collections); `open(len)` opens the engine naming
+/// collections by `len` hex characters, and `progress(owners_done,
+/// owners_total)` follows each layout.
 pub async fn migrate(
     target: &dyn Engine,
     open: impl Fn(usize) -> Result<Arc<dyn Engine>, StoreError>,
+    stay: &HashSet<String>,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<MoveReport, StoreError> {
     let mut report = MoveReport::default();
     for len in target.other_layouts().await? {
         let source = open(len)?;
-        let owners = source.owners().await?;
+        let mut owners = source.owners().await?;
+        owners.retain(|owner| !stay.contains(&owner.to_hex()));
         let total = owners.len() as u64;
         for (done, owner) in owners.iter().enumerate() {
             report.memories += move_owner(source.as_ref(), target, owner).await?;
@@ -269,6 +273,7 @@ mod tests {
                 assert_eq!(len, 32);
                 Ok(Arc::new(source.clone()) as Arc<dyn Engine>)
             },
+            &HashSet::new(),
             &|_, _| {},
         )
         .await

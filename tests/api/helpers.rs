@@ -77,6 +77,7 @@ pub fn settings(data_dir: &Path) -> Settings {
             collection_prefix: cordon::owner::COLLECTION_PREFIX.into(),
             tier: cordon::settings::Tier::PerUser,
             name_hex_chars: 32,
+            promote_after: 0,
             max_open_shards: 64,
             purge_after: Duration::from_secs(60),
             wal_growth_bytes: cordon::store::edge::pool::WAL_GROWTH_BYTES,

@@ -20,4 +20,5 @@ mod qdrant;
 mod replicas;
 mod restart;
 mod rewrite;
+mod tiers;
 mod validation;

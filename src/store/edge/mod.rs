@@ -905,6 +905,11 @@ impl Engine for Arc<EdgeEngine> {
         EdgeEngine::blocking(move || this.other_layouts_blocking()).await
     }
 
+    async fn names(&self) -> Result<Vec<String>, StoreError> {
+        let this = self.clone();
+        EdgeEngine::blocking(move || this.shard_names()).await
+    }
+
     async fn remove_empty(&self) -> Result<usize, StoreError> {
         let this = self.clone();
         EdgeEngine::blocking(move || this.remove_empty_blocking()).await

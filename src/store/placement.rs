@@ -1,0 +1,352 @@
+//! Where a shared-tier user's memories live while and after they move to a
+//! collection of their own: one record per promoted user.
+//!
+//! Users without a record live in their shared collection, which is nearly
+//! everyone, so the registry stays small and every process holds all of it.
+//! The embedded engine keeps it in `placements.json` in the data directory
+//! (one process owns that directory); the Qdrant engine in the system
+//! collection `<prefix>placements` (`p` and `l` are not hex digits, so no
+//! user's collection can take that name), which every replica reads again
+//! at least every [`LEASE`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qdrant_client::Payload;
+use qdrant_client::qdrant::{
+    CreateCollectionBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, PointStruct,
+    PointsIdsList, UpdateMode, UpsertPointsBuilder, Vector,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::StoreError;
+use super::qdrant::{Nodes, confirmed, ordering, replicated, scroll_payloads, store_err};
+use crate::owner::OwnerHash;
+use crate::settings::QdrantConnection;
+
+/// Longest time a process serves from a registry it read: past it, the
+/// next request reads the registry again first (or fails with 503).
+pub const LEASE: Duration = Duration::from_secs(2);
+
+/// Suffix of the Qdrant system collection, after the deployment's prefix.
+pub const COLLECTION_SUFFIX: &str = "placements";
+
+/// Where a promoted user's reads and writes go, in the order a move passes
+/// through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Writes go to both collections, reads to the shared one; the mover
+    /// copies and checks.
+    Copying,
+    /// Writes go to both, reads to the user's own.
+    Reading,
+    /// Writes and reads go to the user's own; the mover deletes the shared copy.
+    Clearing,
+    /// Moved: only the user's own collection holds their memories.
+    Own,
+}
+
+/// One user's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    owner: String,
+    phase: Phase,
+}
+
+/// The registry's storage.
+#[async_trait]
+pub trait Placements: Send + Sync {
+    /// Every record, by owner hash (hex).
+    async fn load(&self) -> Result<HashMap<String, Phase>, StoreError>;
+    /// Writes `owner`'s phase; with `create` false only over an existing
+    /// record (an erase removed it otherwise). Returns whether the record
+    /// holds `phase` now.
+    async fn set(&self, owner: &OwnerHash, phase: Phase, create: bool) -> Result<bool, StoreError>;
+    /// Removes `owner`'s record.
+    async fn remove(&self, owner: &OwnerHash) -> Result<(), StoreError>;
+    /// Removes every record (after `cordon tier migrate`).
+    async fn clear(&self) -> Result<(), StoreError>;
+    /// Whether other processes read and write the same registry, so that a
+    /// phase change is known to them only a lease later.
+    fn shared(&self) -> bool;
+}
+
+/// The embedded engine's registry: a JSON file, replaced atomically.
+pub struct FilePlacements {
+    path: PathBuf,
+    records: parking_lot::Mutex<HashMap<String, Phase>>,
+}
+
+impl FilePlacements {
+    /// The registry in `data_dir`, read now.
+    pub fn open(data_dir: &std::path::Path) -> Result<Self, StoreError> {
+        let path = data_dir.join("placements.json");
+        let records = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Vec<Record>>(&bytes)
+                .map_err(|e| StoreError::Engine(format!("{} is corrupt: {e}", path.display())))?
+                .into_iter()
+                .map(|r| (r.owner, r.phase))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Ok(Self {
+            path,
+            records: parking_lot::Mutex::new(records),
+        })
+    }
+
+    /// Writes `records` durably: a new file, synced, renamed over the old,
+    /// and the directory synced.
+    fn save(&self, records: &HashMap<String, Phase>) -> Result<(), StoreError> {
+        let list: Vec<Record> = records
+            .iter()
+            .map(|(owner, phase)| Record {
+                owner: owner.clone(),
+                phase: *phase,
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&list).expect("records always serialise");
+        let tmp = self.path.with_extension("json.tmp");
+        let io = |e: std::io::Error| {
+            StoreError::Unavailable(format!("cannot write {}: {e}", self.path.display()))
+        };
+        {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(&tmp).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            super::edge::files::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `change` and saves; the change is undone if the save fails.
+    fn change(&self, change: impl FnOnce(&mut HashMap<String, Phase>)) -> Result<(), StoreError> {
+        let mut records = self.records.lock();
+        let mut next = records.clone();
+        change(&mut next);
+        self.save(&next)?;
+        *records = next;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Placements for FilePlacements {
+    async fn load(&self) -> Result<HashMap<String, Phase>, StoreError> {
+        Ok(self.records.lock().clone())
+    }
+
+    async fn set(&self, owner: &OwnerHash, phase: Phase, create: bool) -> Result<bool, StoreError> {
+        let key = owner.to_hex();
+        let mut held = false;
+        self.change(|records| {
+            if create || records.contains_key(&key) {
+                records.insert(key, phase);
+                held = true;
+            }
+        })?;
+        Ok(held)
+    }
+
+    async fn remove(&self, owner: &OwnerHash) -> Result<(), StoreError> {
+        let key = owner.to_hex();
+        if !self.records.lock().contains_key(&key) {
+            return Ok(());
+        }
+        self.change(|records| {
+            records.remove(&key);
+        })
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        if self.records.lock().is_empty() {
+            return Ok(());
+        }
+        self.change(HashMap::clear)
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// The Qdrant engine's registry: one vector-less point per promoted user.
+pub struct QdrantPlacements {
+    nodes: Nodes,
+    name: String,
+    timeout: Duration,
+    replication: crate::settings::Replication,
+}
+
+impl QdrantPlacements {
+    /// The registry in `<prefix>placements`; nothing is called yet.
+    pub fn new(connection: &QdrantConnection, prefix: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            nodes: Nodes::new(connection)?,
+            name: format!("{prefix}{COLLECTION_SUFFIX}"),
+            timeout: connection.timeout,
+            replication: connection.replication,
+        })
+    }
+
+    fn id(owner: &OwnerHash) -> Uuid {
+        // A deterministic id per owner (the first 128 bits of their hash,
+        // as their own collection is named): the registry holds one record each.
+        Uuid::parse_str(&owner.to_hex()[..32]).expect("32 hex digits are a UUID")
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
+    ) -> Result<T, StoreError> {
+        let node = self.nodes.active();
+        let result = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| {
+                self.nodes.failed(node);
+                StoreError::Unavailable(format!("Qdrant did not answer within {:?}", self.timeout))
+            })?;
+        self.nodes.check(node, &result);
+        result.map_err(store_err)
+    }
+
+    async fn ensure(&self) -> Result<(), StoreError> {
+        if self
+            .bounded(self.nodes.client().collection_exists(&self.name))
+            .await?
+        {
+            return Ok(());
+        }
+        let created = self
+            .bounded(self.nodes.client().create_collection(replicated(
+                CreateCollectionBuilder::new(&self.name),
+                &self.replication,
+            )))
+            .await;
+        // Another replica may have made it meanwhile.
+        if created.is_err()
+            && !self
+                .bounded(self.nodes.client().collection_exists(&self.name))
+                .await?
+        {
+            created?;
+        }
+        Ok(())
+    }
+
+    async fn phase_of(&self, owner: &OwnerHash) -> Result<Option<Phase>, StoreError> {
+        let points = self
+            .bounded(
+                self.nodes.client().get_points(
+                    GetPointsBuilder::new(&self.name, vec![Self::id(owner).to_string().into()])
+                        .with_payload(true),
+                ),
+            )
+            .await?;
+        Ok(points.result.into_iter().find_map(|point| {
+            let json = super::qdrant::json_payload(point.payload);
+            serde_json::from_value::<Record>(serde_json::Value::Object(json))
+                .ok()
+                .map(|r| r.phase)
+        }))
+    }
+}
+
+#[async_trait]
+impl Placements for QdrantPlacements {
+    async fn load(&self) -> Result<HashMap<String, Phase>, StoreError> {
+        self.ensure().await?;
+        let node = self.nodes.active();
+        let payloads = scroll_payloads(self.nodes.client(), &self.name, None, self.timeout).await;
+        self.nodes.note(node, &payloads);
+        Ok(payloads?
+            .into_iter()
+            .filter_map(|json| {
+                serde_json::from_value::<Record>(serde_json::Value::Object(json)).ok()
+            })
+            .map(|r| (r.owner, r.phase))
+            .collect())
+    }
+
+    async fn set(&self, owner: &OwnerHash, phase: Phase, create: bool) -> Result<bool, StoreError> {
+        self.ensure().await?;
+        let record = Record {
+            owner: owner.to_hex(),
+            phase,
+        };
+        let payload =
+            Payload::try_from(serde_json::to_value(&record).expect("a record serialises"))
+                .expect("a record is a JSON object");
+        let point = PointStruct::new(
+            Self::id(owner).to_string(),
+            HashMap::<String, Vector>::new(),
+            payload,
+        );
+        let mut request = UpsertPointsBuilder::new(&self.name, vec![point])
+            .wait(true)
+            .ordering(ordering(&self.replication));
+        if !create {
+            request = request.update_mode(UpdateMode::UpdateOnly);
+        }
+        let response = self
+            .bounded(self.nodes.client().upsert_points(request))
+            .await?;
+        confirmed(&response)?;
+        Ok(self.phase_of(owner).await? == Some(phase))
+    }
+
+    async fn remove(&self, owner: &OwnerHash) -> Result<(), StoreError> {
+        self.ensure().await?;
+        let response = self
+            .bounded(
+                self.nodes.client().delete_points(
+                    DeletePointsBuilder::new(&self.name)
+                        .points(PointsIdsList {
+                            ids: vec![Self::id(owner).to_string().into()],
+                        })
+                        .wait(true)
+                        .ordering(ordering(&self.replication)),
+                ),
+            )
+            .await?;
+        confirmed(&response)
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        if !self
+            .bounded(self.nodes.client().collection_exists(&self.name))
+            .await?
+        {
+            return Ok(());
+        }
+        let response = self
+            .bounded(
+                self.nodes.client().delete_points(
+                    DeletePointsBuilder::new(&self.name)
+                        .points(Filter::default())
+                        .wait(true)
+                        .ordering(ordering(&self.replication)),
+                ),
+            )
+            .await?;
+        confirmed(&response)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}

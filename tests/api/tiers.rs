@@ -1,0 +1,147 @@
+//! The shared tier with promotion, from outside: a user past the threshold
+//! moves to a collection of their own while their neighbours stay shared,
+//! every read answers the same before and after, a restart serves the moved
+//! user (the start-up layout check accounts for them), and an erase removes
+//! them from everywhere. On both engines.
+
+use std::time::Duration;
+
+use cordon::settings::{Settings, Tier};
+
+use crate::helpers::{TestApp, owner_of, spawn_app_on, texts, token};
+use crate::qdrant::use_qdrant_at;
+
+/// Where the test can see which collections hold whom.
+enum Storage {
+    Edge(std::path::PathBuf),
+    Qdrant(qdrant_client::Qdrant, String),
+}
+
+impl Storage {
+    /// Whether a collection (or shard directory) named `name` exists.
+    async fn has(&self, name: &str) -> bool {
+        match self {
+            Storage::Edge(dir) => dir.join("shards").join(name).exists(),
+            Storage::Qdrant(client, _) => client
+                .collection_exists(name)
+                .await
+                .expect("Qdrant answers"),
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        match self {
+            Storage::Edge(_) => cordon::owner::COLLECTION_PREFIX,
+            Storage::Qdrant(_, prefix) => prefix,
+        }
+    }
+}
+
+fn shared_tier(s: &mut Settings) {
+    s.store.tier = Tier::Shared;
+    s.store.name_hex_chars = 2;
+    s.store.promote_after = 5;
+}
+
+async fn listed(app: &TestApp, bearer: &str) -> Vec<String> {
+    let mut all = texts(&app.get_json("/v1/memories?limit=100", bearer).await["memories"]);
+    all.sort();
+    all
+}
+
+async fn promotion_moves_a_large_user_and_keeps_every_read_the_same(
+    storage: Storage,
+    data_dir: &std::path::Path,
+    configure: impl Fn(&mut Settings) + Clone,
+) {
+    let app = spawn_app_on(data_dir, configure.clone()).await;
+    let (alice, bob) = (token("acme", "alice"), token("acme", "bob"));
+    let mut mine: Vec<String> = (0..8).map(|i| format!("alice keeps note {i}")).collect();
+    let refs: Vec<&str> = mine.iter().map(String::as_str).collect();
+    app.store_texts(&alice, &refs).await;
+    app.store_texts(&bob, &["bob's only note"]).await;
+    mine.sort();
+    let own = owner_of("acme", "alice").collection_name(storage.prefix(), 32);
+    let bobs_own = owner_of("acme", "bob").collection_name(storage.prefix(), 32);
+    // The move runs in the background: until it ends, reads answer as ever.
+    let mut moved = false;
+    for _ in 0..600 {
+        assert_eq!(listed(&app, &alice).await, mine);
+        if storage.has(&own).await && promoted(&app).await {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "alice was not moved to a collection of her own");
+    assert!(
+        !storage.has(&bobs_own).await,
+        "bob, under the threshold, was moved"
+    );
+    assert_eq!(listed(&app, &bob).await, ["bob's only note"]);
+    assert_eq!(
+        app.search_texts(&alice, "alice keeps note 3", 1).await,
+        ["alice keeps note 3"]
+    );
+    app.stop().await;
+
+    let app = spawn_app_on(data_dir, configure).await;
+    assert_eq!(listed(&app, &alice).await, mine, "after a restart");
+    assert_eq!(
+        app.delete("/v1/memories", &alice).await.status(),
+        reqwest::StatusCode::OK
+    );
+    assert!(listed(&app, &alice).await.is_empty());
+    assert!(
+        !storage.has(&own).await,
+        "the erase left alice's own collection"
+    );
+    assert_eq!(listed(&app, &bob).await, ["bob's only note"]);
+    app.stop().await;
+}
+
+/// Whether the server counts a finished move (`cordon_promotions_total`).
+async fn promoted(app: &TestApp) -> bool {
+    app.metrics()
+        .await
+        .lines()
+        .any(|line| line.starts_with("cordon_promotions_total ") && !line.ends_with(" 0"))
+}
+
+#[tokio::test]
+async fn on_the_embedded_engine_a_large_user_moves_out_of_the_shared_tier_online() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    promotion_moves_a_large_user_and_keeps_every_read_the_same(
+        Storage::Edge(dir.path().to_owned()),
+        dir.path(),
+        shared_tier,
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
+async fn on_qdrant_a_large_user_moves_out_of_the_shared_tier_online() {
+    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = format!("tiers_{}_", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let client = qdrant_client::Qdrant::from_url(&url)
+        .skip_compatibility_check()
+        .build()
+        .expect("a client");
+    let configure = {
+        let prefix = prefix.clone();
+        move |s: &mut Settings| {
+            use_qdrant_at(s, url.clone());
+            s.store.collection_prefix = prefix.clone();
+            s.store.qdrant.timeout = Duration::from_millis(500);
+            shared_tier(s);
+        }
+    };
+    promotion_moves_a_large_user_and_keeps_every_read_the_same(
+        Storage::Qdrant(client, prefix),
+        dir.path(),
+        configure,
+    )
+    .await;
+}
