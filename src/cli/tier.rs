@@ -62,8 +62,22 @@ fn migrate(args: ServeArgs) -> Result<ExitCode, String> {
             // Users promoted out of the shared tier keep their own
             // collections while promotion stays on; otherwise everyone
             // moves, and the registry goes once they have.
+            let records = match &placements {
+                Some(placements) => placements.load().await?,
+                None => Default::default(),
+            };
+            // A move still running would be copied over half done.
+            let unfinished = records
+                .values()
+                .filter(|phase| **phase != crate::store::placement::Phase::Own)
+                .count();
+            if unfinished > 0 {
+                return Err(crate::store::StoreError::Layout(format!(
+                    "{unfinished} users are moving to a shard of their own: start the server in the shared tier until the moves finish (`cordon_promotions_total`), then run this again"
+                )));
+            }
             let stay: HashSet<String> = if promoting {
-                placements.load().await?.into_keys().collect()
+                records.into_keys().collect()
             } else {
                 HashSet::new()
             };
@@ -75,7 +89,10 @@ fn migrate(args: ServeArgs) -> Result<ExitCode, String> {
             )
             .await;
             opened.engine.shutdown().await;
-            if report.is_ok() && !promoting {
+            if report.is_ok()
+                && !promoting
+                && let Some(placements) = &placements
+            {
                 placements.clear().await?;
             }
             report

@@ -281,26 +281,16 @@ impl OpenedEngine {
         if settings.store.tier != crate::settings::Tier::Shared || threshold == 0 {
             return Ok(self);
         }
-        let (own, placements, settle): (Arc<dyn Engine>, Arc<dyn placement::Placements>, _) =
-            match &self.edge {
-                Some(edge) => {
-                    let own = Arc::new(edge.open_beside(crate::owner::DEFAULT_NAME_HEX_CHARS)?);
-                    self.own_edge = Some(own.clone());
-                    (
-                        Arc::new(own),
-                        Arc::new(placement::FilePlacements::open(&settings.data_dir)?),
-                        std::time::Duration::ZERO,
-                    )
-                }
-                None => (
-                    qdrant_engine(settings, crate::owner::DEFAULT_NAME_HEX_CHARS)?,
-                    Arc::new(placement::QdrantPlacements::new(
-                        &settings.store.qdrant,
-                        &settings.store.collection_prefix,
-                    )?),
-                    placement::LEASE + 2 * settings.store.qdrant.timeout,
-                ),
-            };
+        // Settings allow promotion on the embedded engine only.
+        let Some(edge) = &self.edge else {
+            return Ok(self);
+        };
+        let own_edge = Arc::new(edge.open_beside(crate::owner::DEFAULT_NAME_HEX_CHARS)?);
+        self.own_edge = Some(own_edge.clone());
+        let own: Arc<dyn Engine> = Arc::new(own_edge);
+        let placements: Arc<dyn placement::Placements> =
+            Arc::new(placement::FilePlacements::open(&settings.data_dir)?);
+        let settle = std::time::Duration::ZERO;
         let tiered = tiered::Tiered::open(
             &settings.store.collection_prefix,
             self.engine.clone(),
@@ -315,20 +305,16 @@ impl OpenedEngine {
     }
 }
 
-/// The registry of promoted users of the deployment `settings` describe.
+/// The registry of promoted users of the deployment `settings` describe
+/// (the embedded engine's; promotion does not run on Qdrant).
 pub fn open_placements(
     settings: &crate::settings::Settings,
-) -> Result<std::sync::Arc<dyn placement::Placements>, StoreError> {
+) -> Result<Option<std::sync::Arc<dyn placement::Placements>>, StoreError> {
     Ok(match settings.store.kind {
-        crate::settings::StoreKind::Edge => {
-            std::sync::Arc::new(placement::FilePlacements::open(&settings.data_dir)?)
-        }
-        crate::settings::StoreKind::Qdrant => {
-            std::sync::Arc::new(placement::QdrantPlacements::new(
-                &settings.store.qdrant,
-                &settings.store.collection_prefix,
-            )?)
-        }
+        crate::settings::StoreKind::Edge => Some(std::sync::Arc::new(
+            placement::FilePlacements::open(&settings.data_dir)?,
+        )),
+        crate::settings::StoreKind::Qdrant => None,
     })
 }
 

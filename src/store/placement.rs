@@ -2,37 +2,27 @@
 //! collection of their own: one record per promoted user.
 //!
 //! Users without a record live in their shared collection, which is nearly
-//! everyone, so the registry stays small and every process holds all of it.
-//! The embedded engine keeps it in `placements.json` in the data directory
-//! (one process owns that directory); the Qdrant engine in the system
-//! collection `<prefix>placements` (`p` and `l` are not hex digits, so no
-//! user's collection can take that name), which every replica reads again
-//! at least every [`LEASE`].
+//! everyone, so the registry stays small and the process holds all of it.
+//! The embedded engine keeps it in `placements.json` in the data directory,
+//! which one process owns. The trait leaves room for a registry that several
+//! processes share (one that would be read again at least every [`LEASE`]);
+//! none exists yet, since replicas over one Qdrant would route a moving user
+//! by registries read at different times, which the move cannot yet make
+//! safe.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use qdrant_client::Payload;
-use qdrant_client::qdrant::{
-    CreateCollectionBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, PointStruct,
-    PointsIdsList, UpdateMode, UpsertPointsBuilder, Vector,
-};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::StoreError;
-use super::qdrant::{Nodes, confirmed, ordering, replicated, scroll_payloads, store_err};
 use crate::owner::OwnerHash;
-use crate::settings::QdrantConnection;
 
 /// Longest time a process serves from a registry it read: past it, the
 /// next request reads the registry again first (or fails with 503).
 pub const LEASE: Duration = Duration::from_secs(2);
-
-/// Suffix of the Qdrant system collection, after the deployment's prefix.
-pub const COLLECTION_SUFFIX: &str = "placements";
 
 /// Where a promoted user's reads and writes go, in the order a move passes
 /// through them.
@@ -181,172 +171,5 @@ impl Placements for FilePlacements {
 
     fn shared(&self) -> bool {
         false
-    }
-}
-
-/// The Qdrant engine's registry: one vector-less point per promoted user.
-pub struct QdrantPlacements {
-    nodes: Nodes,
-    name: String,
-    timeout: Duration,
-    replication: crate::settings::Replication,
-}
-
-impl QdrantPlacements {
-    /// The registry in `<prefix>placements`; nothing is called yet.
-    pub fn new(connection: &QdrantConnection, prefix: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            nodes: Nodes::new(connection)?,
-            name: format!("{prefix}{COLLECTION_SUFFIX}"),
-            timeout: connection.timeout,
-            replication: connection.replication,
-        })
-    }
-
-    fn id(owner: &OwnerHash) -> Uuid {
-        // A deterministic id per owner (the first 128 bits of their hash,
-        // as their own collection is named): the registry holds one record each.
-        Uuid::parse_str(&owner.to_hex()[..32]).expect("32 hex digits are a UUID")
-    }
-
-    async fn bounded<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
-    ) -> Result<T, StoreError> {
-        let node = self.nodes.active();
-        let result = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| {
-                self.nodes.failed(node);
-                StoreError::Unavailable(format!("Qdrant did not answer within {:?}", self.timeout))
-            })?;
-        self.nodes.check(node, &result);
-        result.map_err(store_err)
-    }
-
-    async fn ensure(&self) -> Result<(), StoreError> {
-        if self
-            .bounded(self.nodes.client().collection_exists(&self.name))
-            .await?
-        {
-            return Ok(());
-        }
-        let created = self
-            .bounded(self.nodes.client().create_collection(replicated(
-                CreateCollectionBuilder::new(&self.name),
-                &self.replication,
-            )))
-            .await;
-        // Another replica may have made it meanwhile.
-        if created.is_err()
-            && !self
-                .bounded(self.nodes.client().collection_exists(&self.name))
-                .await?
-        {
-            created?;
-        }
-        Ok(())
-    }
-
-    async fn phase_of(&self, owner: &OwnerHash) -> Result<Option<Phase>, StoreError> {
-        let points = self
-            .bounded(
-                self.nodes.client().get_points(
-                    GetPointsBuilder::new(&self.name, vec![Self::id(owner).to_string().into()])
-                        .with_payload(true),
-                ),
-            )
-            .await?;
-        Ok(points.result.into_iter().find_map(|point| {
-            let json = super::qdrant::json_payload(point.payload);
-            serde_json::from_value::<Record>(serde_json::Value::Object(json))
-                .ok()
-                .map(|r| r.phase)
-        }))
-    }
-}
-
-#[async_trait]
-impl Placements for QdrantPlacements {
-    async fn load(&self) -> Result<HashMap<String, Phase>, StoreError> {
-        self.ensure().await?;
-        let node = self.nodes.active();
-        let payloads = scroll_payloads(self.nodes.client(), &self.name, None, self.timeout).await;
-        self.nodes.note(node, &payloads);
-        Ok(payloads?
-            .into_iter()
-            .filter_map(|json| {
-                serde_json::from_value::<Record>(serde_json::Value::Object(json)).ok()
-            })
-            .map(|r| (r.owner, r.phase))
-            .collect())
-    }
-
-    async fn set(&self, owner: &OwnerHash, phase: Phase, create: bool) -> Result<bool, StoreError> {
-        self.ensure().await?;
-        let record = Record {
-            owner: owner.to_hex(),
-            phase,
-        };
-        let payload =
-            Payload::try_from(serde_json::to_value(&record).expect("a record serialises"))
-                .expect("a record is a JSON object");
-        let point = PointStruct::new(
-            Self::id(owner).to_string(),
-            HashMap::<String, Vector>::new(),
-            payload,
-        );
-        let mut request = UpsertPointsBuilder::new(&self.name, vec![point])
-            .wait(true)
-            .ordering(ordering(&self.replication));
-        if !create {
-            request = request.update_mode(UpdateMode::UpdateOnly);
-        }
-        let response = self
-            .bounded(self.nodes.client().upsert_points(request))
-            .await?;
-        confirmed(&response)?;
-        Ok(self.phase_of(owner).await? == Some(phase))
-    }
-
-    async fn remove(&self, owner: &OwnerHash) -> Result<(), StoreError> {
-        self.ensure().await?;
-        let response = self
-            .bounded(
-                self.nodes.client().delete_points(
-                    DeletePointsBuilder::new(&self.name)
-                        .points(PointsIdsList {
-                            ids: vec![Self::id(owner).to_string().into()],
-                        })
-                        .wait(true)
-                        .ordering(ordering(&self.replication)),
-                ),
-            )
-            .await?;
-        confirmed(&response)
-    }
-
-    async fn clear(&self) -> Result<(), StoreError> {
-        if !self
-            .bounded(self.nodes.client().collection_exists(&self.name))
-            .await?
-        {
-            return Ok(());
-        }
-        let response = self
-            .bounded(
-                self.nodes.client().delete_points(
-                    DeletePointsBuilder::new(&self.name)
-                        .points(Filter::default())
-                        .wait(true)
-                        .ordering(ordering(&self.replication)),
-                ),
-            )
-            .await?;
-        confirmed(&response)
-    }
-
-    fn shared(&self) -> bool {
-        true
     }
 }

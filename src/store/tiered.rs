@@ -15,12 +15,13 @@
 //! At every phase one collection holds all of the user's memories and
 //! serves every read, so no result is duplicated or missing during a move.
 //!
-//! Within a process, each user's operations hold a read lock that a phase
-//! change takes exclusively, so no operation straddles two phases. Other
-//! processes (replicas over one Qdrant) learn a phase from the registry,
-//! read again at least every [`placement::LEASE`]; after each phase change
-//! the mover waits out that lease and the longest storage call before the
-//! next step, so no process still acts on the phase before. Every step
+//! Each user's operations hold a read lock that a phase change takes
+//! exclusively, so no operation straddles two phases. That is exact for
+//! one process, which is why promotion runs on the embedded engine only
+//! (one process owns its data directory): replicas over one Qdrant would
+//! each route by a registry read at their own moment, and the waits that
+//! could cover that (`Promotion::settle`, after each phase change) do not
+//! yet cover a replica that erases or moves a user beside another. Every step
 //! repeats safely, and the registry records the phase reached, so a move cut
 //! short at any step by a crash resumes from there at the next start (or
 //! the user's next write). An erase removes the user from both collections
@@ -306,15 +307,33 @@ impl Tiered {
     /// Takes the owner through the remaining phases; `false` when an erase
     /// ended the move.
     async fn advance(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
+        let advanced = self.advance_from(owner).await;
+        if advanced.is_err() && !self.view.read().phases.contains_key(&owner.to_hex()) {
+            // Erased while the move failed: nothing would resume it, so
+            // what it copied goes now.
+            self.own.erase(owner).await?;
+        }
+        advanced
+    }
+
+    async fn advance_from(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
+        let mut first = true;
         loop {
             if self.placements.shared() {
                 self.refresh(true).await?;
             }
             let phase = self.view.read().phases.get(&owner.to_hex()).copied();
             let next = match phase {
-                None => {
+                // Only a move that starts here creates the record; one that
+                // finds it gone later was ended by an erase.
+                None if first => {
+                    first = false;
                     self.change(owner, Phase::Copying, true).await?;
                     continue;
+                }
+                None => {
+                    self.own.erase(owner).await?;
+                    return Ok(false);
                 }
                 Some(Phase::Copying) => {
                     self.converge(owner).await?;
@@ -327,6 +346,7 @@ impl Tiered {
                 }
                 Some(Phase::Own) => return Ok(true),
             };
+            first = false;
             if !self.change(owner, next, false).await? {
                 // Erased meanwhile: what this move copied goes too.
                 self.own.erase(owner).await?;

@@ -1,39 +1,26 @@
 //! The shared tier with promotion, from outside: a user past the threshold
-//! moves to a collection of their own while their neighbours stay shared,
+//! moves to a shard directory of their own while their neighbours stay shared,
 //! every read answers the same before and after, a restart serves the moved
 //! user (the start-up layout check accounts for them), and an erase removes
-//! them from everywhere. On both engines.
+//! them from everywhere. On the embedded engine, the only one that promotes.
 
 use std::time::Duration;
 
 use cordon::settings::{Settings, Tier};
 
 use crate::helpers::{TestApp, owner_of, spawn_app_on, texts, token};
-use crate::qdrant::use_qdrant_at;
 
-/// Where the test can see which collections hold whom.
-enum Storage {
-    Edge(std::path::PathBuf),
-    Qdrant(qdrant_client::Qdrant, String),
-}
+/// The data directory, where the test sees which shards hold whom.
+struct Storage(std::path::PathBuf);
 
 impl Storage {
-    /// Whether a collection (or shard directory) named `name` exists.
+    /// Whether a shard directory named `name` exists.
     async fn has(&self, name: &str) -> bool {
-        match self {
-            Storage::Edge(dir) => dir.join("shards").join(name).exists(),
-            Storage::Qdrant(client, _) => client
-                .collection_exists(name)
-                .await
-                .expect("Qdrant answers"),
-        }
+        self.0.join("shards").join(name).exists()
     }
 
     fn prefix(&self) -> &str {
-        match self {
-            Storage::Edge(_) => cordon::owner::COLLECTION_PREFIX,
-            Storage::Qdrant(_, prefix) => prefix,
-        }
+        cordon::owner::COLLECTION_PREFIX
     }
 }
 
@@ -112,36 +99,9 @@ async fn promoted(app: &TestApp) -> bool {
 async fn on_the_embedded_engine_a_large_user_moves_out_of_the_shared_tier_online() {
     let dir = tempfile::tempdir().expect("temp dir");
     promotion_moves_a_large_user_and_keeps_every_read_the_same(
-        Storage::Edge(dir.path().to_owned()),
+        Storage(dir.path().to_owned()),
         dir.path(),
         shared_tier,
-    )
-    .await;
-}
-
-#[tokio::test]
-#[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
-async fn on_qdrant_a_large_user_moves_out_of_the_shared_tier_online() {
-    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let prefix = format!("tiers_{}_", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let client = qdrant_client::Qdrant::from_url(&url)
-        .skip_compatibility_check()
-        .build()
-        .expect("a client");
-    let configure = {
-        let prefix = prefix.clone();
-        move |s: &mut Settings| {
-            use_qdrant_at(s, url.clone());
-            s.store.collection_prefix = prefix.clone();
-            s.store.qdrant.timeout = Duration::from_millis(500);
-            shared_tier(s);
-        }
-    };
-    promotion_moves_a_large_user_and_keeps_every_read_the_same(
-        Storage::Qdrant(client, prefix),
-        dir.path(),
-        configure,
     )
     .await;
 }

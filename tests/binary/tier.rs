@@ -54,30 +54,34 @@ async fn read(
 }
 
 /// Runs `cordon tier migrate` in `tier`, killed with SIGKILL after each of
-/// `cuts`, then once to the end; returns its last output.
+/// `cuts` (ms), then once to the end; returns what every run that got to
+/// its end printed (a cut may come after a run finished).
 fn migrate(deployment: Deployment<'_>, tier: &str, cuts: &[u64]) -> String {
+    let mut printed = String::new();
     for ms in cuts {
         let mut child = deployment(tier)
             .args(["tier", "migrate"])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("cordon tier migrate starts");
         std::thread::sleep(Duration::from_millis(*ms));
         let _ = child.kill();
-        child.wait().expect("reaped");
+        let out = child.wait_with_output().expect("reaped");
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
     }
     let out = deployment(tier)
         .args(["tier", "migrate"])
         .output()
         .expect("cordon tier migrate runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{stdout}{}",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout
+    printed.push_str(&String::from_utf8_lossy(&out.stdout));
+    printed
 }
 
 async fn assert_everyone_reads(
@@ -147,6 +151,21 @@ async fn on_the_embedded_engine_a_move_between_tiers_survives_kill_9_and_keeps_e
         command
     };
     a_move_between_tiers_survives_kill_9_and_keeps_every_memory(&deployment, dir.path()).await;
+    // A user still moving out of the shared tier would be copied half done.
+    let registry = dir.path().join("placements.json");
+    std::fs::write(
+        &registry,
+        format!(r#"[{{"owner":"{}","phase":"copying"}}]"#, "ab".repeat(32)),
+    )
+    .expect("written");
+    let out = deployment("shared")
+        .args(["tier", "migrate"])
+        .output()
+        .expect("cordon tier migrate runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 users are moving"), "{err}");
+    std::fs::remove_file(&registry).expect("removed");
     let shards: Vec<String> = std::fs::read_dir(dir.path().join("shards"))
         .expect("shards")
         .flatten()

@@ -242,6 +242,25 @@ fn dense(vector: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> 
     }
 }
 
+/// Deletes whose text a crash kept on disk, in shards of this naming, fall
+/// due as they would have (a shard of the other naming is the other
+/// engine's to rewrite, see [`EdgeEngine::open_beside`]).
+fn due_purges(root: &std::path::Path, settings: &EdgeSettings) -> HashMap<String, Instant> {
+    let now = (Instant::now(), SystemTime::now());
+    files::pending_purges(root)
+        .into_iter()
+        .filter(|(name, _)| {
+            crate::store::name_hex_len(name, &settings.collection_prefix)
+                == Some(settings.name_hex_chars)
+        })
+        .map(|(name, since)| {
+            let age = now.1.duration_since(since).unwrap_or_default();
+            let wait = settings.purge_after.saturating_sub(age);
+            (name, now.0 + wait)
+        })
+        .collect()
+}
+
 impl EdgeEngine {
     /// Opens the engine over `settings.data_dir`; shards open lazily. A
     /// rewrite or removal that a crash interrupted is finished first.
@@ -276,16 +295,7 @@ impl EdgeEngine {
                 "repaired shard directories left by an interrupted run"
             );
         }
-        // Deletes whose text a crash kept on disk fall due as they would have.
-        let now = (Instant::now(), SystemTime::now());
-        let due = files::pending_purges(&root)
-            .into_iter()
-            .map(|(name, since)| {
-                let age = now.1.duration_since(since).unwrap_or_default();
-                let wait = settings.purge_after.saturating_sub(age);
-                (name, now.0 + wait)
-            })
-            .collect();
+        let due = due_purges(&root, &settings);
         let map_budget = limit.map_or(usize::MAX, |l| l.saturating_sub(pool::MAPS_HEADROOM));
         let pool = Pool::new(
             &root,
@@ -308,8 +318,11 @@ impl EdgeEngine {
 
     /// A second engine over the same data directory, naming shards by
     /// `name_hex_chars` instead (for `cordon tier migrate`, which reads one
-    /// layout and writes the other). It shares this engine's lock; the two
-    /// never open the same shard, since their names differ in length.
+    /// layout and writes the other, and for promoted users' shards beside
+    /// the shared ones). It shares this engine's lock; the two never open
+    /// the same shard, since their names differ in length (each lists,
+    /// purges and rewrites only names of its own), and they split the
+    /// memory-map budget.
     pub fn open_beside(&self, name_hex_chars: usize) -> Result<Self, StoreError> {
         let settings = EdgeSettings {
             name_hex_chars,
@@ -318,18 +331,19 @@ impl EdgeEngine {
         let lock = self._lock.try_clone().map_err(|e| {
             StoreError::Unavailable(format!("cannot share the data directory lock: {e}"))
         })?;
+        let half = self.pool.halve_map_budget();
         let pool = Pool::new(
             &self.root,
             settings.max_open_shards,
-            self.pool.map_budget(),
+            half,
             settings.wal_growth_bytes,
             name_hex_chars < crate::owner::DEFAULT_NAME_HEX_CHARS,
         );
         Ok(Self {
+            due: Mutex::new(due_purges(&self.root, &settings)),
             settings,
             root: self.root.clone(),
             pool,
-            due: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             maintenance: Mutex::new(None),

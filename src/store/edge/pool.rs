@@ -504,7 +504,7 @@ pub struct Pool {
     root: PathBuf,
     cap: usize,
     /// Memory maps the open shards may hold together.
-    map_budget: usize,
+    map_budget: AtomicUsize,
     wal_growth: u64,
     /// Whether new shards get a tenant index (see [`Slot::tenant_index`]).
     tenant_index: bool,
@@ -532,7 +532,7 @@ impl Pool {
         Self {
             root: root.to_owned(),
             cap,
-            map_budget,
+            map_budget: AtomicUsize::new(map_budget),
             wal_growth,
             tenant_index,
             slots: Mutex::new(LruCache::new(
@@ -543,9 +543,12 @@ impl Pool {
         }
     }
 
-    /// Memory maps the open shards may hold together.
-    pub fn map_budget(&self) -> usize {
-        self.map_budget
+    /// Halves the memory maps this pool's open shards may hold, for a
+    /// second pool beside it; returns the other half.
+    pub fn halve_map_budget(&self) -> usize {
+        let whole = self.map_budget.load(Ordering::Acquire);
+        self.map_budget.store(whole - whole / 2, Ordering::Release);
+        whole / 2
     }
 
     /// Shards in the pool: open, or opening for a request.
@@ -601,7 +604,7 @@ impl Pool {
 
     fn evict_idle(&self, pool: &mut LruCache<String, Arc<Slot>>) {
         let mut maps: usize = pool.iter().map(|(_, slot)| slot.maps()).sum();
-        if pool.len() <= self.cap && maps <= self.map_budget {
+        if pool.len() <= self.cap && maps <= self.map_budget.load(Ordering::Acquire) {
             return;
         }
         // Oldest first, until both the count and the maps fit; only slots
@@ -609,7 +612,7 @@ impl Pool {
         let mut len = pool.len();
         let mut idle = Vec::new();
         for (name, slot) in pool.iter().rev() {
-            if len <= self.cap && maps <= self.map_budget {
+            if len <= self.cap && maps <= self.map_budget.load(Ordering::Acquire) {
                 break;
             }
             if Arc::strong_count(slot) == 1 {

@@ -433,3 +433,17 @@ async fn a_shared_tier_shard_indexes_owners_as_tenants_and_keeps_its_other_users
         "a user's own shard keeps a plain index"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_memorys_purge_falls_to_the_engine_of_its_shards_naming_only() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let (engine, _root, name) = shard_with_a_delete(data.path()).await;
+    engine.shutdown().await;
+    drop(engine);
+    // The shared naming (2 hex characters) beside the per-user one (32):
+    // only the per-user engine may rewrite a per-user shard.
+    let shared = open_named(data.path(), 2);
+    assert!(!shared.due.lock().contains_key(&name));
+    let own = shared.open_beside(32).expect("opens");
+    assert!(own.due.lock().contains_key(&name));
+}
