@@ -234,6 +234,16 @@ fn to_raw(id: PointId, score: Option<f32>, payload: Option<Payload>) -> Option<R
     })
 }
 
+/// Every point in `shard`, whoever's (an exact count).
+fn points_in(shard: &qdrant_edge::EdgeShard) -> Result<usize, StoreError> {
+    shard
+        .count(CountRequest {
+            filter: None,
+            exact: true,
+        })
+        .map_err(engine_err)
+}
+
 /// The dense vector of a record read with its vector.
 fn dense(vector: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> {
     match vector? {
@@ -657,13 +667,7 @@ impl EdgeEngine {
             let Some(shard) = guard.as_ref() else {
                 continue;
             };
-            let left = shard
-                .count(CountRequest {
-                    filter: None,
-                    exact: true,
-                })
-                .map_err(engine_err)?;
-            if left == 0 {
+            if points_in(shard)? == 0 {
                 self.discard(&slot, &mut guard)?;
                 removed += 1;
             }
@@ -693,13 +697,7 @@ impl EdgeEngine {
                 PointOperations::DeletePointsByFilter(mine.clone().expect("one condition")),
             ))
             .map_err(engine_err)?;
-        let left = shard
-            .count(CountRequest {
-                filter: None,
-                exact: true,
-            })
-            .map_err(engine_err)?;
-        if left == 0 {
+        if points_in(shard)? == 0 {
             self.discard(&slot, &mut guard)?;
         } else {
             // A shared (collided) shard keeps the other owners' points; the
