@@ -78,6 +78,9 @@ pub struct QdrantEngine {
     sizes: Mutex<LruCache<String, (u64, std::time::Instant)>>,
     /// Collections on the cluster, for the count guard, and when read.
     collection_count: Mutex<Option<(u64, std::time::Instant)>>,
+    /// Collections this process is creating now: the bound counts them
+    /// too, so that concurrent first stores cannot all pass it at once.
+    creating: Arc<AtomicUsize>,
     /// Per collection: writes hold the read side, an erase that drops the
     /// collection the write side (so no write of this process lands in a
     /// collection being dropped). One lock per collection, so an erase
@@ -218,6 +221,28 @@ async fn create_collection(
         )
         .await?;
     Ok(())
+}
+
+/// One collection this process is creating, counted until it is dropped.
+struct Creating {
+    count: Arc<AtomicUsize>,
+    /// Other creations under way when this one began.
+    others: usize,
+}
+
+impl Creating {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        Self {
+            others: count.fetch_add(1, Ordering::AcqRel),
+            count: count.clone(),
+        }
+    }
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The dense vector of a point read with its vector.
@@ -442,6 +467,7 @@ impl QdrantEngine {
                 NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
             )),
             collection_count: Mutex::new(None),
+            creating: Arc::new(AtomicUsize::new(0)),
             sizes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(KNOWN_COLLECTIONS).expect("a non-zero constant"),
             )),
@@ -470,7 +496,7 @@ impl QdrantEngine {
         if self.known.lock().get(name).is_some() {
             return Ok(());
         }
-        self.guard_collection_count(name).await?;
+        let _creating = self.guard_collection_count(name).await?;
         let shared = !self.collections_are_private();
         let created =
             create_collection(self.nodes.client(), name, &self.settings.connection, shared).await;
@@ -616,10 +642,10 @@ impl QdrantEngine {
     /// map limit past a few thousand, taking every user with it. Counts every
     /// collection on the cluster (other deployments' too), read at most every
     /// few seconds; an existing `name` passes.
-    async fn guard_collection_count(&self, name: &str) -> Result<(), StoreError> {
+    async fn guard_collection_count(&self, name: &str) -> Result<Option<Creating>, StoreError> {
         let cap = self.settings.max_collections_per_node;
         if cap == 0 {
-            return Ok(());
+            return Ok(None);
         }
         // Made by another replica, or before a restart: nothing new.
         if self
@@ -629,8 +655,11 @@ impl QdrantEngine {
             .await
             .map_err(store_err)?
         {
-            return Ok(());
+            return Ok(None);
         }
+        // Counted before the listing is read, so that of two concurrent
+        // first stores the second always sees the first.
+        let creating = Creating::start(&self.creating);
         let cached = *self.collection_count.lock();
         let total = match cached {
             Some((n, at)) if at.elapsed() < SIZE_TTL => n,
@@ -647,7 +676,11 @@ impl QdrantEngine {
             }
         };
         let replication = &self.settings.connection.replication;
-        let per_node = per_node(total + 1, replication.factor, self.nodes.count());
+        let per_node = per_node(
+            total + creating.others as u64 + 1,
+            replication.factor,
+            self.nodes.count(),
+        );
         if per_node > cap {
             crate::audit::collection_limit(total, cap);
             return Err(StoreError::CollectionLimit(format!(
@@ -655,7 +688,7 @@ impl QdrantEngine {
                  CORDON_QDRANT_MAX_COLLECTIONS_PER_NODE is {cap} (use the shared tier, or add nodes)"
             )));
         }
-        Ok(())
+        Ok(Some(creating))
     }
 
     /// Counts a collection this process created, until the next listing.

@@ -340,16 +340,18 @@ async fn past_its_collections_per_node_a_cluster_refuses_new_users_with_507_and_
     let tokens: Vec<String> = (0..12)
         .map(|u| mint(data.path(), "acme", &format!("capped-user-{u}")))
         .collect();
+    // All twelve first stores at once: none may pass the bound because the
+    // others' collections did not exist yet when it was checked.
+    let responses = futures::future::join_all(tokens.iter().map(|t| store(t.clone()))).await;
     let mut admitted = 0;
     let mut refused = None;
-    for token in &tokens {
-        let response = store(token.clone()).await.expect("answered");
+    for response in responses {
+        let response = response.expect("answered");
         if response.status() == StatusCode::CREATED {
             admitted += 1;
-            continue;
+        } else {
+            refused = Some(response);
         }
-        refused = Some(response);
-        break;
     }
     let refused = refused.expect("a user past the bound was refused");
     assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
@@ -358,6 +360,20 @@ async fn past_its_collections_per_node_a_cluster_refuses_new_users_with_507_and_
     assert!(
         (1..=8).contains(&admitted),
         "{admitted} users had their collection made under a bound of 9"
+    );
+    let qdrant = qdrant_client::Qdrant::from_url(&urls[1])
+        .skip_compatibility_check()
+        .build()
+        .expect("a client");
+    let held = qdrant
+        .list_collections()
+        .await
+        .expect("the cluster answers")
+        .collections
+        .len();
+    assert!(
+        held <= 9,
+        "{held} collections under a bound of 3 on each of 3 nodes"
     );
     // Users with a collection are served as before.
     let again = store(tokens[0].clone()).await.expect("answered");
