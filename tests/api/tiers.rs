@@ -105,3 +105,18 @@ async fn on_the_embedded_engine_a_large_user_moves_out_of_the_shared_tier_online
     )
     .await;
 }
+
+#[tokio::test]
+async fn sealed_memories_move_out_of_the_shared_tier_and_still_open_under_their_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let configure = |s: &mut Settings| {
+        shared_tier(s);
+        crate::helpers::seal_with(s, &"7a".repeat(32), None);
+    };
+    promotion_moves_a_large_user_and_keeps_every_read_the_same(
+        Storage(dir.path().to_owned()),
+        dir.path(),
+        configure,
+    )
+    .await;
+}
