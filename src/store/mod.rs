@@ -290,13 +290,12 @@ impl OpenedEngine {
         let own: Arc<dyn Engine> = Arc::new(own_edge);
         let placements: Arc<dyn placement::Placements> =
             Arc::new(placement::FilePlacements::open(&settings.data_dir)?);
-        let settle = std::time::Duration::ZERO;
         let tiered = tiered::Tiered::open(
             &settings.store.collection_prefix,
             self.engine.clone(),
             own,
             placements,
-            tiered::Promotion { threshold, settle },
+            threshold,
             metrics,
         );
         self.engine = Arc::new(tiered.clone());

@@ -4,25 +4,16 @@
 //! Users without a record live in their shared collection, which is nearly
 //! everyone, so the registry stays small and the process holds all of it.
 //! The embedded engine keeps it in `placements.json` in the data directory,
-//! which one process owns. The trait leaves room for a registry that several
-//! processes share (one that would be read again at least every [`LEASE`]);
-//! none exists yet, since replicas over one Qdrant would route a moving user
-//! by registries read at different times, which the move cannot yet make
-//! safe.
+//! which one process owns.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::owner::OwnerHash;
-
-/// Longest time a process serves from a registry it read: past it, the
-/// next request reads the registry again first (or fails with 503).
-pub const LEASE: Duration = Duration::from_secs(2);
 
 /// Where a promoted user's reads and writes go, in the order a move passes
 /// through them.
@@ -60,9 +51,6 @@ pub trait Placements: Send + Sync {
     async fn remove(&self, owner: &OwnerHash) -> Result<(), StoreError>;
     /// Removes every record (after `cordon tier migrate`).
     async fn clear(&self) -> Result<(), StoreError>;
-    /// Whether other processes read and write the same registry, so that a
-    /// phase change is known to them only a lease later.
-    fn shared(&self) -> bool;
 }
 
 /// The embedded engine's registry: a JSON file, replaced atomically.
@@ -167,9 +155,5 @@ impl Placements for FilePlacements {
             return Ok(());
         }
         self.change(HashMap::clear)
-    }
-
-    fn shared(&self) -> bool {
-        false
     }
 }

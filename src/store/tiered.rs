@@ -18,10 +18,9 @@
 //! Each user's operations hold a read lock that a phase change takes
 //! exclusively, so no operation straddles two phases. That is exact for
 //! one process, which is why promotion runs on the embedded engine only
-//! (one process owns its data directory): replicas over one Qdrant would
-//! each route by a registry read at their own moment, and the waits that
-//! could cover that (`Promotion::settle`, after each phase change) do not
-//! yet cover a replica that erases or moves a user beside another. Every step
+//! (one process owns its data directory, and this one is the registry's
+//! only writer): replicas over one Qdrant would each route by a registry
+//! read at their own moment, which these phases alone do not make safe. Every step
 //! repeats safely, and the registry records the phase reached, so a move cut
 //! short at any step by a crash resumes from there at the next start (or
 //! the user's next write). An erase removes the user from both collections
@@ -31,14 +30,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
-use super::placement::{self, Phase, Placements};
+use super::placement::{Phase, Placements};
 use super::{Engine, NewMemory, RawPage, RawPoint, Reseal, SearchQuery, StoreError};
 use crate::locks::KeyedLocks;
 use crate::owner::{DEFAULT_NAME_HEX_CHARS, OwnerHash};
@@ -53,20 +51,11 @@ const PAGE: usize = 256;
 /// Users whose approximate memory count is kept for the promotion check.
 const KEPT_COUNTS: usize = 65_536;
 
-/// Settings of the shared tier with promotion.
-#[derive(Debug, Clone, Copy)]
-pub struct Promotion {
-    /// Memories past which a user moves to their own collection (0: never).
-    pub threshold: u64,
-    /// How long the mover waits after a phase change before the next step,
-    /// when other processes share the registry.
-    pub settle: Duration,
-}
-
-/// The registry as this process last read it.
+/// The registry, read once and then kept in step with every change this
+/// process makes (it is the registry's only writer).
 struct View {
     phases: HashMap<String, Phase>,
-    read_at: Option<Instant>,
+    loaded: bool,
 }
 
 /// The shared tier with promotion (see the module docs).
@@ -75,9 +64,10 @@ pub struct Tiered {
     shared: Arc<dyn Engine>,
     own: Arc<dyn Engine>,
     placements: Arc<dyn Placements>,
-    promotion: Promotion,
+    /// Memories past which a user moves to their own collection (0: never).
+    threshold: u64,
     view: RwLock<View>,
-    refreshing: tokio::sync::Mutex<()>,
+    loading: tokio::sync::Mutex<()>,
     locks: KeyedLocks<OwnerHash>,
     counts: Mutex<LruCache<OwnerHash, u64>>,
     moving: Mutex<HashSet<OwnerHash>>,
@@ -110,7 +100,7 @@ impl Tiered {
         shared: Arc<dyn Engine>,
         own: Arc<dyn Engine>,
         placements: Arc<dyn Placements>,
-        promotion: Promotion,
+        threshold: u64,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -118,12 +108,12 @@ impl Tiered {
             shared,
             own,
             placements,
-            promotion,
+            threshold,
             view: RwLock::new(View {
                 phases: HashMap::new(),
-                read_at: None,
+                loaded: false,
             }),
-            refreshing: tokio::sync::Mutex::new(()),
+            loading: tokio::sync::Mutex::new(()),
             locks: KeyedLocks::default(),
             counts: Mutex::new(LruCache::new(
                 NonZeroUsize::new(KEPT_COUNTS).expect("a non-zero constant"),
@@ -136,7 +126,7 @@ impl Tiered {
     /// Resumes every move a crash or a failure left unfinished (those that
     /// cannot be read now resume at their user's next write).
     pub async fn resume(self: &Arc<Self>) {
-        if let Err(e) = self.refresh(true).await {
+        if let Err(e) = self.load_view().await {
             tracing::warn!(error = %e, "the placement registry could not be read at start");
             return;
         }
@@ -164,37 +154,26 @@ impl Tiered {
             .collect()
     }
 
-    /// Reads the registry again if this process's copy is past its lease
-    /// (or always, with `force`); one read at a time.
-    async fn refresh(&self, force: bool) -> Result<(), StoreError> {
-        let stale = || {
-            self.view
-                .read()
-                .read_at
-                .is_none_or(|at| at.elapsed() >= placement::LEASE)
-        };
-        if !force && !stale() {
+    /// Reads the registry, the first time it is needed; one read at a time.
+    async fn load_view(&self) -> Result<(), StoreError> {
+        if self.view.read().loaded {
             return Ok(());
         }
-        let _one = self.refreshing.lock().await;
-        if !force && !stale() {
+        let _one = self.loading.lock().await;
+        if self.view.read().loaded {
             return Ok(());
         }
         let phases = self.placements.load().await?;
         *self.view.write() = View {
             phases,
-            read_at: Some(Instant::now()),
+            loaded: true,
         };
         Ok(())
     }
 
-    /// The owner's phase, from a registry read within the lease.
+    /// The owner's phase.
     async fn phase(&self, owner: &OwnerHash) -> Result<Option<Phase>, StoreError> {
-        if self.placements.shared() {
-            self.refresh(false).await?;
-        } else if self.view.read().read_at.is_none() {
-            self.refresh(true).await?;
-        }
+        self.load_view().await?;
         Ok(self.view.read().phases.get(&owner.to_hex()).copied())
     }
 
@@ -244,7 +223,7 @@ impl Tiered {
     /// Counts the owner's memories now and then, and starts their move once
     /// they pass the threshold.
     fn consider(self: &Arc<Self>, owner: &OwnerHash, added: usize) {
-        let threshold = self.promotion.threshold;
+        let threshold = self.threshold;
         if threshold == 0 {
             return;
         }
@@ -319,9 +298,7 @@ impl Tiered {
     async fn advance_from(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
         let mut first = true;
         loop {
-            if self.placements.shared() {
-                self.refresh(true).await?;
-            }
+            self.load_view().await?;
             let phase = self.view.read().phases.get(&owner.to_hex()).copied();
             let next = match phase {
                 // Only a move that starts here creates the record; one that
@@ -355,28 +332,21 @@ impl Tiered {
         }
     }
 
-    /// Records the owner's next phase with no operation of theirs running in
-    /// this process, then waits until no other process can still act on
-    /// the phase before. `false` if the record was gone (`create` false).
+    /// Records the owner's next phase with no operation of theirs running.
+    /// `false` if the record was gone (`create` false).
     async fn change(
         &self,
         owner: &OwnerHash,
         phase: Phase,
         create: bool,
     ) -> Result<bool, StoreError> {
-        let held = {
-            let _exclusive = self.locks.of(owner).write_owned().await;
-            let held = self.placements.set(owner, phase, create).await?;
-            let mut view = self.view.write();
-            if held {
-                view.phases.insert(owner.to_hex(), phase);
-            } else {
-                view.phases.remove(&owner.to_hex());
-            }
-            held
-        };
-        if held && self.placements.shared() {
-            tokio::time::sleep(self.promotion.settle).await;
+        let _exclusive = self.locks.of(owner).write_owned().await;
+        let held = self.placements.set(owner, phase, create).await?;
+        let mut view = self.view.write();
+        if held {
+            view.phases.insert(owner.to_hex(), phase);
+        } else {
+            view.phases.remove(&owner.to_hex());
         }
         Ok(held)
     }
@@ -587,7 +557,7 @@ impl Engine for Arc<Tiered> {
         // registry does not account for is another tier's layout.
         let mut others = self.shared.other_layouts().await?;
         others.remove(&DEFAULT_NAME_HEX_CHARS);
-        self.refresh(true).await?;
+        self.load_view().await?;
         let promoted = self.promoted_names();
         if self
             .own
@@ -615,6 +585,7 @@ impl Engine for Arc<Tiered> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::time::Duration;
 
     use super::*;
     use crate::embed::DIMENSIONS;
@@ -658,10 +629,7 @@ mod tests {
             p.shared.clone(),
             p.own.clone(),
             p.placements.clone(),
-            Promotion {
-                threshold,
-                settle: Duration::ZERO,
-            },
+            threshold,
             Arc::new(crate::metrics::Metrics::default()),
         )
     }
