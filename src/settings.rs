@@ -115,7 +115,7 @@ pub struct ServeArgs {
     /// Namespace tier: `per-user` (a collection, or shard directory, of each user's own) or `shared` (users share a bounded number of collections named by a short hash prefix, every read filtered by owner in the engine and checked by the guard).
     #[arg(long, env = "CORDON_TIER", default_value = "per-user")]
     pub tier: String,
-    /// Shared tier, embedded engine: memories past which a user moves, online, to a shard directory of their own (default 1000; 0: never).
+    /// Shared tier: memories past which a user moves, online, to a collection (or shard directory) of their own (default 1000; 0: never).
     #[arg(long, env = "CORDON_PROMOTE_AFTER")]
     pub promote_after: Option<u64>,
     /// Hex characters of the owner hash used in collection names (default 32 in the per-user tier, 2 in the shared tier: 256 collections).
@@ -659,14 +659,9 @@ impl ServeArgs {
                 "CORDON_PROMOTE_AFTER moves users out of the shared tier; the per-user tier (CORDON_TIER) has nothing to promote".into(),
             ));
         }
-        if kind == StoreKind::Qdrant && self.promote_after.is_some_and(|n| n > 0) {
-            return Err(SettingsError::Invalid(
-                "CORDON_PROMOTE_AFTER is for the embedded engine: on Qdrant, several replicas would each route a moving user by a registry they read at different times, which a move cannot yet make safe; leave it unset (users stay in the shared tier)".into(),
-            ));
-        }
-        let promote_after = match (tier, &kind) {
-            (Tier::Shared, StoreKind::Edge) => self.promote_after.unwrap_or(DEFAULT_PROMOTE_AFTER),
-            _ => 0,
+        let promote_after = match tier {
+            Tier::Shared => self.promote_after.unwrap_or(DEFAULT_PROMOTE_AFTER),
+            Tier::PerUser => 0,
         };
         if !(1..=64).contains(&collection_hex_chars) {
             return Err(SettingsError::Invalid(

@@ -62,14 +62,11 @@ fn migrate(args: ServeArgs) -> Result<ExitCode, String> {
             // Users promoted out of the shared tier keep their own
             // collections while promotion stays on; otherwise everyone
             // moves, and the registry goes once they have.
-            let records = match &placements {
-                Some(placements) => placements.load().await?,
-                None => Default::default(),
-            };
+            let records = placements.load().await?;
             // A move still running would be copied over half done.
             let unfinished = records
                 .values()
-                .filter(|phase| **phase != crate::store::placement::Phase::Own)
+                .filter(|record| record.phase.unfinished())
                 .count();
             if unfinished > 0 {
                 return Err(crate::store::StoreError::Layout(format!(
@@ -89,10 +86,7 @@ fn migrate(args: ServeArgs) -> Result<ExitCode, String> {
             )
             .await;
             opened.engine.shutdown().await;
-            if report.is_ok()
-                && !promoting
-                && let Some(placements) = &placements
-            {
+            if report.is_ok() && !promoting {
                 placements.clear().await?;
             }
             report

@@ -278,24 +278,31 @@ impl OpenedEngine {
     ) -> Result<Self, StoreError> {
         use std::sync::Arc;
         let threshold = settings.store.promote_after;
-        if settings.store.tier != crate::settings::Tier::Shared || threshold == 0 {
+        // With the threshold at 0 no move starts, but the registry still
+        // routes the users moved before (and another replica may move some).
+        if settings.store.tier != crate::settings::Tier::Shared {
             return Ok(self);
         }
-        // Settings allow promotion on the embedded engine only.
-        let Some(edge) = &self.edge else {
-            return Ok(self);
+        let (own, fleet): (Arc<dyn Engine>, _) = match &self.edge {
+            Some(edge) => {
+                let own_edge = Arc::new(edge.open_beside(crate::owner::DEFAULT_NAME_HEX_CHARS)?);
+                self.own_edge = Some(own_edge.clone());
+                // One process owns the data directory and its registry.
+                (Arc::new(own_edge), None)
+            }
+            None => (
+                qdrant_engine(settings, crate::owner::DEFAULT_NAME_HEX_CHARS)?,
+                Some(tiered::Fleet::STANDARD),
+            ),
         };
-        let own_edge = Arc::new(edge.open_beside(crate::owner::DEFAULT_NAME_HEX_CHARS)?);
-        self.own_edge = Some(own_edge.clone());
-        let own: Arc<dyn Engine> = Arc::new(own_edge);
-        let placements: Arc<dyn placement::Placements> =
-            Arc::new(placement::FilePlacements::open(&settings.data_dir)?);
+        let placements = open_placements(settings)?;
         let tiered = tiered::Tiered::open(
             &settings.store.collection_prefix,
             self.engine.clone(),
             own,
             placements,
             threshold,
+            fleet,
             metrics,
         );
         self.engine = Arc::new(tiered.clone());
@@ -304,16 +311,20 @@ impl OpenedEngine {
     }
 }
 
-/// The registry of promoted users of the deployment `settings` describe
-/// (the embedded engine's; promotion does not run on Qdrant).
+/// The registry of promoted users of the deployment `settings` describe.
 pub fn open_placements(
     settings: &crate::settings::Settings,
-) -> Result<Option<std::sync::Arc<dyn placement::Placements>>, StoreError> {
+) -> Result<std::sync::Arc<dyn placement::Placements>, StoreError> {
     Ok(match settings.store.kind {
-        crate::settings::StoreKind::Edge => Some(std::sync::Arc::new(
-            placement::FilePlacements::open(&settings.data_dir)?,
-        )),
-        crate::settings::StoreKind::Qdrant => None,
+        crate::settings::StoreKind::Edge => {
+            std::sync::Arc::new(placement::FilePlacements::open(&settings.data_dir)?)
+        }
+        crate::settings::StoreKind::Qdrant => {
+            std::sync::Arc::new(placement::QdrantPlacements::new(
+                &settings.store.qdrant,
+                &settings.store.collection_prefix,
+            )?)
+        }
     })
 }
 
@@ -503,6 +514,17 @@ pub trait Engine: Send + Sync {
     async fn remove_empty(&self) -> Result<usize, StoreError>;
     /// The names of the user collections of this engine's naming.
     async fn names(&self) -> Result<Vec<String>, StoreError>;
+    /// Whether the collection `name` (one of [`Engine::names`]) holds any
+    /// point; an engine that cannot tell says yes.
+    async fn holds_points_named(&self, _name: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Makes the owner's collection exist, so that a bound on collections
+    /// refuses it now rather than at a later write (a no-op where a
+    /// collection costs nothing until written).
+    async fn prepare(&self, _owner: &OwnerHash) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Passes every stored payload through `reseal` and keeps what it
     /// changed, durably; returns how many changed (offline maintenance only).
     /// `progress(done, total)` follows the collections.

@@ -1210,6 +1210,22 @@ impl Engine for Arc<QdrantEngine> {
         self.bounded(|| self.own_collections()).await
     }
 
+    async fn holds_points_named(&self, name: &str) -> Result<bool, StoreError> {
+        let points = self
+            .bounded(|| async {
+                QdrantEngine::count(self, name, None)
+                    .await
+                    .map_err(store_err)
+            })
+            .await?;
+        Ok(points > 0)
+    }
+
+    async fn prepare(&self, owner: &OwnerHash) -> Result<(), StoreError> {
+        let name = self.name(owner);
+        self.bounded(|| self.ensure_collection(&name)).await
+    }
+
     async fn remove_empty(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
         for name in self.own_collections().await? {

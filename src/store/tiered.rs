@@ -15,28 +15,37 @@
 //! At every phase one collection holds all of the user's memories and
 //! serves every read, so no result is duplicated or missing during a move.
 //!
-//! Each user's operations hold a read lock that a phase change takes
-//! exclusively, so no operation straddles two phases. That is exact for
-//! one process, which is why promotion runs on the embedded engine only
-//! (one process owns its data directory, and this one is the registry's
-//! only writer): replicas over one Qdrant would each route by a registry
-//! read at their own moment, which these phases alone do not make safe. Every step
-//! repeats safely, and the registry records the phase reached, so a move cut
-//! short at any step by a crash resumes from there at the next start (or
-//! the user's next write). An erase removes the user from both collections
-//! and the registry; a mover that finds the record gone removes what it
-//! copied.
+//! Every operation routes by the phase it read, so no operation may run
+//! under a phase older than the one the mover acts on. In one process (the
+//! embedded engine, whose registry this process alone writes) each user's
+//! operations hold a read lock that a phase change takes exclusively.
+//! Replicas over one Qdrant share the registry but not the lock, so there
+//! ([`Fleet`]) each process reads the registry again every second, routes
+//! only by a read at most `valid` old (else it reads again or answers 503),
+//! and cuts every operation off after `op_bound`; the mover, after each
+//! phase change, waits until every operation that could have routed by the
+//! phase before has ended (`settle`) before it acts on the new one.
+//!
+//! Each record names its mover, and every change is a compare and set on
+//! the whole record, so one process moves a user at a time. A move cut
+//! short by a crash resumes from the phase recorded: at the next start on
+//! the embedded engine, and on Qdrant by any replica once the mover has
+//! been silent for `lease`. An erase of a user who is moving marks them
+//! `Erasing` (their requests answer 503), waits for the phase to settle,
+//! removes them from both collections and then the record; a mover that
+//! finds its record changed stops without writing again.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
-use super::placement::{Phase, Placements};
+use super::placement::{Phase, Placements, Record, now_ms};
 use super::{Engine, NewMemory, RawPage, RawPoint, Reseal, SearchQuery, StoreError};
 use crate::locks::KeyedLocks;
 use crate::owner::{DEFAULT_NAME_HEX_CHARS, OwnerHash};
@@ -51,11 +60,60 @@ const PAGE: usize = 256;
 /// Users whose approximate memory count is kept for the promotion check.
 const KEPT_COUNTS: usize = 65_536;
 
-/// The registry, read once and then kept in step with every change this
-/// process makes (it is the registry's only writer).
+/// How processes that share one registry keep their routing in step.
+#[derive(Debug, Clone, Copy)]
+pub struct Fleet {
+    /// How often the registry is read again in the background.
+    pub refresh: Duration,
+    /// Oldest registry read an operation may route by.
+    pub valid: Duration,
+    /// Longest an operation's engine calls may take; they are cut off then.
+    pub op_bound: Duration,
+    /// A mover silent this long is presumed gone and its move taken over.
+    pub lease: Duration,
+}
+
+impl Fleet {
+    /// The timing every Cordon process over one Qdrant uses: a constant, so
+    /// that a mover's wait covers every replica's requests whatever their
+    /// own settings.
+    pub const STANDARD: Fleet = Fleet {
+        refresh: Duration::from_secs(1),
+        valid: Duration::from_secs(5),
+        op_bound: Duration::from_secs(10),
+        // Long enough for a mover to read both copies of a large user
+        // between two of its steps.
+        lease: Duration::from_secs(600),
+    };
+
+    /// How long after a phase change every operation that routed by the
+    /// phase before has ended: its registry read was at most `valid` old
+    /// when it began, and it ran for at most `op_bound`.
+    pub fn settle(&self) -> Duration {
+        self.valid + self.op_bound + self.refresh
+    }
+}
+
+/// Moves one process runs at a time (each holds a user's memories, with
+/// vectors, from both collections while it compares them).
+const CONCURRENT_MOVES: usize = 2;
+
+/// The registry as this process last read it, with its own changes since.
 struct View {
-    phases: HashMap<String, Phase>,
-    loaded: bool,
+    records: HashMap<String, Record>,
+    /// When the read it holds began (`None`: not read yet).
+    read_at: Option<Instant>,
+}
+
+/// How a move ended.
+enum Outcome {
+    /// The user lives in their own collection now.
+    Moved,
+    /// An erase ended it.
+    Erased,
+    /// Another process moves this user, or its record changed under this
+    /// mover (an erase, or a takeover after it went silent).
+    Elsewhere,
 }
 
 /// The shared tier with promotion (see the module docs).
@@ -66,41 +124,34 @@ pub struct Tiered {
     placements: Arc<dyn Placements>,
     /// Memories past which a user moves to their own collection (0: never).
     threshold: u64,
+    /// This process, as records name their mover.
+    me: Uuid,
+    /// Set when other processes share the registry.
+    fleet: Option<Fleet>,
     view: RwLock<View>,
     loading: tokio::sync::Mutex<()>,
     locks: KeyedLocks<OwnerHash>,
     counts: Mutex<LruCache<OwnerHash, u64>>,
     moving: Mutex<HashSet<OwnerHash>>,
+    moves: tokio::sync::Semaphore,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Where one operation of a user goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Shared,
-    Both,
-    Own,
-}
-
-impl Route {
-    fn writes(phase: Option<Phase>) -> Self {
-        match phase {
-            None => Route::Shared,
-            Some(Phase::Copying | Phase::Reading) => Route::Both,
-            Some(Phase::Clearing | Phase::Own) => Route::Own,
-        }
-    }
+fn erasing() -> StoreError {
+    StoreError::Unavailable("this user's memories are being erased; try again shortly".into())
 }
 
 impl Tiered {
     /// The tier over `shared` and `own`; the registry is read at the first
-    /// request (Qdrant may still be down).
+    /// request (Qdrant may still be down). `fleet` is set when other
+    /// processes share the registry.
     pub fn open(
         prefix: &str,
         shared: Arc<dyn Engine>,
         own: Arc<dyn Engine>,
         placements: Arc<dyn Placements>,
         threshold: u64,
+        fleet: Option<Fleet>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -109,9 +160,11 @@ impl Tiered {
             own,
             placements,
             threshold,
+            me: Uuid::new_v4(),
+            fleet,
             view: RwLock::new(View {
-                phases: HashMap::new(),
-                loaded: false,
+                records: HashMap::new(),
+                read_at: None,
             }),
             loading: tokio::sync::Mutex::new(()),
             locks: KeyedLocks::default(),
@@ -119,23 +172,36 @@ impl Tiered {
                 NonZeroUsize::new(KEPT_COUNTS).expect("a non-zero constant"),
             )),
             moving: Mutex::new(HashSet::new()),
+            moves: tokio::sync::Semaphore::new(CONCURRENT_MOVES),
             metrics,
         })
     }
 
-    /// Resumes every move a crash or a failure left unfinished (those that
-    /// cannot be read now resume at their user's next write).
+    /// Resumes every move a crash or a failure left unfinished. With a
+    /// fleet, starts the background read of the registry, which takes over
+    /// the moves whose mover went silent.
     pub async fn resume(self: &Arc<Self>) {
-        if let Err(e) = self.load_view().await {
+        if let Some(fleet) = self.fleet {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(this) = weak.upgrade() {
+                    this.tick().await;
+                    drop(this);
+                    tokio::time::sleep(fleet.refresh).await;
+                }
+            });
+            return;
+        }
+        if let Err(e) = self.fresh().await {
             tracing::warn!(error = %e, "the placement registry could not be read at start");
             return;
         }
         let unfinished: Vec<OwnerHash> = self
             .view
             .read()
-            .phases
+            .records
             .iter()
-            .filter(|(_, phase)| **phase != Phase::Own)
+            .filter(|(_, record)| record.phase.unfinished())
             .filter_map(|(hex, _)| OwnerHash::from_hex(hex))
             .collect();
         for owner in unfinished {
@@ -143,53 +209,172 @@ impl Tiered {
         }
     }
 
+    /// One background round of a fleet: reads the registry and takes over
+    /// the unfinished moves whose mover has been silent past the lease.
+    async fn tick(self: &Arc<Self>) {
+        let Some(fleet) = self.fleet else {
+            return;
+        };
+        {
+            let _one = self.loading.lock().await;
+            if let Err(e) = self.reload().await {
+                tracing::debug!(error = %e, "the placement registry could not be read");
+                return;
+            }
+        }
+        let lease = fleet.lease.as_millis() as u64;
+        let silent: Vec<OwnerHash> = self
+            .view
+            .read()
+            .records
+            .iter()
+            .filter(|(_, r)| r.phase.unfinished() && now_ms().saturating_sub(r.changed_at) >= lease)
+            .filter_map(|(hex, _)| OwnerHash::from_hex(hex))
+            .collect();
+        for owner in silent {
+            if !self.moving.lock().contains(&owner) {
+                tokio::spawn(self.clone().promote(owner));
+            }
+        }
+    }
+
     /// Names of the per-user collections the registry accounts for.
     fn promoted_names(&self) -> HashSet<String> {
         self.view
             .read()
-            .phases
+            .records
             .keys()
             .filter_map(|hex| OwnerHash::from_hex(hex))
             .map(|owner| owner.collection_name(&self.prefix, DEFAULT_NAME_HEX_CHARS))
             .collect()
     }
 
-    /// Reads the registry, the first time it is needed; one read at a time.
-    async fn load_view(&self) -> Result<(), StoreError> {
-        if self.view.read().loaded {
-            return Ok(());
-        }
-        let _one = self.loading.lock().await;
-        if self.view.read().loaded {
-            return Ok(());
-        }
-        let phases = self.placements.load().await?;
+    /// Reads the registry again. The view is stamped with when the read
+    /// began, since it holds what was there at that moment or later.
+    async fn reload(&self) -> Result<(), StoreError> {
+        let began = Instant::now();
+        let records = self.placements.load().await?;
         *self.view.write() = View {
-            phases,
-            loaded: true,
+            records,
+            read_at: Some(began),
         };
         Ok(())
     }
 
-    /// The owner's phase.
+    /// Makes sure the view may route operations: read once at all, and
+    /// with a fleet, read at most `valid` ago.
+    async fn fresh(&self) -> Result<(), StoreError> {
+        let stale = || match (self.view.read().read_at, self.fleet) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(at), Some(fleet)) => at.elapsed() > fleet.valid,
+        };
+        if !stale() {
+            return Ok(());
+        }
+        let _one = self.loading.lock().await;
+        if !stale() {
+            return Ok(());
+        }
+        self.reload().await?;
+        // A read that itself took longer than `valid` is too old already.
+        if stale() {
+            return Err(StoreError::Unavailable(
+                "the placement registry answered too slowly to route by".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The owner's phase, by a view fresh enough to route by.
     async fn phase(&self, owner: &OwnerHash) -> Result<Option<Phase>, StoreError> {
-        self.load_view().await?;
-        Ok(self.view.read().phases.get(&owner.to_hex()).copied())
+        self.fresh().await?;
+        let phase = self
+            .view
+            .read()
+            .records
+            .get(&owner.to_hex())
+            .map(|r| r.phase);
+        if phase != Some(Phase::Erasing) || self.fleet.is_none() {
+            return Ok(phase);
+        }
+        // An erase on another replica may have ended since the view was
+        // read; the user is served again as soon as it has.
+        let began = Instant::now();
+        let found = self.placements.get(owner).await?;
+        if self
+            .fleet
+            .is_some_and(|fleet| began.elapsed() > fleet.valid)
+        {
+            return Err(erasing());
+        }
+        self.note(owner, found);
+        Ok(found.map(|r| r.phase))
     }
 
-    fn reads(&self, phase: Option<Phase>) -> &Arc<dyn Engine> {
+    /// Puts what this process changed (or found) into its view.
+    fn note(&self, owner: &OwnerHash, record: Option<Record>) {
+        let mut view = self.view.write();
+        match record {
+            Some(record) => view.records.insert(owner.to_hex(), record),
+            None => view.records.remove(&owner.to_hex()),
+        };
+    }
+
+    fn reads(&self, phase: Option<Phase>) -> Result<&Arc<dyn Engine>, StoreError> {
         match phase {
-            None | Some(Phase::Copying) => &self.shared,
-            Some(_) => &self.own,
+            None | Some(Phase::Copying) => Ok(&self.shared),
+            Some(Phase::Reading | Phase::Clearing | Phase::Own) => Ok(&self.own),
+            Some(Phase::Erasing) => Err(erasing()),
         }
     }
 
-    fn targets(&self, route: Route) -> Vec<&Arc<dyn Engine>> {
-        match route {
-            Route::Shared => vec![&self.shared],
-            Route::Both => vec![&self.shared, &self.own],
-            Route::Own => vec![&self.own],
+    fn targets(&self, phase: Option<Phase>) -> Result<Vec<&Arc<dyn Engine>>, StoreError> {
+        match phase {
+            None => Ok(vec![&self.shared]),
+            Some(Phase::Copying | Phase::Reading) => Ok(vec![&self.shared, &self.own]),
+            Some(Phase::Clearing | Phase::Own) => Ok(vec![&self.own]),
+            Some(Phase::Erasing) => Err(erasing()),
         }
+    }
+
+    /// Runs `work`, cut off after the fleet's `op_bound` (the bound every
+    /// mover's wait counts on).
+    async fn bound<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.fleet {
+            None => work.await,
+            Some(fleet) => tokio::time::timeout(fleet.op_bound, work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(format!(
+                        "storage did not answer within {:?}",
+                        fleet.op_bound
+                    )))
+                }),
+        }
+    }
+
+    /// Waits until no operation routed by a phase before the last change
+    /// can still be running (nothing to wait for in one process: the lock
+    /// saw to it).
+    async fn settle(&self) {
+        if let Some(fleet) = self.fleet {
+            tokio::time::sleep(fleet.settle()).await;
+        }
+    }
+
+    /// A read of the owner's memories, routed by their phase.
+    async fn read<'a, T, F, Fut>(&'a self, owner: &'a OwnerHash, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&'a Arc<dyn Engine>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let _held = self.locks.of(owner).read_owned().await;
+        let phase = self.phase(owner).await?;
+        self.bound(op(self.reads(phase)?)).await
     }
 
     /// Runs a write of `added` memories on every collection the owner's
@@ -207,15 +392,21 @@ impl Tiered {
         let phase = {
             let _held = self.locks.of(owner).read_owned().await;
             let phase = self.phase(owner).await?;
-            for engine in self.targets(Route::writes(phase)) {
-                op(engine).await?;
-            }
+            let targets = self.targets(phase)?;
+            self.bound(async {
+                for engine in targets {
+                    op(engine).await?;
+                }
+                Ok(())
+            })
+            .await?;
             phase
         };
         match phase {
             None => self.consider(owner, added),
-            Some(Phase::Own) => {}
-            Some(_) => self.resume_one(owner),
+            // A fleet's background read resumes stopped moves.
+            Some(phase) if phase.unfinished() && self.fleet.is_none() => self.resume_one(owner),
+            Some(_) => {}
         }
         Ok(())
     }
@@ -256,106 +447,199 @@ impl Tiered {
     }
 
     /// Moves the owner to their own collection, from whatever phase the
-    /// registry holds; one mover per owner in this process.
+    /// registry holds (or finishes their erase); one mover per owner in
+    /// this process.
     pub async fn promote(self: Arc<Self>, owner: OwnerHash) {
         if !self.moving.lock().insert(owner.clone()) {
             return;
         }
-        let result = self.advance(&owner).await;
+        let result = match self.moves.acquire().await {
+            Ok(_one_of_few) => self.advance(&owner).await,
+            Err(_) => Err(StoreError::Unavailable("shutting down".into())),
+        };
         self.moving.lock().remove(&owner);
-        self.counts.lock().pop(&owner);
         match result {
-            Ok(true) => {
+            Ok(Outcome::Moved) => {
+                self.counts.lock().pop(&owner);
                 self.metrics.promotion(true);
                 tracing::info!(owner = %owner.log_tag(), "moved a user to a collection of their own");
+                if self.fleet.is_some() {
+                    tokio::spawn(self.clone().sweep(owner));
+                }
             }
-            Ok(false) => {
-                tracing::info!(owner = %owner.log_tag(), "a user's move ended with their erase")
+            Ok(Outcome::Erased) => {
+                self.counts.lock().pop(&owner);
+                tracing::info!(owner = %owner.log_tag(), "finished the erase of a user who was moving")
             }
+            Ok(Outcome::Elsewhere) => {}
             Err(e) => {
+                // Counted afresh only after another threshold's worth of
+                // writes, so that a refusal (a full node) is not retried
+                // at every write.
+                self.counts.lock().put(owner.clone(), 0);
                 self.metrics.promotion(false);
                 tracing::warn!(
                     owner = %owner.log_tag(),
                     error = %e,
-                    "a user's move stopped; it resumes at their next write or the next start"
+                    "a user's move stopped; it resumes later from the phase it reached"
                 );
             }
         }
     }
 
-    /// Takes the owner through the remaining phases; `false` when an erase
-    /// ended the move.
-    async fn advance(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
-        let advanced = self.advance_from(owner).await;
-        if advanced.is_err() && !self.view.read().phases.contains_key(&owner.to_hex()) {
-            // Erased while the move failed: nothing would resume it, so
-            // what it copied goes now.
-            self.own.erase(owner).await?;
+    /// One wait after a move, deletes from the shared collection anything
+    /// of the user's that landed there late: a write a replica sent before
+    /// its deadline cut it off, which the engine applied after the shared
+    /// copy was cleared.
+    async fn sweep(self: Arc<Self>, owner: OwnerHash) {
+        self.settle().await;
+        let still_own = self
+            .placements
+            .get(&owner)
+            .await
+            .is_ok_and(|r| r.is_some_and(|r| r.phase == Phase::Own));
+        if still_own && let Err(e) = self.bound(self.shared.erase(&owner)).await {
+            tracing::warn!(owner = %owner.log_tag(), error = %e, "the sweep after a move failed");
         }
-        advanced
     }
 
-    async fn advance_from(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
-        let mut first = true;
+    /// The record this process may move the owner under: a new one, its
+    /// own, or one taken over from a silent mover; `None` if another
+    /// process moves them or they are moved.
+    async fn claim(&self, owner: &OwnerHash) -> Result<Option<Record>, StoreError> {
+        let found = self.placements.get(owner).await?;
+        self.note(owner, found);
+        let mine = match found {
+            None => {
+                // The own collection is made first: a node that cannot
+                // hold it refuses the move before any write is sent there.
+                self.own.prepare(owner).await?;
+                let wanted = Record::now(Phase::Copying, self.me);
+                // Under the lock an erase takes: an erase that began
+                // before the record is done before the copy starts, and
+                // one after it sees the move and marks it.
+                let _exclusive = self.locks.of(owner).write_owned().await;
+                let held = self.placements.create(owner, wanted).await?;
+                self.note(owner, held);
+                held.filter(|held| *held == wanted)
+            }
+            Some(record) if record.phase == Phase::Own => None,
+            Some(record) if record.mover == self.me => Some(record),
+            Some(record) => {
+                if let Some(fleet) = self.fleet
+                    && now_ms().saturating_sub(record.changed_at) < fleet.lease.as_millis() as u64
+                {
+                    return Ok(None);
+                }
+                let taken = Record::now(record.phase, self.me);
+                let held = self.placements.replace(owner, &record, &taken).await?;
+                held.then_some(taken)
+            }
+        };
+        if let Some(mine) = mine {
+            self.note(owner, Some(mine));
+        }
+        Ok(mine)
+    }
+
+    /// Takes the owner through the remaining phases.
+    async fn advance(&self, owner: &OwnerHash) -> Result<Outcome, StoreError> {
+        let Some(mut mine) = self.claim(owner).await? else {
+            return Ok(Outcome::Elsewhere);
+        };
         loop {
-            self.load_view().await?;
-            let phase = self.view.read().phases.get(&owner.to_hex()).copied();
-            let next = match phase {
-                // Only a move that starts here creates the record; one that
-                // finds it gone later was ended by an erase.
-                None if first => {
-                    first = false;
-                    self.change(owner, Phase::Copying, true).await?;
-                    continue;
-                }
-                None => {
-                    self.own.erase(owner).await?;
-                    return Ok(false);
-                }
-                Some(Phase::Copying) => {
-                    self.converge(owner).await?;
+            if mine.phase == Phase::Own {
+                return Ok(Outcome::Moved);
+            }
+            self.settle().await;
+            let next = match mine.phase {
+                Phase::Copying => {
+                    if !self.converge(owner, &mut mine).await? {
+                        return Ok(Outcome::Elsewhere);
+                    }
                     Phase::Reading
                 }
-                Some(Phase::Reading) => Phase::Clearing,
-                Some(Phase::Clearing) => {
-                    self.shared.erase(owner).await?;
+                Phase::Reading => Phase::Clearing,
+                Phase::Clearing => {
+                    if !self
+                        .guarded(owner, &mut mine, self.shared.erase(owner))
+                        .await?
+                    {
+                        return Ok(Outcome::Elsewhere);
+                    }
                     Phase::Own
                 }
-                Some(Phase::Own) => return Ok(true),
+                Phase::Erasing => {
+                    self.finish_erase(owner, mine).await?;
+                    return Ok(Outcome::Erased);
+                }
+                Phase::Own => unreachable!("the loop returns at Own before this match"),
             };
-            first = false;
-            if !self.change(owner, next, false).await? {
-                // Erased meanwhile: what this move copied goes too.
-                self.own.erase(owner).await?;
-                return Ok(false);
+            match self.change(owner, &mine, next).await? {
+                Some(record) => mine = record,
+                None => return Ok(Outcome::Elsewhere),
             }
         }
     }
 
-    /// Records the owner's next phase with no operation of theirs running.
-    /// `false` if the record was gone (`create` false).
+    /// Records the owner's next phase with no operation of theirs running
+    /// in this process; `None` if the record is no longer `mine`.
     async fn change(
         &self,
         owner: &OwnerHash,
+        mine: &Record,
         phase: Phase,
-        create: bool,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Record>, StoreError> {
         let _exclusive = self.locks.of(owner).write_owned().await;
-        let held = self.placements.set(owner, phase, create).await?;
-        let mut view = self.view.write();
-        if held {
-            view.phases.insert(owner.to_hex(), phase);
-        } else {
-            view.phases.remove(&owner.to_hex());
+        let next = Record::now(phase, self.me);
+        if self.placements.replace(owner, mine, &next).await? {
+            self.note(owner, Some(next));
+            return Ok(Some(next));
         }
-        Ok(held)
+        let found = self.placements.get(owner).await?;
+        self.note(owner, found);
+        Ok(None)
+    }
+
+    /// Whether the record is still `mine`; with a fleet it is touched, so
+    /// that others see this mover alive.
+    async fn still_mine(&self, owner: &OwnerHash, mine: &mut Record) -> Result<bool, StoreError> {
+        if self.fleet.is_none() {
+            return Ok(self.view.read().records.get(&owner.to_hex()) == Some(mine));
+        }
+        let touched = Record::now(mine.phase, self.me);
+        if self.placements.replace(owner, mine, &touched).await? {
+            *mine = touched;
+            self.note(owner, Some(touched));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Runs one of the mover's writes if the record is still `mine`, under
+    /// the owner's lock (an erase in this process waits for it) and within
+    /// `op_bound` of the check (an erase elsewhere waits that long);
+    /// `false` if the record changed.
+    async fn guarded<T>(
+        &self,
+        owner: &OwnerHash,
+        mine: &mut Record,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<bool, StoreError> {
+        let _held = self.locks.of(owner).read_owned().await;
+        if !self.still_mine(owner, mine).await? {
+            return Ok(false);
+        }
+        self.bound(work).await?;
+        Ok(true)
     }
 
     /// Copies the owner's memories from the shared collection to their own
     /// and fixes what differs until a pass finds nothing: the own side is
     /// read first, so a dual write landing between the two reads is seen in
     /// the shared one (which writes reach first) and copied, never removed.
-    async fn converge(&self, owner: &OwnerHash) -> Result<(), StoreError> {
+    /// `false` if the record changed meanwhile.
+    async fn converge(&self, owner: &OwnerHash, mine: &mut Record) -> Result<bool, StoreError> {
         for _ in 0..CONVERGE_PASSES {
             let own = all(self.own.as_ref(), owner).await?;
             let shared = all(self.shared.as_ref(), owner).await?;
@@ -375,18 +659,66 @@ impl Tiered {
                 .copied()
                 .collect();
             if differ.is_empty() && extra.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
             for chunk in differ.chunks(PAGE) {
-                self.own.upsert(owner, chunk.to_vec()).await?;
+                if !self
+                    .guarded(owner, mine, self.own.upsert(owner, chunk.to_vec()))
+                    .await?
+                {
+                    return Ok(false);
+                }
             }
-            for id in extra {
-                self.own.delete(owner, id).await?;
+            for chunk in extra.chunks(PAGE) {
+                let own = &self.own;
+                let deletes = async move {
+                    for id in chunk {
+                        own.delete(owner, *id).await?;
+                    }
+                    Ok(())
+                };
+                if !self.guarded(owner, mine, deletes).await? {
+                    return Ok(false);
+                }
             }
         }
         Err(StoreError::Unavailable(
             "the user's memories kept changing during the copy".into(),
         ))
+    }
+
+    /// Erases a user whose record says they are moving (or being erased):
+    /// marks them `Erasing` over any move, waits for the phase to settle,
+    /// and removes them from both collections and the registry.
+    async fn erase_marked(self: &Arc<Self>, owner: &OwnerHash) -> Result<usize, StoreError> {
+        // In a task of its own, so that a request dropped after the mark is
+        // written does not leave the user marked until the lease ends.
+        let (this, owner) = (self.clone(), owner.clone());
+        tokio::spawn(async move {
+            let mark = Record::now(Phase::Erasing, this.me);
+            {
+                let _exclusive = this.locks.of(&owner).write_owned().await;
+                this.placements.put(&owner, &mark).await?;
+                this.note(&owner, Some(mark));
+            }
+            this.settle().await;
+            this.finish_erase(&owner, mark).await
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("an erase task failed: {e}")))?
+    }
+
+    /// Removes the user from both collections, then their `mark`.
+    async fn finish_erase(&self, owner: &OwnerHash, mark: Record) -> Result<usize, StoreError> {
+        let _exclusive = self.locks.of(owner).write_owned().await;
+        let shared = self.bound(self.shared.erase(owner)).await?;
+        let own = self.bound(self.own.erase(owner)).await?;
+        self.placements.remove(owner, &mark).await?;
+        let found = self.placements.get(owner).await?;
+        self.note(owner, found);
+        self.counts.lock().pop(owner);
+        // Whichever side was complete when the erase began holds the most.
+        Ok(shared.max(own))
     }
 }
 
@@ -445,24 +777,24 @@ impl Engine for Arc<Tiered> {
         owner: &OwnerHash,
         query: SearchQuery,
     ) -> Result<Vec<RawPoint>, StoreError> {
-        let _held = self.locks.of(owner).read_owned().await;
-        let phase = self.phase(owner).await?;
-        self.reads(phase).search(owner, query).await
+        self.read(owner, |engine| engine.search(owner, query)).await
     }
 
     async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError> {
-        let _held = self.locks.of(owner).read_owned().await;
-        let phase = self.phase(owner).await?;
-        self.reads(phase).get(owner, id).await
+        self.read(owner, |engine| engine.get(owner, id)).await
     }
 
     async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
         let _held = self.locks.of(owner).read_owned().await;
         let phase = self.phase(owner).await?;
-        for engine in self.targets(Route::writes(phase)) {
-            engine.delete(owner, id).await?;
-        }
-        Ok(())
+        let targets = self.targets(phase)?;
+        self.bound(async {
+            for engine in targets {
+                engine.delete(owner, id).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn scroll(
@@ -471,34 +803,43 @@ impl Engine for Arc<Tiered> {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
-        let _held = self.locks.of(owner).read_owned().await;
-        let phase = self.phase(owner).await?;
-        self.reads(phase).scroll(owner, after, limit).await
+        self.read(owner, |engine| engine.scroll(owner, after, limit))
+            .await
     }
 
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
-        let _exclusive = self.locks.of(owner).write_owned().await;
-        let phase = self.phase(owner).await?;
-        let shared = self.shared.erase(owner).await?;
-        let Some(phase) = phase else {
-            return Ok(shared);
+        let phase = {
+            let _exclusive = self.locks.of(owner).write_owned().await;
+            match self.phase(owner).await? {
+                None => return self.bound(self.shared.erase(owner)).await,
+                // The record stays: a replica whose view is a moment old
+                // still sends this user's writes to their own collection,
+                // which is where every replica reads them. The shared
+                // collection is cleared too, of any write that landed
+                // there late.
+                Some(Phase::Own) => {
+                    return self
+                        .bound(async {
+                            let own = self.own.erase(owner).await?;
+                            self.shared.erase(owner).await?;
+                            Ok(own)
+                        })
+                        .await;
+                }
+                Some(phase) => phase,
+            }
         };
-        let own = self.own.erase(owner).await?;
-        self.placements.remove(owner).await?;
-        self.view.write().phases.remove(&owner.to_hex());
-        self.counts.lock().pop(owner);
-        Ok(if phase == Phase::Copying { shared } else { own })
+        tracing::debug!(owner = %owner.log_tag(), ?phase, "erasing a user who is moving");
+        self.erase_marked(owner).await
     }
 
     async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError> {
-        let phase = self.phase(owner).await?;
-        self.reads(phase).holds_other_owners(owner).await
+        self.read(owner, |engine| engine.holds_other_owners(owner))
+            .await
     }
 
     async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
-        let _held = self.locks.of(owner).read_owned().await;
-        let phase = self.phase(owner).await?;
-        self.reads(phase).count(owner).await
+        self.read(owner, |engine| engine.count(owner)).await
     }
 
     async fn holds_memories(&self) -> Result<bool, StoreError> {
@@ -506,7 +847,9 @@ impl Engine for Arc<Tiered> {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        self.shared.ready().await
+        self.shared.ready().await?;
+        // Without a registry read recent enough, no request could be routed.
+        self.fresh().await
     }
 
     async fn shutdown(&self) {
@@ -548,8 +891,8 @@ impl Engine for Arc<Tiered> {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
-        let phase = self.phase(owner).await?;
-        self.reads(phase).export_page(owner, after, limit).await
+        self.read(owner, |engine| engine.export_page(owner, after, limit))
+            .await
     }
 
     async fn other_layouts(&self) -> Result<BTreeSet<usize>, StoreError> {
@@ -557,16 +900,15 @@ impl Engine for Arc<Tiered> {
         // registry does not account for is another tier's layout.
         let mut others = self.shared.other_layouts().await?;
         others.remove(&DEFAULT_NAME_HEX_CHARS);
-        self.load_view().await?;
+        self.fresh().await?;
         let promoted = self.promoted_names();
-        if self
-            .own
-            .names()
-            .await?
-            .iter()
-            .any(|name| !promoted.contains(name))
-        {
-            others.insert(DEFAULT_NAME_HEX_CHARS);
+        for name in self.own.names().await? {
+            // An empty one is a move's first step that a crash cut short
+            // before its record was written.
+            if !promoted.contains(&name) && self.own.holds_points_named(&name).await? {
+                others.insert(DEFAULT_NAME_HEX_CHARS);
+                break;
+            }
         }
         Ok(others)
     }
@@ -630,6 +972,7 @@ mod tests {
             p.own.clone(),
             p.placements.clone(),
             threshold,
+            None,
             Arc::new(crate::metrics::Metrics::default()),
         )
     }
@@ -668,7 +1011,13 @@ mod tests {
 
     async fn until_own(tiered: &Arc<Tiered>, owner: &OwnerHash) {
         for _ in 0..600 {
-            if tiered.view.read().phases.get(&owner.to_hex()) == Some(&Phase::Own)
+            if tiered
+                .view
+                .read()
+                .records
+                .get(&owner.to_hex())
+                .map(|r| r.phase)
+                == Some(Phase::Own)
                 && !tiered.moving.lock().contains(owner)
             {
                 return;
@@ -788,8 +1137,9 @@ mod tests {
                     .await
                     .expect("deleted");
             }
+            // Recorded by a process that is gone.
             p.placements
-                .set(&alice, phase, true)
+                .put(&alice, &Record::now(phase, Uuid::new_v4()))
                 .await
                 .expect("recorded");
 
@@ -824,7 +1174,7 @@ mod tests {
             .await
             .expect("copied");
         p.placements
-            .set(&alice, Phase::Copying, true)
+            .put(&alice, &Record::now(Phase::Copying, Uuid::new_v4()))
             .await
             .expect("recorded");
         let tiered = tiered(&p, 1_000);

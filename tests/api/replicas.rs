@@ -20,7 +20,9 @@ async fn replicas(configure: impl Fn(&mut Settings)) -> (TestApp, TestApp) {
 }
 
 /// [`replicas`], and their collection prefix.
-async fn replicas_under_prefix(configure: impl Fn(&mut Settings)) -> (TestApp, TestApp, String) {
+pub async fn replicas_under_prefix(
+    configure: impl Fn(&mut Settings),
+) -> (TestApp, TestApp, String) {
     let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
     let prefix = format!(
         "cordon_repl_{}_",

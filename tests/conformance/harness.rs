@@ -24,10 +24,29 @@ enum Backend {
     Qdrant(TestCollections),
 }
 
-/// A test's collections on a shared Qdrant, all under one prefix.
-struct TestCollections {
+/// A test's collections on a shared Qdrant, all under one prefix, removed
+/// when dropped.
+pub struct TestCollections {
     client: Qdrant,
     prefix: String,
+}
+
+impl TestCollections {
+    /// A fresh prefix of the test's own.
+    pub fn new() -> Self {
+        Self {
+            client: qdrant_client(),
+            prefix: format!(
+                "cordon_test_{}_",
+                &Uuid::new_v4().simple().to_string()[..12]
+            ),
+        }
+    }
+
+    /// The prefix every collection of the test is named under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
 }
 
 pub struct Harness {
@@ -181,12 +200,16 @@ pub async fn embedded(name_hex_chars: usize, collision_drill: bool) -> Harness {
     }
 }
 
-fn qdrant_url() -> String {
+pub fn qdrant_url() -> String {
     std::env::var("QDRANT_URL")
         .expect("the Qdrant half needs QDRANT_URL, the gRPC URL of a Qdrant 1.18+ server")
 }
 
-fn qdrant_engine(prefix: &str, name_hex_chars: usize, collision_drill: bool) -> Arc<dyn Engine> {
+pub fn qdrant_engine(
+    prefix: &str,
+    name_hex_chars: usize,
+    collision_drill: bool,
+) -> Arc<dyn Engine> {
     let engine = QdrantEngine::connect(QdrantSettings {
         connection: QdrantConnection {
             url: qdrant_url(),
@@ -229,12 +252,8 @@ async fn qdrant_collections(client: &Qdrant, prefix: &str) -> Vec<String> {
 /// its own so that tests running side by side (and collided names in the
 /// drill) never meet another test's collections.
 pub async fn qdrant(name_hex_chars: usize, collision_drill: bool) -> Harness {
-    let prefix = format!(
-        "cordon_test_{}_",
-        &Uuid::new_v4().simple().to_string()[..12]
-    );
-    let client = qdrant_client();
-    let engine = qdrant_engine(&prefix, name_hex_chars, collision_drill);
+    let collections = TestCollections::new();
+    let engine = qdrant_engine(&collections.prefix, name_hex_chars, collision_drill);
     engine
         .ready()
         .await
@@ -243,7 +262,7 @@ pub async fn qdrant(name_hex_chars: usize, collision_drill: bool) -> Harness {
     Harness {
         store: GuardedStore::new(engine, Guard::new(metrics.clone())),
         metrics,
-        backend: Backend::Qdrant(TestCollections { client, prefix }),
+        backend: Backend::Qdrant(collections),
         name_hex_chars,
         collision_drill,
         secret: secret(),

@@ -5,6 +5,7 @@
 mod cases;
 mod harness;
 mod model;
+mod promotion;
 mod qdrant_setup;
 
 /// Instantiates every case for one engine; `$make` builds a fresh harness

@@ -927,6 +927,22 @@ impl Engine for Arc<EdgeEngine> {
         EdgeEngine::blocking(move || this.remove_empty_blocking()).await
     }
 
+    async fn holds_points_named(&self, name: &str) -> Result<bool, StoreError> {
+        let (this, name) = (self.clone(), name.to_owned());
+        EdgeEngine::blocking(move || {
+            let slot = this.pool.slot(&name)?;
+            if !slot.ensure_open(false)? {
+                return Ok(false);
+            }
+            let guard = slot.shard.read();
+            match guard.as_ref() {
+                Some(shard) => Ok(points_in(shard)? > 0),
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
     async fn reseal_all(
         &self,
         reseal: super::Reseal,

@@ -1,10 +1,6 @@
-//! Where a shared-tier user's memories live while and after they move to a
-//! collection of their own: one record per promoted user.
-//!
-//! Users without a record live in their shared collection, which is nearly
-//! everyone, so the registry stays small and the process holds all of it.
-//! The embedded engine keeps it in `placements.json` in the data directory,
-//! which one process owns.
+//! The embedded engine's registry: `placements.json` in the data
+//! directory, which one process owns, so a compare and set is a check
+//! under a lock followed by a durable rewrite of the file.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,51 +8,22 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::{Placements, Record};
 use crate::owner::OwnerHash;
+use crate::store::StoreError;
 
-/// Where a promoted user's reads and writes go, in the order a move passes
-/// through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Writes go to both collections, reads to the shared one; the mover
-    /// copies and checks.
-    Copying,
-    /// Writes go to both, reads to the user's own.
-    Reading,
-    /// Writes and reads go to the user's own; the mover deletes the shared copy.
-    Clearing,
-    /// Moved: only the user's own collection holds their memories.
-    Own,
-}
-
-/// One user's record.
+/// One user's record as the file holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
+struct Stored {
     owner: String,
-    phase: Phase,
-}
-
-/// The registry's storage.
-#[async_trait]
-pub trait Placements: Send + Sync {
-    /// Every record, by owner hash (hex).
-    async fn load(&self) -> Result<HashMap<String, Phase>, StoreError>;
-    /// Writes `owner`'s phase; with `create` false only over an existing
-    /// record (an erase removed it otherwise). Returns whether the record
-    /// holds `phase` now.
-    async fn set(&self, owner: &OwnerHash, phase: Phase, create: bool) -> Result<bool, StoreError>;
-    /// Removes `owner`'s record.
-    async fn remove(&self, owner: &OwnerHash) -> Result<(), StoreError>;
-    /// Removes every record (after `cordon tier migrate`).
-    async fn clear(&self) -> Result<(), StoreError>;
+    #[serde(flatten)]
+    record: Record,
 }
 
 /// The embedded engine's registry: a JSON file, replaced atomically.
 pub struct FilePlacements {
     path: PathBuf,
-    records: parking_lot::Mutex<HashMap<String, Phase>>,
+    records: parking_lot::Mutex<HashMap<String, Record>>,
 }
 
 impl FilePlacements {
@@ -64,10 +31,10 @@ impl FilePlacements {
     pub fn open(data_dir: &std::path::Path) -> Result<Self, StoreError> {
         let path = data_dir.join("placements.json");
         let records = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Vec<Record>>(&bytes)
+            Ok(bytes) => serde_json::from_slice::<Vec<Stored>>(&bytes)
                 .map_err(|e| StoreError::Engine(format!("{} is corrupt: {e}", path.display())))?
                 .into_iter()
-                .map(|r| (r.owner, r.phase))
+                .map(|r| (r.owner, r.record))
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => {
@@ -85,12 +52,12 @@ impl FilePlacements {
 
     /// Writes `records` durably: a new file, synced, renamed over the old,
     /// and the directory synced.
-    fn save(&self, records: &HashMap<String, Phase>) -> Result<(), StoreError> {
-        let list: Vec<Record> = records
+    fn save(&self, records: &HashMap<String, Record>) -> Result<(), StoreError> {
+        let list: Vec<Stored> = records
             .iter()
-            .map(|(owner, phase)| Record {
+            .map(|(owner, record)| Stored {
                 owner: owner.clone(),
-                phase: *phase,
+                record: *record,
             })
             .collect();
         let bytes = serde_json::to_vec(&list).expect("records always serialise");
@@ -106,13 +73,13 @@ impl FilePlacements {
         }
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent() {
-            super::edge::files::sync_dir(dir)?;
+            crate::store::edge::files::sync_dir(dir)?;
         }
         Ok(())
     }
 
     /// Applies `change` and saves; the change is undone if the save fails.
-    fn change(&self, change: impl FnOnce(&mut HashMap<String, Phase>)) -> Result<(), StoreError> {
+    fn change(&self, change: impl FnOnce(&mut HashMap<String, Record>)) -> Result<(), StoreError> {
         let mut records = self.records.lock();
         let mut next = records.clone();
         change(&mut next);
@@ -124,29 +91,64 @@ impl FilePlacements {
 
 #[async_trait]
 impl Placements for FilePlacements {
-    async fn load(&self) -> Result<HashMap<String, Phase>, StoreError> {
+    async fn load(&self) -> Result<HashMap<String, Record>, StoreError> {
         Ok(self.records.lock().clone())
     }
 
-    async fn set(&self, owner: &OwnerHash, phase: Phase, create: bool) -> Result<bool, StoreError> {
+    async fn get(&self, owner: &OwnerHash) -> Result<Option<Record>, StoreError> {
+        Ok(self.records.lock().get(&owner.to_hex()).copied())
+    }
+
+    async fn create(
+        &self,
+        owner: &OwnerHash,
+        record: Record,
+    ) -> Result<Option<Record>, StoreError> {
+        let key = owner.to_hex();
+        if let Some(held) = self.records.lock().get(&key) {
+            return Ok(Some(*held));
+        }
+        self.change(|records| {
+            records.entry(key).or_insert(record);
+        })?;
+        self.get(owner).await
+    }
+
+    async fn replace(
+        &self,
+        owner: &OwnerHash,
+        expected: &Record,
+        record: &Record,
+    ) -> Result<bool, StoreError> {
         let key = owner.to_hex();
         let mut held = false;
         self.change(|records| {
-            if create || records.contains_key(&key) {
-                records.insert(key, phase);
+            if let Some(current) = records.get_mut(&key)
+                && current == expected
+            {
+                *current = *record;
                 held = true;
             }
         })?;
         Ok(held)
     }
 
-    async fn remove(&self, owner: &OwnerHash) -> Result<(), StoreError> {
+    async fn put(&self, owner: &OwnerHash, record: &Record) -> Result<(), StoreError> {
         let key = owner.to_hex();
-        if !self.records.lock().contains_key(&key) {
+        self.change(|records| {
+            records.insert(key, *record);
+        })
+    }
+
+    async fn remove(&self, owner: &OwnerHash, expected: &Record) -> Result<(), StoreError> {
+        let key = owner.to_hex();
+        if self.records.lock().get(&key) != Some(expected) {
             return Ok(());
         }
         self.change(|records| {
-            records.remove(&key);
+            if records.get(&key) == Some(expected) {
+                records.remove(&key);
+            }
         })
     }
 
