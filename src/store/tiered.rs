@@ -133,6 +133,10 @@ pub struct Tiered {
     locks: KeyedLocks<OwnerHash>,
     counts: Mutex<LruCache<OwnerHash, u64>>,
     moving: Mutex<HashSet<OwnerHash>>,
+    /// Users this process is erasing now (a mover leaves their mark alone).
+    erasing: Mutex<HashSet<OwnerHash>>,
+    /// When the last failed registry read began, and why it failed.
+    failed_read: Mutex<Option<(Instant, String)>>,
     moves: tokio::sync::Semaphore,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -172,6 +176,8 @@ impl Tiered {
                 NonZeroUsize::new(KEPT_COUNTS).expect("a non-zero constant"),
             )),
             moving: Mutex::new(HashSet::new()),
+            erasing: Mutex::new(HashSet::new()),
+            failed_read: Mutex::new(None),
             moves: tokio::sync::Semaphore::new(CONCURRENT_MOVES),
             metrics,
         })
@@ -253,7 +259,13 @@ impl Tiered {
     /// began, since it holds what was there at that moment or later.
     async fn reload(&self) -> Result<(), StoreError> {
         let began = Instant::now();
-        let records = self.placements.load().await?;
+        let records = match self.placements.load().await {
+            Ok(records) => records,
+            Err(e) => {
+                *self.failed_read.lock() = Some((began, e.to_string()));
+                return Err(e);
+            }
+        };
         *self.view.write() = View {
             records,
             read_at: Some(began),
@@ -272,9 +284,18 @@ impl Tiered {
         if !stale() {
             return Ok(());
         }
+        let asked = Instant::now();
         let _one = self.loading.lock().await;
         if !stale() {
             return Ok(());
+        }
+        // A read that failed after this request began waiting answers it
+        // too, so that a registry that is down costs each request one
+        // failure, not a queue of them.
+        if let Some((began, why)) = self.failed_read.lock().clone()
+            && began >= asked
+        {
+            return Err(StoreError::Unavailable(why));
         }
         self.reload().await?;
         // A read that itself took longer than `valid` is too old already.
@@ -428,6 +449,9 @@ impl Tiered {
         if !due {
             return;
         }
+        // Until the count answers, later writes add to 0 rather than start
+        // counts of their own.
+        self.counts.lock().put(owner.clone(), 0);
         let (this, owner) = (self.clone(), owner.clone());
         tokio::spawn(async move {
             let Ok(n) = this.shared.count(&owner).await else {
@@ -524,9 +548,18 @@ impl Tiered {
                 held.filter(|held| *held == wanted)
             }
             Some(record) if record.phase == Phase::Own => None,
-            Some(record) if record.mover == self.me => Some(record),
+            // This process's erase of the user is still running.
+            Some(record)
+                if record.phase == Phase::Erasing && self.erasing.lock().contains(owner) =>
+            {
+                None
+            }
+            Some(record) if record.mover == self.me && record.phase != Phase::Erasing => {
+                Some(record)
+            }
             Some(record) => {
                 if let Some(fleet) = self.fleet
+                    && record.mover != self.me
                     && now_ms().saturating_sub(record.changed_at) < fleet.lease.as_millis() as u64
                 {
                     return Ok(None);
@@ -543,7 +576,7 @@ impl Tiered {
     }
 
     /// Takes the owner through the remaining phases.
-    async fn advance(&self, owner: &OwnerHash) -> Result<Outcome, StoreError> {
+    async fn advance(self: &Arc<Self>, owner: &OwnerHash) -> Result<Outcome, StoreError> {
         let Some(mut mine) = self.claim(owner).await? else {
             return Ok(Outcome::Elsewhere);
         };
@@ -627,11 +660,16 @@ impl Tiered {
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<bool, StoreError> {
         let _held = self.locks.of(owner).read_owned().await;
-        if !self.still_mine(owner, mine).await? {
-            return Ok(false);
-        }
-        self.bound(work).await?;
-        Ok(true)
+        // One deadline over the check and the write: the write ends within
+        // `op_bound` of the moment the check could still succeed.
+        self.bound(async {
+            if !self.still_mine(owner, mine).await? {
+                return Ok(false);
+            }
+            work.await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Copies the owner's memories from the shared collection to their own
@@ -695,30 +733,63 @@ impl Tiered {
         // written does not leave the user marked until the lease ends.
         let (this, owner) = (self.clone(), owner.clone());
         tokio::spawn(async move {
-            let mark = Record::now(Phase::Erasing, this.me);
-            {
-                let _exclusive = this.locks.of(&owner).write_owned().await;
-                this.placements.put(&owner, &mark).await?;
-                this.note(&owner, Some(mark));
+            this.erasing.lock().insert(owner.clone());
+            let erased = async {
+                let mark = Record::now(Phase::Erasing, this.me);
+                {
+                    let _exclusive = this.locks.of(&owner).write_owned().await;
+                    this.placements.put(&owner, &mark).await?;
+                    this.note(&owner, Some(mark));
+                }
+                this.settle().await;
+                this.finish_erase(&owner, mark).await
             }
-            this.settle().await;
-            this.finish_erase(&owner, mark).await
+            .await;
+            this.erasing.lock().remove(&owner);
+            erased
         })
         .await
         .map_err(|e| StoreError::Internal(format!("an erase task failed: {e}")))?
     }
 
     /// Removes the user from both collections, then their `mark`.
-    async fn finish_erase(&self, owner: &OwnerHash, mark: Record) -> Result<usize, StoreError> {
+    async fn finish_erase(
+        self: &Arc<Self>,
+        owner: &OwnerHash,
+        mark: Record,
+    ) -> Result<usize, StoreError> {
         let _exclusive = self.locks.of(owner).write_owned().await;
+        // Only while the mark is there: once an erase has removed it, the
+        // user's new writes go to the shared collection and are theirs.
+        let found = self.placements.get(owner).await?;
+        if found != Some(mark) {
+            self.note(owner, found);
+            return Ok(0);
+        }
         let shared = self.bound(self.shared.erase(owner)).await?;
         let own = self.bound(self.own.erase(owner)).await?;
         self.placements.remove(owner, &mark).await?;
         let found = self.placements.get(owner).await?;
         self.note(owner, found);
         self.counts.lock().pop(owner);
+        if self.fleet.is_some() {
+            tokio::spawn(self.clone().sweep_own(owner.clone()));
+        }
         // Whichever side was complete when the erase began holds the most.
         Ok(shared.max(own))
+    }
+
+    /// One wait after an erase, drops the user's own collection again if
+    /// they still have no record: a write a replica sent before its
+    /// deadline cut it off, applied after the erase, would have made it
+    /// anew.
+    async fn sweep_own(self: Arc<Self>, owner: OwnerHash) {
+        self.settle().await;
+        if matches!(self.placements.get(&owner).await, Ok(None))
+            && let Err(e) = self.bound(self.own.erase(&owner)).await
+        {
+            tracing::warn!(owner = %owner.log_tag(), error = %e, "the sweep after an erase failed");
+        }
     }
 }
 
@@ -1185,5 +1256,56 @@ mod tests {
         assert!(p.placements.load().await.expect("loads").is_empty());
         tiered.resume().await;
         assert!(listed(engine.as_ref(), &alice).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_late_second_finish_of_an_erase_leaves_what_was_stored_after_the_first_alone() {
+        let p = parts();
+        let alice = owner("alice");
+        p.shared
+            .upsert(&alice, (0..5).map(memory).collect())
+            .await
+            .expect("stored");
+        let mark = Record::now(Phase::Erasing, Uuid::new_v4());
+        p.placements.put(&alice, &mark).await.expect("marked");
+        let tiered = tiered(&p, 1_000);
+        let engine: Arc<dyn Engine> = Arc::new(tiered.clone());
+        assert_eq!(tiered.finish_erase(&alice, mark).await.expect("erased"), 5);
+        engine
+            .upsert(&alice, vec![memory(9)])
+            .await
+            .expect("stored after the erase");
+        assert_eq!(tiered.finish_erase(&alice, mark).await.expect("ends"), 0);
+        assert_eq!(listed(engine.as_ref(), &alice).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_erase_cut_short_by_a_crash_is_finished_at_the_next_start() {
+        let p = parts();
+        let alice = owner("alice");
+        p.shared
+            .upsert(&alice, (0..5).map(memory).collect())
+            .await
+            .expect("stored");
+        p.own
+            .upsert(&alice, (0..3).map(memory).collect())
+            .await
+            .expect("copied");
+        // Marked by a process that is gone.
+        p.placements
+            .put(&alice, &Record::now(Phase::Erasing, Uuid::new_v4()))
+            .await
+            .expect("marked");
+        let tiered = tiered(&p, 1_000);
+        tiered.resume().await;
+        for _ in 0..600 {
+            if p.placements.get(&alice).await.expect("reads").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(p.placements.get(&alice).await.expect("reads"), None);
+        assert_eq!(p.shared.count(&alice).await.expect("counts"), 0);
+        assert_eq!(p.own.count(&alice).await.expect("counts"), 0);
     }
 }
