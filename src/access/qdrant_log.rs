@@ -98,24 +98,15 @@ impl QdrantLog {
             .collect()
     }
 
-    /// Runs `call` under the deadline; a node that fails it as unavailable
-    /// (or not at all) is left for the next one at the next call.
+    /// Runs `call` under the deadline (see [`Nodes::call`]).
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
     ) -> Result<Result<T, qdrant_client::QdrantError>, AccessError> {
-        let node = self.nodes.active();
-        let result = tokio::time::timeout(self.timeout, call)
+        self.nodes
+            .call(self.timeout, call)
             .await
-            .map_err(|_| {
-                self.nodes.failed(node);
-                AccessError::Store(crate::store::StoreError::Unavailable(format!(
-                    "Qdrant did not answer within {:?}",
-                    self.timeout
-                )))
-            })?;
-        self.nodes.check(node, &result);
-        Ok(result)
+            .map_err(AccessError::Store)
     }
 }
 

@@ -60,21 +60,15 @@ impl QdrantVault {
         })
     }
 
-    /// Runs `call` under the deadline; a node that fails it as unavailable
-    /// (or not at all) is left for the next one at the next call.
+    /// Runs `call` under the deadline (see [`Nodes::call`]).
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
     ) -> Result<Result<T, qdrant_client::QdrantError>, SealError> {
-        let node = self.nodes.active();
-        let result = tokio::time::timeout(self.timeout, call)
+        self.nodes
+            .call(self.timeout, call)
             .await
-            .map_err(|_| {
-                self.nodes.failed(node);
-                SealError::Vault(format!("Qdrant did not answer within {:?}", self.timeout))
-            })?;
-        self.nodes.check(node, &result);
-        Ok(result)
+            .map_err(|e| SealError::Vault(e.to_string()))
     }
 
     async fn exists(&self) -> Result<bool, SealError> {

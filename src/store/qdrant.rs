@@ -369,6 +369,24 @@ impl Nodes {
         }
     }
 
+    /// Runs one call on the node in use within `timeout`: a timeout is
+    /// `Unavailable`, and a node that fails the call as unavailable (or
+    /// not at all) is left for the next one at the next call. The call's
+    /// own error is the caller's to map.
+    pub async fn call<T>(
+        &self,
+        timeout: std::time::Duration,
+        call: impl std::future::Future<Output = Result<T, QdrantError>>,
+    ) -> Result<Result<T, QdrantError>, StoreError> {
+        let node = self.active();
+        let result = tokio::time::timeout(timeout, call).await.map_err(|_| {
+            self.failed(node);
+            StoreError::Unavailable(format!("Qdrant did not answer within {timeout:?}"))
+        })?;
+        self.check(node, &result);
+        Ok(result)
+    }
+
     /// Moves past `node` after a call to it failed as unavailable, unless
     /// another call already did.
     pub fn failed(&self, node: usize) {

@@ -104,6 +104,17 @@ fn memories(n: usize) -> Vec<NewMemory> {
         .collect()
 }
 
+/// The acknowledged ids no delete has begun for.
+fn live(acked: &Mutex<Vec<Uuid>>, deleting: &Mutex<HashSet<Uuid>>) -> BTreeSet<Uuid> {
+    let deleting = deleting.lock();
+    acked
+        .lock()
+        .iter()
+        .filter(|id| !deleting.contains(id))
+        .copied()
+        .collect()
+}
+
 /// Every id the owner lists through `engine`, page by page.
 async fn listed(engine: &dyn Engine, owner: &OwnerHash) -> Vec<Uuid> {
     let mut ids = Vec::new();
@@ -161,15 +172,7 @@ async fn a_user_moves_on_one_replica_while_another_serves_them_with_nothing_miss
     };
     let mut lists = 0;
     while !writer.is_finished() {
-        let must: BTreeSet<Uuid> = {
-            let deleting = deleting.lock();
-            acked
-                .lock()
-                .iter()
-                .filter(|id| !deleting.contains(id))
-                .copied()
-                .collect()
-        };
+        let must = live(&acked, &deleting);
         // Both replicas route by their own view of the registry.
         let through = if lists % 2 == 0 { &a } else { &b };
         let ids = listed(through.as_ref(), &alice).await;
@@ -193,15 +196,7 @@ async fn a_user_moves_on_one_replica_while_another_serves_them_with_nothing_miss
         "{written} writes, {lists} lists"
     );
 
-    let expected: BTreeSet<Uuid> = {
-        let deleting = deleting.lock();
-        acked
-            .lock()
-            .iter()
-            .filter(|id| !deleting.contains(id))
-            .copied()
-            .collect()
-    };
+    let expected = live(&acked, &deleting);
     for replica in [&a, &b] {
         let ids = listed(replica.as_ref(), &alice).await;
         assert_eq!(ids.len(), expected.len());

@@ -110,21 +110,15 @@ impl QdrantPlacements {
         })
     }
 
-    /// Runs `call` under the deadline; a node that fails it as unavailable
-    /// (or not at all) is left for the next one at the next call.
+    /// Runs `call` under the deadline (see [`Nodes::call`]).
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
     ) -> Result<T, StoreError> {
-        let node = self.nodes.active();
-        let result = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| {
-                self.nodes.failed(node);
-                StoreError::Unavailable(format!("Qdrant did not answer within {:?}", self.timeout))
-            })?;
-        self.nodes.check(node, &result);
-        result.map_err(store_err)
+        self.nodes
+            .call(self.timeout, call)
+            .await?
+            .map_err(store_err)
     }
 
     async fn exists(&self) -> Result<bool, StoreError> {
