@@ -92,7 +92,7 @@ class Qdrant:
         self.http, self.grpc, self.proc = free_port(), free_port(), None
         self.storage = os.path.join(root, "storage")
 
-    def start(self):
+    def start(self, limit=60.0):
         env = dict(os.environ)
         env.update({
             "QDRANT__SERVICE__HOST": "127.0.0.1",
@@ -104,7 +104,7 @@ class Qdrant:
         })
         log = open(os.path.join(self.root, "qdrant.log"), "ab")
         self.proc = subprocess.Popen([self.binary], cwd=self.root, env=env, stdout=log, stderr=log)
-        wait_for(lambda: status_of("GET", f"http://127.0.0.1:{self.http}/healthz")[0] == 200, "Qdrant start", 60)
+        wait_for(lambda: status_of("GET", f"http://127.0.0.1:{self.http}/healthz")[0] == 200, "Qdrant start", limit)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -302,7 +302,8 @@ def main():
         if qdrant:
             qdrant.stop()
             started = time.time()
-            qdrant.start()
+            # Thousands of collections load before Qdrant answers at all.
+            qdrant.start(limit=3600)
         else:
             cordon.stop()
             started = time.time()
