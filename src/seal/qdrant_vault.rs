@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use qdrant_client::Payload;
 use qdrant_client::qdrant::{
-    Condition, CreateCollectionBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, PointId,
-    PointStruct, PointsIdsList, ScrollPointsBuilder, UpdateMode, UpsertPointsBuilder, Vector,
+    Condition, DeletePointsBuilder, Filter, GetPointsBuilder, PointId, PointStruct, PointsIdsList,
+    ScrollPointsBuilder, UpdateMode, UpsertPointsBuilder, Vector,
 };
 use uuid::Uuid;
 
@@ -79,25 +79,10 @@ impl QdrantVault {
 
     /// Creates the collection unless it exists (replicas may race here).
     async fn ensure(&self) -> Result<(), SealError> {
-        if self.exists().await? {
-            return Ok(());
-        }
-        let created = self
-            .bounded(
-                self.nodes
-                    .client()
-                    .create_collection(crate::store::qdrant::replicated(
-                        CreateCollectionBuilder::new(&self.name),
-                        &self.replication,
-                    )),
-            )
-            .await?;
-        if let Err(e) = created
-            && !self.exists().await?
-        {
-            return Err(vault_err(e));
-        }
-        Ok(())
+        self.nodes
+            .make_collection(self.timeout, &self.name, &self.replication)
+            .await
+            .map_err(|e| SealError::Vault(e.to_string()))
     }
 
     async fn read(&self, id: Uuid) -> Result<Option<Json>, SealError> {

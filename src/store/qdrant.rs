@@ -387,6 +387,36 @@ impl Nodes {
         Ok(result)
     }
 
+    /// Creates the system collection `name` with `replication` unless it
+    /// exists, each call within `timeout`. Replicas may race here: a
+    /// creation that fails while the collection exists is success.
+    pub async fn make_collection(
+        &self,
+        timeout: std::time::Duration,
+        name: &str,
+        replication: &crate::settings::Replication,
+    ) -> Result<(), StoreError> {
+        let exists = || async {
+            self.call(timeout, self.client().collection_exists(name))
+                .await?
+                .map_err(store_err)
+        };
+        if exists().await? {
+            return Ok(());
+        }
+        let created = self
+            .call(
+                timeout,
+                self.client()
+                    .create_collection(replicated(CreateCollectionBuilder::new(name), replication)),
+            )
+            .await?;
+        match created {
+            Err(e) if !exists().await? => Err(store_err(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Moves past `node` after a call to it failed as unavailable, unless
     /// another call already did.
     pub fn failed(&self, node: usize) {

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use qdrant_client::Payload;
 use qdrant_client::qdrant::{
-    Condition, CreateCollectionBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, PointId,
-    PointStruct, ReadConsistencyType, ScrollPointsBuilder, UpdateMode, UpsertPointsBuilder, Vector,
+    Condition, DeletePointsBuilder, Filter, GetPointsBuilder, PointId, PointStruct,
+    ReadConsistencyType, ScrollPointsBuilder, UpdateMode, UpsertPointsBuilder, Vector,
     WriteOrdering, WriteOrderingType, read_consistency,
 };
 use uuid::Uuid;
@@ -140,21 +140,9 @@ impl QdrantPlacements {
             factor,
             write_consistency: factor / 2 + 1,
         };
-        let created = self
-            .bounded(
-                self.nodes
-                    .client()
-                    .create_collection(crate::store::qdrant::replicated(
-                        CreateCollectionBuilder::new(&self.name),
-                        &replication,
-                    )),
-            )
-            .await;
-        if let Err(e) = created
-            && !self.exists().await?
-        {
-            return Err(e);
-        }
+        self.nodes
+            .make_collection(self.timeout, &self.name, &replication)
+            .await?;
         self.made.store(true, Ordering::Release);
         Ok(())
     }
