@@ -138,6 +138,17 @@ impl Application {
             store = store.with_shared_census(metrics.clone());
         }
         store = store.with_sealing(sealing);
+        let quotas = Arc::new(Quotas::new(
+            settings.limits.max_memories_per_user,
+            settings.limits.max_bytes_per_user,
+        ));
+        let expiry = crate::expiry::Sweeper::new(
+            store.clone(),
+            quotas.clone(),
+            metrics.clone(),
+            settings.memory.sweep_every,
+        );
+        expiry.start();
         let state = AppState {
             auth: AuthState {
                 verifier: Arc::new(verifier),
@@ -156,11 +167,11 @@ impl Application {
             admin_key: AdminKey(settings.access.admin_key.clone().map(Arc::new)),
             metrics_token: settings.metrics_token.clone().map(Arc::new),
             readiness: Arc::new(Readiness::default()),
-            quotas: Arc::new(Quotas::new(
-                settings.limits.max_memories_per_user,
-                settings.limits.max_bytes_per_user,
-            )),
+            quotas,
             keyed: Arc::default(),
+            memory: Arc::new(settings.memory.clone()),
+            expiry,
+            updates: Arc::default(),
         };
         let listener =
             TcpListener::bind(settings.bind)

@@ -82,6 +82,15 @@ pub enum ApiError {
         /// The minimum held now.
         held: u64,
     },
+    /// An `If-Match` that names another version than the memory's.
+    #[error("precondition failed")]
+    PreconditionFailed {
+        /// The memory's version now.
+        current: u64,
+    },
+    /// Concurrent updates of one memory kept overtaking this one.
+    #[error("update conflict")]
+    UpdateConflict,
     /// No such memory for this caller (whether or not it exists for another).
     #[error("not found")]
     NotFound,
@@ -188,6 +197,16 @@ impl ApiError {
                 "min_version_only_rises",
                 format!("the user's minimum token version is {held} and only rises; nothing was changed. Revoke their tokens to cut them off by time instead"),
             ),
+            Self::PreconditionFailed { current } => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!("the memory is at version {current}, not the one If-Match names; nothing was changed. Read it again and retry"),
+            ),
+            Self::UpdateConflict => (
+                StatusCode::CONFLICT,
+                "update_conflict",
+                "other updates of this memory kept landing first; nothing was changed. Retry".into(),
+            ),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such memory".into()),
             Self::NoRoute => (
                 StatusCode::NOT_FOUND,
@@ -264,6 +283,11 @@ impl IntoResponse for ApiError {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::PreconditionFailed { current } => {
+                if let Ok(tag) = HeaderValue::from_str(&format!("\"{current}\"")) {
+                    headers.insert(header::ETAG, tag);
+                }
             }
             Self::TokenRevoked => {
                 headers.insert(

@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
 use crate::store::{
-    CREATED_FIELD, METADATA_FIELD, OWNER_FIELD, REQUEST_FIELD, RawPoint, TEXT_FIELD,
+    CREATED_FIELD, EXPIRES_FIELD, METADATA_FIELD, OWNER_FIELD, REQUEST_FIELD, RawPoint, TEXT_FIELD,
+    UPDATED_FIELD, VERSION_FIELD,
 };
 
 /// A memory verified to belong to the caller.
@@ -30,6 +31,14 @@ pub struct Memory {
     metadata: Map<String, Value>,
     /// Milliseconds since the Unix epoch at the store.
     created_at: i64,
+    /// Rises by one with each update (1 when stored); the `ETag`.
+    version: u64,
+    /// Milliseconds since the Unix epoch at the last update (absent if none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated_at: Option<i64>,
+    /// Milliseconds since the Unix epoch when it expires (absent if never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
     /// Similarity to the query (searches only).
     #[serde(skip_serializing_if = "Option::is_none")]
     score: Option<f32>,
@@ -57,6 +66,21 @@ impl Memory {
     /// When it was stored, Unix milliseconds.
     pub fn created_at(&self) -> i64 {
         self.created_at
+    }
+
+    /// Its metadata.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+
+    /// Its version: 1 when stored, one more with each update.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// When it expires, Unix milliseconds.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.expires_at
     }
 
     /// The similarity score, for search results.
@@ -163,11 +187,19 @@ impl Guard {
             Some(Value::String(s)) => Some(s),
             _ => None,
         };
+        let number = |field| point.payload.get(field).and_then(Value::as_i64);
         Some(Memory {
             id: point.id,
             text,
             metadata,
             created_at,
+            version: point
+                .payload
+                .get(VERSION_FIELD)
+                .and_then(Value::as_u64)
+                .unwrap_or(1),
+            updated_at: number(UPDATED_FIELD),
+            expires_at: number(EXPIRES_FIELD),
             score: point.score,
             request,
         })

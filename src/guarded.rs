@@ -16,7 +16,9 @@ use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
 use crate::seal::SealError;
 use crate::seal::setup::SealGate;
-use crate::store::{Engine, NewMemory, RawPoint, SearchQuery, StoreError, WriteMode};
+use crate::store::{
+    Bounds, Conditions, Engine, NewMemory, RawPoint, SearchQuery, StoreError, WriteMode,
+};
 
 /// The store handlers use: an engine whose every read passes the guard.
 #[derive(Clone)]
@@ -28,6 +30,56 @@ pub struct GuardedStore {
     census: Option<Arc<Metrics>>,
     /// Whether memories are encrypted at rest (and with what).
     sealing: Arc<SealGate>,
+}
+
+/// Most memories one sealed read with a range condition looks through
+/// before it answers with what it found.
+const MAX_SCAN: usize = 10_000;
+
+fn now_ms() -> i64 {
+    crate::store::placement::now_ms() as i64
+}
+
+/// What a read found, which may be nothing.
+trait Found {
+    fn nothing() -> Self;
+    fn is_empty(&self) -> bool;
+}
+
+impl Found for Vec<RawPoint> {
+    fn nothing() -> Self {
+        Vec::new()
+    }
+    fn is_empty(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl Found for crate::store::RawPage {
+    fn nothing() -> Self {
+        Self::empty()
+    }
+    fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+/// The memories not expired at `now`.
+fn alive(mut memories: Vec<Memory>, now: i64) -> Vec<Memory> {
+    memories.retain(|m| m.expires_at().is_none_or(|at| at > now));
+    memories
+}
+
+/// Whether `memory`'s metadata meets every range (a missing or
+/// non-numeric value meets none).
+fn in_ranges(memory: &Memory, ranges: &[(String, Bounds)]) -> bool {
+    ranges.iter().all(|(key, bounds)| {
+        memory
+            .metadata()
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .is_some_and(|v| bounds.holds(v))
+    })
 }
 
 impl From<SealError> for StoreError {
@@ -86,14 +138,15 @@ impl GuardedStore {
         path: &'static str,
         whole: bool,
     ) -> Result<Vec<Memory>, StoreError> {
+        let now = now_ms();
         let Some(sealer) = self.sealing.sealer()? else {
-            return Ok(self.guard.admit(owner, points, path));
+            return Ok(alive(self.guard.admit(owner, points, path), now));
         };
         // Foreign points are the guard's to count; only the caller's own are
         // worth a key lookup.
         let own = self.guard.owned(owner, points, path);
         let opened = sealer.open(owner, own, path, whole).await?;
-        Ok(self.guard.admit(owner, opened, path))
+        Ok(alive(self.guard.admit(owner, opened, path), now))
     }
 
     /// Also counts, in `metrics`, every call whose collection holds another
@@ -160,36 +213,101 @@ impl GuardedStore {
             WriteMode::Upsert => self.engine.upsert(owner, memories).await,
             WriteMode::InsertNew => self.engine.insert_new(owner, memories).await,
             WriteMode::UpdateExisting => self.engine.update_existing(owner, memories).await,
+            WriteMode::UpdateIf(expected) => {
+                let memory = memories.pop().ok_or_else(|| {
+                    StoreError::Internal("a replacement without its memory".into())
+                })?;
+                self.engine.replace(owner, memory, expected).await
+            }
         }
     }
 
-    /// Searches `owner`'s memories.
+    /// Writes `memory` over `owner`'s memory of its id if that is still at
+    /// version `expected` (see [`Engine::replace`]); read it back to learn
+    /// whether it was.
+    pub async fn replace(
+        &self,
+        owner: &OwnerHash,
+        memory: NewMemory,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        self.write(owner, vec![memory], WriteMode::UpdateIf(expected))
+            .await
+    }
+
+    /// Searches `owner`'s memories; expired ones are never among them.
     pub async fn search(
         &self,
         owner: &OwnerHash,
-        query: SearchQuery,
+        mut query: SearchQuery,
     ) -> Result<Vec<Memory>, StoreError> {
         self.census(owner).await;
-        let Some(sealer) = self.sealing.sealer()? else {
+        query.filter.alive_at = Some(now_ms());
+        if self.sealing.sealer()?.is_none() {
             let points = self.engine.search(owner, query).await?;
             return self.admit(owner, points, "search", false).await;
+        }
+        // Range conditions on metadata cannot be asked of the engine, which
+        // holds sealed metadata only: the opened memories meet them here,
+        // out of a larger set of nearest ones, larger again until enough
+        // pass or the owner has no more.
+        let ranges = std::mem::take(&mut query.filter.ranges);
+        let limit = query.limit;
+        let mut asked = if ranges.is_empty() { limit } else { limit * 4 };
+        loop {
+            let points = self
+                .sealed_read(owner, &query.filter, |filter| {
+                    let query = SearchQuery {
+                        limit: asked,
+                        filter,
+                        ..query.clone()
+                    };
+                    self.engine.search(owner, query)
+                })
+                .await?;
+            let exhausted = points.len() < asked;
+            let mut memories = self.admit(owner, points, "search", false).await?;
+            memories.retain(|m| in_ranges(m, &ranges));
+            if memories.len() >= limit || exhausted || asked >= MAX_SCAN {
+                memories.truncate(limit);
+                return Ok(memories);
+            }
+            asked = (asked * 4).min(MAX_SCAN);
+        }
+    }
+
+    /// Runs `read` with `filter` sealed for `owner`: its metadata conditions
+    /// as tags. Nothing when the owner has no key. A filter's tags come from
+    /// the cached key; if another replica made the owner a new key since,
+    /// they match nothing, so an empty answer is checked against the
+    /// vault's key and read again with it.
+    async fn sealed_read<R, F, Fut>(
+        &self,
+        owner: &OwnerHash,
+        filter: &Conditions,
+        read: F,
+    ) -> Result<R, StoreError>
+    where
+        R: Found,
+        F: Fn(Conditions) -> Fut,
+        Fut: std::future::Future<Output = Result<R, StoreError>>,
+    {
+        let Some(sealer) = self.sealing.sealer()? else {
+            return read(filter.clone()).await;
         };
-        let filtered = !query.metadata.is_empty();
-        let mut sealed = query.clone();
-        let mut points = match sealer.seal_query(owner, &mut sealed).await? {
-            true => self.engine.search(owner, sealed).await?,
-            false => Vec::new(),
+        let tagged = filter.on_metadata();
+        let mut sealed = filter.clone();
+        let mut found = match sealer.seal_conditions(owner, &mut sealed).await? {
+            true => read(sealed).await?,
+            false => R::nothing(),
         };
-        // A filter's tags come from the cached key. If another replica made
-        // the owner a new key since, they match nothing: find out before
-        // answering "nothing", and search again with the vault's key.
-        if filtered && points.is_empty() && sealer.renewed(owner).await? {
-            let mut sealed = query;
-            if sealer.seal_query(owner, &mut sealed).await? {
-                points = self.engine.search(owner, sealed).await?;
+        if tagged && found.is_empty() && sealer.renewed(owner).await? {
+            let mut sealed = filter.clone();
+            if sealer.seal_conditions(owner, &mut sealed).await? {
+                found = read(sealed).await?;
             }
         }
-        self.admit(owner, points, "search", false).await
+        Ok(found)
     }
 
     /// One of `owner`'s memories, or `None` (also when it is someone else's).
@@ -217,14 +335,15 @@ impl GuardedStore {
         Ok(Some(memory))
     }
 
-    /// A page of `owner`'s memories.
+    /// A page of `owner`'s memories that meet `filter`.
     pub async fn list(
         &self,
         owner: &OwnerHash,
         after: Option<Uuid>,
         limit: usize,
+        filter: &Conditions,
     ) -> Result<Page, StoreError> {
-        self.page(owner, after, limit, "list", false).await
+        self.page(owner, after, limit, filter, "list", false).await
     }
 
     /// A page of `owner`'s memories for an export, which fails rather than
@@ -235,7 +354,8 @@ impl GuardedStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        self.page(owner, after, limit, "export", true).await
+        self.page(owner, after, limit, &Conditions::default(), "export", true)
+            .await
     }
 
     async fn page(
@@ -243,17 +363,44 @@ impl GuardedStore {
         owner: &OwnerHash,
         mut after: Option<Uuid>,
         limit: usize,
+        filter: &Conditions,
         path: &'static str,
         whole: bool,
     ) -> Result<Page, StoreError> {
         self.census(owner).await;
+        let mut filter = filter.clone();
+        filter.alive_at = Some(now_ms());
+        // Sealed metadata meets range conditions only once opened (see
+        // `search`): pages are read until one holds a match or none remain.
+        let ranges = match self.sealing.sealer()? {
+            Some(_) => std::mem::take(&mut filter.ranges),
+            None => Vec::new(),
+        };
+        let mut scanned = 0;
         loop {
-            let page = self.engine.scroll(owner, after, limit).await?;
-            let memories = self.admit(owner, page.points, path, whole).await?;
+            let page = self
+                .sealed_read(owner, &filter, |filter| async move {
+                    self.engine.scroll(owner, after, limit, &filter).await
+                })
+                .await?;
+            let (points, next) = (page.points, page.next);
+            scanned += points.len();
+            let last_scanned = points.last().map(|p| p.id);
+            let mut memories = self.admit(owner, points, path, whole).await?;
+            let before = memories.len();
+            memories.retain(|m| in_ranges(m, &ranges));
+            if before > memories.len() && memories.is_empty() && scanned < MAX_SCAN {
+                // Every one of this page's memories was the caller's but
+                // missed a range: read on from the last of them.
+                if let (Some(last), Some(_)) = (last_scanned, next) {
+                    after = Some(last);
+                    continue;
+                }
+            }
             // The cursor handed out is always one of the caller's own ids; a
             // page the guard emptied (possible only when the engine filter
             // failed) is skipped rather than answered with a foreign cursor.
-            match (memories.last().map(Memory::id), page.next) {
+            match (memories.last().map(Memory::id), next) {
                 (_, None) => {
                     return Ok(Page {
                         memories,
@@ -282,6 +429,21 @@ impl GuardedStore {
         let _exclusive = sealer.lock_of(owner).write_owned().await;
         sealer.shred(owner).await?;
         self.engine.erase(owner).await
+    }
+
+    /// Deletes `owner`'s memories expired at `now`; how many.
+    pub async fn delete_expired(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
+        self.engine.delete_expired(owner, now).await
+    }
+
+    /// Owners of memories that expire by `before`, with the earliest time
+    /// (the sweep's scan; see [`Engine::expiring`]).
+    pub async fn expiring(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(OwnerHash, i64)>, StoreError> {
+        self.engine.expiring(before, limit).await
     }
 
     /// How many memories `owner` holds (a number, no memory passes out).

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod embed;
 pub mod error;
+pub mod expiry;
 pub mod guard;
 pub mod guarded;
 pub mod limits;

@@ -24,6 +24,9 @@ pub struct Metrics {
     limit_hits: Mutex<BTreeMap<&'static str, u64>>,
     unsealing_failures: Mutex<BTreeMap<&'static str, u64>>,
     memories_stored: AtomicU64,
+    memories_expired: AtomicU64,
+    memories_updated: AtomicU64,
+    duplicates_skipped: AtomicU64,
     searches: AtomicU64,
     shared_collection_requests: AtomicU64,
     promotions: AtomicU64,
@@ -131,6 +134,22 @@ impl Metrics {
     /// Counts stored memories.
     pub fn stored(&self, n: usize) {
         self.memories_stored.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts memories the expiry sweep deleted.
+    pub fn expired(&self, n: usize) {
+        self.memories_expired.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one update of a memory.
+    pub fn updated(&self) {
+        self.memories_updated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts stores that added nothing, being near-duplicates.
+    pub fn duplicates(&self, n: usize) {
+        self.duplicates_skipped
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Counts one search.
@@ -276,6 +295,27 @@ impl Metrics {
             "cordon_memories_stored_total {}",
             get(&self.memories_stored)
         );
+        for (name, help, value) in [
+            (
+                "cordon_memories_expired_total",
+                "Expired memories the sweep deleted.",
+                &self.memories_expired,
+            ),
+            (
+                "cordon_memories_updated_total",
+                "Memories updated in place.",
+                &self.memories_updated,
+            ),
+            (
+                "cordon_duplicates_skipped_total",
+                "Stored items that added nothing, being near-duplicates of the user's memories.",
+                &self.duplicates_skipped,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", get(value));
+        }
         out.push_str("# HELP cordon_searches_total Searches served.\n");
         out.push_str("# TYPE cordon_searches_total counter\n");
         let _ = writeln!(out, "cordon_searches_total {}", get(&self.searches));

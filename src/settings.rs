@@ -258,6 +258,15 @@ pub struct ServeArgs {
     /// Most bytes of text and metadata one user may keep; 0: no quota.
     #[arg(long, env = "CORDON_MAX_BYTES_PER_USER", default_value_t = DEFAULT_MAX_BYTES_PER_USER)]
     pub max_bytes_per_user: u64,
+    /// Seconds until a memory stored without `expires_at` or `ttl_seconds` expires; 0: never.
+    #[arg(long, env = "CORDON_DEFAULT_TTL_SECS", default_value_t = 0)]
+    pub default_ttl_secs: u64,
+    /// Seconds between sweeps that delete expired memories for good (reads leave them out at once).
+    #[arg(long, env = "CORDON_EXPIRY_SWEEP_SECS", default_value_t = 60)]
+    pub expiry_sweep_secs: u64,
+    /// Cosine similarity at or above which a store is a near-duplicate of one of the user's memories and adds nothing; unset: no check (a request can set its own).
+    #[arg(long, env = "CORDON_DUPLICATE_THRESHOLD")]
+    pub duplicate_threshold: Option<f32>,
     /// Most requests one user may have in flight (default: an eighth of CORDON_MAX_IN_FLIGHT).
     #[arg(long, env = "CORDON_MAX_IN_FLIGHT_PER_USER")]
     pub max_in_flight_per_user: Option<usize>,
@@ -532,6 +541,19 @@ pub struct Settings {
     pub audit: AuditSink,
     /// Encryption at rest, when a KEK is configured.
     pub seal: Option<SealSettings>,
+    /// Expiry and duplicate rules for stored memories.
+    pub memory: MemoryPolicy,
+}
+
+/// Expiry and duplicate rules for stored memories.
+#[derive(Debug, Clone)]
+pub struct MemoryPolicy {
+    /// Time to live of a memory stored without its own expiry (`None`: none).
+    pub default_ttl: Option<Duration>,
+    /// Time between sweeps that delete expired memories.
+    pub sweep_every: Duration,
+    /// Cosine similarity from which a store is a duplicate (`None`: off).
+    pub duplicate_threshold: Option<f32>,
 }
 
 impl Settings {
@@ -885,6 +907,14 @@ impl ServeArgs {
             "CORDON_QDRANT_CONNECT_TIMEOUT_MS",
             qdrant_connect_timeout_ms,
         )?;
+        positive("CORDON_EXPIRY_SWEEP_SECS", self.expiry_sweep_secs)?;
+        if let Some(t) = self.duplicate_threshold
+            && !(t > -1.0 && t <= 1.0)
+        {
+            return Err(SettingsError::Invalid(format!(
+                "CORDON_DUPLICATE_THRESHOLD is {t}; it must be a cosine similarity above -1 and at most 1"
+            )));
+        }
         let replication = replication(
             self.qdrant_replication_factor,
             self.qdrant_write_consistency,
@@ -980,6 +1010,12 @@ impl ServeArgs {
             },
             audit: AuditSink::parse(&self.audit),
             seal,
+            memory: MemoryPolicy {
+                default_ttl: (self.default_ttl_secs > 0)
+                    .then(|| Duration::from_secs(self.default_ttl_secs)),
+                sweep_every: Duration::from_secs(self.expiry_sweep_secs),
+                duplicate_threshold: self.duplicate_threshold,
+            },
         })
     }
 

@@ -44,6 +44,9 @@ pub fn memory(i: usize, text: String, vector: Vec<f32>) -> NewMemory {
         vector,
         request: None,
         sealed: None,
+        expires_at: None,
+        version: 1,
+        updated_at: None,
     }
 }
 
@@ -122,8 +125,7 @@ pub fn query(vector: &[f32]) -> SearchQuery {
         vector: vector.to_vec(),
         limit: LIMIT,
         min_score: None,
-        metadata: vec![],
-        tags: Vec::new(),
+        filter: Default::default(),
     }
 }
 

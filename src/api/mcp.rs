@@ -1,7 +1,7 @@
 //! `POST /mcp`: the memory API as Model Context Protocol tools.
 //!
-//! An agent's MCP client gets four tools, `remember`, `recall`, `forget` and
-//! `list_memories`, and a prompt, `use-memory`, that says when to use them.
+//! An agent's MCP client gets five tools, `remember`, `recall`,
+//! `update_memory`, `forget` and `list_memories`, and a prompt, `use-memory`, that says when to use them.
 //! The transport is rmcp's streamable HTTP server in stateless mode: every
 //! POST carries its own bearer token, which [`authenticate`] turns into a
 //! [`Caller`] exactly as on the REST routes (same verifier, lockout, access
@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::memories::{self, MemoryInput, SearchRequest};
+use super::update::{self, IfMatch, MetadataMode, UpdateRequest};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guard::Memory;
@@ -50,8 +51,9 @@ const INSTRUCTIONS: &str = "Long-term memory for the user you are helping. \
 Use `recall` with a short description of what you need before answering \
 anything that may depend on what the user told you before; use `remember` \
 for durable facts, preferences and decisions worth keeping (one fact per \
-memory, in the user's words); use `forget` when the user asks you to, with \
-the id from `recall` or `list_memories`. The memories are this user's only: \
+memory, in the user's words); use `update_memory` to correct a memory \
+rather than storing a second, conflicting one; use `forget` when the user \
+asks you to, with the id from `recall` or `list_memories`. The memories are this user's only: \
 you cannot reach anyone else's, and nothing you pass names a user.";
 
 /// The route, its MCP service behind the same authentication as `/v1`.
@@ -123,6 +125,39 @@ pub struct RememberArgs {
     /// e.g. {"topic": "diet"}; `recall` can filter on them.
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    /// Forget it by itself at this time (Unix milliseconds), e.g. for a
+    /// plan that only holds until a date.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Forget it by itself after this many seconds; not with `expires_at`.
+    #[serde(default)]
+    pub ttl_seconds: Option<i64>,
+    /// If a memory of the user is at least this similar (cosine, e.g. 0.95),
+    /// keep that one instead of adding a second copy.
+    #[serde(default)]
+    pub duplicate_threshold: Option<f32>,
+}
+
+/// `update_memory`'s arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct UpdateArgs {
+    /// The memory's id, as `recall` or `list_memories` gave it.
+    pub id: String,
+    /// The corrected fact, replacing the old text.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Metadata changes: keys set, keys given as null removed, others kept.
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+    /// A new expiry time (Unix milliseconds).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Seconds from now until it expires; not with `expires_at`.
+    #[serde(default)]
+    pub ttl_seconds: Option<i64>,
+    /// Only if the memory is still at this version (as `recall` showed it).
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 /// `recall`'s arguments.
@@ -136,9 +171,17 @@ pub struct RecallArgs {
     /// Leave out memories scoring below this (cosine similarity, -1 to 1).
     #[serde(default)]
     pub min_score: Option<f32>,
-    /// Only memories whose metadata has each of these key-value pairs.
+    /// Only memories whose metadata meets each condition: a value for
+    /// equality, {"in": [..]} for any of several, {"gte": n, "lt": n} for a
+    /// numeric range.
     #[serde(default)]
     pub filter: Option<Map<String, Value>>,
+    /// Only memories stored after this time (Unix milliseconds).
+    #[serde(default)]
+    pub created_after: Option<i64>,
+    /// Only memories stored before this time (Unix milliseconds).
+    #[serde(default)]
+    pub created_before: Option<i64>,
 }
 
 /// `forget`'s arguments.
@@ -158,6 +201,15 @@ pub struct ListArgs {
     /// The `next_cursor` of the page before.
     #[serde(default)]
     pub cursor: Option<String>,
+    /// Only memories whose metadata meets each condition (as `recall`).
+    #[serde(default)]
+    pub filter: Option<Map<String, Value>>,
+    /// Only memories stored after this time (Unix milliseconds).
+    #[serde(default)]
+    pub created_after: Option<i64>,
+    /// Only memories stored before this time (Unix milliseconds).
+    #[serde(default)]
+    pub created_before: Option<i64>,
 }
 
 /// A memory as the tools return it.
@@ -171,6 +223,14 @@ pub struct ToolMemory {
     pub metadata: Map<String, Value>,
     /// Milliseconds since the Unix epoch at the store.
     pub created_at: i64,
+    /// 1 when stored, one more with each update.
+    pub version: u64,
+    /// Milliseconds since the Unix epoch at the last update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<i64>,
+    /// Milliseconds since the Unix epoch when it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
     /// Similarity to the query (`recall` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f32>,
@@ -179,8 +239,12 @@ pub struct ToolMemory {
 /// `remember`'s answer.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Remembered {
-    /// The new memory's id.
+    /// The memory's id: the new one, or the existing near-duplicate's.
     pub id: String,
+    /// With a duplicate threshold: whether an existing memory matched and
+    /// nothing was added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
 }
 
 /// `recall`'s answer.
@@ -258,11 +322,18 @@ impl Memories {
         let input = MemoryInput {
             text: args.text,
             metadata: args.metadata.map(Value::Object),
+            expires_at: args.expires_at.map(Some),
+            ttl_seconds: args.ttl_seconds,
+            duplicate_threshold: args.duplicate_threshold,
         };
         let work = memories::store_memories(&self.state, &caller, None, vec![input]);
-        let ids = run_tool("remember", &caller, &context, work).await?;
-        let id = ids.first().ok_or("internal: no id was returned")?;
-        Ok(Json(Remembered { id: id.to_string() }))
+        let stored = run_tool("remember", &caller, &context, work).await?;
+        let id = stored.ids.first().ok_or("internal: no id was returned")?;
+        let duplicate = stored.duplicate.and_then(|d| d.first().copied());
+        Ok(Json(Remembered {
+            id: id.to_string(),
+            duplicate,
+        }))
     }
 
     /// Searches the user's memories by meaning.
@@ -280,12 +351,38 @@ impl Memories {
             limit: args.limit,
             min_score: args.min_score,
             filter: args.filter,
+            created_after: args.created_after,
+            created_before: args.created_before,
         };
         let work = memories::search_memories(&self.state, &caller, request);
         let found = run_tool("recall", &caller, &context, work).await?;
         Ok(Json(Recalled {
             memories: tool_memories(&found)?,
         }))
+    }
+
+    /// Changes one of the user's memories in place.
+    #[tool(
+        description = "Correct or change one of the user's memories by its id: new text, metadata changes or a new expiry. Returns the memory as updated."
+    )]
+    async fn update_memory(
+        &self,
+        McpCaller(caller): McpCaller,
+        context: RequestContext<RoleServer>,
+        Parameters(args): Parameters<UpdateArgs>,
+    ) -> Result<Json<ToolMemory>, String> {
+        let id = parse_id(&args.id)?;
+        let request = UpdateRequest {
+            text: args.text,
+            metadata: args.metadata,
+            metadata_mode: MetadataMode::Merge,
+            expires_at: args.expires_at.map(Some),
+            ttl_seconds: args.ttl_seconds,
+        };
+        let if_match = args.version.map_or(IfMatch::Absent, IfMatch::Version);
+        let work = update::update_memory(&self.state, &caller, id, if_match, request);
+        let memory = run_tool("update_memory", &caller, &context, work).await?;
+        Ok(Json(tool_memory(&memory)?))
     }
 
     /// Deletes one of the user's memories.
@@ -311,7 +408,12 @@ impl Memories {
         Parameters(args): Parameters<ListArgs>,
     ) -> Result<Json<Listed>, String> {
         let cursor = args.cursor.as_deref().map(parse_id).transpose()?;
-        let work = memories::list_memories(&self.state, &caller, args.limit, cursor);
+        let narrowed = memories::ListFilter {
+            filter: args.filter,
+            created_after: args.created_after,
+            created_before: args.created_before,
+        };
+        let work = memories::list_memories(&self.state, &caller, args.limit, cursor, narrowed);
         let page = run_tool("list_memories", &caller, &context, work).await?;
         Ok(Json(Listed {
             memories: tool_memories(&page.memories)?,

@@ -49,7 +49,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(store, list, erase))
         .routes(routes!(search))
         .routes(routes!(export))
-        .routes(routes!(get_one, delete_one))
+        .routes(routes!(get_one, delete_one, super::update::update_one))
 }
 
 /// One memory to store.
@@ -63,6 +63,21 @@ pub struct MemoryInput {
     #[serde(default)]
     #[schema(schema_with = super::openapi::metadata_schema)]
     pub metadata: Option<Value>,
+    /// When it expires, Unix milliseconds (in the future, at most 100 years
+    /// ahead); `null` for never, whatever the server's default time to live.
+    #[serde(default, deserialize_with = "super::validate::present")]
+    #[schema(value_type = Option<i64>)]
+    pub expires_at: Option<Option<i64>>,
+    /// Seconds until it expires (1 to 100 years' worth); not with `expires_at`.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub ttl_seconds: Option<i64>,
+    /// Cosine similarity (above -1, at most 1) from which this text is a
+    /// near-duplicate of one of the caller's memories: it is then not stored
+    /// again, and its answer is the existing memory's id. Overrides the
+    /// server's `CORDON_DUPLICATE_THRESHOLD`.
+    #[serde(default)]
+    pub duplicate_threshold: Option<f32>,
 }
 
 /// Either one memory or a batch under `memories`.
@@ -82,7 +97,22 @@ enum StoreRequest {
 /// The ids of the stored memories, in the order they were sent.
 #[derive(Debug, Serialize, ToSchema)]
 struct StoreResponse {
+    /// Each item's memory: the new one, or for a near-duplicate the
+    /// existing one it matched.
     ids: Vec<Uuid>,
+    /// Present when a duplicate threshold applied: for each item, whether
+    /// it matched an existing memory and added nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<Vec<bool>>,
+}
+
+/// What a store did with its items.
+#[derive(Debug)]
+pub struct Stored {
+    /// Each item's memory id, new or existing.
+    pub ids: Vec<Uuid>,
+    /// Each item's duplicate flag, when a threshold applied.
+    pub duplicate: Option<Vec<bool>>,
 }
 
 /// Store one memory or a batch.
@@ -95,7 +125,11 @@ struct StoreResponse {
          description = "Makes a retry safe: the same key and body answer the same ids and store nothing twice (1 to 255 visible ASCII characters)"),
     ),
     request_body = StoreRequest,
-    responses((status = 201, description = "Stored", body = StoreResponse), UserErrors),
+    responses(
+        (status = 201, description = "Stored (at least one new memory)", body = StoreResponse),
+        (status = 200, description = "Every item was a near-duplicate; nothing was added", body = StoreResponse),
+        UserErrors,
+    ),
     security(("bearer" = [])),
 )]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
@@ -109,8 +143,20 @@ async fn store(
         StoreRequest::Many { memories } => memories,
         StoreRequest::One(one) => vec![one],
     };
-    let ids = store_memories(&state, &caller, key, inputs).await?;
-    Ok((StatusCode::CREATED, axum::Json(StoreResponse { ids })))
+    let Stored { ids, duplicate } = store_memories(&state, &caller, key, inputs).await?;
+    let status = match &duplicate {
+        Some(flags) if flags.iter().all(|d| *d) => StatusCode::OK,
+        _ => StatusCode::CREATED,
+    };
+    Ok((status, axum::Json(StoreResponse { ids, duplicate })))
+}
+
+/// One item to store, validated.
+struct Item {
+    text: String,
+    metadata: Map<String, Value>,
+    expires_at: Option<i64>,
+    threshold: Option<f32>,
 }
 
 /// Validates, embeds and stores `inputs` for the caller; returns their ids.
@@ -119,32 +165,79 @@ pub async fn store_memories(
     caller: &Caller,
     key: Option<String>,
     inputs: Vec<MemoryInput>,
-) -> Result<Vec<Uuid>, ApiError> {
+) -> Result<Stored, ApiError> {
     let limits = &state.limits;
     validate::count("memories", inputs.len(), limits)?;
+    let now = now_millis();
     let mut items = Vec::with_capacity(inputs.len());
     for input in inputs {
         validate::text("text", &input.text, limits)?;
         let metadata = validate::metadata(input.metadata, limits)?;
-        items.push((input.text, metadata));
+        let expires_at = validate::expiry(
+            input.expires_at,
+            input.ttl_seconds,
+            state.memory.default_ttl,
+            now,
+        )?;
+        let threshold = match input.duplicate_threshold {
+            Some(t) => Some(validate::threshold(t)?),
+            None => state.memory.duplicate_threshold,
+        };
+        items.push(Item {
+            text: input.text,
+            metadata,
+            expires_at,
+            threshold,
+        });
     }
+    let checked = items.iter().any(|i| i.threshold.is_some());
     let Some(key) = key else {
         let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
-        let created_at = vec![now_millis(); items.len()];
-        let bytes = admit(state, caller, &items).await?;
-        let memories = embedded(state, caller, items, &ids, &created_at, None).await?;
-        state.store.put(&caller.owner, memories).await?;
-        stored(state, &caller.owner, ids.len(), bytes);
-        return Ok(ids);
+        let mut memories = embedded(state, caller, &items, &ids, None).await?;
+        let found = duplicates(state, caller, &items, &memories).await?;
+        let (answer, duplicate) = answered(&ids, &found);
+        memories.retain(|m| !found.iter().flatten().any(|(i, _)| ids[*i] == m.id));
+        if !memories.is_empty() {
+            let bytes = admit(state, caller, &memories).await?;
+            let n = memories.len();
+            let expiring = expiring(&memories);
+            state.store.put(&caller.owner, memories).await?;
+            note_expiring(state, caller, &expiring);
+            stored(state, &caller.owner, n, bytes);
+        }
+        return Ok(Stored {
+            ids: answer,
+            duplicate: checked.then_some(duplicate),
+        });
     };
     let ids: Vec<Uuid> = (0..items.len())
         .map(|i| idempotency::derive_id(&caller.owner, &key, i))
         .collect();
-    let digest = idempotency::body_digest(&items);
+    let digest = idempotency::body_digest(
+        &items
+            .iter()
+            .map(|i| (i.text.clone(), i.metadata.clone()))
+            .collect::<Vec<_>>(),
+    );
     // One attempt per key at a time in this process; a retry with the same
     // body that waited for a successful one answers as it.
     let Some(claim) = state.keyed.claim(&caller.owner, &key, &digest).await? else {
-        return Ok(ids);
+        if !checked {
+            return Ok(Stored {
+                ids,
+                duplicate: None,
+            });
+        }
+        // The same items as the attempt it waited for: an item whose id
+        // holds nothing was a near-duplicate there, and is answered with
+        // the memory it matches.
+        let memories = embedded(state, caller, &items, &ids, None).await?;
+        let found = duplicates_unless_stored(state, caller, &items, &memories).await?;
+        let (answer, duplicate) = answered(&ids, &found);
+        return Ok(Stored {
+            ids: answer,
+            duplicate: Some(duplicate),
+        });
     };
     // Any item of an earlier write under this key decides: the same body is
     // a retry, another body is refused. A retry that did not see the earlier
@@ -153,43 +246,72 @@ pub async fn store_memories(
     // they were, with their first time) and answers only once that write is
     // durable. Items deleted since stay deleted, even if the delete comes
     // between this read and that write: it only overwrites what still exists.
-    let mut found = Vec::new();
-    for (index, id) in ids.iter().enumerate() {
-        if let Some(memory) = state.store.get(&caller.owner, *id).await? {
-            if memory.request_digest() != Some(digest.as_str()) {
-                return Err(ApiError::IdempotencyKeyReused);
+    // An item updated since is left as it is: its update made it durable.
+    let mut memories = embedded(state, caller, &items, &ids, Some(&digest)).await?;
+    let mut again = Vec::new();
+    let mut fresh = Vec::new();
+    for (index, memory) in memories.drain(..).enumerate() {
+        match state.store.get(&caller.owner, ids[index]).await? {
+            Some(held) => {
+                if held.request_digest() != Some(digest.as_str()) {
+                    return Err(ApiError::IdempotencyKeyReused);
+                }
+                if held.version() == 1 {
+                    again.push(NewMemory {
+                        created_at: held.created_at(),
+                        expires_at: held.expires_at(),
+                        ..memory
+                    });
+                }
             }
-            found.push((index, memory.created_at()));
+            None => fresh.push((index, memory)),
         }
     }
-    let retry = !found.is_empty();
-    let (items, write_ids, created_at, bytes) = if retry {
-        let mut kept = Vec::with_capacity(found.len());
-        let mut kept_ids = Vec::with_capacity(found.len());
-        let mut times = Vec::with_capacity(found.len());
-        let mut items: Vec<Option<_>> = items.into_iter().map(Some).collect();
-        for (index, at) in found {
-            kept.push(items[index].take().expect("each index is found once"));
-            kept_ids.push(ids[index]);
-            times.push(at);
-        }
-        (kept, kept_ids, times, None)
+    // Items not stored yet are checked for duplicates. On a retry (some
+    // item found) they are not written: a batch lands whole, so each was
+    // either a near-duplicate at the first attempt, answered again with the
+    // memory it matches, or deleted since, and stays deleted.
+    let retry = !again.is_empty() || fresh.len() < items.len();
+    let fresh_items: Vec<&Item> = fresh.iter().map(|(i, _)| &items[*i]).collect();
+    let mut fresh_memories: Vec<NewMemory> = fresh.into_iter().map(|(_, m)| m).collect();
+    let found_fresh = duplicates_of(state, caller, &fresh_items, &fresh_memories).await?;
+    let mut found = vec![None; items.len()];
+    let fresh_indexes = fresh_memories.iter().map(|m| {
+        ids.iter()
+            .position(|id| *id == m.id)
+            .expect("a fresh item is one of the batch")
+    });
+    for (index, hit) in fresh_indexes.zip(&found_fresh) {
+        found[index] = *hit;
+    }
+    if retry {
+        fresh_memories.clear();
+    }
+    fresh_memories.retain(|m| {
+        !found
+            .iter()
+            .enumerate()
+            .any(|(i, hit)| hit.is_some() && ids[i] == m.id)
+    });
+    let bytes = if fresh_memories.is_empty() {
+        None
     } else {
-        let bytes = admit(state, caller, &items).await?;
-        let times = vec![now_millis(); items.len()];
-        (items, ids.clone(), times, Some(bytes))
+        Some(admit(state, caller, &fresh_memories).await?)
     };
-    let memories = embedded(state, caller, items, &write_ids, &created_at, Some(&digest)).await?;
+    let (answer, duplicate) = answered(&ids, &found);
+    let expiring_ids = expiring(&fresh_memories);
     // The write runs to its end in a task of its own, holding the claim: a
     // request cut off by its timeout or its client must not free the key
     // while its write is applied but not yet durable.
-    let (task_state, owner, n) = (state.clone(), caller.owner.clone(), memories.len());
+    let (task_state, owner, n) = (state.clone(), caller.owner.clone(), fresh_memories.len());
+    let write_ids: Vec<Uuid> = fresh_memories.iter().map(|m| m.id).collect();
     let write = tokio::spawn(async move {
         let state = &task_state;
-        if retry {
-            state.store.put_existing(&owner, memories).await?;
-        } else {
-            state.store.put_new(&owner, memories).await?;
+        if !again.is_empty() {
+            state.store.put_existing(&owner, again).await?;
+        }
+        if !fresh_memories.is_empty() {
+            state.store.put_new(&owner, fresh_memories).await?;
             if state.store.written_by_others() {
                 settle_race(state, &owner, &write_ids, &digest).await?;
             }
@@ -203,22 +325,124 @@ pub async fn store_memories(
     write
         .await
         .map_err(|e| ApiError::from(crate::store::StoreError::Internal(e.to_string())))??;
-    Ok(ids)
+    note_expiring(state, caller, &expiring_ids);
+    Ok(Stored {
+        ids: answer,
+        duplicate: checked.then_some(duplicate),
+    })
+}
+
+/// Each item's answer id (its own, or the memory it duplicates) and flag.
+fn answered(ids: &[Uuid], found: &[Option<(usize, Uuid)>]) -> (Vec<Uuid>, Vec<bool>) {
+    ids.iter()
+        .zip(found)
+        .map(|(id, hit)| match hit {
+            Some((_, existing)) => (*existing, true),
+            None => (*id, false),
+        })
+        .unzip()
+}
+
+/// For each item with a threshold, the memory it duplicates: one of the
+/// caller's memories, or an earlier item of the same batch (as `(index,
+/// id)`; `None` for an item to store).
+async fn duplicates(
+    state: &AppState,
+    caller: &Caller,
+    items: &[Item],
+    memories: &[NewMemory],
+) -> Result<Vec<Option<(usize, Uuid)>>, ApiError> {
+    let items: Vec<&Item> = items.iter().collect();
+    duplicates_of(state, caller, &items, memories).await
+}
+
+/// [`duplicates`] for the items a waiting retry shares with the attempt it
+/// waited for: an item whose own id holds a memory is not a duplicate.
+async fn duplicates_unless_stored(
+    state: &AppState,
+    caller: &Caller,
+    items: &[Item],
+    memories: &[NewMemory],
+) -> Result<Vec<Option<(usize, Uuid)>>, ApiError> {
+    let mut found = duplicates(state, caller, items, memories).await?;
+    for (index, memory) in memories.iter().enumerate() {
+        if state.store.get(&caller.owner, memory.id).await?.is_some() {
+            found[index] = None;
+        }
+    }
+    Ok(found)
+}
+
+async fn duplicates_of(
+    state: &AppState,
+    caller: &Caller,
+    items: &[&Item],
+    memories: &[NewMemory],
+) -> Result<Vec<Option<(usize, Uuid)>>, ApiError> {
+    let mut found: Vec<Option<(usize, Uuid)>> = vec![None; items.len()];
+    for (index, (item, memory)) in items.iter().zip(memories).enumerate() {
+        let Some(threshold) = item.threshold else {
+            continue;
+        };
+        // Within the batch first: an earlier item this one repeats.
+        let earlier = (0..index).find(|&j| {
+            found[j].is_none() && cosine(&memories[j].vector, &memory.vector) >= threshold
+        });
+        if let Some(j) = earlier {
+            found[index] = Some((index, memories[j].id));
+            continue;
+        }
+        let nearest = state
+            .store
+            .search(
+                &caller.owner,
+                SearchQuery {
+                    vector: memory.vector.clone(),
+                    limit: 1,
+                    min_score: Some(threshold),
+                    filter: Default::default(),
+                },
+            )
+            .await?;
+        if let Some(hit) = nearest.first()
+            && hit.score().is_some_and(|s| s >= threshold)
+        {
+            found[index] = Some((index, hit.id()));
+        }
+    }
+    let n = found.iter().flatten().count();
+    if n > 0 {
+        state.metrics.duplicates(n);
+    }
+    Ok(found)
+}
+
+/// Cosine similarity of two unit vectors (the model's are normalised).
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The ids and expiry times of the memories that expire.
+fn expiring(memories: &[NewMemory]) -> Vec<i64> {
+    memories.iter().filter_map(|m| m.expires_at).collect()
+}
+
+/// Tells the expiry sweep about the caller's expiring memories.
+fn note_expiring(state: &AppState, caller: &Caller, times: &[i64]) {
+    if let Some(first) = times.iter().min() {
+        state.expiry.note(&caller.owner, *first);
+    }
 }
 
 /// Admits a store of `items` under the caller's quotas; returns its bytes.
-async fn admit(
-    state: &AppState,
-    caller: &Caller,
-    items: &[(String, Map<String, Value>)],
-) -> Result<u64, ApiError> {
-    let bytes: u64 = items
+async fn admit(state: &AppState, caller: &Caller, memories: &[NewMemory]) -> Result<u64, ApiError> {
+    let bytes: u64 = memories
         .iter()
-        .map(|(text, metadata)| crate::guard::stored_bytes(text, metadata))
+        .map(|m| crate::guard::stored_bytes(&m.text, &m.metadata))
         .sum();
     if let Err(e) = state
         .quotas
-        .admit(&state.store, &caller.owner, items.len(), bytes)
+        .admit(&state.store, &caller.owner, memories.len(), bytes)
         .await
     {
         if let ApiError::QuotaExceeded { quota } = &e {
@@ -230,29 +454,32 @@ async fn admit(
     Ok(bytes)
 }
 
-/// Embeds `items` into the memories to write under `ids`.
+/// Embeds `items` into the memories to write under `ids`, created now.
 async fn embedded(
     state: &AppState,
     caller: &Caller,
-    items: Vec<(String, Map<String, Value>)>,
+    items: &[Item],
     ids: &[Uuid],
-    created_at: &[i64],
     request: Option<&str>,
 ) -> Result<Vec<NewMemory>, ApiError> {
-    let texts = items.iter().map(|(text, _)| text.clone()).collect();
+    let texts = items.iter().map(|i| i.text.clone()).collect();
     let encoded = state.embedder.embed(&caller.owner, texts).await?;
+    let now = now_millis();
     Ok(items
-        .into_iter()
-        .zip(ids.iter().zip(created_at))
+        .iter()
+        .zip(ids)
         .zip(encoded.vectors)
-        .map(|(((text, metadata), (id, at)), vector)| NewMemory {
+        .map(|((item, id), vector)| NewMemory {
             id: *id,
-            text,
-            metadata,
-            created_at: *at,
+            text: item.text.clone(),
+            metadata: item.metadata.clone(),
+            created_at: now,
             vector,
             request: request.map(str::to_owned),
             sealed: None,
+            expires_at: item.expires_at,
+            version: 1,
+            updated_at: None,
         })
         .collect())
 }
@@ -305,11 +532,18 @@ pub struct SearchRequest {
     #[serde(default)]
     #[schema(minimum = -1.0, maximum = 1.0)]
     pub min_score: Option<f32>,
-    /// Only memories whose metadata has each of these key-value pairs
-    /// (string, integer or boolean values).
+    /// Only memories whose metadata meets every condition: a value for
+    /// equality, `{"in": [...]}` for any of several, or a numeric range
+    /// `{"gt", "gte", "lt", "lte"}`.
     #[serde(default)]
     #[schema(schema_with = super::openapi::filter_schema)]
     pub filter: Option<Map<String, Value>>,
+    /// Only memories created after this time (Unix milliseconds).
+    #[serde(default)]
+    pub created_after: Option<i64>,
+    /// Only memories created before this time (Unix milliseconds).
+    #[serde(default)]
+    pub created_before: Option<i64>,
 }
 
 /// Search results, best first.
@@ -351,7 +585,11 @@ pub async fn search_memories(
     {
         return Err(ApiError::validation("`min_score` must be between -1 and 1"));
     }
-    let metadata = validate::metadata_filter(request.filter)?;
+    let filter = super::filter::conditions(
+        request.filter,
+        request.created_after,
+        request.created_before,
+    )?;
     let mut encoded = state
         .embedder
         .embed(&caller.owner, vec![request.query])
@@ -365,8 +603,7 @@ pub async fn search_memories(
                 vector,
                 limit,
                 min_score: request.min_score,
-                metadata,
-                tags: Vec::new(),
+                filter,
             },
         )
         .await?;
@@ -380,7 +617,7 @@ pub async fn search_memories(
     path = "/v1/memories/{id}",
     tag = "memories",
     params(("id" = Uuid, Path, description = "The memory's id")),
-    responses((status = 200, description = "The memory", body = Memory), UserErrors),
+    responses((status = 200, description = "The memory; its version as the ETag", body = Memory), UserErrors),
     security(("bearer" = [])),
 )]
 #[tracing::instrument(skip_all, fields(owner = %caller.owner.log_tag()))]
@@ -388,9 +625,9 @@ async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-) -> Result<axum::Json<Memory>, ApiError> {
+) -> Result<(axum::http::HeaderMap, axum::Json<Memory>), ApiError> {
     match state.store.get(&caller.owner, id).await? {
-        Some(memory) => Ok(axum::Json(memory)),
+        Some(memory) => Ok((super::update::etag(memory.version()), axum::Json(memory))),
         None => Err(not_found(&state, &caller)),
     }
 }
@@ -398,7 +635,7 @@ async fn get_one(
 /// A memory id that is not the caller's: 404, an audit event (a caller
 /// probing other users' ids shows up in the trail), and a rejection counted
 /// towards the caller's lockout.
-fn not_found(state: &AppState, caller: &Caller) -> ApiError {
+pub(super) fn not_found(state: &AppState, caller: &Caller) -> ApiError {
     crate::audit::memory_not_found(&caller.owner);
     crate::auth::owner_rejected(&caller.owner, &state.auth);
     ApiError::NotFound
@@ -445,6 +682,27 @@ struct ListParams {
     /// The `next_cursor` of the page before.
     #[serde(default)]
     cursor: Option<Uuid>,
+    /// A filter as search takes it, as JSON (URL-encoded), e.g.
+    /// `{"topic":"travel","price":{"lt":20}}`.
+    #[serde(default)]
+    filter: Option<String>,
+    /// Only memories created after this time (Unix milliseconds).
+    #[serde(default)]
+    created_after: Option<i64>,
+    /// Only memories created before this time (Unix milliseconds).
+    #[serde(default)]
+    created_before: Option<i64>,
+}
+
+/// What a list is narrowed to.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    /// The metadata conditions, as search takes them.
+    pub filter: Option<Map<String, Value>>,
+    /// Only memories created after this (Unix ms).
+    pub created_after: Option<i64>,
+    /// Only memories created before this (Unix ms).
+    pub created_before: Option<i64>,
 }
 
 /// One page, in id order (the order of storing, for memories stored without
@@ -472,7 +730,23 @@ async fn list(
     caller: Caller,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<ListResponse>, ApiError> {
-    let page = list_memories(&state, &caller, params.limit, params.cursor).await?;
+    let filter = match params.filter.as_deref() {
+        None => None,
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => {
+                return Err(ApiError::validation(
+                    "`filter` must be a JSON object, URL-encoded",
+                ));
+            }
+        },
+    };
+    let narrowed = ListFilter {
+        filter,
+        created_after: params.created_after,
+        created_before: params.created_before,
+    };
+    let page = list_memories(&state, &caller, params.limit, params.cursor, narrowed).await?;
     Ok(axum::Json(page))
 }
 
@@ -482,9 +756,18 @@ pub async fn list_memories(
     caller: &Caller,
     limit: Option<i64>,
     cursor: Option<Uuid>,
+    narrowed: ListFilter,
 ) -> Result<ListResponse, ApiError> {
     let limit = validate::page_limit(limit, DEFAULT_LIST_LIMIT, &state.limits)?;
-    let page = state.store.list(&caller.owner, cursor, limit).await?;
+    let filter = super::filter::conditions(
+        narrowed.filter,
+        narrowed.created_after,
+        narrowed.created_before,
+    )?;
+    let page = state
+        .store
+        .list(&caller.owner, cursor, limit, &filter)
+        .await?;
     Ok(ListResponse {
         memories: page.memories,
         next_cursor: page.next,
@@ -645,7 +928,8 @@ impl Export {
     }
 }
 
-fn now_millis() -> i64 {
+/// The time now, Unix milliseconds.
+pub(super) fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

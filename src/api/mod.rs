@@ -11,12 +11,14 @@ mod admin;
 mod budget;
 mod embeddings;
 mod extract;
+mod filter;
 mod health;
 mod idempotency;
 pub mod mcp;
 mod memories;
 pub mod openapi;
 mod quota;
+pub mod update;
 mod validate;
 
 use std::sync::Arc;
@@ -67,6 +69,12 @@ pub struct AppState {
     pub quotas: Arc<Quotas>,
     /// Keyed writes in progress in this process.
     pub keyed: Arc<idempotency::KeyedWrites>,
+    /// Expiry and duplicate rules.
+    pub memory: Arc<crate::settings::MemoryPolicy>,
+    /// The sweep that deletes expired memories.
+    pub expiry: Arc<crate::expiry::Sweeper>,
+    /// One update per user at a time in this process.
+    pub updates: Arc<crate::locks::KeyedLocks<crate::owner::OwnerHash>>,
 }
 
 impl FromRef<AppState> for AuthState {

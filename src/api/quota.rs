@@ -101,6 +101,12 @@ impl Quotas {
         }
     }
 
+    /// Forgets `owner`'s running total, which the next store lists anew
+    /// (after deletions made away from a request, such as expiry).
+    pub fn forget(&self, owner: &OwnerHash) {
+        self.totals.lock().pop(owner);
+    }
+
     /// `owner` holds nothing any more.
     pub fn erased(&self, owner: &OwnerHash) {
         self.totals.lock().put(
@@ -122,7 +128,7 @@ impl Quotas {
         let mut bytes = 0;
         let mut after = None;
         loop {
-            let page = store.list(owner, after, PAGE).await?;
+            let page = store.list(owner, after, PAGE, &Default::default()).await?;
             bytes += page.memories.iter().map(|m| m.stored_bytes()).sum::<u64>();
             match page.next {
                 Some(next) => after = Some(next),
@@ -150,7 +156,9 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::secret::Secret;
     use crate::store::edge::{EdgeEngine, EdgeSettings};
-    use crate::store::{Engine, NewMemory, RawPage, RawPoint, Reseal, SearchQuery, StoreError};
+    use crate::store::{
+        Conditions, Engine, NewMemory, RawPage, RawPoint, Reseal, SearchQuery, StoreError,
+    };
 
     /// The embedded engine, counting the pages listed from it.
     struct Listing {
@@ -184,9 +192,23 @@ mod tests {
             o: &OwnerHash,
             after: Option<Uuid>,
             limit: usize,
+            f: &Conditions,
         ) -> Result<RawPage, StoreError> {
             self.scrolls.fetch_add(1, Ordering::SeqCst);
-            self.inner.scroll(o, after, limit).await
+            self.inner.scroll(o, after, limit, f).await
+        }
+        async fn replace(&self, o: &OwnerHash, m: NewMemory, v: u64) -> Result<(), StoreError> {
+            self.inner.replace(o, m, v).await
+        }
+        async fn delete_expired(&self, o: &OwnerHash, now: i64) -> Result<usize, StoreError> {
+            self.inner.delete_expired(o, now).await
+        }
+        async fn expiring(
+            &self,
+            before: i64,
+            limit: usize,
+        ) -> Result<Vec<(OwnerHash, i64)>, StoreError> {
+            self.inner.expiring(before, limit).await
         }
         async fn erase(&self, o: &OwnerHash) -> Result<usize, StoreError> {
             self.inner.erase(o).await
@@ -244,6 +266,9 @@ mod tests {
             vector: vec![0.05; crate::embed::DIMENSIONS],
             request: None,
             sealed: None,
+            expires_at: None,
+            version: 1,
+            updated_at: None,
         }
     }
 

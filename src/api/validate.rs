@@ -4,7 +4,6 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::settings::Limits;
-use crate::store::MetaValue;
 
 /// Longest metadata key, in bytes.
 const MAX_KEY_BYTES: usize = 64;
@@ -60,7 +59,8 @@ pub fn is_metadata_key(k: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn key(k: &str) -> Result<(), ApiError> {
+/// A metadata key, or a 422 naming the rule.
+pub fn key(k: &str) -> Result<(), ApiError> {
     if is_metadata_key(k) {
         Ok(())
     } else {
@@ -90,33 +90,53 @@ pub fn metadata(value: Option<Value>, limits: &Limits) -> Result<Map<String, Val
     Ok(map)
 }
 
-/// A metadata filter: top-level keys matched for equality on strings,
-/// integers or booleans.
-pub fn metadata_filter(
-    value: Option<Map<String, Value>>,
-) -> Result<Vec<(String, MetaValue)>, ApiError> {
-    let Some(map) = value else {
-        return Ok(Vec::new());
-    };
-    if map.len() > 16 {
-        return Err(ApiError::validation("`filter` may hold at most 16 keys"));
+/// Longest time to live: 100 years, in seconds.
+const MAX_TTL_SECS: i64 = 100 * 365 * 24 * 3600;
+
+/// Deserializes a field that may be absent (`None`), `null` (`Some(None)`)
+/// or a value.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A memory's expiry time (Unix ms) from `expires_at` (absent, `null` for
+/// never, or a time) and `ttl_seconds`, else the deployment's default.
+pub fn expiry(
+    expires_at: Option<Option<i64>>,
+    ttl_seconds: Option<i64>,
+    default_ttl: Option<std::time::Duration>,
+    now: i64,
+) -> Result<Option<i64>, ApiError> {
+    let latest = now.saturating_add(MAX_TTL_SECS * 1000);
+    match (expires_at, ttl_seconds) {
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "give `expires_at` or `ttl_seconds`, not both",
+        )),
+        (Some(None), None) => Ok(None),
+        (Some(Some(at)), None) if at > now && at <= latest => Ok(Some(at)),
+        (Some(Some(at)), None) => Err(ApiError::validation(format!(
+            "`expires_at` is {at}; it must be a time in the future (Unix milliseconds), at most 100 years ahead"
+        ))),
+        (None, Some(ttl)) if (1..=MAX_TTL_SECS).contains(&ttl) => Ok(Some(now + ttl * 1000)),
+        (None, Some(ttl)) => Err(ApiError::validation(format!(
+            "`ttl_seconds` is {ttl}; it must be between 1 and {MAX_TTL_SECS} (100 years)"
+        ))),
+        (None, None) => Ok(default_ttl.map(|ttl| now.saturating_add(ttl.as_millis() as i64))),
     }
-    map.into_iter()
-        .map(|(k, v)| {
-            key(&k)?;
-            let v = match v {
-                Value::String(s) => MetaValue::Str(s),
-                Value::Bool(b) => MetaValue::Bool(b),
-                Value::Number(n) if n.is_i64() => {
-                    MetaValue::Int(n.as_i64().expect("is_i64 checked"))
-                }
-                _ => {
-                    return Err(ApiError::validation(format!(
-                        "filter value for `{k}` must be a string, an integer or a boolean"
-                    )));
-                }
-            };
-            Ok((k, v))
-        })
-        .collect()
+}
+
+/// A duplicate threshold: a cosine similarity above -1, at most 1.
+pub fn threshold(t: f32) -> Result<f32, ApiError> {
+    if t > -1.0 && t <= 1.0 {
+        Ok(t)
+    } else {
+        Err(ApiError::validation(format!(
+            "`duplicate_threshold` is {t}; it must be above -1 and at most 1"
+        )))
+    }
 }

@@ -37,8 +37,8 @@ use crate::locks::KeyedLocks;
 use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
 use crate::store::{
-    METADATA_FIELD, MetaValue, NewMemory, REQUEST_FIELD, RawPoint, SEALED_FIELD, Sealed,
-    SearchQuery, TAGS_FIELD, TEXT_FIELD,
+    Conditions, METADATA_FIELD, MetaValue, NewMemory, REQUEST_FIELD, RawPoint, SEALED_FIELD,
+    Sealed, TAGS_FIELD, TEXT_FIELD,
 };
 
 /// Why sealing or opening failed.
@@ -244,23 +244,35 @@ impl Sealer {
         Ok(!now.is_some_and(|now| Arc::ptr_eq(&now, &before)))
     }
 
-    /// Turns the query's metadata conditions into tag conditions. `false`
-    /// when the owner has no key, so nothing of theirs can match.
-    pub async fn seal_query(
+    /// Turns the metadata conditions of `filter` into the owner's tags
+    /// (equality and any-of; ranges stay, for the caller to apply to the
+    /// opened memories). `false` when the owner has no key yet, so nothing
+    /// of theirs can match.
+    pub async fn seal_conditions(
         &self,
         owner: &OwnerHash,
-        query: &mut SearchQuery,
+        filter: &mut Conditions,
     ) -> Result<bool, SealError> {
-        if query.metadata.is_empty() {
+        if filter.metadata.is_empty() && filter.any_of.is_empty() {
             return Ok(true);
         }
         let Some(keys) = self.keys(owner, false).await? else {
             return Ok(false);
         };
-        query.tags = query
+        filter.tags = filter
             .metadata
             .drain(..)
             .map(|(key, value)| keys.tag(&key, &meta_tag(&value)))
+            .collect();
+        filter.any_tags = filter
+            .any_of
+            .drain(..)
+            .map(|(key, values)| {
+                values
+                    .iter()
+                    .map(|value| keys.tag(&key, &meta_tag(value)))
+                    .collect()
+            })
             .collect();
         Ok(true)
     }

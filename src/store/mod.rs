@@ -35,6 +35,14 @@ pub const REQUEST_FIELD: &str = "request";
 pub const SEALED_FIELD: &str = "sealed";
 /// Payload field holding a sealed memory's metadata tags, which filters match.
 pub const TAGS_FIELD: &str = "tags";
+/// Payload field holding when a memory expires (Unix milliseconds; absent
+/// for a memory that never does).
+pub const EXPIRES_FIELD: &str = "expires_at";
+/// Payload field holding a memory's version: 1 when stored, one more with
+/// each update (absent on memories stored before updates existed: 1).
+pub const VERSION_FIELD: &str = "version";
+/// Payload field holding the time of a memory's last update (Unix ms).
+pub const UPDATED_FIELD: &str = "updated_at";
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +88,12 @@ pub struct NewMemory {
     /// Text, metadata and request sealed together (encryption at rest); the
     /// three plain fields are then empty and not stored.
     pub sealed: Option<Sealed>,
+    /// When it expires, Unix milliseconds.
+    pub expires_at: Option<i64>,
+    /// Its version (1 for a new memory).
+    pub version: u64,
+    /// When it was last updated, Unix milliseconds.
+    pub updated_at: Option<i64>,
 }
 
 /// A memory's sealed content.
@@ -98,6 +112,13 @@ impl NewMemory {
         let mut payload = Map::new();
         payload.insert(OWNER_FIELD.into(), Value::String(owner_hex.to_owned()));
         payload.insert(CREATED_FIELD.into(), Value::from(self.created_at));
+        payload.insert(VERSION_FIELD.into(), Value::from(self.version));
+        if let Some(at) = self.expires_at {
+            payload.insert(EXPIRES_FIELD.into(), Value::from(at));
+        }
+        if let Some(at) = self.updated_at {
+            payload.insert(UPDATED_FIELD.into(), Value::from(at));
+        }
         match self.sealed {
             Some(sealed) => {
                 payload.insert(SEALED_FIELD.into(), Value::String(sealed.blob));
@@ -154,6 +175,12 @@ impl NewMemory {
             vector: vector?,
             request: text(payload.remove(REQUEST_FIELD)),
             sealed,
+            expires_at: payload.get(EXPIRES_FIELD).and_then(Value::as_i64),
+            version: payload
+                .get(VERSION_FIELD)
+                .and_then(Value::as_u64)
+                .unwrap_or(1),
+            updated_at: payload.get(UPDATED_FIELD).and_then(Value::as_i64),
         })
     }
 }
@@ -183,6 +210,71 @@ pub enum MetaValue {
     Bool(bool),
 }
 
+/// Numeric bounds, each optional; a value must meet all that are set.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bounds {
+    /// Greater than.
+    pub gt: Option<f64>,
+    /// Greater than or equal.
+    pub gte: Option<f64>,
+    /// Less than.
+    pub lt: Option<f64>,
+    /// Less than or equal.
+    pub lte: Option<f64>,
+}
+
+impl Bounds {
+    /// Whether no bound is set.
+    pub fn is_open(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether `v` meets every bound.
+    pub fn holds(&self, v: f64) -> bool {
+        self.gt.is_none_or(|b| v > b)
+            && self.gte.is_none_or(|b| v >= b)
+            && self.lt.is_none_or(|b| v < b)
+            && self.lte.is_none_or(|b| v <= b)
+    }
+}
+
+/// What a read's memories must all meet, beside belonging to the owner
+/// (which every engine call adds itself).
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// Metadata key/value pairs that must all match.
+    pub metadata: Vec<(String, MetaValue)>,
+    /// Metadata keys whose value must be one of the values given.
+    pub any_of: Vec<(String, Vec<MetaValue>)>,
+    /// Metadata keys whose numeric value must lie within the bounds.
+    pub ranges: Vec<(String, Bounds)>,
+    /// Bounds on the creation time (Unix milliseconds).
+    pub created: Bounds,
+    /// Tags that must all be present (the sealed form of `metadata`).
+    pub tags: Vec<String>,
+    /// Groups of tags of which each must have one present (the sealed form
+    /// of `any_of`).
+    pub any_tags: Vec<Vec<String>>,
+    /// Leave out memories expired at this time (Unix milliseconds).
+    pub alive_at: Option<i64>,
+}
+
+impl Conditions {
+    /// Only memories not expired at `now`.
+    pub fn alive_at(now: i64) -> Self {
+        Self {
+            alive_at: Some(now),
+            ..Self::default()
+        }
+    }
+
+    /// Whether any condition needs a metadata value (which a sealed
+    /// deployment keeps only as tags or inside the ciphertext).
+    pub fn on_metadata(&self) -> bool {
+        !self.metadata.is_empty() || !self.any_of.is_empty() || !self.ranges.is_empty()
+    }
+}
+
 /// A semantic search within one owner's memories.
 #[derive(Debug, Clone)]
 pub struct SearchQuery {
@@ -192,10 +284,8 @@ pub struct SearchQuery {
     pub limit: usize,
     /// Results scoring below this are left out.
     pub min_score: Option<f32>,
-    /// Metadata key/value pairs that must all match.
-    pub metadata: Vec<(String, MetaValue)>,
-    /// Tags that must all be present (the sealed form of `metadata`).
-    pub tags: Vec<String>,
+    /// What the results must meet.
+    pub filter: Conditions,
 }
 
 /// One page of an owner's memories in id order.
@@ -407,6 +497,32 @@ pub fn is_user_collection(name: &str, prefix: &str) -> bool {
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Adds a stored payload's owner and expiry time to `owners` (owner hex to
+/// earliest expiry), for [`Engine::expiring`].
+pub(crate) fn note_expiry(
+    owners: &mut std::collections::BTreeMap<String, i64>,
+    payload: &Map<String, Value>,
+) {
+    let owner = payload.get(OWNER_FIELD).and_then(Value::as_str);
+    let at = payload.get(EXPIRES_FIELD).and_then(Value::as_i64);
+    if let (Some(owner), Some(at)) = (owner, at) {
+        let earliest = owners.entry(owner.to_owned()).or_insert(at);
+        *earliest = (*earliest).min(at);
+    }
+}
+
+/// The first `limit` owners of `owners` that parse, with their times.
+pub(crate) fn earliest(
+    owners: std::collections::BTreeMap<String, i64>,
+    limit: usize,
+) -> Vec<(OwnerHash, i64)> {
+    owners
+        .into_iter()
+        .filter_map(|(hex, at)| Some((OwnerHash::from_hex(&hex)?, at)))
+        .take(limit)
+        .collect()
+}
+
 /// How a write treats the ids it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
@@ -416,6 +532,8 @@ pub enum WriteMode {
     InsertNew,
     /// Replace existing points of the owner, insert none.
     UpdateExisting,
+    /// Replace the owner's existing point only at this version.
+    UpdateIf(u64),
 }
 
 /// A rewrite of one stored payload (point id, payload); `true` when it
@@ -461,13 +579,36 @@ pub trait Engine: Send + Sync {
     async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError>;
     /// Deletes one memory of this owner; never touches another owner's point.
     async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError>;
-    /// A page of memories in id order, starting after `after`.
+    /// A page of memories meeting `filter` in id order, starting after
+    /// `after`.
     async fn scroll(
         &self,
         owner: &OwnerHash,
         after: Option<Uuid>,
         limit: usize,
+        filter: &Conditions,
     ) -> Result<RawPage, StoreError>;
+    /// Writes `memory` over the owner's point of its id only if that point
+    /// is at version `expected` (a point stored without a version is at 1);
+    /// otherwise changes nothing. Whether it did is for the caller to read
+    /// back: engines do not report how many points a conditional write met.
+    async fn replace(
+        &self,
+        owner: &OwnerHash,
+        memory: NewMemory,
+        expected: u64,
+    ) -> Result<(), StoreError>;
+    /// Deletes the owner's memories that expired at or before `now` and no
+    /// other's, whatever the collection holds; returns how many.
+    async fn delete_expired(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError>;
+    /// The owners of memories that expire at or before `before`, each with
+    /// the earliest such time, at most `limit` owners: the expiry sweep's
+    /// scan of the whole deployment, which it then sweeps owner by owner.
+    async fn expiring(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(OwnerHash, i64)>, StoreError>;
     /// Deletes every memory of this owner and, once empty, the collection.
     /// Returns how many memories were removed.
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError>;

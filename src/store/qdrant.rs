@@ -33,8 +33,9 @@ use qdrant_client::{Payload, Qdrant, QdrantError};
 use uuid::Uuid;
 
 use super::{
-    Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
-    StoreError, TAGS_FIELD, WriteMode,
+    Bounds, CREATED_FIELD, Conditions, EXPIRES_FIELD, Engine, METADATA_FIELD, MetaValue, NewMemory,
+    OWNER_FIELD, RawPage, RawPoint, SearchQuery, StoreError, TAGS_FIELD, VERSION_FIELD, WriteMode,
+    earliest, note_expiry,
 };
 use crate::embed::DIMENSIONS;
 use crate::locks::KeyedLocks;
@@ -149,6 +150,81 @@ fn metadata_condition(key: &str, value: &MetaValue) -> Condition {
 
 fn tag_condition(tag: &str) -> Condition {
     Condition::matches(TAGS_FIELD, tag.to_owned())
+}
+
+fn range_condition(field: impl Into<String>, bounds: &Bounds) -> Condition {
+    Condition::range(
+        field,
+        qdrant_client::qdrant::Range {
+            gt: bounds.gt,
+            gte: bounds.gte,
+            lt: bounds.lt,
+            lte: bounds.lte,
+        },
+    )
+}
+
+/// One of `conditions`, as a filter of its own.
+fn any(conditions: Vec<Condition>) -> Condition {
+    Condition::from(Filter::should(conditions))
+}
+
+/// The conditions of `filter` that must hold and those that must not.
+fn conditions(filter: &Conditions) -> (Vec<Condition>, Vec<Condition>) {
+    let mut must: Vec<Condition> = filter
+        .metadata
+        .iter()
+        .map(|(k, v)| metadata_condition(k, v))
+        .collect();
+    must.extend(
+        filter
+            .any_of
+            .iter()
+            .map(|(k, values)| any(values.iter().map(|v| metadata_condition(k, v)).collect())),
+    );
+    must.extend(
+        filter
+            .ranges
+            .iter()
+            .map(|(k, b)| range_condition(format!("{METADATA_FIELD}.{k}"), b)),
+    );
+    if !filter.created.is_open() {
+        must.push(range_condition(CREATED_FIELD, &filter.created));
+    }
+    must.extend(filter.tags.iter().map(|t| tag_condition(t)));
+    must.extend(
+        filter
+            .any_tags
+            .iter()
+            .map(|group| any(group.iter().map(|t| tag_condition(t)).collect())),
+    );
+    let must_not = filter
+        .alive_at
+        .map(|now| expired_condition(now))
+        .into_iter()
+        .collect();
+    (must, must_not)
+}
+
+/// Expired at `now`: an expiry time at or before it.
+fn expired_condition(now: i64) -> Condition {
+    range_condition(
+        EXPIRES_FIELD,
+        &Bounds {
+            lte: Some(now as f64),
+            ..Bounds::default()
+        },
+    )
+}
+
+/// At version `expected`; a point stored before versions were is at 1.
+fn version_condition(expected: u64) -> Condition {
+    let exact = Condition::matches(VERSION_FIELD, expected as i64);
+    if expected == 1 {
+        any(vec![exact, Condition::is_empty(VERSION_FIELD)])
+    } else {
+        exact
+    }
 }
 
 fn to_raw(
@@ -530,11 +606,27 @@ impl QdrantEngine {
         )
     }
 
-    fn read_filter(&self, owner: &OwnerHash, mut extra: Vec<Condition>) -> Option<Filter> {
+    fn read_filter(&self, owner: &OwnerHash, extra: Vec<Condition>) -> Option<Filter> {
+        self.read_filter_where(owner, extra, &Conditions::default())
+    }
+
+    /// The read filter with `filter`'s conditions too.
+    fn read_filter_where(
+        &self,
+        owner: &OwnerHash,
+        mut extra: Vec<Condition>,
+        filter: &Conditions,
+    ) -> Option<Filter> {
         if !self.settings.drill_skip_read_filter {
             extra.insert(0, owner_condition(owner));
         }
-        (!extra.is_empty()).then(|| Filter::must(extra))
+        let (must, must_not) = conditions(filter);
+        extra.extend(must);
+        (!extra.is_empty() || !must_not.is_empty()).then(|| Filter {
+            must: extra,
+            must_not,
+            ..Filter::default()
+        })
     }
 
     /// Makes sure the collection and its owner index exist. Safe to race with
@@ -867,6 +959,12 @@ impl QdrantEngine {
                 WriteMode::UpdateExisting => builder
                     .update_mode(UpdateMode::UpdateOnly)
                     .update_filter(Filter::must([owner_condition(owner)])),
+                WriteMode::UpdateIf(expected) => builder
+                    .update_mode(UpdateMode::UpdateOnly)
+                    .update_filter(Filter::must([
+                        owner_condition(owner),
+                        version_condition(expected),
+                    ])),
             }
         };
         let written = match self.nodes.client().upsert_points(request()).await {
@@ -897,17 +995,11 @@ impl QdrantEngine {
         query: SearchQuery,
     ) -> Result<Vec<RawPoint>, StoreError> {
         let name = self.name(owner);
-        let extra = query
-            .metadata
-            .iter()
-            .map(|(k, v)| metadata_condition(k, v))
-            .chain(query.tags.iter().map(|t| tag_condition(t)))
-            .collect();
         let mut request = QueryPointsBuilder::new(&name)
             .query(Query::new_nearest(query.vector))
             .limit(query.limit as u64)
             .with_payload(true);
-        if let Some(filter) = self.read_filter(owner, extra) {
+        if let Some(filter) = self.read_filter_where(owner, vec![], &query.filter) {
             request = request.filter(filter);
         }
         if let Some(min) = query.min_score {
@@ -964,10 +1056,66 @@ impl QdrantEngine {
         owner: &OwnerHash,
         after: Option<Uuid>,
         limit: usize,
+        conditions: &Conditions,
     ) -> Result<RawPage, StoreError> {
-        let filter = self.read_filter(owner, vec![]);
+        let filter = self.read_filter_where(owner, vec![], conditions);
         self.scroll_filtered(&self.name(owner), filter, after, limit)
             .await
+    }
+
+    #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
+    async fn delete_expired_op(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
+        let name = self.name(owner);
+        let _shared = self.collections.of(&name).read_owned().await;
+        // The owner condition always: a collection can hold other owners'
+        // points (shortened names), and this sweep is for one owner only.
+        let expired = Filter::must([owner_condition(owner), expired_condition(now)]);
+        let n = match self.count(&name, Some(expired.clone())).await {
+            Ok(0) => return Ok(0),
+            Ok(n) => n as usize,
+            Err(e) if is_not_found(&e) => return Ok(0),
+            Err(e) => return Err(store_err(e)),
+        };
+        match self
+            .nodes
+            .client()
+            .delete_points(
+                DeletePointsBuilder::new(&name)
+                    .points(expired)
+                    .wait(true)
+                    .ordering(self.ordering()),
+            )
+            .await
+        {
+            Ok(response) => confirmed(&response).map(|()| n),
+            Err(e) if is_not_found(&e) => Ok(0),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    async fn expiring_op(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(OwnerHash, i64)>, StoreError> {
+        let mut owners = std::collections::BTreeMap::new();
+        let expired = Filter::must([expired_condition(before)]);
+        for name in self.own_collections().await? {
+            let mut after = None;
+            while owners.len() < limit {
+                let page = self
+                    .scroll_filtered(&name, Some(expired.clone()), after, 256)
+                    .await?;
+                for point in &page.points {
+                    note_expiry(&mut owners, &point.payload);
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(earliest(owners, limit))
     }
 
     #[tracing::instrument(skip_all, fields(owner = %owner.log_tag()))]
@@ -1145,8 +1293,32 @@ impl Engine for Arc<QdrantEngine> {
         owner: &OwnerHash,
         after: Option<Uuid>,
         limit: usize,
+        filter: &Conditions,
     ) -> Result<RawPage, StoreError> {
-        self.bounded(|| self.scroll_op(owner, after, limit)).await
+        self.bounded(|| self.scroll_op(owner, after, limit, filter))
+            .await
+    }
+
+    async fn replace(
+        &self,
+        owner: &OwnerHash,
+        memory: NewMemory,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        self.bounded(|| self.upsert_op(owner, vec![memory.clone()], WriteMode::UpdateIf(expected)))
+            .await
+    }
+
+    async fn delete_expired(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
+        self.bounded(|| self.delete_expired_op(owner, now)).await
+    }
+
+    async fn expiring(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(OwnerHash, i64)>, StoreError> {
+        self.expiring_op(before, limit).await
     }
 
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {

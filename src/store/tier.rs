@@ -212,6 +212,9 @@ mod tests {
             vector,
             request: None,
             sealed: None,
+            expires_at: None,
+            version: 1,
+            updated_at: None,
         }
     }
 

@@ -35,7 +35,7 @@
 //! removes them from both collections and then the record; a mover that
 //! finds its record changed stops without writing again.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
 use super::placement::{Phase, Placements, Record, now_ms};
-use super::{Engine, NewMemory, RawPage, RawPoint, Reseal, SearchQuery, StoreError};
+use super::{Conditions, Engine, NewMemory, RawPage, RawPoint, Reseal, SearchQuery, StoreError};
 use crate::locks::KeyedLocks;
 use crate::owner::{DEFAULT_NAME_HEX_CHARS, OwnerHash};
 
@@ -873,9 +873,53 @@ impl Engine for Arc<Tiered> {
         owner: &OwnerHash,
         after: Option<Uuid>,
         limit: usize,
+        filter: &Conditions,
     ) -> Result<RawPage, StoreError> {
-        self.read(owner, |engine| engine.scroll(owner, after, limit))
+        self.read(owner, |engine| engine.scroll(owner, after, limit, filter))
             .await
+    }
+
+    async fn replace(
+        &self,
+        owner: &OwnerHash,
+        memory: NewMemory,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        // Where a move has copied the memory, both copies are replaced under
+        // the same condition, so the one read after the move is the latest.
+        self.write(owner, 0, |engine| {
+            engine.replace(owner, memory.clone(), expected)
+        })
+        .await
+    }
+
+    async fn delete_expired(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
+        let _held = self.locks.of(owner).read_owned().await;
+        let phase = self.phase(owner).await?;
+        let targets = self.targets(phase)?;
+        self.bound(async {
+            let mut most = 0;
+            for engine in targets {
+                most = most.max(engine.delete_expired(owner, now).await?);
+            }
+            Ok(most)
+        })
+        .await
+    }
+
+    async fn expiring(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(OwnerHash, i64)>, StoreError> {
+        let mut owners: BTreeMap<String, i64> = BTreeMap::new();
+        for engine in [&self.shared, &self.own] {
+            for (owner, at) in engine.expiring(before, limit).await? {
+                let earliest = owners.entry(owner.to_hex()).or_insert(at);
+                *earliest = (*earliest).min(at);
+            }
+        }
+        Ok(super::earliest(owners, limit))
     }
 
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
@@ -1063,6 +1107,9 @@ mod tests {
             vector,
             request: None,
             sealed: None,
+            expires_at: None,
+            version: 1,
+            updated_at: None,
         }
     }
 
@@ -1071,7 +1118,10 @@ mod tests {
         let mut ids = Vec::new();
         let mut after = None;
         loop {
-            let page = engine.scroll(owner, after, 7).await.expect("lists");
+            let page = engine
+                .scroll(owner, after, 7, &Conditions::default())
+                .await
+                .expect("lists");
             ids.extend(page.points.iter().map(|p| p.id));
             match page.next {
                 Some(next) => after = Some(next),

@@ -135,7 +135,10 @@ async fn copy_a_sealed_record_into_bobs_collection(dir: &Path) {
 
     let engine = edge(dir);
     let (alice, bob) = (owner_of("acme", "alice"), owner_of("acme", "bob"));
-    let page = engine.scroll(&alice, None, 10).await.expect("scroll");
+    let page = engine
+        .scroll(&alice, None, 10, &Default::default())
+        .await
+        .expect("scroll");
     let point = &page.points[0];
     let blob = point.payload["sealed"].as_str().expect("sealed payload");
     let copy = NewMemory {
@@ -149,6 +152,9 @@ async fn copy_a_sealed_record_into_bobs_collection(dir: &Path) {
             blob: blob.to_owned(),
             tags: Vec::new(),
         }),
+        expires_at: None,
+        version: 1,
+        updated_at: None,
     };
     engine.upsert(&bob, vec![copy]).await.expect("copied");
     engine.shutdown().await;

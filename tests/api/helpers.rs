@@ -133,6 +133,11 @@ pub fn settings(data_dir: &Path) -> Settings {
         },
         audit: AuditSink::Off,
         seal: None,
+        memory: cordon::settings::MemoryPolicy {
+            default_ttl: None,
+            sweep_every: Duration::from_secs(60),
+            duplicate_threshold: None,
+        },
     }
 }
 

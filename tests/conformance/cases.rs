@@ -86,8 +86,7 @@ pub async fn reads_of_an_unknown_user(h: &Harness) {
         vector: vector(0, 0.0),
         limit: 5,
         min_score: None,
-        metadata: vec![],
-        tags: Vec::new(),
+        filter: Default::default(),
     };
     assert!(
         h.store
@@ -96,7 +95,11 @@ pub async fn reads_of_an_unknown_user(h: &Harness) {
             .expect("search")
             .is_empty()
     );
-    let page = h.store.list(&nobody, None, 10).await.expect("list");
+    let page = h
+        .store
+        .list(&nobody, None, 10, &Default::default())
+        .await
+        .expect("list");
     assert!(page.memories.is_empty() && page.next.is_none());
     assert_eq!(h.store.erase(&nobody).await.expect("erase"), 0);
     assert!(
@@ -134,8 +137,10 @@ pub async fn search(h: &Harness) {
         vector: vector(10, 0.0),
         limit: 10,
         min_score,
-        metadata,
-        tags: Vec::new(),
+        filter: cordon::store::Conditions {
+            metadata,
+            ..Default::default()
+        },
     };
     let all = h
         .store
@@ -202,7 +207,11 @@ pub async fn paging(h: &Harness) {
             .await
             .expect("put");
     }
-    let first = h.store.list(&alice, None, 3).await.expect("list");
+    let first = h
+        .store
+        .list(&alice, None, 3, &Default::default())
+        .await
+        .expect("list");
     assert_eq!(texts(&first.memories), ["m0", "m1", "m2"]);
     let cursor = first.next.expect("more pages");
     assert!(
@@ -215,7 +224,11 @@ pub async fn paging(h: &Harness) {
     let mut seen = Vec::new();
     let mut next = Some(cursor);
     while let Some(c) = next {
-        let page = h.store.list(&alice, Some(c), 3).await.expect("list");
+        let page = h
+            .store
+            .list(&alice, Some(c), 3, &Default::default())
+            .await
+            .expect("list");
         seen.extend(page.memories.iter().map(|m| m.text().to_owned()));
         next = page.next;
     }
@@ -256,7 +269,7 @@ pub async fn delete_and_erase(h: &Harness) {
     assert_eq!(h.collections().await, 1, "erase left alice's collection");
     assert!(
         h.store
-            .list(&alice, None, 10)
+            .list(&alice, None, 10, &Default::default())
             .await
             .expect("list")
             .memories
@@ -291,8 +304,10 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
             vector: vector(0, 0.0),
             limit: 50,
             min_score: None,
-            metadata: vec![("k".into(), MetaValue::Str("same".into()))],
-            tags: Vec::new(),
+            filter: cordon::store::Conditions {
+                metadata: vec![("k".into(), MetaValue::Str("same".into()))],
+                ..Default::default()
+            },
         };
         // What the engine itself returns, and so how many foreign points
         // the guard must drop from each read: all of them, no more.
@@ -307,7 +322,10 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
             .search(&owner, query.clone())
             .await
             .expect("raw search");
-        let raw_listed = engine.scroll(&owner, None, 50).await.expect("raw list");
+        let raw_listed = engine
+            .scroll(&owner, None, 50, &Default::default())
+            .await
+            .expect("raw list");
         let before = h.metrics.guard_dropped_total();
         assert_eq!(
             texts(&h.store.search(&owner, query).await.expect("search")),
@@ -319,7 +337,11 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
             "the guard's drops on a search differ from the foreign points the engine returned"
         );
         let before = h.metrics.guard_dropped_total();
-        let page = h.store.list(&owner, None, 50).await.expect("list");
+        let page = h
+            .store
+            .list(&owner, None, 50, &Default::default())
+            .await
+            .expect("list");
         assert_eq!(texts(&page.memories), [mine.as_str()]);
         assert_eq!(
             h.metrics.guard_dropped_total() - before,
@@ -342,7 +364,11 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
     // Erasing one user spares every neighbour.
     assert_eq!(h.store.erase(&first).await.expect("erase"), 1);
     for u in &users[1..] {
-        let page = h.store.list(&h.owner(u), None, 50).await.expect("list");
+        let page = h
+            .store
+            .list(&h.owner(u), None, 50, &Default::default())
+            .await
+            .expect("list");
         assert_eq!(
             page.memories.len(),
             1,
@@ -388,7 +414,10 @@ pub async fn shared_census(h: &Harness) {
         0,
         "a first write into an empty collection is not shared"
     );
-    store.list(&a, None, 10).await.expect("list");
+    store
+        .list(&a, None, 10, &Default::default())
+        .await
+        .expect("list");
     store.get(&c, Uuid::now_v7()).await.expect("get");
     assert_eq!(
         seen(),
@@ -396,7 +425,10 @@ pub async fn shared_census(h: &Harness) {
         "a collection holding only its owner is not shared"
     );
 
-    store.list(&b, None, 10).await.expect("list");
+    store
+        .list(&b, None, 10, &Default::default())
+        .await
+        .expect("list");
     assert_eq!(seen(), 1, "b's collection holds a's memory");
     store
         .put(&b, vec![memory("b", vector(1, 0.0), json!({}))])
@@ -406,8 +438,7 @@ pub async fn shared_census(h: &Harness) {
         vector: vector(0, 0.0),
         limit: 5,
         min_score: None,
-        metadata: vec![],
-        tags: Vec::new(),
+        filter: Default::default(),
     };
     store.search(&a, query).await.expect("search");
     assert_eq!(
@@ -434,8 +465,7 @@ pub async fn concurrent_users(h: &Harness) {
             vector: vector(i * 3, 0.0),
             limit: 50,
             min_score: None,
-            metadata: vec![],
-            tags: Vec::new(),
+            filter: Default::default(),
         };
         let found = h.store.search(&owner, query).await.expect("search");
         let mut got: Vec<String> = found.iter().map(|m| m.text().to_owned()).collect();
@@ -466,7 +496,7 @@ pub async fn survives_a_restart(h: Harness) {
         .expect("put");
     assert_eq!(
         h.store
-            .list(&alice, None, 10)
+            .list(&alice, None, 10, &Default::default())
             .await
             .expect("list")
             .memories
@@ -486,10 +516,15 @@ pub async fn replicas(h: &Harness) {
     );
     first.expect("replica a writes");
     second.expect("replica b writes");
-    let mut seen = texts(&a.list(&alice, None, 10).await.expect("list").memories)
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
+    let mut seen = texts(
+        &a.list(&alice, None, 10, &Default::default())
+            .await
+            .expect("list")
+            .memories,
+    )
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
     seen.sort();
     assert_eq!(seen, ["from a", "from b"]);
     assert_eq!(h.collections().await, 1);
@@ -503,7 +538,200 @@ pub async fn replicas(h: &Harness) {
     .await
     .expect("replica b writes after the erase");
     assert_eq!(
-        texts(&a.list(&alice, None, 10).await.expect("list").memories),
+        texts(
+            &a.list(&alice, None, 10, &Default::default())
+                .await
+                .expect("list")
+                .memories
+        ),
         ["after erase"]
     );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// The expiry sweep's deletion for one owner takes that owner's expired
+/// memories only: not their live ones, and none of a neighbour's, expired
+/// or not, in the collection they share.
+pub async fn expiry_is_swept_per_owner(h: &Harness) {
+    let (alice, bob) = (h.owner("alice"), h.owner("bob"));
+    let past = now_ms() - 1;
+    let mut alices_old = memory("alice expired", vector(0, 0.0), json!({}));
+    alices_old.expires_at = Some(past);
+    let alices_live = memory("alice live", vector(1, 0.0), json!({}));
+    let mut bobs_old = memory("bob expired", vector(0, 0.0), json!({}));
+    bobs_old.expires_at = Some(past - 5);
+    let mut bobs_later = memory("bob later", vector(2, 0.0), json!({}));
+    bobs_later.expires_at = Some(now_ms() + 3_600_000);
+    h.store
+        .put(&alice, vec![alices_old, alices_live])
+        .await
+        .expect("put");
+    h.store
+        .put(&bob, vec![bobs_old, bobs_later])
+        .await
+        .expect("put");
+
+    // Reads leave expired memories out before any sweep.
+    let listed = h
+        .store
+        .list(&bob, None, 10, &Default::default())
+        .await
+        .expect("list");
+    assert_eq!(texts(&listed.memories), ["bob later"]);
+
+    let expiring = h.store.expiring(i64::MAX, 100).await.expect("scan");
+    let bobs = expiring
+        .iter()
+        .find(|(o, _)| *o == bob)
+        .expect("bob has expiring memories");
+    assert_eq!(bobs.1, past - 5, "the earliest time");
+
+    assert_eq!(
+        h.store
+            .delete_expired(&alice, now_ms())
+            .await
+            .expect("sweep"),
+        1
+    );
+    let engine = h.store.engine();
+    let raw = |o| async move {
+        let page = engine.export_page(o, None, 10).await.expect("raw");
+        let mut t: Vec<String> = page
+            .points
+            .iter()
+            .map(|p| p.payload["text"].as_str().unwrap_or("").to_owned())
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(raw(&alice).await, ["alice live"]);
+    assert_eq!(
+        raw(&bob).await,
+        ["bob expired", "bob later"],
+        "alice's sweep touched bob"
+    );
+    assert_eq!(
+        h.store.delete_expired(&bob, now_ms()).await.expect("sweep"),
+        1
+    );
+    assert_eq!(raw(&bob).await, ["bob later"]);
+}
+
+/// A replacement applies only at the version it names, and only to the
+/// caller's own memory.
+pub async fn replace_is_compare_and_set(h: &Harness) {
+    let (alice, bob) = (h.owner("alice"), h.owner("bob"));
+    let first = memory("version one", vector(0, 0.0), json!({}));
+    let id = first.id;
+    h.store.put(&alice, vec![first.clone()]).await.expect("put");
+    let next = |text: &str, version| {
+        let mut m = first.clone();
+        m.text = text.to_owned();
+        m.version = version;
+        m
+    };
+    h.store
+        .replace(&alice, next("version two", 2), 1)
+        .await
+        .expect("replace");
+    let got = h.store.get(&alice, id).await.expect("get").expect("held");
+    assert_eq!((got.text(), got.version()), ("version two", 2));
+    // A second writer that read version 1 changes nothing.
+    h.store
+        .replace(&alice, next("lost race", 2), 1)
+        .await
+        .expect("replace");
+    let got = h.store.get(&alice, id).await.expect("get").expect("held");
+    assert_eq!(got.text(), "version two");
+    // Bob naming Alice's id at her version changes nothing of hers.
+    h.store
+        .replace(&bob, next("bob over alice", 3), 2)
+        .await
+        .expect("replace");
+    let got = h.store.get(&alice, id).await.expect("get").expect("held");
+    assert_eq!(got.text(), "version two");
+    assert!(h.store.get(&bob, id).await.expect("get").is_none());
+}
+
+/// Ranges, any-of and creation-time bounds narrow search and list alike.
+pub async fn filters_narrow_search_and_list(h: &Harness) {
+    let alice = h.owner("alice");
+    let mut items = Vec::new();
+    for (i, (price, shop)) in [(12, "north"), (30, "south"), (55, "east")]
+        .iter()
+        .enumerate()
+    {
+        let mut m = memory(
+            &format!("order {price}"),
+            vector(0, i as f32 * 0.1),
+            json!({ "price": price, "shop": shop }),
+        );
+        m.created_at = 1_000 * (i as i64 + 1);
+        items.push(m);
+    }
+    h.store.put(&alice, items).await.expect("put");
+    let with = |filter: cordon::store::Conditions| SearchQuery {
+        vector: vector(0, 0.0),
+        limit: 10,
+        min_score: None,
+        filter,
+    };
+    let sorted = |mut t: Vec<&str>| {
+        t.sort();
+        t.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let range = cordon::store::Conditions {
+        ranges: vec![(
+            "price".into(),
+            cordon::store::Bounds {
+                gte: Some(12.0),
+                lt: Some(55.0),
+                ..Default::default()
+            },
+        )],
+        ..Default::default()
+    };
+    let found = h
+        .store
+        .search(&alice, with(range.clone()))
+        .await
+        .expect("search");
+    assert_eq!(sorted(texts(&found)), ["order 12", "order 30"]);
+    let listed = h.store.list(&alice, None, 10, &range).await.expect("list");
+    assert_eq!(sorted(texts(&listed.memories)), ["order 12", "order 30"]);
+    let any = cordon::store::Conditions {
+        any_of: vec![(
+            "shop".into(),
+            vec![
+                MetaValue::Str("east".into()),
+                MetaValue::Str("north".into()),
+            ],
+        )],
+        ..Default::default()
+    };
+    let found = h
+        .store
+        .search(&alice, with(any.clone()))
+        .await
+        .expect("search");
+    assert_eq!(sorted(texts(&found)), ["order 12", "order 55"]);
+    let created = cordon::store::Conditions {
+        created: cordon::store::Bounds {
+            gt: Some(1_000.0),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let listed = h
+        .store
+        .list(&alice, None, 10, &created)
+        .await
+        .expect("list");
+    assert_eq!(sorted(texts(&listed.memories)), ["order 30", "order 55"]);
 }

@@ -288,5 +288,8 @@ pub fn memory(text: &str, vector: Vec<f32>, metadata: Value) -> NewMemory {
         vector,
         request: None,
         sealed: None,
+        expires_at: None,
+        version: 1,
+        updated_at: None,
     }
 }

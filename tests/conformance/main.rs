@@ -59,6 +59,30 @@ macro_rules! conformance {
 
             #[tokio::test]
             $(#[$attr])*
+            async fn an_expiry_sweep_for_one_owner_never_touches_a_neighbours_memories() {
+                cases::expiry_is_swept_per_owner(&$make(1, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
+            async fn an_expiry_sweep_touches_only_expired_memories_in_a_private_collection() {
+                cases::expiry_is_swept_per_owner(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
+            async fn a_replacement_applies_only_at_the_version_it_names() {
+                cases::replace_is_compare_and_set(&$make(1, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
+            async fn ranges_any_of_and_time_bounds_narrow_search_and_list() {
+                cases::filters_narrow_search_and_list(&$make(32, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
             async fn users_sharing_a_collection_stay_apart_with_the_engine_filter() {
                 cases::shared_collection(&$make(1, false).await, false).await;
             }

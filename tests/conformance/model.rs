@@ -64,8 +64,7 @@ pub async fn random_operations_match_the_model(h: &Harness, users: usize, seed: 
                     vector: vector(rng.random_range(0..counter.max(1)), 0.0),
                     limit: 100,
                     min_score: None,
-                    metadata: vec![],
-                    tags: Vec::new(),
+                    filter: Default::default(),
                 };
                 let found = h.store.search(&owner, query).await.expect("search");
                 assert_eq!(found.len(), mine.len(), "step {step}: search count");
@@ -81,7 +80,11 @@ pub async fn random_operations_match_the_model(h: &Harness, users: usize, seed: 
                 let mut listed = Vec::new();
                 let mut cursor = None;
                 loop {
-                    let page = h.store.list(&owner, cursor, 4).await.expect("list");
+                    let page = h
+                        .store
+                        .list(&owner, cursor, 4, &Default::default())
+                        .await
+                        .expect("list");
                     listed.extend(page.memories.iter().map(|m| (m.id(), m.text().to_owned())));
                     match page.next {
                         Some(n) => cursor = Some(n),

@@ -120,7 +120,10 @@ async fn listed(engine: &dyn Engine, owner: &OwnerHash) -> Vec<Uuid> {
     let mut ids = Vec::new();
     let mut after = None;
     loop {
-        let page = engine.scroll(owner, after, 7).await.expect("lists");
+        let page = engine
+            .scroll(owner, after, 7, &Default::default())
+            .await
+            .expect("lists");
         ids.extend(page.points.iter().map(|p| p.id));
         match page.next {
             Some(next) => after = Some(next),

@@ -44,8 +44,9 @@ use uuid::Uuid;
 pub use pool::{MAPS_PER_OPEN_SHARD, fit_open_shards, max_map_count};
 
 use super::{
-    Engine, METADATA_FIELD, MetaValue, NewMemory, OWNER_FIELD, RawPage, RawPoint, SearchQuery,
-    StoreError, TAGS_FIELD, WriteMode,
+    Bounds, CREATED_FIELD, Conditions, EXPIRES_FIELD, Engine, METADATA_FIELD, MetaValue, NewMemory,
+    OWNER_FIELD, RawPage, RawPoint, SearchQuery, StoreError, TAGS_FIELD, VERSION_FIELD, WriteMode,
+    earliest, note_expiry,
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
@@ -201,6 +202,84 @@ fn tag_condition(tag: &str) -> Condition {
             value: ValueVariants::String(tag.to_owned()),
         }),
     ))
+}
+
+/// A condition written in Qdrant's filter language, for the kinds whose
+/// types qdrant-edge does not export.
+fn parsed(condition: serde_json::Value) -> Condition {
+    serde_json::from_value(condition).expect("a condition literal Cordon wrote parses")
+}
+
+fn range_condition(field: &str, bounds: &Bounds) -> Condition {
+    parsed(serde_json::json!({
+        "key": field,
+        "range": { "gt": bounds.gt, "gte": bounds.gte, "lt": bounds.lt, "lte": bounds.lte },
+    }))
+}
+
+/// One of `conditions`, as a filter of its own.
+fn any(conditions: Vec<Condition>) -> Condition {
+    Condition::Filter(Filter {
+        should: Some(conditions),
+        min_should: None,
+        must: None,
+        must_not: None,
+    })
+}
+
+/// Expired at `now`: an expiry time at or before it.
+fn expired_condition(now: i64) -> Condition {
+    range_condition(
+        EXPIRES_FIELD,
+        &Bounds {
+            lte: Some(now as f64),
+            ..Bounds::default()
+        },
+    )
+}
+
+/// At version `expected`; a point stored before versions were is at 1.
+fn version_condition(expected: u64) -> Condition {
+    let exact = parsed(serde_json::json!({ "key": VERSION_FIELD, "match": { "value": expected } }));
+    if expected == 1 {
+        any(vec![
+            exact,
+            parsed(serde_json::json!({ "is_empty": { "key": VERSION_FIELD } })),
+        ])
+    } else {
+        exact
+    }
+}
+
+/// The conditions of `filter` that must hold and those that must not.
+fn conditions(filter: &Conditions) -> Result<(Vec<Condition>, Vec<Condition>), StoreError> {
+    let mut must = filter
+        .metadata
+        .iter()
+        .map(|(k, v)| metadata_condition(k, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (k, values) in &filter.any_of {
+        let each = values
+            .iter()
+            .map(|v| metadata_condition(k, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        must.push(any(each));
+    }
+    for (k, bounds) in &filter.ranges {
+        must.push(range_condition(&format!("{METADATA_FIELD}.{k}"), bounds));
+    }
+    if !filter.created.is_open() {
+        must.push(range_condition(CREATED_FIELD, &filter.created));
+    }
+    must.extend(filter.tags.iter().map(|t| tag_condition(t)));
+    must.extend(
+        filter
+            .any_tags
+            .iter()
+            .map(|group| any(group.iter().map(|t| tag_condition(t)).collect())),
+    );
+    let must_not = filter.alive_at.map(expired_condition).into_iter().collect();
+    Ok((must, must_not))
 }
 
 fn has_id(id: Uuid) -> Condition {
@@ -500,6 +579,28 @@ impl EdgeEngine {
         filter(extra)
     }
 
+    /// The read filter with `conditions` too.
+    fn read_filter_where(
+        &self,
+        owner: &OwnerHash,
+        extra: Vec<Condition>,
+        conditions: &Conditions,
+    ) -> Result<Option<Filter>, StoreError> {
+        let (must, must_not) = self::conditions(conditions)?;
+        let mut filter = self.read_filter(owner, extra.into_iter().chain(must).collect());
+        if !must_not.is_empty() {
+            filter
+                .get_or_insert_with(|| Filter {
+                    should: None,
+                    min_should: None,
+                    must: None,
+                    must_not: None,
+                })
+                .must_not = Some(must_not);
+        }
+        Ok(filter)
+    }
+
     async fn blocking<R: Send + 'static>(
         f: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
@@ -558,12 +659,36 @@ impl EdgeEngine {
                     update_mode: Some(UpdateMode::UpdateOnly),
                 })
             }
+            WriteMode::UpdateIf(expected) => {
+                PointOperations::UpsertPointsConditional(ConditionalInsertOperation {
+                    points_op: points,
+                    condition: filter(vec![owner_condition(owner), version_condition(expected)])
+                        .expect("two conditions"),
+                    update_mode: Some(UpdateMode::UpdateOnly),
+                })
+            }
         };
         let slot = self.slot(owner)?;
         // An update creates no shard: with none, there is nothing to update.
-        let create = mode != WriteMode::UpdateExisting;
-        slot.update(create, UpdateOperation::PointOperation(op), || Ok(()))?;
-        self.check_due(&slot, slot.dead());
+        let create = matches!(mode, WriteMode::Upsert | WriteMode::InsertNew);
+        let replaces = matches!(mode, WriteMode::UpdateIf(_));
+        let dir = slot.dir.clone();
+        let applied = slot.update(create, UpdateOperation::PointOperation(op), || {
+            // An update leaves the old text in the shard's files, as a
+            // delete does: it goes at the same purge.
+            if replaces {
+                files::mark_purge_pending(&dir)
+            } else {
+                Ok(())
+            }
+        })?;
+        if replaces && applied.is_some() {
+            let dead = slot.add_dead();
+            self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
+            self.check_due(&slot, dead);
+        } else {
+            self.check_due(&slot, slot.dead());
+        }
         Ok(())
     }
 
@@ -585,6 +710,80 @@ impl EdgeEngine {
             self.check_due(&slot, dead);
         }
         Ok(())
+    }
+
+    fn delete_expired_blocking(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
+        // The owner condition always: a shard can hold other owners' points
+        // (shortened names), and this sweep is for one owner only.
+        let expired =
+            filter(vec![owner_condition(owner), expired_condition(now)]).expect("two conditions");
+        let slot = self.slot(owner)?;
+        let n = slot
+            .read(|shard| {
+                shard
+                    .count(CountRequest {
+                        filter: Some(expired.clone()),
+                        exact: true,
+                    })
+                    .map_err(engine_err)
+            })?
+            .unwrap_or(0);
+        if n == 0 {
+            return Ok(0);
+        }
+        let dir = slot.dir.clone();
+        let deleted = slot.update(
+            false,
+            UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(expired)),
+            || files::mark_purge_pending(&dir),
+        )?;
+        if deleted.is_some() {
+            let dead = slot.add_dead();
+            self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
+            self.check_due(&slot, dead);
+        }
+        Ok(n)
+    }
+
+    fn expiring_blocking(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(OwnerHash, i64)>, StoreError> {
+        let mut owners = std::collections::BTreeMap::new();
+        let expired = filter(vec![expired_condition(before)]);
+        for name in self.shard_names()? {
+            if owners.len() >= limit {
+                break;
+            }
+            let slot = self.pool.slot(&name)?;
+            let mut after = None;
+            loop {
+                let page = slot.read(|shard| {
+                    shard
+                        .scroll(ScrollRequest {
+                            offset: after.map(PointId::Uuid),
+                            limit: Some(256),
+                            filter: expired.clone(),
+                            with_payload: Some(WithPayloadInterface::Bool(true)),
+                            with_vector: WithVector::Bool(false),
+                            order_by: None,
+                        })
+                        .map_err(engine_err)
+                })?;
+                let Some((records, next)) = page else { break };
+                for record in &records {
+                    if let Some(payload) = &record.payload {
+                        note_expiry(&mut owners, &payload.0);
+                    }
+                }
+                match next {
+                    Some(PointId::Uuid(next)) => after = Some(next),
+                    _ => break,
+                }
+            }
+        }
+        Ok(earliest(owners, limit))
     }
 
     fn scroll_blocking(
@@ -745,19 +944,14 @@ impl Engine for Arc<EdgeEngine> {
     ) -> Result<Vec<RawPoint>, StoreError> {
         let (this, owner) = (self.clone(), owner.clone());
         EdgeEngine::blocking(move || {
-            let mut extra = query
-                .metadata
-                .iter()
-                .map(|(k, v)| metadata_condition(k, v))
-                .collect::<Result<Vec<_>, _>>()?;
-            extra.extend(query.tags.iter().map(|t| tag_condition(t)));
+            let filter = this.read_filter_where(&owner, vec![], &query.filter)?;
             let request = QueryRequest {
                 prefetches: vec![],
                 query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
                     query: query.vector.into(),
                     using: None,
                 }))),
-                filter: this.read_filter(&owner, extra),
+                filter,
                 score_threshold: query.min_score.map(Into::into),
                 limit: query.limit,
                 offset: 0,
@@ -797,13 +991,41 @@ impl Engine for Arc<EdgeEngine> {
         owner: &OwnerHash,
         after: Option<Uuid>,
         limit: usize,
+        conditions: &Conditions,
     ) -> Result<RawPage, StoreError> {
-        let (this, owner) = (self.clone(), owner.clone());
+        let (this, owner, conditions) = (self.clone(), owner.clone(), conditions.clone());
         EdgeEngine::blocking(move || {
-            let filter = this.read_filter(&owner, vec![]);
+            let filter = this.read_filter_where(&owner, vec![], &conditions)?;
             this.scroll_blocking(&owner, filter, after, limit)
         })
         .await
+    }
+
+    async fn replace(
+        &self,
+        owner: &OwnerHash,
+        memory: NewMemory,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        let (this, owner) = (self.clone(), owner.clone());
+        EdgeEngine::blocking(move || {
+            this.upsert_blocking(&owner, vec![memory], WriteMode::UpdateIf(expected))
+        })
+        .await
+    }
+
+    async fn delete_expired(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
+        let (this, owner) = (self.clone(), owner.clone());
+        EdgeEngine::blocking(move || this.delete_expired_blocking(&owner, now)).await
+    }
+
+    async fn expiring(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(OwnerHash, i64)>, StoreError> {
+        let this = self.clone();
+        EdgeEngine::blocking(move || this.expiring_blocking(before, limit)).await
     }
 
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {

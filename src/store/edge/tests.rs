@@ -56,12 +56,18 @@ fn memory(text: &str, n: usize) -> NewMemory {
         vector,
         request: None,
         sealed: None,
+        expires_at: None,
+        version: 1,
+        updated_at: None,
     }
 }
 
 /// The texts of `owner`'s memories, sorted.
 async fn texts(engine: &Arc<EdgeEngine>, owner: &OwnerHash) -> Vec<String> {
-    let page = engine.scroll(owner, None, 100).await.expect("scrolls");
+    let page = engine
+        .scroll(owner, None, 100, &Default::default())
+        .await
+        .expect("scrolls");
     let mut texts: Vec<String> = page
         .points
         .iter()
