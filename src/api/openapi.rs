@@ -66,7 +66,7 @@ impl IntoResponses for UserErrors {
             ),
             (
                 409,
-                "Another request with the same `Idempotency-Key` and a different body is being stored (`idempotency_conflict`)",
+                "Another request with the same `Idempotency-Key` and a different body is being stored (`idempotency_conflict`), or other updates of the memory kept landing first (`update_conflict`)",
             ),
             (415, "The body is not `application/json`"),
             (
@@ -138,21 +138,47 @@ pub fn metadata_schema() -> Object {
         .build()
 }
 
-/// A search `filter`: up to 16 plain keys, each a string, integer or boolean.
+/// A search or list `filter`: up to 16 plain keys, each a value to equal,
+/// an `in` list or a numeric range.
 pub fn filter_schema() -> Object {
-    let scalar = OneOfBuilder::new()
-        .item(ObjectBuilder::new().schema_type(Type::String))
-        .item(ObjectBuilder::new().schema_type(Type::Integer))
-        .item(ObjectBuilder::new().schema_type(Type::Boolean));
+    let scalar = || {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Integer))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+    };
+    let any_of = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "in",
+            utoipa::openapi::schema::ArrayBuilder::new()
+                .items(scalar())
+                .min_items(Some(1))
+                .max_items(Some(64)),
+        )
+        .required("in")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .description(Some("Equal to one of these values"));
+    let bound = || ObjectBuilder::new().schema_type(Type::Number);
+    let range = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("gt", bound())
+        .property("gte", bound())
+        .property("lt", bound())
+        .property("lte", bound())
+        .min_properties(Some(1))
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .description(Some("A number within these bounds"));
+    let condition = scalar().item(any_of).item(range);
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .property_names(Some(key_schema()))
         .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(Schema::OneOf(
-            scalar.build(),
+            condition.build(),
         )))))
         .max_properties(Some(16))
         .description(Some(
-            "Only memories whose metadata holds each of these key-value pairs",
+            "Only memories whose metadata meets every condition: a string, integer or boolean to equal, `{\"in\": [...]}` for one of several, or `{\"gte\": 1, \"lt\": 9}` for a numeric range",
         ))
         .build()
 }

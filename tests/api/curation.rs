@@ -260,7 +260,7 @@ async fn every_read(app: &TestApp, user: &str, id: &str) -> Vec<(String, Vec<Str
 #[tokio::test]
 async fn an_expired_memory_is_gone_from_every_read_at_once() {
     let app = spawn_app().await;
-    let expires = now_ms() + 1500;
+    let expires = now_ms() + 4000;
     let stored = store(
         &app,
         "alice",
@@ -325,7 +325,7 @@ async fn expiry_inputs_are_checked() {
 
 #[tokio::test]
 async fn a_deployment_ttl_applies_unless_a_store_says_never() {
-    let app = spawn_app_with(|s| s.memory.default_ttl = Some(Duration::from_secs(1))).await;
+    let app = spawn_app_with(|s| s.memory.default_ttl = Some(Duration::from_secs(4))).await;
     let short = store(
         &app,
         "alice",
@@ -343,7 +343,11 @@ async fn a_deployment_ttl_applies_unless_a_store_says_never() {
         .get_json(&format!("/v1/memories/{short_id}"), &token("acme", "alice"))
         .await;
     assert!(shown["expires_at"].as_i64().is_some());
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let shown_at = shown["expires_at"].as_i64().expect("an expiry");
+    tokio::time::sleep(Duration::from_millis(
+        (shown_at - now_ms()).max(0) as u64 + 50,
+    ))
+    .await;
     let listed = app.get_json("/v1/memories", &token("acme", "alice")).await;
     assert_eq!(texts(&listed["memories"]), ["I was born in Porto"]);
     assert_eq!(listed["memories"][0]["id"], kept["ids"][0]);
@@ -359,7 +363,6 @@ async fn the_sweep_deletes_expired_memories_for_good_and_only_the_owners() {
     })
     .await;
     let users: Vec<String> = (0..20).map(|i| format!("user-{i}")).collect();
-    let soon = now_ms() + 800;
     for user in &users {
         store(
             &app,
@@ -370,7 +373,7 @@ async fn the_sweep_deletes_expired_memories_for_good_and_only_the_owners() {
         store(
             &app,
             user,
-            json!({"text": format!("{user} forgets this"), "expires_at": soon}),
+            json!({"text": format!("{user} forgets this"), "ttl_seconds": 1}),
         )
         .await;
     }

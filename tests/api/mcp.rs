@@ -58,7 +58,16 @@ async fn mcp_with_a_token_initializes_and_lists_the_memory_tools() {
     let tools = body["result"]["tools"].as_array().expect("tools");
     let mut names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["forget", "list_memories", "recall", "remember"]);
+    assert_eq!(
+        names,
+        [
+            "forget",
+            "list_memories",
+            "recall",
+            "remember",
+            "update_memory"
+        ]
+    );
     // No tool takes an argument that could name a user.
     for tool in tools {
         let properties = tool["inputSchema"]["properties"]

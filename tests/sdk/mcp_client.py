@@ -10,6 +10,7 @@ Exits non-zero on the first failed check. Run by scripts/sdk-tests.
 
 import argparse
 import asyncio
+import time
 import json
 
 import httpx2
@@ -54,8 +55,8 @@ async def run(base_url: str, alice_token: str, bob_token: str) -> None:
         check(alice.info.server_info.name == "cordon", "initialize names the server")
 
         tools = {t.name: t for t in (await alice.session.list_tools()).tools}
-        check(sorted(tools) == ["forget", "list_memories", "recall", "remember"],
-              f"the four memory tools are listed ({sorted(tools)})")
+        check(sorted(tools) == ["forget", "list_memories", "recall", "remember", "update_memory"],
+              f"the five memory tools are listed ({sorted(tools)})")
         named = [(t, p) for t in tools.values() for p in t.input_schema.get("properties", {})
                  if p in ("user", "user_id", "owner", "sub", "tenant")]
         check(not named, "no tool argument can name a user")
@@ -115,6 +116,30 @@ async def run(base_url: str, alice_token: str, bob_token: str) -> None:
 
         failed, out = await alice.call("remember", {"text": "   "})
         check(failed and "invalid_request" in out, "a blank memory is refused with the API's code")
+
+        # Curation: update in place, expiry, filters, duplicates.
+        failed, out = await alice.call("update_memory", {"id": ids[1], "text": "My daughter is called Maia"})
+        check(not failed and out["version"] == 2 and out["text"] == "My daughter is called Maia",
+              f"alice corrects a memory in place ({out})")
+        failed, out = await alice.call("recall", {"query": "what is my daughter's name", "limit": 1})
+        check(out["memories"][0]["text"] == "My daughter is called Maia", "recall finds the corrected text")
+        failed, out = await alice.call("update_memory", {"id": ids[1], "text": "stale", "version": 1})
+        check(failed and "precondition_failed" in out, f"an update at a stale version is refused ({out})")
+        failed, out = await bob.call("update_memory", {"id": ids[1], "text": "bob's now"})
+        check(failed and "not_found" in out, "bob cannot update alice's memory")
+        now_ms = int(time.time() * 1000)
+        failed, out = await alice.call("remember", {"text": "My hotel room is 512", "expires_at": now_ms + 4000})
+        check(not failed, "alice remembers something that expires")
+        await asyncio.sleep(max(0.0, (now_ms + 4000) / 1000 - time.time()) + 0.1)
+        failed, out = await alice.call("recall", {"query": "hotel room number"})
+        check(all("512" not in m["text"] for m in out["memories"]), "an expired memory is not recalled")
+        failed, out = await alice.call("list_memories", {"filter": {"who": {"in": ["alice"]}}})
+        check(not failed and len(out["memories"]) == 2, f"list_memories takes a filter ({out})")
+        failed, out = await alice.call("recall", {"query": "daughter", "created_after": now_ms + 10**7})
+        check(not failed and out["memories"] == [], "recall takes created_after")
+        failed, out = await alice.call("remember", {"text": "I am allergic to peanuts!", "duplicate_threshold": 0.9})
+        check(not failed and out["id"] == ids[0] and out.get("duplicate") is True,
+              f"a near-duplicate is not stored again ({out})")
 
     # A wrong token never reaches the tools: the HTTP answer is the API's 401.
     async with httpx2.AsyncClient() as http:

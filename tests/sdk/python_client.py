@@ -64,6 +64,7 @@ def main() -> None:
             server.base_url, bob_token
         ) as bob:
             check_memory_api(server.base_url, alice, bob)
+            check_curation(alice, bob)
         asyncio.run(check_async(server.base_url, server.token("acme", "dave")))
         check_example(server.base_url, server.token("acme", "carol"))
 
@@ -248,6 +249,62 @@ def check_memory_api(base_url: str, alice: Cordon, bob: Cordon) -> None:
         bob.get(bob_id) is not None and len(list(bob.iter_all())) == 2,
         "bob's memories survive alice's erase",
     )
+
+
+def check_curation(alice: Cordon, bob: Cordon) -> None:
+    """Update, expiry, filters and duplicates, through the client."""
+    import time
+
+    first = alice.remember("Alice's gym locker is 112", {"kind": "locker", "floor": 2})
+    updated = alice.update(first, text="Alice's gym locker is 7719", metadata={"floor": None})
+    check(
+        updated.id == first and updated.version == 2 and updated.metadata == {"kind": "locker"},
+        "update changes text, merges metadata (None removes a key) and bumps the version",
+    )
+    found = alice.recall("which locker number", limit=1)
+    check(found[0].text == "Alice's gym locker is 7719", "the updated text is what recall finds")
+    check(
+        raises(lambda: alice.update(first, text="stale", if_version=1), 412, "precondition_failed"),
+        "an update at a stale version raises 412 precondition_failed",
+    )
+    check(
+        raises(lambda: bob.update(first, text="bob's"), 404, "not_found"),
+        "bob cannot update alice's memory (404)",
+    )
+    replaced = alice.update(first, metadata={"only": True}, replace_metadata=True, if_version=2)
+    check(replaced.metadata == {"only": True} and replaced.version == 3, "replace_metadata replaces")
+
+    soon = alice.remember("Alice's table is booked for tonight", expires_at=int(time.time() * 1000) + 4000)
+    kept = alice.remember("Alice prefers aisle seats", ttl_seconds=3600)
+    never = alice.remember("Alice was born in Lisbon", expires_at=None)
+    got = alice.get(soon)
+    check(got is not None and got.expires_at is not None, "expires_at is stored and shown")
+    check(alice.get(never).expires_at is None, "expires_at=None stores a memory that never expires")
+    time.sleep(max(0.0, (got.expires_at - time.time() * 1000) / 1000) + 0.1)
+    check(alice.get(soon) is None, "an expired memory is gone from get")
+    texts = [m.text for m in alice.iter_all()]
+    check(
+        "Alice's table is booked for tonight" not in texts and alice.get(kept) is not None,
+        "an expired memory is gone from the list; a later one stays",
+    )
+
+    for price, shop in ((12, "north"), (30, "south"), (55, "east")):
+        alice.remember(f"Alice's order at {shop} cost {price}", {"price": price, "shop": shop})
+    ranged = alice.recall("order cost", filter={"price": {"gte": 12, "lt": 55}})
+    check(
+        sorted(m.metadata["price"] for m in ranged) == [12, 30],
+        "recall with a numeric range",
+    )
+    any_of = alice.list(filter={"shop": {"in": ["north", "east"]}})
+    check(
+        sorted(m.metadata["shop"] for m in any_of.memories) == ["east", "north"],
+        "list with an any-of filter",
+    )
+    later = alice.recall("order cost", created_after=replaced.created_at + 1, filter={"price": {"gt": 0}})
+    check(len(later) == 3, "recall with created_after")
+
+    dup = alice.remember("Alice prefers aisle seats.", duplicate_threshold=0.9)
+    check(dup == kept, "a near-duplicate returns the existing memory's id")
 
 
 async def check_async(base_url: str, token: str) -> None:

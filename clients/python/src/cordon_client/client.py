@@ -8,6 +8,7 @@ they send it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,10 +44,15 @@ DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_RETRY_WAIT = 10.0
 _RETRY_STATUSES = frozenset({429, 503})
 
-#: One memory to store: its text, or ``{"text": ..., "metadata": {...}}``.
+#: One memory to store: its text, or ``{"text": ..., "metadata": {...}}`` with
+#: optional ``expires_at``, ``ttl_seconds`` and ``duplicate_threshold``.
 MemoryInput = Union[str, Mapping[str, Any]]
-#: A metadata filter for :meth:`Cordon.recall`: top-level keys, matched for equality.
-Filter = Mapping[str, Union[str, int, bool]]
+#: A metadata filter for :meth:`Cordon.recall` and :meth:`Cordon.list`: each
+#: key maps to a value to equal, ``{"in": [...]}`` or a numeric range such as
+#: ``{"gte": 10, "lt": 20}``.
+Filter = Mapping[str, Any]
+#: Leave a field as it is (distinct from ``None``, which some fields take).
+_UNSET: Any = object()
 _Params = Dict[str, Union[str, int]]
 
 T = TypeVar("T")
@@ -139,6 +145,12 @@ def _memory_body(item: MemoryInput) -> Dict[str, Any]:
     body: Dict[str, Any] = {"text": item["text"]}
     if item.get("metadata") is not None:
         body["metadata"] = dict(item["metadata"])
+    for name in ("ttl_seconds", "duplicate_threshold"):
+        if item.get(name) is not None:
+            body[name] = item[name]
+    if "expires_at" in item:
+        # ``None`` here means "never", even where the server has a default.
+        body["expires_at"] = item["expires_at"]
     return body
 
 
@@ -157,9 +169,14 @@ def _store(body: Dict[str, Any], idempotency_key: Optional[str]) -> _Call[List[s
 
 
 def _remember(
-    text: str, metadata: Optional[Mapping[str, Any]], key: Optional[str]
+    text: str,
+    metadata: Optional[Mapping[str, Any]],
+    key: Optional[str],
+    lifetime: Mapping[str, Any],
 ) -> _Call[List[str]]:
-    return _store(_memory_body({"text": text, "metadata": metadata}), key)
+    item: Dict[str, Any] = {"text": text, "metadata": metadata}
+    item.update({k: v for k, v in lifetime.items() if v is not _UNSET})
+    return _store(_memory_body(item), key)
 
 
 def _remember_many(items: Iterable[MemoryInput], key: Optional[str]) -> _Call[List[str]]:
@@ -171,6 +188,7 @@ def _recall(
     limit: Optional[int],
     min_score: Optional[float],
     filter: Optional[Filter],
+    options: Mapping[str, Any],
 ) -> _Call[List[Memory]]:
     body: Dict[str, Any] = {"query": query}
     if limit is not None:
@@ -179,6 +197,7 @@ def _recall(
         body["min_score"] = min_score
     if filter is not None:
         body["filter"] = dict(filter)
+    body.update({k: v for k, v in options.items() if v is not None})
     return _Call(
         "POST",
         "/v1/memories/search",
@@ -208,13 +227,59 @@ def _forget(id: str) -> _Call[bool]:
     )
 
 
-def _list(limit: Optional[int], cursor: Optional[str]) -> _Call[Page]:
+def _list(
+    limit: Optional[int],
+    cursor: Optional[str],
+    filter: Optional[Filter] = None,
+    created_after: Optional[int] = None,
+    created_before: Optional[int] = None,
+) -> _Call[Page]:
     params: _Params = {}
     if limit is not None:
         params["limit"] = limit
     if cursor is not None:
         params["cursor"] = cursor
+    if filter is not None:
+        params["filter"] = json.dumps(dict(filter), separators=(",", ":"))
+    if created_after is not None:
+        params["created_after"] = created_after
+    if created_before is not None:
+        params["created_before"] = created_before
     return _Call("GET", "/v1/memories", _parse_page, params=params)
+
+
+def _update(
+    id: str,
+    text: Optional[str],
+    metadata: Optional[Mapping[str, Any]],
+    replace_metadata: bool,
+    expires_at: Any,
+    ttl_seconds: Optional[int],
+    if_version: Optional[int],
+) -> _Call[Memory]:
+    body: Dict[str, Any] = {}
+    if text is not None:
+        body["text"] = text
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+        if replace_metadata:
+            body["metadata_mode"] = "replace"
+    if expires_at is not _UNSET:
+        body["expires_at"] = expires_at
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    headers = None if if_version is None else {"If-Match": f'"{if_version}"'}
+    return _Call(
+        "PATCH",
+        _memory_path(id),
+        lambda r: Memory.from_json(_json(r)),
+        body=body,
+        headers=headers,
+        # Sent again, an update applies its change again (same content, one
+        # more version); one with a version to match would then fail on
+        # its own first success.
+        retry=if_version is None,
+    )
 
 
 def _erase_all() -> _Call[int]:
@@ -341,13 +406,25 @@ class Cordon:
         metadata: Optional[Mapping[str, Any]] = None,
         *,
         idempotency_key: Optional[str] = None,
+        ttl_seconds: Optional[int] = None,
+        expires_at: Any = _UNSET,
+        duplicate_threshold: Optional[float] = None,
     ) -> str:
         """Stores one memory and returns its id.
 
         With ``idempotency_key`` (e.g. a UUID made once per logical write), a
         repeat of the same store returns the same id and stores nothing new.
+        ``ttl_seconds`` or ``expires_at`` (Unix ms; ``None`` for never) make it
+        expire. With ``duplicate_threshold`` (cosine, e.g. 0.95), a text that
+        near-duplicates one of the user's memories is not stored again, and
+        the existing memory's id is returned.
         """
-        return self._send(_remember(text, metadata, idempotency_key))[0]
+        lifetime = {
+            "ttl_seconds": ttl_seconds,
+            "expires_at": expires_at,
+            "duplicate_threshold": duplicate_threshold,
+        }
+        return self._send(_remember(text, metadata, idempotency_key, lifetime))[0]
 
     def remember_many(
         self, items: Iterable[MemoryInput], *, idempotency_key: Optional[str] = None
@@ -362,9 +439,16 @@ class Cordon:
         limit: Optional[int] = None,
         min_score: Optional[float] = None,
         filter: Optional[Filter] = None,
+        created_after: Optional[int] = None,
+        created_before: Optional[int] = None,
     ) -> List[Memory]:
-        """The memories closest in meaning to ``query``, best first, with scores."""
-        return self._send(_recall(query, limit, min_score, filter))
+        """The memories closest in meaning to ``query``, best first, with scores.
+
+        ``filter`` narrows by metadata (see :data:`Filter`);
+        ``created_after``/``created_before`` by the time stored (Unix ms).
+        """
+        options = {"created_after": created_after, "created_before": created_before}
+        return self._send(_recall(query, limit, min_score, filter, options))
 
     def get(self, id: str) -> Optional[Memory]:
         """One memory, or ``None`` if the user has none with this id."""
@@ -374,9 +458,42 @@ class Cordon:
         """Deletes one memory; ``False`` if the user had none with this id."""
         return self._send(_forget(id))
 
-    def list(self, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page:
-        """One page of the user's memories; pass ``next_cursor`` on as ``cursor``."""
-        return self._send(_list(limit, cursor))
+    def list(
+        self,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+        *,
+        filter: Optional[Filter] = None,
+        created_after: Optional[int] = None,
+        created_before: Optional[int] = None,
+    ) -> Page:
+        """One page of the user's memories; pass ``next_cursor`` on as ``cursor``
+        (with the same ``filter`` and time bounds)."""
+        return self._send(_list(limit, cursor, filter, created_after, created_before))
+
+    def update(
+        self,
+        id: str,
+        *,
+        text: Optional[str] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        replace_metadata: bool = False,
+        expires_at: Any = _UNSET,
+        ttl_seconds: Optional[int] = None,
+        if_version: Optional[int] = None,
+    ) -> Memory:
+        """Changes one memory in place and returns it as updated.
+
+        ``metadata`` merges (a key set to ``None`` is removed) unless
+        ``replace_metadata``. ``expires_at`` (Unix ms, or ``None`` for never)
+        or ``ttl_seconds`` set a new expiry. With ``if_version``, the update
+        applies only if the memory is still at that version, else
+        :class:`CordonError` with status 412 and code ``precondition_failed``.
+        A memory the user does not have raises status 404.
+        """
+        return self._send(
+            _update(id, text, metadata, replace_metadata, expires_at, ttl_seconds, if_version)
+        )
 
     def iter_all(self, *, page_size: Optional[int] = None) -> Iterator[Memory]:
         """Every memory of the user, page by page."""
@@ -460,9 +577,17 @@ class AsyncCordon:
         metadata: Optional[Mapping[str, Any]] = None,
         *,
         idempotency_key: Optional[str] = None,
+        ttl_seconds: Optional[int] = None,
+        expires_at: Any = _UNSET,
+        duplicate_threshold: Optional[float] = None,
     ) -> str:
         """See :meth:`Cordon.remember`."""
-        return (await self._send(_remember(text, metadata, idempotency_key)))[0]
+        lifetime = {
+            "ttl_seconds": ttl_seconds,
+            "expires_at": expires_at,
+            "duplicate_threshold": duplicate_threshold,
+        }
+        return (await self._send(_remember(text, metadata, idempotency_key, lifetime)))[0]
 
     async def remember_many(
         self, items: Iterable[MemoryInput], *, idempotency_key: Optional[str] = None
@@ -477,9 +602,12 @@ class AsyncCordon:
         limit: Optional[int] = None,
         min_score: Optional[float] = None,
         filter: Optional[Filter] = None,
+        created_after: Optional[int] = None,
+        created_before: Optional[int] = None,
     ) -> List[Memory]:
         """See :meth:`Cordon.recall`."""
-        return await self._send(_recall(query, limit, min_score, filter))
+        options = {"created_after": created_after, "created_before": created_before}
+        return await self._send(_recall(query, limit, min_score, filter, options))
 
     async def get(self, id: str) -> Optional[Memory]:
         """See :meth:`Cordon.get`."""
@@ -490,10 +618,32 @@ class AsyncCordon:
         return await self._send(_forget(id))
 
     async def list(
-        self, limit: Optional[int] = None, cursor: Optional[str] = None
+        self,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+        *,
+        filter: Optional[Filter] = None,
+        created_after: Optional[int] = None,
+        created_before: Optional[int] = None,
     ) -> Page:
         """See :meth:`Cordon.list`."""
-        return await self._send(_list(limit, cursor))
+        return await self._send(_list(limit, cursor, filter, created_after, created_before))
+
+    async def update(
+        self,
+        id: str,
+        *,
+        text: Optional[str] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        replace_metadata: bool = False,
+        expires_at: Any = _UNSET,
+        ttl_seconds: Optional[int] = None,
+        if_version: Optional[int] = None,
+    ) -> Memory:
+        """See :meth:`Cordon.update`."""
+        return await self._send(
+            _update(id, text, metadata, replace_metadata, expires_at, ttl_seconds, if_version)
+        )
 
     async def iter_all(self, *, page_size: Optional[int] = None) -> AsyncIterator[Memory]:
         """See :meth:`Cordon.iter_all`."""

@@ -15,6 +15,9 @@ class Memory:
     ``created_at`` is the time it was stored, in milliseconds since the Unix
     epoch. ``score`` is the similarity to the query (cosine, -1 to 1) for
     results of :meth:`Cordon.recall`, and ``None`` everywhere else.
+    ``version`` is 1 when stored and one more with each update (pass it to
+    :meth:`Cordon.update` as ``if_version``); ``updated_at`` and
+    ``expires_at`` are milliseconds since the epoch, or ``None``.
     """
 
     id: str
@@ -22,6 +25,9 @@ class Memory:
     metadata: Dict[str, Any] = field(default_factory=dict)
     created_at: int = 0
     score: Optional[float] = None
+    version: int = 1
+    updated_at: Optional[int] = None
+    expires_at: Optional[int] = None
 
     @classmethod
     def from_json(cls, obj: Any) -> Memory:
@@ -40,12 +46,20 @@ class Memory:
         score = obj.get("score")
         if score is not None and not isinstance(score, (int, float)):
             raise ValueError("a memory's `score` must be a number")
+        version = obj.get("version", 1)
+        updated_at, expires_at = obj.get("updated_at"), obj.get("expires_at")
+        for name, value in (("version", version), ("updated_at", updated_at), ("expires_at", expires_at)):
+            if value is not None and not isinstance(value, int):
+                raise ValueError(f"a memory's `{name}` must be an integer")
         return cls(
             id=id_,
             text=text,
             metadata=metadata,
             created_at=created_at,
             score=None if score is None else float(score),
+            version=version,
+            updated_at=updated_at,
+            expires_at=expires_at,
         )
 
 
