@@ -172,6 +172,7 @@ impl Application {
             memory: Arc::new(settings.memory.clone()),
             expiry,
             updates: Arc::default(),
+            keywords: Arc::default(),
         };
         let listener =
             TcpListener::bind(settings.bind)

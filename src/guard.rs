@@ -88,6 +88,12 @@ impl Memory {
         self.score
     }
 
+    /// The same memory with another score (a keyword or fused ranking's).
+    pub fn with_score(mut self, score: f32) -> Self {
+        self.score = Some(score);
+        self
+    }
+
     /// Digest of the idempotent request that stored it, if one did.
     pub fn request_digest(&self) -> Option<&str> {
         self.request.as_deref()

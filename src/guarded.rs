@@ -32,6 +32,9 @@ pub struct GuardedStore {
     sealing: Arc<SealGate>,
 }
 
+/// Memories read per page by a keyword search.
+const PAGE: usize = 256;
+
 /// Most memories one sealed read with a range condition looks through
 /// before it answers with what it found.
 const MAX_SCAN: usize = 10_000;
@@ -429,6 +432,69 @@ impl GuardedStore {
         let _exclusive = sealer.lock_of(owner).write_owned().await;
         sealer.shred(owner).await?;
         self.engine.erase(owner).await
+    }
+
+    /// How many of `owner`'s live memories there are, and how many of them
+    /// hold each of `terms` (keyword term ids, as a query has them): the
+    /// counts BM25's inverse document frequencies take.
+    pub async fn term_counts(
+        &self,
+        owner: &OwnerHash,
+        terms: &[i64],
+    ) -> Result<(usize, Vec<usize>), StoreError> {
+        let alive = Conditions::alive_at(now_ms());
+        let n = self.engine.count_where(owner, &alive).await?;
+        let mut counts = Vec::with_capacity(terms.len());
+        for term in terms {
+            let mut filter = Conditions {
+                terms: vec![*term],
+                ..alive.clone()
+            };
+            let keyed = match self.sealing.sealer()? {
+                Some(sealer) => sealer.seal_conditions(owner, &mut filter).await?,
+                None => true,
+            };
+            counts.push(match keyed {
+                true => self.engine.count_where(owner, &filter).await?,
+                false => 0,
+            });
+        }
+        Ok((n, counts))
+    }
+
+    /// Up to `cap` of `owner`'s memories that meet `filter` and hold any of
+    /// `terms` (keyword term ids, as a query has them), in id order.
+    pub async fn holding_terms(
+        &self,
+        owner: &OwnerHash,
+        terms: &[i64],
+        filter: &Conditions,
+        cap: usize,
+    ) -> Result<Vec<Memory>, StoreError> {
+        let filter = Conditions {
+            terms: terms.to_vec(),
+            ..filter.clone()
+        };
+        let mut out = Vec::new();
+        let mut after = None;
+        while out.len() < cap {
+            let page = self
+                .page(
+                    owner,
+                    after,
+                    PAGE.min(cap - out.len()),
+                    &filter,
+                    "search",
+                    false,
+                )
+                .await?;
+            out.extend(page.memories);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes `owner`'s memories expired at `now`; how many.

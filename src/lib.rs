@@ -19,6 +19,7 @@ pub mod error;
 pub mod expiry;
 pub mod guard;
 pub mod guarded;
+pub mod keyword;
 pub mod limits;
 pub mod listener;
 pub mod load;

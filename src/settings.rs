@@ -264,6 +264,9 @@ pub struct ServeArgs {
     /// Seconds between sweeps that delete expired memories for good (reads leave them out at once).
     #[arg(long, env = "CORDON_EXPIRY_SWEEP_SECS", default_value_t = 60)]
     pub expiry_sweep_secs: u64,
+    /// How a search ranks when it does not say: semantic, keyword or hybrid.
+    #[arg(long, env = "CORDON_SEARCH_MODE", default_value = "semantic")]
+    pub search_mode: crate::api::recall::Mode,
     /// Cosine similarity at or above which a store is a near-duplicate of one of the user's memories and adds nothing; unset: no check (a request can set its own).
     #[arg(long, env = "CORDON_DUPLICATE_THRESHOLD")]
     pub duplicate_threshold: Option<f32>,
@@ -554,6 +557,8 @@ pub struct MemoryPolicy {
     pub sweep_every: Duration,
     /// Cosine similarity from which a store is a duplicate (`None`: off).
     pub duplicate_threshold: Option<f32>,
+    /// How a search ranks when it does not say.
+    pub search_mode: crate::api::recall::Mode,
 }
 
 impl Settings {
@@ -1015,6 +1020,7 @@ impl ServeArgs {
                     .then(|| Duration::from_secs(self.default_ttl_secs)),
                 sweep_every: Duration::from_secs(self.expiry_sweep_secs),
                 duplicate_threshold: self.duplicate_threshold,
+                search_mode: self.search_mode,
             },
         })
     }

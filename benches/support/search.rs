@@ -47,6 +47,7 @@ pub fn memory(i: usize, text: String, vector: Vec<f32>) -> NewMemory {
         expires_at: None,
         version: 1,
         updated_at: None,
+        terms: Vec::new(),
     }
 }
 

@@ -182,6 +182,10 @@ pub struct RecallArgs {
     /// Only memories stored before this time (Unix milliseconds).
     #[serde(default)]
     pub created_before: Option<i64>,
+    /// "semantic" (by meaning), "keyword" (exact names, codes, numbers) or
+    /// "hybrid" (both); the server's default when absent.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// `forget`'s arguments.
@@ -353,6 +357,12 @@ impl Memories {
             filter: args.filter,
             created_after: args.created_after,
             created_before: args.created_before,
+            mode: args
+                .mode
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| format!("invalid_request: {e}"))?,
         };
         let work = memories::search_memories(&self.state, &caller, request);
         let found = run_tool("recall", &caller, &context, work).await?;

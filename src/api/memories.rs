@@ -480,6 +480,7 @@ async fn embedded(
             expires_at: item.expires_at,
             version: 1,
             updated_at: None,
+            terms: state.keywords.terms(&item.text),
         })
         .collect())
 }
@@ -518,7 +519,7 @@ async fn settle_race(
     Err(ApiError::IdempotencyConflict)
 }
 
-/// A search by meaning among the caller's memories.
+/// A search among the caller's memories.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SearchRequest {
     /// What to look for, in words.
@@ -528,7 +529,8 @@ pub struct SearchRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// Leave out results scoring below this (cosine similarity, -1 to 1).
+    /// Leave out results whose cosine similarity is below this (-1 to 1;
+    /// in `hybrid`, the semantic side only; not with `keyword`).
     #[serde(default)]
     #[schema(minimum = -1.0, maximum = 1.0)]
     pub min_score: Option<f32>,
@@ -544,6 +546,10 @@ pub struct SearchRequest {
     /// Only memories created before this time (Unix milliseconds).
     #[serde(default)]
     pub created_before: Option<i64>,
+    /// `semantic` (by meaning), `keyword` (BM25, for exact names, codes and
+    /// numbers) or `hybrid` (both, fused); the server's default when absent.
+    #[serde(default)]
+    pub mode: Option<super::recall::Mode>,
 }
 
 /// Search results, best first.
@@ -552,7 +558,7 @@ struct SearchResponse {
     results: Vec<Memory>,
 }
 
-/// Search the caller's memories by meaning.
+/// Search the caller's memories by meaning, keywords or both.
 #[utoipa::path(
     post,
     path = "/v1/memories/search",
@@ -590,23 +596,17 @@ pub async fn search_memories(
         request.created_after,
         request.created_before,
     )?;
-    let mut encoded = state
-        .embedder
-        .embed(&caller.owner, vec![request.query])
-        .await?;
-    let vector = encoded.vectors.pop().ok_or(ApiError::Internal)?;
-    let results = state
-        .store
-        .search(
-            &caller.owner,
-            SearchQuery {
-                vector,
-                limit,
-                min_score: request.min_score,
-                filter,
-            },
-        )
-        .await?;
+    let mode = request.mode.unwrap_or(state.memory.search_mode);
+    let results = super::recall::ranked(
+        state,
+        caller,
+        mode,
+        &request.query,
+        limit,
+        request.min_score,
+        filter,
+    )
+    .await?;
     state.metrics.searched();
     Ok(results)
 }

@@ -18,6 +18,7 @@ pub mod mcp;
 mod memories;
 pub mod openapi;
 mod quota;
+pub mod recall;
 pub mod update;
 mod validate;
 
@@ -75,6 +76,8 @@ pub struct AppState {
     pub expiry: Arc<crate::expiry::Sweeper>,
     /// One update per user at a time in this process.
     pub updates: Arc<crate::locks::KeyedLocks<crate::owner::OwnerHash>>,
+    /// The keyword side of search.
+    pub keywords: Arc<crate::keyword::Keywords>,
 }
 
 impl FromRef<AppState> for AuthState {

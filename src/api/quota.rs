@@ -197,6 +197,9 @@ mod tests {
             self.scrolls.fetch_add(1, Ordering::SeqCst);
             self.inner.scroll(o, after, limit, f).await
         }
+        async fn count_where(&self, o: &OwnerHash, f: &Conditions) -> Result<usize, StoreError> {
+            self.inner.count_where(o, f).await
+        }
         async fn replace(&self, o: &OwnerHash, m: NewMemory, v: u64) -> Result<(), StoreError> {
             self.inner.replace(o, m, v).await
         }
@@ -269,6 +272,7 @@ mod tests {
             expires_at: None,
             version: 1,
             updated_at: None,
+            terms: Vec::new(),
         }
     }
 

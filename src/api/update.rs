@@ -137,7 +137,7 @@ pub fn etag(version: u64) -> HeaderMap {
     request_body = UpdateRequest,
     responses(
         (status = 200, description = "The memory as updated; its ETag in the header", body = Memory),
-        (status = 412, description = "The memory is not at the version `If-Match` names (`precondition_failed`); its ETag in the header"),
+        (status = 412, description = "The memory is not at the version `If-Match` names (`precondition_failed`); its ETag in the header", body = super::openapi::ErrorBody),
         UserErrors,
     ),
     security(("bearer" = [])),
@@ -224,6 +224,7 @@ pub async fn update_memory(
             .embed(&caller.owner, vec![text.clone()])
             .await?;
         let vector = encoded.vectors.pop().ok_or(ApiError::Internal)?;
+        let terms = state.keywords.terms(&text);
         let next = NewMemory {
             id,
             text,
@@ -235,6 +236,7 @@ pub async fn update_memory(
             expires_at: expires.unwrap_or(current.expires_at()),
             version: current.version() + 1,
             updated_at: Some(now),
+            terms,
         };
         let wanted = (
             next.text.clone(),

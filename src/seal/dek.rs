@@ -139,6 +139,19 @@ impl RecordKeys {
             .map(Zeroizing::new)
     }
 
+    /// A keyword term id as stored for this owner: keyed by the user's
+    /// data key, so that a dump does not tell which word an id stands for
+    /// (an unkeyed id is a hash anyone can compute for a guessed word).
+    pub fn term(&self, term: i64) -> i64 {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.tags.as_ref())
+            .expect("HMAC takes any key length");
+        // A domain of its own: a tag's input starts with a key's length.
+        mac.update(b"cordon term v1\0");
+        mac.update(&term.to_be_bytes());
+        let out = mac.finalize().into_bytes();
+        i64::from_be_bytes(out[..8].try_into().expect("a SHA-256 MAC has 32 bytes"))
+    }
+
     /// The tag a metadata filter `key = value` matches on. Keyed by the
     /// user's data key, so equal values give equal tags within one user
     /// only, and nobody without the key can test a guess.

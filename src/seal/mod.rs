@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
 use crate::store::{
     Conditions, METADATA_FIELD, MetaValue, NewMemory, REQUEST_FIELD, RawPoint, SEALED_FIELD,
-    Sealed, TAGS_FIELD, TEXT_FIELD,
+    Sealed, TAGS_FIELD, TERMS_FIELD, TEXT_FIELD,
 };
 
 /// Why sealing or opening failed.
@@ -224,6 +224,9 @@ impl Sealer {
                 request: memory.request.take(),
             };
             memory.sealed = Some(seal_plain(&keys, owner, memory.id, &plain));
+            for term in &mut memory.terms {
+                *term = keys.term(*term);
+            }
         }
         Ok(())
     }
@@ -253,7 +256,7 @@ impl Sealer {
         owner: &OwnerHash,
         filter: &mut Conditions,
     ) -> Result<bool, SealError> {
-        if filter.metadata.is_empty() && filter.any_of.is_empty() {
+        if filter.metadata.is_empty() && filter.any_of.is_empty() && filter.terms.is_empty() {
             return Ok(true);
         }
         let Some(keys) = self.keys(owner, false).await? else {
@@ -264,6 +267,9 @@ impl Sealer {
             .drain(..)
             .map(|(key, value)| keys.tag(&key, &meta_tag(&value)))
             .collect();
+        for term in &mut filter.terms {
+            *term = keys.term(*term);
+        }
         filter.any_tags = filter
             .any_of
             .drain(..)
@@ -403,6 +409,14 @@ pub fn seal_payload(
     if !sealed.tags.is_empty() {
         let tags = sealed.tags.into_iter().map(Value::String).collect();
         payload.insert(TAGS_FIELD.into(), Value::Array(tags));
+    }
+    // Plain term ids are hashes anyone can compute for a guessed word.
+    if let Some(Value::Array(terms)) = payload.get_mut(TERMS_FIELD) {
+        for term in terms.iter_mut() {
+            if let Some(raw) = term.as_i64() {
+                *term = Value::from(keys.term(raw));
+            }
+        }
     }
     true
 }

@@ -43,6 +43,9 @@ pub const EXPIRES_FIELD: &str = "expires_at";
 pub const VERSION_FIELD: &str = "version";
 /// Payload field holding the time of a memory's last update (Unix ms).
 pub const UPDATED_FIELD: &str = "updated_at";
+/// Payload field holding a memory's keyword term ids (keyed per owner when
+/// sealed), which keyword search matches.
+pub const TERMS_FIELD: &str = "terms";
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,8 @@ pub struct NewMemory {
     pub version: u64,
     /// When it was last updated, Unix milliseconds.
     pub updated_at: Option<i64>,
+    /// Its keyword term ids ([`crate::keyword`]).
+    pub terms: Vec<i64>,
 }
 
 /// A memory's sealed content.
@@ -118,6 +123,10 @@ impl NewMemory {
         }
         if let Some(at) = self.updated_at {
             payload.insert(UPDATED_FIELD.into(), Value::from(at));
+        }
+        if !self.terms.is_empty() {
+            let terms = self.terms.into_iter().map(Value::from).collect();
+            payload.insert(TERMS_FIELD.into(), Value::Array(terms));
         }
         match self.sealed {
             Some(sealed) => {
@@ -181,6 +190,10 @@ impl NewMemory {
                 .and_then(Value::as_u64)
                 .unwrap_or(1),
             updated_at: payload.get(UPDATED_FIELD).and_then(Value::as_i64),
+            terms: match payload.get(TERMS_FIELD) {
+                Some(Value::Array(terms)) => terms.iter().filter_map(Value::as_i64).collect(),
+                _ => Vec::new(),
+            },
         })
     }
 }
@@ -257,6 +270,9 @@ pub struct Conditions {
     pub any_tags: Vec<Vec<String>>,
     /// Leave out memories expired at this time (Unix milliseconds).
     pub alive_at: Option<i64>,
+    /// Keyword term ids of which a memory must hold one (none: no such
+    /// condition).
+    pub terms: Vec<i64>,
 }
 
 impl Conditions {
@@ -579,6 +595,12 @@ pub trait Engine: Send + Sync {
     async fn get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<RawPoint>, StoreError>;
     /// Deletes one memory of this owner; never touches another owner's point.
     async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError>;
+    /// How many of the owner's memories meet `filter` (exact).
+    async fn count_where(
+        &self,
+        owner: &OwnerHash,
+        filter: &Conditions,
+    ) -> Result<usize, StoreError>;
     /// A page of memories meeting `filter` in id order, starting after
     /// `after`.
     async fn scroll(

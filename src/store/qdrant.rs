@@ -34,8 +34,8 @@ use uuid::Uuid;
 
 use super::{
     Bounds, CREATED_FIELD, Conditions, EXPIRES_FIELD, Engine, METADATA_FIELD, MetaValue, NewMemory,
-    OWNER_FIELD, RawPage, RawPoint, SearchQuery, StoreError, TAGS_FIELD, VERSION_FIELD, WriteMode,
-    earliest, note_expiry,
+    OWNER_FIELD, RawPage, RawPoint, SearchQuery, StoreError, TAGS_FIELD, TERMS_FIELD,
+    VERSION_FIELD, WriteMode, earliest, note_expiry,
 };
 use crate::embed::DIMENSIONS;
 use crate::locks::KeyedLocks;
@@ -198,9 +198,12 @@ fn conditions(filter: &Conditions) -> (Vec<Condition>, Vec<Condition>) {
             .iter()
             .map(|group| any(group.iter().map(|t| tag_condition(t)).collect())),
     );
+    if !filter.terms.is_empty() {
+        must.push(Condition::matches(TERMS_FIELD, filter.terms.clone()));
+    }
     let must_not = filter
         .alive_at
-        .map(|now| expired_condition(now))
+        .map(expired_condition)
         .into_iter()
         .collect();
     (must, must_not)
@@ -1297,6 +1300,23 @@ impl Engine for Arc<QdrantEngine> {
     ) -> Result<RawPage, StoreError> {
         self.bounded(|| self.scroll_op(owner, after, limit, filter))
             .await
+    }
+
+    async fn count_where(
+        &self,
+        owner: &OwnerHash,
+        filter: &Conditions,
+    ) -> Result<usize, StoreError> {
+        let name = self.name(owner);
+        let filter = self.read_filter_where(owner, vec![], filter);
+        self.bounded(|| async {
+            match QdrantEngine::count(self, &name, filter.clone()).await {
+                Ok(n) => Ok(n as usize),
+                Err(e) if is_not_found(&e) => Ok(0),
+                Err(e) => Err(store_err(e)),
+            }
+        })
+        .await
     }
 
     async fn replace(

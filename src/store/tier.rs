@@ -215,6 +215,7 @@ mod tests {
             expires_at: None,
             version: 1,
             updated_at: None,
+            terms: Vec::new(),
         }
     }
 

@@ -879,6 +879,15 @@ impl Engine for Arc<Tiered> {
             .await
     }
 
+    async fn count_where(
+        &self,
+        owner: &OwnerHash,
+        filter: &Conditions,
+    ) -> Result<usize, StoreError> {
+        self.read(owner, |engine| engine.count_where(owner, filter))
+            .await
+    }
+
     async fn replace(
         &self,
         owner: &OwnerHash,
@@ -1110,6 +1119,7 @@ mod tests {
             expires_at: None,
             version: 1,
             updated_at: None,
+            terms: Vec::new(),
         }
     }
 

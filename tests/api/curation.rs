@@ -577,3 +577,74 @@ async fn a_deployment_duplicate_threshold_applies_to_keyed_stores_too() {
     let listed = app.get_json("/v1/memories", &token("acme", "alice")).await;
     assert_eq!(texts(&listed["memories"]).len(), 1);
 }
+
+/// Orders that differ only in their codes, among other memories: the dense
+/// model cannot tell the codes apart.
+fn orders() -> Vec<String> {
+    let mut texts: Vec<String> = [
+        "A-88231", "A-83218", "A-82813", "A-88123", "A-81823", "A-88312", "A-83821",
+    ]
+    .iter()
+    .map(|code| format!("Order {code} is on its way"))
+    .collect();
+    texts.extend(
+        [
+            "The blue kettle from last week's delivery was order A-88213, and its lid is cracked",
+            "I like to run along the river on Sundays",
+            "My manager is called Priya",
+            "The dentist appointment is on the 14th",
+            "Locker 7719 holds my gym bag",
+            "I prefer tea to coffee in the morning",
+        ]
+        .map(String::from),
+    );
+    texts
+}
+
+#[tokio::test]
+async fn a_hybrid_search_finds_an_exact_code_that_a_semantic_search_misses() {
+    for sealed in [false, true] {
+        let app = spawn_app_with(|s| {
+            if sealed {
+                seal_with(s, KEK_ONE, None);
+            }
+        })
+        .await;
+        let texts_stored = orders();
+        let refs: Vec<&str> = texts_stored.iter().map(String::as_str).collect();
+        app.store_texts(&token("acme", "alice"), &refs).await;
+        // Bob's memories hold the code too; they must not count for Alice.
+        app.store_texts(&token("acme", "bob"), &["Order A-88213 A-88213 is Bob's"])
+            .await;
+        let target =
+            "The blue kettle from last week's delivery was order A-88213, and its lid is cracked";
+        let ask = |mode: &str| json!({"query": "order A-88213", "limit": 3, "mode": mode});
+        let semantic = texts(&Value::Array(search(&app, "alice", ask("semantic")).await));
+        let keyword = texts(&Value::Array(search(&app, "alice", ask("keyword")).await));
+        let hybrid = texts(&Value::Array(search(&app, "alice", ask("hybrid")).await));
+        println!("sealed {sealed}\nsemantic {semantic:?}\nkeyword {keyword:?}\nhybrid {hybrid:?}");
+        assert!(
+            !semantic.iter().any(|t| t == target),
+            "semantic: {semantic:?}"
+        );
+        assert_eq!(keyword.first().map(String::as_str), Some(target), "keyword");
+        assert!(hybrid.iter().any(|t| t == target), "hybrid: {hybrid:?}");
+        assert!(!keyword.iter().any(|t| t.contains("Bob")));
+        let locker = search(&app, "alice", json!({"query": "7719", "mode": "keyword"})).await;
+        assert_eq!(
+            texts(&Value::Array(locker)),
+            ["Locker 7719 holds my gym bag"]
+        );
+        let none = search(&app, "alice", json!({"query": "zebra", "mode": "keyword"})).await;
+        assert!(none.is_empty());
+        let r = app
+            .post(
+                "/v1/memories/search",
+                &token("acme", "alice"),
+                &json!({"query": "x", "mode": "keyword", "min_score": 0.5}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        app.stop().await;
+    }
+}

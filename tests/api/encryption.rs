@@ -155,6 +155,7 @@ async fn copy_a_sealed_record_into_bobs_collection(dir: &Path) {
         expires_at: None,
         version: 1,
         updated_at: None,
+        terms: Vec::new(),
     };
     engine.upsert(&bob, vec![copy]).await.expect("copied");
     engine.shutdown().await;
@@ -600,5 +601,51 @@ async fn a_sealed_filter_matches_an_element_of_a_metadata_array_as_a_plain_one_d
         );
         assert!(search_by_label(&app, "alice", "food").await.is_empty());
         app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_sealed_memorys_keyword_terms_are_keyed_and_still_found() {
+    let text = "Locker 7719 holds my gym bag";
+    let plain_terms = cordon::keyword::Keywords::new().terms(text);
+    assert!(!plain_terms.is_empty());
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app = spawn_app_on(dir.path(), |s| {
+            if sealed {
+                sealed_settings(s);
+            }
+        })
+        .await;
+        app.store_texts(&token("acme", "alice"), &[text]).await;
+        let r = app
+            .post(
+                "/v1/memories/search",
+                &token("acme", "alice"),
+                &json!({ "query": "locker 7719", "mode": "keyword" }),
+            )
+            .await;
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(texts(&body["results"]), [text], "sealed: {sealed}");
+        app.stop().await;
+        let engine = edge(dir.path());
+        let page = engine
+            .export_page(&owner_of("acme", "alice"), None, 10)
+            .await
+            .expect("raw read");
+        let stored: Vec<i64> = page.points[0].payload["terms"]
+            .as_array()
+            .expect("terms stored")
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect();
+        assert_eq!(stored.len(), plain_terms.len());
+        let shared = stored.iter().filter(|t| plain_terms.contains(t)).count();
+        if sealed {
+            assert_eq!(shared, 0, "a sealed memory holds a plain term id");
+        } else {
+            assert_eq!(shared, plain_terms.len());
+        }
+        engine.shutdown().await;
     }
 }

@@ -137,6 +137,7 @@ pub fn settings(data_dir: &Path) -> Settings {
             default_ttl: None,
             sweep_every: Duration::from_secs(60),
             duplicate_threshold: None,
+            search_mode: Default::default(),
         },
     }
 }

@@ -735,3 +735,45 @@ pub async fn filters_narrow_search_and_list(h: &Harness) {
         .expect("list");
     assert_eq!(sorted(texts(&listed.memories)), ["order 30", "order 55"]);
 }
+
+/// Keyword term conditions: counts and reads of the memories holding any
+/// of some terms, the owner's only.
+pub async fn term_conditions(h: &Harness) {
+    let (alice, bob) = (h.owner("alice"), h.owner("bob"));
+    let with_terms = |text: &str, terms: &[i64]| {
+        let mut m = memory(text, vector(0, 0.0), json!({}));
+        m.terms = terms.to_vec();
+        m
+    };
+    h.store
+        .put(
+            &alice,
+            vec![
+                with_terms("one two", &[1, 2]),
+                with_terms("two three", &[2, 3]),
+                with_terms("four", &[4]),
+            ],
+        )
+        .await
+        .expect("put");
+    h.store
+        .put(&bob, vec![with_terms("bob two", &[2])])
+        .await
+        .expect("put");
+    let (n, counts) = h
+        .store
+        .term_counts(&alice, &[2, 4, 9])
+        .await
+        .expect("counts");
+    assert_eq!((n, counts), (3, vec![2, 1, 0]));
+    let mut found: Vec<String> = h
+        .store
+        .holding_terms(&alice, &[1, 4], &Default::default(), 10)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.text().to_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, ["four", "one two"]);
+}

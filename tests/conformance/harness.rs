@@ -291,5 +291,6 @@ pub fn memory(text: &str, vector: Vec<f32>, metadata: Value) -> NewMemory {
         expires_at: None,
         version: 1,
         updated_at: None,
+        terms: Vec::new(),
     }
 }

@@ -83,6 +83,12 @@ macro_rules! conformance {
 
             #[tokio::test]
             $(#[$attr])*
+            async fn keyword_terms_are_counted_and_matched_per_owner() {
+                cases::term_conditions(&$make(1, false).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
             async fn users_sharing_a_collection_stay_apart_with_the_engine_filter() {
                 cases::shared_collection(&$make(1, false).await, false).await;
             }

@@ -45,8 +45,8 @@ pub use pool::{MAPS_PER_OPEN_SHARD, fit_open_shards, max_map_count};
 
 use super::{
     Bounds, CREATED_FIELD, Conditions, EXPIRES_FIELD, Engine, METADATA_FIELD, MetaValue, NewMemory,
-    OWNER_FIELD, RawPage, RawPoint, SearchQuery, StoreError, TAGS_FIELD, VERSION_FIELD, WriteMode,
-    earliest, note_expiry,
+    OWNER_FIELD, RawPage, RawPoint, SearchQuery, StoreError, TAGS_FIELD, TERMS_FIELD,
+    VERSION_FIELD, WriteMode, earliest, note_expiry,
 };
 use crate::embed::DIMENSIONS;
 use crate::owner::OwnerHash;
@@ -278,6 +278,11 @@ fn conditions(filter: &Conditions) -> Result<(Vec<Condition>, Vec<Condition>), S
             .iter()
             .map(|group| any(group.iter().map(|t| tag_condition(t)).collect())),
     );
+    if !filter.terms.is_empty() {
+        must.push(parsed(
+            serde_json::json!({ "key": TERMS_FIELD, "match": { "any": filter.terms } }),
+        ));
+    }
     let must_not = filter.alive_at.map(expired_condition).into_iter().collect();
     Ok((must, must_not))
 }
@@ -997,6 +1002,29 @@ impl Engine for Arc<EdgeEngine> {
         EdgeEngine::blocking(move || {
             let filter = this.read_filter_where(&owner, vec![], &conditions)?;
             this.scroll_blocking(&owner, filter, after, limit)
+        })
+        .await
+    }
+
+    async fn count_where(
+        &self,
+        owner: &OwnerHash,
+        filter: &Conditions,
+    ) -> Result<usize, StoreError> {
+        let (this, owner, filter) = (self.clone(), owner.clone(), filter.clone());
+        EdgeEngine::blocking(move || {
+            let filter = this.read_filter_where(&owner, vec![], &filter)?;
+            Ok(this
+                .slot(&owner)?
+                .read(|shard| {
+                    shard
+                        .count(CountRequest {
+                            filter,
+                            exact: true,
+                        })
+                        .map_err(engine_err)
+                })?
+                .unwrap_or(0))
         })
         .await
     }

@@ -59,6 +59,7 @@ fn memory(text: &str, n: usize) -> NewMemory {
         expires_at: None,
         version: 1,
         updated_at: None,
+        terms: Vec::new(),
     }
 }
 

@@ -1,0 +1,156 @@
+//! How a search ranks: by meaning, by keywords, or both fused.
+//!
+//! `semantic` is the nearest embeddings (cosine similarity as the score),
+//! `keyword` BM25 over the caller's memories ([`crate::keyword`]; the BM25
+//! score), `hybrid` both, fused by reciprocal rank (the fused score). In
+//! `hybrid`, `min_score` bounds the semantic side only: a keyword match
+//! joins whatever its cosine similarity, which is what finds an exact code
+//! that the embedding ranks low.
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::guard::Memory;
+use crate::keyword::{self, CANDIDATES};
+use crate::store::{Conditions, SearchQuery};
+
+/// How a search ranks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// By meaning: the nearest embeddings.
+    #[default]
+    Semantic,
+    /// By words: BM25 over the caller's memories.
+    Keyword,
+    /// Both, fused by reciprocal rank.
+    Hybrid,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "semantic" => Ok(Self::Semantic),
+            "keyword" => Ok(Self::Keyword),
+            "hybrid" => Ok(Self::Hybrid),
+            other => Err(format!(
+                "`{other}` is not a search mode: use semantic, keyword or hybrid"
+            )),
+        }
+    }
+}
+
+/// Candidates each side of a hybrid search brings to the fusion.
+fn depth(limit: usize) -> usize {
+    (limit * 3).clamp(30, 100)
+}
+
+/// The caller's memories for `query` ranked as `mode` says, at most `limit`.
+pub async fn ranked(
+    state: &AppState,
+    caller: &Caller,
+    mode: Mode,
+    query: &str,
+    limit: usize,
+    min_score: Option<f32>,
+    filter: Conditions,
+) -> Result<Vec<Memory>, ApiError> {
+    match mode {
+        Mode::Semantic => semantic(state, caller, query, limit, min_score, filter).await,
+        Mode::Keyword => {
+            if min_score.is_some() {
+                return Err(ApiError::validation(
+                    "`min_score` is a cosine similarity: it applies to `semantic` and `hybrid` searches, not `keyword`",
+                ));
+            }
+            keywords(state, caller, query, limit, filter).await
+        }
+        Mode::Hybrid => {
+            let deep = depth(limit);
+            let by_meaning =
+                semantic(state, caller, query, deep, min_score, filter.clone()).await?;
+            let by_words = keywords(state, caller, query, deep, filter).await?;
+            let ids = [
+                by_meaning.iter().map(Memory::id).collect::<Vec<_>>(),
+                by_words.iter().map(Memory::id).collect(),
+            ];
+            let mut pool: std::collections::HashMap<_, _> = by_words
+                .into_iter()
+                .chain(by_meaning)
+                .map(|m| (m.id(), m))
+                .collect();
+            Ok(keyword::fuse(&ids)
+                .into_iter()
+                .filter_map(|(id, score)| pool.remove(&id).map(|m| m.with_score(score)))
+                .take(limit)
+                .collect())
+        }
+    }
+}
+
+async fn semantic(
+    state: &AppState,
+    caller: &Caller,
+    query: &str,
+    limit: usize,
+    min_score: Option<f32>,
+    filter: Conditions,
+) -> Result<Vec<Memory>, ApiError> {
+    let mut encoded = state
+        .embedder
+        .embed(&caller.owner, vec![query.to_owned()])
+        .await?;
+    let vector = encoded.vectors.pop().ok_or(ApiError::Internal)?;
+    Ok(state
+        .store
+        .search(
+            &caller.owner,
+            SearchQuery {
+                vector,
+                limit,
+                min_score,
+                filter,
+            },
+        )
+        .await?)
+}
+
+/// BM25 over the caller's memories that hold any of the query's terms.
+async fn keywords(
+    state: &AppState,
+    caller: &Caller,
+    query: &str,
+    limit: usize,
+    filter: Conditions,
+) -> Result<Vec<Memory>, ApiError> {
+    let terms = state.keywords.query(query);
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = terms.iter().map(|t| i64::from(*t)).collect();
+    let (n, counts) = state.store.term_counts(&caller.owner, &ids).await?;
+    let idfs: Vec<f32> = counts.iter().map(|df| keyword::idf(n, *df)).collect();
+    let candidates = state
+        .store
+        .holding_terms(&caller.owner, &ids, &filter, CANDIDATES)
+        .await?;
+    let mut scored: Vec<(f32, Memory)> = candidates
+        .into_iter()
+        .map(|m| {
+            let weights = state.keywords.weights(m.text());
+            (keyword::score(&weights, &terms, &idfs), m)
+        })
+        .filter(|(score, _)| *score > 0.0)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(scored
+        .into_iter()
+        .take(limit)
+        .map(|(score, m)| m.with_score(score))
+        .collect())
+}
