@@ -265,7 +265,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CORDON_EXPIRY_SWEEP_SECS", default_value_t = 60)]
     pub expiry_sweep_secs: u64,
     /// How a search ranks when it does not say: semantic, keyword or hybrid.
-    #[arg(long, env = "CORDON_SEARCH_MODE", default_value = "semantic")]
+    #[arg(long, env = "CORDON_SEARCH_MODE", default_value = "hybrid")]
     pub search_mode: crate::api::recall::Mode,
     /// Cosine similarity at or above which a store is a near-duplicate of one of the user's memories and adds nothing; unset: no check (a request can set its own).
     #[arg(long, env = "CORDON_DUPLICATE_THRESHOLD")]

@@ -201,11 +201,7 @@ fn conditions(filter: &Conditions) -> (Vec<Condition>, Vec<Condition>) {
     if !filter.terms.is_empty() {
         must.push(Condition::matches(TERMS_FIELD, filter.terms.clone()));
     }
-    let must_not = filter
-        .alive_at
-        .map(expired_condition)
-        .into_iter()
-        .collect();
+    let must_not = filter.alive_at.map(expired_condition).into_iter().collect();
     (must, must_not)
 }
 
