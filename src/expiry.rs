@@ -9,13 +9,14 @@
 //! so a sweep for one user cannot touch another's memories, even where
 //! shortened names put both in one collection.
 //!
-//! The sweeper learns whom to visit from the writes this process makes
-//! (each expiring store or update notes its owner and time) and from a scan
-//! of the whole deployment at start. Where other replicas write the same
-//! collections, the scan is repeated every [`RESCAN`], for what a replica
-//! that stopped had noted.
+//! The sweeper keeps, per owner, the earliest time one of their memories
+//! expires: from the writes this process makes (each expiring store or
+//! update notes its owner and time), from a scan of the whole deployment at
+//! start, and, after each visit, from the owner's next expiry. Where other
+//! replicas write the same collections, the scan is repeated every
+//! [`RESCAN`], for what a replica that stopped had noted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -29,18 +30,15 @@ use crate::owner::OwnerHash;
 /// How often the deployment is scanned again where replicas share it.
 pub const RESCAN: Duration = Duration::from_secs(3600);
 
-/// Most owners one scan returns; the rest are found by the next.
-const SCAN_OWNERS: usize = 100_000;
-
 /// Deletes expired memories, owner by owner.
 pub struct Sweeper {
     store: GuardedStore,
     quotas: Arc<Quotas>,
     metrics: Arc<Metrics>,
     every: Duration,
-    /// Owners to visit, by the sweep time (Unix ms, rounded up to a tick)
-    /// from which one of their memories has expired.
-    due: Mutex<BTreeMap<i64, HashSet<OwnerHash>>>,
+    /// Owners to visit, each with the earliest time (Unix ms) one of their
+    /// memories expires: one entry per owner, however many memories.
+    due: Mutex<HashMap<OwnerHash, i64>>,
 }
 
 impl Sweeper {
@@ -56,46 +54,37 @@ impl Sweeper {
             quotas,
             metrics,
             every,
-            due: Mutex::new(BTreeMap::new()),
+            due: Mutex::new(HashMap::new()),
         })
     }
 
     /// Notes that one of `owner`'s memories expires at `at` (Unix ms).
     pub fn note(&self, owner: &OwnerHash, at: i64) {
-        // Rounded up to the tick, so that one owner's many memories expiring
-        // within a tick cost one entry.
-        let tick = (self.every.as_millis() as i64).max(1);
-        let slot = at.div_euclid(tick).saturating_add(1).saturating_mul(tick);
-        self.due
-            .lock()
-            .entry(slot)
-            .or_default()
-            .insert(owner.clone());
+        let mut due = self.due.lock();
+        let earliest = due.entry(owner.clone()).or_insert(at);
+        *earliest = (*earliest).min(at);
     }
 
-    /// Deletes the memories of every noted owner that expired by `now`;
-    /// returns how many. An owner whose deletion fails is noted again for
-    /// the next sweep.
+    /// Deletes the memories of every noted owner that expired by `now`,
+    /// and notes each owner's next expiry; returns how many were deleted.
+    /// An owner whose visit fails is noted again for the next sweep.
     pub async fn sweep(&self, now: i64) -> usize {
-        let owners: HashSet<OwnerHash> = {
+        let owners: Vec<OwnerHash> = {
             let mut due = self.due.lock();
-            let later = due.split_off(&(now + 1));
-            std::mem::replace(&mut *due, later)
-                .into_values()
-                .flatten()
-                .collect()
+            let owners: Vec<OwnerHash> = due
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(owner, _)| owner.clone())
+                .collect();
+            for owner in &owners {
+                due.remove(owner);
+            }
+            owners
         };
         let mut deleted = 0;
         for owner in owners {
-            match self.store.delete_expired(&owner, now).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    deleted += n;
-                    // Their byte total is listed again at their next store.
-                    self.quotas.forget(&owner);
-                    self.metrics.expired(n);
-                    tracing::debug!(owner = %owner.log_tag(), deleted = n, "expired memories deleted");
-                }
+            match self.visit(&owner, now).await {
+                Ok(n) => deleted += n,
                 Err(e) => {
                     tracing::warn!(owner = %owner.log_tag(), error = %e, "expiry sweep failed; retried at the next");
                     self.note(&owner, now);
@@ -105,9 +94,24 @@ impl Sweeper {
         deleted
     }
 
+    /// Deletes `owner`'s memories expired by `now` and notes their next.
+    async fn visit(&self, owner: &OwnerHash, now: i64) -> Result<usize, crate::store::StoreError> {
+        let n = self.store.delete_expired(owner, now).await?;
+        if n > 0 {
+            // Their byte total is listed again at their next store.
+            self.quotas.forget(owner);
+            self.metrics.expired(n);
+            tracing::debug!(owner = %owner.log_tag(), deleted = n, "expired memories deleted");
+        }
+        if let Some(next) = self.store.next_expiry(owner, now).await? {
+            self.note(owner, next);
+        }
+        Ok(n)
+    }
+
     /// Notes every owner the deployment holds expiring memories of.
     pub async fn scan(&self) -> Result<usize, crate::store::StoreError> {
-        let found = self.store.expiring(i64::MAX, SCAN_OWNERS).await?;
+        let found = self.store.expiring(i64::MAX, usize::MAX).await?;
         for (owner, at) in &found {
             self.note(owner, *at);
         }

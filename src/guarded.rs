@@ -379,25 +379,44 @@ impl GuardedStore {
             Some(_) => std::mem::take(&mut filter.ranges),
             None => Vec::new(),
         };
+        // With ranges to apply here, pages are read larger than asked.
+        let ask = if ranges.is_empty() {
+            limit
+        } else {
+            limit.max(PAGE)
+        };
         let mut scanned = 0;
         loop {
             let page = self
                 .sealed_read(owner, &filter, |filter| async move {
-                    self.engine.scroll(owner, after, limit, &filter).await
+                    self.engine.scroll(owner, after, ask, &filter).await
                 })
                 .await?;
             let (points, next) = (page.points, page.next);
             scanned += points.len();
-            let last_scanned = points.last().map(|p| p.id);
             let mut memories = self.admit(owner, points, path, whole).await?;
-            let before = memories.len();
-            memories.retain(|m| in_ranges(m, &ranges));
-            if before > memories.len() && memories.is_empty() && scanned < MAX_SCAN {
-                // Every one of this page's memories was the caller's but
-                // missed a range: read on from the last of them.
-                if let (Some(last), Some(_)) = (last_scanned, next) {
-                    after = Some(last);
-                    continue;
+            let last_own = memories.last().map(Memory::id);
+            if !ranges.is_empty() {
+                memories.retain(|m| in_ranges(m, &ranges));
+                if memories.len() > limit {
+                    memories.truncate(limit);
+                    let last = memories.last().map(Memory::id);
+                    return Ok(Page {
+                        memories,
+                        next: last,
+                    });
+                }
+                if let (true, Some(last), Some(_)) = (memories.is_empty(), last_own, next) {
+                    if scanned < MAX_SCAN {
+                        after = Some(last);
+                        continue;
+                    }
+                    // As much as one request reads: an empty page whose
+                    // cursor reads on from there.
+                    return Ok(Page {
+                        memories,
+                        next: Some(last),
+                    });
                 }
             }
             // The cursor handed out is always one of the caller's own ids; a
@@ -500,6 +519,25 @@ impl GuardedStore {
     /// Deletes `owner`'s memories expired at `now`; how many.
     pub async fn delete_expired(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
         self.engine.delete_expired(owner, now).await
+    }
+
+    /// The earliest expiry after `after` among `owner`'s memories.
+    pub async fn next_expiry(
+        &self,
+        owner: &OwnerHash,
+        after: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.engine.next_expiry(owner, after).await
+    }
+
+    /// Whether `owner` holds memory `id`, expired or not (a keyed retry's
+    /// question: an expired memory was stored, and stays gone).
+    pub async fn holds(&self, owner: &OwnerHash, id: Uuid) -> Result<bool, StoreError> {
+        let point = self.engine.get(owner, id).await?;
+        Ok(!self
+            .guard
+            .owned(owner, point.into_iter().collect(), "get")
+            .is_empty())
     }
 
     /// Owners of memories that expire by `before`, with the earliest time

@@ -913,6 +913,14 @@ impl ServeArgs {
             qdrant_connect_timeout_ms,
         )?;
         positive("CORDON_EXPIRY_SWEEP_SECS", self.expiry_sweep_secs)?;
+        // As far ahead as a store's own expiry may be.
+        const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+        if self.default_ttl_secs > MAX_TTL_SECS {
+            return Err(SettingsError::Invalid(format!(
+                "CORDON_DEFAULT_TTL_SECS is {}; it must be at most {MAX_TTL_SECS} (100 years), or 0 for none",
+                self.default_ttl_secs
+            )));
+        }
         if let Some(t) = self.duplicate_threshold
             && !(t > -1.0 && t <= 1.0)
         {

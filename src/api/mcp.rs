@@ -126,9 +126,10 @@ pub struct RememberArgs {
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
     /// Forget it by itself at this time (Unix milliseconds), e.g. for a
-    /// plan that only holds until a date.
-    #[serde(default)]
-    pub expires_at: Option<i64>,
+    /// plan that only holds until a date; null: never, whatever the
+    /// server's default.
+    #[serde(default, deserialize_with = "super::validate::present")]
+    pub expires_at: Option<Option<i64>>,
     /// Forget it by itself after this many seconds; not with `expires_at`.
     #[serde(default)]
     pub ttl_seconds: Option<i64>,
@@ -149,9 +150,9 @@ pub struct UpdateArgs {
     /// Metadata changes: keys set, keys given as null removed, others kept.
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
-    /// A new expiry time (Unix milliseconds).
-    #[serde(default)]
-    pub expires_at: Option<i64>,
+    /// A new expiry time (Unix milliseconds); null: never expire.
+    #[serde(default, deserialize_with = "super::validate::present")]
+    pub expires_at: Option<Option<i64>>,
     /// Seconds from now until it expires; not with `expires_at`.
     #[serde(default)]
     pub ttl_seconds: Option<i64>,
@@ -326,7 +327,7 @@ impl Memories {
         let input = MemoryInput {
             text: args.text,
             metadata: args.metadata.map(Value::Object),
-            expires_at: args.expires_at.map(Some),
+            expires_at: args.expires_at,
             ttl_seconds: args.ttl_seconds,
             duplicate_threshold: args.duplicate_threshold,
         };
@@ -386,7 +387,7 @@ impl Memories {
             text: args.text,
             metadata: args.metadata,
             metadata_mode: MetadataMode::Merge,
-            expires_at: args.expires_at.map(Some),
+            expires_at: args.expires_at,
             ttl_seconds: args.ttl_seconds,
         };
         let if_match = args.version.map_or(IfMatch::Absent, IfMatch::Version);

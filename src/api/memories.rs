@@ -157,6 +157,9 @@ struct Item {
     metadata: Map<String, Value>,
     expires_at: Option<i64>,
     threshold: Option<f32>,
+    /// The item's expiry and duplicate fields as sent (`None` when it sent
+    /// none), which a retry under the same key must repeat.
+    options: Option<String>,
 }
 
 /// Validates, embeds and stores `inputs` for the caller; returns their ids.
@@ -179,6 +182,15 @@ pub async fn store_memories(
             state.memory.default_ttl,
             now,
         )?;
+        let options = (input.expires_at.is_some()
+            || input.ttl_seconds.is_some()
+            || input.duplicate_threshold.is_some())
+        .then(|| {
+            format!(
+                "{:?}|{:?}|{:?}",
+                input.expires_at, input.ttl_seconds, input.duplicate_threshold
+            )
+        });
         let threshold = match input.duplicate_threshold {
             Some(t) => Some(validate::threshold(t)?),
             None => state.memory.duplicate_threshold,
@@ -188,6 +200,7 @@ pub async fn store_memories(
             metadata,
             expires_at,
             threshold,
+            options,
         });
     }
     let checked = items.iter().any(|i| i.threshold.is_some());
@@ -216,7 +229,16 @@ pub async fn store_memories(
     let digest = idempotency::body_digest(
         &items
             .iter()
-            .map(|i| (i.text.clone(), i.metadata.clone()))
+            .map(|i| {
+                let mut metadata = i.metadata.clone();
+                // Under a name no metadata key can have (`$` is not allowed),
+                // and only when sent: the digest of a body without them is
+                // what it always was.
+                if let Some(options) = &i.options {
+                    metadata.insert("$options".into(), Value::String(options.clone()));
+                }
+                (i.text.clone(), metadata)
+            })
             .collect::<Vec<_>>(),
     );
     // One attempt per key at a time in this process; a retry with the same
@@ -250,9 +272,11 @@ pub async fn store_memories(
     let mut memories = embedded(state, caller, &items, &ids, Some(&digest)).await?;
     let mut again = Vec::new();
     let mut fresh = Vec::new();
+    let mut seen = false;
     for (index, memory) in memories.drain(..).enumerate() {
         match state.store.get(&caller.owner, ids[index]).await? {
             Some(held) => {
+                seen = true;
                 if held.request_digest() != Some(digest.as_str()) {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
@@ -264,14 +288,16 @@ pub async fn store_memories(
                     });
                 }
             }
+            // Stored, and expired since: gone, as if deleted.
+            None if state.store.holds(&caller.owner, ids[index]).await? => seen = true,
             None => fresh.push((index, memory)),
         }
     }
     // Items not stored yet are checked for duplicates. On a retry (some
     // item found) they are not written: a batch lands whole, so each was
     // either a near-duplicate at the first attempt, answered again with the
-    // memory it matches, or deleted since, and stays deleted.
-    let retry = !again.is_empty() || fresh.len() < items.len();
+    // memory it matches, or deleted (or expired) since, and stays gone.
+    let retry = seen;
     let fresh_items: Vec<&Item> = fresh.iter().map(|(i, _)| &items[*i]).collect();
     let mut fresh_memories: Vec<NewMemory> = fresh.into_iter().map(|(_, m)| m).collect();
     let found_fresh = duplicates_of(state, caller, &fresh_items, &fresh_memories).await?;
@@ -307,8 +333,10 @@ pub async fn store_memories(
     let write_ids: Vec<Uuid> = fresh_memories.iter().map(|m| m.id).collect();
     let write = tokio::spawn(async move {
         let state = &task_state;
-        if !again.is_empty() {
-            state.store.put_existing(&owner, again).await?;
+        // Each only while still at its first version: an update that lands
+        // between the read above and this write is not undone.
+        for memory in again {
+            state.store.replace(&owner, memory, 1).await?;
         }
         if !fresh_memories.is_empty() {
             state.store.put_new(&owner, fresh_memories).await?;

@@ -206,6 +206,9 @@ mod tests {
         async fn delete_expired(&self, o: &OwnerHash, now: i64) -> Result<usize, StoreError> {
             self.inner.delete_expired(o, now).await
         }
+        async fn next_expiry(&self, o: &OwnerHash, a: i64) -> Result<Option<i64>, StoreError> {
+            self.inner.next_expiry(o, a).await
+        }
         async fn expiring(
             &self,
             before: i64,

@@ -129,6 +129,13 @@ async fn semantic(
 }
 
 /// BM25 over the caller's memories that hold any of the query's terms.
+///
+/// The memories holding any term are read (at most [`CANDIDATES`]); when
+/// they are all of them, each term's document frequency is counted among
+/// them, and only the number of the caller's memories is asked of the
+/// engine. Past the bound, the engine counts each term, and the memories
+/// read are those holding the rarest terms (as many terms as fit the
+/// bound), so that an exact code is never crowded out by a common word.
 async fn keywords(
     state: &AppState,
     caller: &Caller,
@@ -141,18 +148,53 @@ async fn keywords(
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = terms.iter().map(|t| i64::from(*t)).collect();
-    let (n, counts) = state.store.term_counts(&caller.owner, &ids).await?;
-    let idfs: Vec<f32> = counts.iter().map(|df| keyword::idf(n, *df)).collect();
-    let candidates = state
+    let owner = &caller.owner;
+    let mut candidates = state
         .store
-        .holding_terms(&caller.owner, &ids, &filter, CANDIDATES)
+        .holding_terms(owner, &ids, &filter, CANDIDATES + 1)
         .await?;
+    let weighed = |memories: &[Memory]| -> Vec<std::collections::HashMap<u32, f32>> {
+        memories
+            .iter()
+            .map(|m| state.keywords.weights(m.text()))
+            .collect()
+    };
+    let (n, counts, weights) = if candidates.len() <= CANDIDATES && filter_is_open(&filter) {
+        let weights = weighed(&candidates);
+        let counts = terms
+            .iter()
+            .map(|t| weights.iter().filter(|w| w.contains_key(t)).count())
+            .collect();
+        let (n, _) = state.store.term_counts(owner, &[]).await?;
+        (n, counts, weights)
+    } else {
+        let (n, counts) = state.store.term_counts(owner, &ids).await?;
+        if candidates.len() > CANDIDATES {
+            let mut by_rarity: Vec<(usize, i64)> =
+                counts.iter().copied().zip(ids.clone()).collect();
+            by_rarity.sort_unstable();
+            let mut rare = Vec::new();
+            let mut total = 0;
+            for (df, id) in by_rarity {
+                if !rare.is_empty() && total + df > CANDIDATES {
+                    break;
+                }
+                total += df;
+                rare.push(id);
+            }
+            candidates = state
+                .store
+                .holding_terms(owner, &rare, &filter, CANDIDATES)
+                .await?;
+        }
+        let weights = weighed(&candidates);
+        (n, counts, weights)
+    };
+    let idfs: Vec<f32> = counts.iter().map(|df| keyword::idf(n, *df)).collect();
     let mut scored: Vec<(f32, Memory)> = candidates
         .into_iter()
-        .map(|m| {
-            let weights = state.keywords.weights(m.text());
-            (keyword::score(&weights, &terms, &idfs), m)
-        })
+        .zip(&weights)
+        .map(|(m, w)| (keyword::score(w, &terms, &idfs), m))
         .filter(|(score, _)| *score > 0.0)
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -161,4 +203,10 @@ async fn keywords(
         .take(limit)
         .map(|(score, m)| m.with_score(score))
         .collect())
+}
+
+/// Whether `filter` leaves every memory in (then the memories holding a
+/// term are all the memories the term's frequency counts).
+fn filter_is_open(filter: &Conditions) -> bool {
+    !filter.on_metadata() && filter.created.is_open()
 }

@@ -227,6 +227,8 @@ impl Sealer {
             for term in &mut memory.terms {
                 *term = keys.term(*term);
             }
+            // In the keyed order, which says nothing of the words'.
+            memory.terms.sort_unstable();
         }
         Ok(())
     }
@@ -412,11 +414,13 @@ pub fn seal_payload(
     }
     // Plain term ids are hashes anyone can compute for a guessed word.
     if let Some(Value::Array(terms)) = payload.get_mut(TERMS_FIELD) {
-        for term in terms.iter_mut() {
-            if let Some(raw) = term.as_i64() {
-                *term = Value::from(keys.term(raw));
-            }
-        }
+        let mut keyed: Vec<i64> = terms
+            .iter()
+            .filter_map(Value::as_i64)
+            .map(|raw| keys.term(raw))
+            .collect();
+        keyed.sort_unstable();
+        *terms = keyed.into_iter().map(Value::from).collect();
     }
     true
 }

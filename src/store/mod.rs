@@ -237,6 +237,14 @@ pub struct Bounds {
 }
 
 impl Bounds {
+    /// The expiry times at or before `now`: what has expired by then.
+    pub fn expired_at(now: i64) -> Self {
+        Self {
+            lte: Some(now as f64),
+            ..Self::default()
+        }
+    }
+
     /// Whether no bound is set.
     pub fn is_open(&self) -> bool {
         *self == Self::default()
@@ -623,6 +631,9 @@ pub trait Engine: Send + Sync {
     /// Deletes the owner's memories that expired at or before `now` and no
     /// other's, whatever the collection holds; returns how many.
     async fn delete_expired(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError>;
+    /// The earliest expiry time after `after` among the owner's memories
+    /// (what the expiry sweep visits them for next).
+    async fn next_expiry(&self, owner: &OwnerHash, after: i64) -> Result<Option<i64>, StoreError>;
     /// The owners of memories that expire at or before `before`, each with
     /// the earliest such time, at most `limit` owners: the expiry sweep's
     /// scan of the whole deployment, which it then sweeps owner by owner.

@@ -916,6 +916,11 @@ impl Engine for Arc<Tiered> {
         .await
     }
 
+    async fn next_expiry(&self, owner: &OwnerHash, after: i64) -> Result<Option<i64>, StoreError> {
+        self.read(owner, |engine| engine.next_expiry(owner, after))
+            .await
+    }
+
     async fn expiring(
         &self,
         before: i64,

@@ -648,3 +648,123 @@ async fn a_hybrid_search_finds_an_exact_code_that_a_semantic_search_misses() {
         app.stop().await;
     }
 }
+
+async fn keyed_store(app: &TestApp, user: &str, key: &str, body: &Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/memories"))
+        .bearer_auth(token("acme", user))
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn a_keyed_retry_after_an_update_leaves_the_update() {
+    let app = spawn_app().await;
+    let body = json!({"text": "Dinner with Ana on Friday"});
+    let first: Value = keyed_store(&app, "alice", "k-1", &body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = first["ids"][0].as_str().expect("id").to_owned();
+    let r = patch(
+        &app,
+        &id,
+        "alice",
+        &json!({"text": "Dinner with Ana on Saturday"}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let again = keyed_store(&app, "alice", "k-1", &body).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let now = app
+        .get_json(&format!("/v1/memories/{id}"), &token("acme", "alice"))
+        .await;
+    assert_eq!(
+        (now["text"].as_str(), now["version"].as_u64()),
+        (Some("Dinner with Ana on Saturday"), Some(2))
+    );
+    // The same key with other expiry options is another body.
+    let other = keyed_store(
+        &app,
+        "alice",
+        "k-1",
+        &json!({"text": "Dinner with Ana on Friday", "ttl_seconds": 60}),
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn a_keyed_retry_after_expiry_does_not_bring_the_memory_back() {
+    let app = spawn_app().await;
+    let body = json!({"text": "The gate code today is 1942", "ttl_seconds": 1});
+    let first: Value = keyed_store(&app, "alice", "k-2", &body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = first["ids"][0].as_str().expect("id").to_owned();
+    let shown = app
+        .get_json(&format!("/v1/memories/{id}"), &token("acme", "alice"))
+        .await;
+    let at = shown["expires_at"].as_i64().expect("an expiry");
+    tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64 + 50)).await;
+    let again = keyed_store(&app, "alice", "k-2", &body).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let got = app
+        .get(&format!("/v1/memories/{id}"), &token("acme", "alice"))
+        .await;
+    assert_eq!(got.status(), StatusCode::NOT_FOUND);
+    let listed = app.get_json("/v1/memories", &token("acme", "alice")).await;
+    assert!(texts(&listed["memories"]).is_empty());
+}
+
+#[tokio::test]
+async fn the_sweep_finds_each_later_expiry_of_a_user() {
+    let app = spawn_app_with(|s| s.memory.sweep_every = Duration::from_millis(200)).await;
+    store(
+        &app,
+        "alice",
+        json!({"text": "first to go", "ttl_seconds": 1}),
+    )
+    .await;
+    store(
+        &app,
+        "alice",
+        json!({"text": "second to go", "ttl_seconds": 2}),
+    )
+    .await;
+    store(&app, "alice", json!({"text": "stays"})).await;
+    let start = Instant::now();
+    loop {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let expired = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cordon_memories_expired_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if expired == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "swept {expired} of 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = app.get_json("/v1/memories", &token("acme", "alice")).await;
+    assert_eq!(texts(&listed["memories"]), ["stays"]);
+}

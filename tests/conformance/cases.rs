@@ -657,6 +657,30 @@ pub async fn replace_is_compare_and_set(h: &Harness) {
     let got = h.store.get(&alice, id).await.expect("get").expect("held");
     assert_eq!(got.text(), "version two");
     assert!(h.store.get(&bob, id).await.expect("get").is_none());
+
+    // An expired memory is not brought back by a replacement at its version.
+    let mut old = memory("expired", vector(1, 0.0), json!({}));
+    old.expires_at = Some(now_ms() - 1);
+    let old_id = old.id;
+    h.store.put(&alice, vec![old.clone()]).await.expect("put");
+    let mut revived = old.clone();
+    revived.text = "revived".into();
+    revived.version = 2;
+    revived.expires_at = Some(now_ms() + 3_600_000);
+    h.store.replace(&alice, revived, 1).await.expect("replace");
+    assert!(h.store.get(&alice, old_id).await.expect("get").is_none());
+    let raw = h
+        .store
+        .engine()
+        .export_page(&alice, None, 10)
+        .await
+        .expect("raw");
+    let stored = raw
+        .points
+        .iter()
+        .find(|p| p.id == old_id)
+        .expect("still stored");
+    assert_eq!(stored.payload["text"], "expired");
 }
 
 /// Ranges, any-of and creation-time bounds narrow search and list alike.

@@ -89,6 +89,12 @@ macro_rules! conformance {
 
             #[tokio::test]
             $(#[$attr])*
+            async fn keyword_counts_stay_per_owner_without_the_engine_read_filter() {
+                cases::term_conditions(&$make(1, true).await).await;
+            }
+
+            #[tokio::test]
+            $(#[$attr])*
             async fn users_sharing_a_collection_stay_apart_with_the_engine_filter() {
                 cases::shared_collection(&$make(1, false).await, false).await;
             }

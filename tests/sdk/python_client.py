@@ -303,6 +303,11 @@ def check_curation(alice: Cordon, bob: Cordon) -> None:
     later = alice.recall("order cost", created_after=replaced.created_at + 1, filter={"price": {"gt": 0}})
     check(len(later) == 3, "recall with created_after")
 
+    code = alice.recall("A-88213", mode="keyword")
+    check(code == [], "a keyword recall of an unknown code finds nothing")
+    booked = alice.remember("The blue kettle from last week's delivery was order A-88213")
+    check([m.id for m in alice.recall("A-88213", mode="keyword")] == [booked], "recall with mode=keyword")
+
     dup = alice.remember("Alice prefers aisle seats.", duplicate_threshold=0.9)
     check(dup == kept, "a near-duplicate returns the existing memory's id")
 

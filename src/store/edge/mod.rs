@@ -229,13 +229,7 @@ fn any(conditions: Vec<Condition>) -> Condition {
 
 /// Expired at `now`: an expiry time at or before it.
 fn expired_condition(now: i64) -> Condition {
-    range_condition(
-        EXPIRES_FIELD,
-        &Bounds {
-            lte: Some(now as f64),
-            ..Bounds::default()
-        },
-    )
+    range_condition(EXPIRES_FIELD, &Bounds::expired_at(now))
 }
 
 /// At version `expected`; a point stored before versions were is at 1.
@@ -664,11 +658,19 @@ impl EdgeEngine {
                     update_mode: Some(UpdateMode::UpdateOnly),
                 })
             }
+            // Not expired either: an update read just before the memory
+            // expired must not bring it back.
             WriteMode::UpdateIf(expected) => {
                 PointOperations::UpsertPointsConditional(ConditionalInsertOperation {
                     points_op: points,
-                    condition: filter(vec![owner_condition(owner), version_condition(expected)])
-                        .expect("two conditions"),
+                    condition: Filter {
+                        should: None,
+                        min_should: None,
+                        must: Some(vec![owner_condition(owner), version_condition(expected)]),
+                        must_not: Some(vec![expired_condition(
+                            crate::store::placement::now_ms() as i64
+                        )]),
+                    },
                     update_mode: Some(UpdateMode::UpdateOnly),
                 })
             }
@@ -1013,7 +1015,16 @@ impl Engine for Arc<EdgeEngine> {
     ) -> Result<usize, StoreError> {
         let (this, owner, filter) = (self.clone(), owner.clone(), filter.clone());
         EdgeEngine::blocking(move || {
-            let filter = this.read_filter_where(&owner, vec![], &filter)?;
+            // The owner condition always, drill or not: a count passes no
+            // point through the guard.
+            let (mut must, must_not) = conditions(&filter)?;
+            must.insert(0, owner_condition(&owner));
+            let filter = Some(Filter {
+                should: None,
+                min_should: None,
+                must: Some(must),
+                must_not: (!must_not.is_empty()).then_some(must_not),
+            });
             Ok(this
                 .slot(&owner)?
                 .read(|shard| {
@@ -1045,6 +1056,33 @@ impl Engine for Arc<EdgeEngine> {
     async fn delete_expired(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
         let (this, owner) = (self.clone(), owner.clone());
         EdgeEngine::blocking(move || this.delete_expired_blocking(&owner, now)).await
+    }
+
+    async fn next_expiry(&self, owner: &OwnerHash, after: i64) -> Result<Option<i64>, StoreError> {
+        let (this, owner) = (self.clone(), owner.clone());
+        EdgeEngine::blocking(move || {
+            let later = Bounds {
+                gt: Some(after as f64),
+                ..Bounds::default()
+            };
+            let filter = filter(vec![
+                owner_condition(&owner),
+                range_condition(EXPIRES_FIELD, &later),
+            ]);
+            let mut owners = std::collections::BTreeMap::new();
+            let mut cursor = None;
+            loop {
+                let page = this.scroll_blocking(&owner, filter.clone(), cursor, 256)?;
+                for point in &page.points {
+                    note_expiry(&mut owners, &point.payload);
+                }
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(owners.get(&owner.to_hex()).copied()),
+                }
+            }
+        })
+        .await
     }
 
     async fn expiring(

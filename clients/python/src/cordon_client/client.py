@@ -441,13 +441,16 @@ class Cordon:
         filter: Optional[Filter] = None,
         created_after: Optional[int] = None,
         created_before: Optional[int] = None,
+        mode: Optional[str] = None,
     ) -> List[Memory]:
         """The memories closest in meaning to ``query``, best first, with scores.
 
         ``filter`` narrows by metadata (see :data:`Filter`);
         ``created_after``/``created_before`` by the time stored (Unix ms).
+        ``mode`` is ``"hybrid"``, ``"semantic"`` or ``"keyword"`` (the
+        server's default when ``None``).
         """
-        options = {"created_after": created_after, "created_before": created_before}
+        options = {"created_after": created_after, "created_before": created_before, "mode": mode}
         return self._send(_recall(query, limit, min_score, filter, options))
 
     def get(self, id: str) -> Optional[Memory]:
@@ -604,9 +607,10 @@ class AsyncCordon:
         filter: Optional[Filter] = None,
         created_after: Optional[int] = None,
         created_before: Optional[int] = None,
+        mode: Optional[str] = None,
     ) -> List[Memory]:
         """See :meth:`Cordon.recall`."""
-        options = {"created_after": created_after, "created_before": created_before}
+        options = {"created_after": created_after, "created_before": created_before, "mode": mode}
         return await self._send(_recall(query, limit, min_score, filter, options))
 
     async def get(self, id: str) -> Optional[Memory]:
