@@ -141,15 +141,26 @@ impl GuardedStore {
         path: &'static str,
         whole: bool,
     ) -> Result<Vec<Memory>, StoreError> {
-        let now = now_ms();
+        let memories = self.admit_expired_too(owner, points, path, whole).await?;
+        Ok(alive(memories, now_ms()))
+    }
+
+    /// [`Self::admit`], expired memories included.
+    async fn admit_expired_too(
+        &self,
+        owner: &OwnerHash,
+        points: Vec<RawPoint>,
+        path: &'static str,
+        whole: bool,
+    ) -> Result<Vec<Memory>, StoreError> {
         let Some(sealer) = self.sealing.sealer()? else {
-            return Ok(alive(self.guard.admit(owner, points, path), now));
+            return Ok(self.guard.admit(owner, points, path));
         };
         // Foreign points are the guard's to count; only the caller's own are
         // worth a key lookup.
         let own = self.guard.owned(owner, points, path);
         let opened = sealer.open(owner, own, path, whole).await?;
-        Ok(alive(self.guard.admit(owner, opened, path), now))
+        Ok(self.guard.admit(owner, opened, path))
     }
 
     /// Also counts, in `metrics`, every call whose collection holds another
@@ -530,14 +541,19 @@ impl GuardedStore {
         self.engine.next_expiry(owner, after).await
     }
 
-    /// Whether `owner` holds memory `id`, expired or not (a keyed retry's
-    /// question: an expired memory was stored, and stays gone).
-    pub async fn holds(&self, owner: &OwnerHash, id: Uuid) -> Result<bool, StoreError> {
+    /// One of `owner`'s memories, expired or not (a keyed retry's read: an
+    /// expired memory was stored, and stays gone).
+    pub async fn get_expired_too(
+        &self,
+        owner: &OwnerHash,
+        id: Uuid,
+    ) -> Result<Option<Memory>, StoreError> {
+        self.census(owner).await;
         let point = self.engine.get(owner, id).await?;
-        Ok(!self
-            .guard
-            .owned(owner, point.into_iter().collect(), "get")
-            .is_empty())
+        Ok(self
+            .admit_expired_too(owner, point.into_iter().collect(), "get", false)
+            .await?
+            .pop())
     }
 
     /// Owners of memories that expire by `before`, with the earliest time

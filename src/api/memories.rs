@@ -273,14 +273,21 @@ pub async fn store_memories(
     let mut again = Vec::new();
     let mut fresh = Vec::new();
     let mut seen = false;
+    let now = now_millis();
     for (index, memory) in memories.drain(..).enumerate() {
-        match state.store.get(&caller.owner, ids[index]).await? {
+        match state
+            .store
+            .get_expired_too(&caller.owner, ids[index])
+            .await?
+        {
             Some(held) => {
                 seen = true;
                 if held.request_digest() != Some(digest.as_str()) {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
-                if held.version() == 1 {
+                // Expired since: gone, as if deleted. Updated since: durable.
+                let expired = held.expires_at().is_some_and(|at| at <= now);
+                if held.version() == 1 && !expired {
                     again.push(NewMemory {
                         created_at: held.created_at(),
                         expires_at: held.expires_at(),
@@ -288,8 +295,6 @@ pub async fn store_memories(
                     });
                 }
             }
-            // Stored, and expired since: gone, as if deleted.
-            None if state.store.holds(&caller.owner, ids[index]).await? => seen = true,
             None => fresh.push((index, memory)),
         }
     }
