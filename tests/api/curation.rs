@@ -768,3 +768,114 @@ async fn the_sweep_finds_each_later_expiry_of_a_user() {
     let listed = app.get_json("/v1/memories", &token("acme", "alice")).await;
     assert_eq!(texts(&listed["memories"]), ["stays"]);
 }
+
+/// Updates, expiry, filters, keyword search and duplicates in one pass, on
+/// a deployment that `configure` makes: each must take effect in every
+/// setting it can meet.
+async fn every_feature_takes_effect(configure: impl FnOnce(&mut cordon::settings::Settings)) {
+    let app = spawn_app_with(configure).await;
+    let t = token("acme", "alice");
+    let id = store(
+        &app,
+        "alice",
+        json!({"text": "My locker code is 4410", "metadata": {"price": 5, "shop": "north"}}),
+    )
+    .await["ids"][0]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = patch(
+        &app,
+        &id,
+        "alice",
+        &json!({"text": "Order K-55120 is a blue kettle"}),
+        Some("\"1\""),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let stale = patch(&app, &id, "alice", &json!({"text": "stale"}), Some("\"1\"")).await;
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let foreign = patch(&app, &id, "mallory", &json!({"text": "mine now"}), None).await;
+    assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
+    store(&app, "alice", json!({"text": "Order K-55121 is a red teapot", "metadata": {"price": 50, "shop": "south"}})).await;
+    let short = store(
+        &app,
+        "alice",
+        json!({"text": "The parking spot today is C14", "ttl_seconds": 2}),
+    )
+    .await;
+    let short_id = short["ids"][0].as_str().expect("id").to_owned();
+    let found = search(
+        &app,
+        "alice",
+        json!({"query": "K-55120", "mode": "keyword"}),
+    )
+    .await;
+    assert_eq!(found[0]["id"], id.as_str(), "keyword: {found:?}");
+    let ranged = search(&app, "alice", json!({"query": "order", "filter": {"price": {"lt": 10}, "shop": {"in": ["north", "east"]}}})).await;
+    assert_eq!(
+        texts(&Value::Array(ranged)),
+        ["Order K-55120 is a blue kettle"]
+    );
+    let dup = store(
+        &app,
+        "alice",
+        json!({"text": "Order K-55121 is a red teapot.", "duplicate_threshold": 0.9}),
+    )
+    .await;
+    assert_eq!(dup["duplicate"], json!([true]));
+    let at = app.get_json(&format!("/v1/memories/{short_id}"), &t).await["expires_at"]
+        .as_i64()
+        .expect("an expiry");
+    tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64 + 50)).await;
+    let listed = texts(&app.get_json("/v1/memories", &t).await["memories"]);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(!listed.iter().any(|l| l.contains("C14")));
+    let found = search(&app, "alice", json!({"query": "parking spot C14"})).await;
+    assert!(
+        !texts(&Value::Array(found))
+            .iter()
+            .any(|l| l.contains("C14"))
+    );
+    app.delete("/v1/memories", &t).await;
+    app.stop().await;
+}
+
+fn shared_tier(s: &mut cordon::settings::Settings) {
+    s.store.tier = cordon::settings::Tier::Shared;
+    s.store.name_hex_chars = 2;
+}
+
+#[tokio::test]
+async fn every_feature_takes_effect_sealed_and_in_the_shared_tier_on_the_embedded_engine() {
+    for (sealed, shared) in [(false, true), (true, false), (true, true)] {
+        every_feature_takes_effect(|s| {
+            if sealed {
+                seal_with(s, KEK_ONE, None);
+            }
+            if shared {
+                shared_tier(s);
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
+async fn every_feature_takes_effect_on_qdrant_sealed_or_not_in_either_tier() {
+    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
+    for (sealed, shared) in [(false, false), (false, true), (true, false), (true, true)] {
+        every_feature_takes_effect(|s| {
+            crate::qdrant::use_qdrant_at(s, url.clone());
+            s.store.qdrant.timeout = Duration::from_secs(10);
+            if sealed {
+                seal_with(s, KEK_ONE, None);
+            }
+            if shared {
+                shared_tier(s);
+            }
+        })
+        .await;
+    }
+}
