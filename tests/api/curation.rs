@@ -36,6 +36,32 @@ async fn store(app: &TestApp, user: &str, body: Value) -> Value {
     body
 }
 
+/// Stores one memory for `user`; its id.
+async fn store_one(app: &TestApp, user: &str, body: Value) -> String {
+    store(app, user, body).await["ids"][0]
+        .as_str()
+        .expect("an id")
+        .to_owned()
+}
+
+/// `cordon_memories_expired_total` of `app`'s metrics.
+async fn expired_total(app: &TestApp) -> u64 {
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cordon_memories_expired_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 async fn search(app: &TestApp, user: &str, body: Value) -> Vec<Value> {
     let r = app
         .post("/v1/memories/search", &token("acme", user), &body)
@@ -101,10 +127,7 @@ async fn a_patched_memory_is_found_by_its_new_text_and_not_its_old() {
 #[tokio::test]
 async fn a_stale_if_match_is_412_and_changes_nothing() {
     let app = spawn_app().await;
-    let id = store(&app, "alice", json!({"text": "Flight to Oslo on May 3"})).await["ids"][0]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = store_one(&app, "alice", json!({"text": "Flight to Oslo on May 3"})).await;
     let first = patch(
         &app,
         &id,
@@ -138,15 +161,12 @@ async fn a_stale_if_match_is_412_and_changes_nothing() {
 #[tokio::test]
 async fn metadata_merges_by_default_null_removes_a_key_and_replace_replaces() {
     let app = spawn_app().await;
-    let id = store(
+    let id = store_one(
         &app,
         "alice",
         json!({"text": "Prefers window seats", "metadata": {"a": 1, "b": "x", "c": true}}),
     )
-    .await["ids"][0]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    .await;
     let merged: Value = patch(
         &app,
         &id,
@@ -185,10 +205,7 @@ async fn metadata_merges_by_default_null_removes_a_key_and_replace_replaces() {
 #[tokio::test]
 async fn a_foreign_memory_id_is_404_on_patch_and_is_left_alone() {
     let app = spawn_app().await;
-    let id = store(&app, "alice", json!({"text": "Alice's secret plan"})).await["ids"][0]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = store_one(&app, "alice", json!({"text": "Alice's secret plan"})).await;
     let r = patch(&app, &id, "mallory", &json!({"text": "overwritten"}), None).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = patch(
@@ -211,10 +228,7 @@ async fn a_foreign_memory_id_is_404_on_patch_and_is_left_alone() {
 async fn an_updated_memorys_old_text_leaves_every_file() {
     let app = spawn_app_with(|s| s.store.purge_after = Duration::ZERO).await;
     let old = format!("old-canary-{}", uuid::Uuid::new_v4().simple());
-    let id = store(&app, "alice", json!({"text": format!("{old} was my PIN")})).await["ids"][0]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = store_one(&app, "alice", json!({"text": format!("{old} was my PIN")})).await;
     assert!(!files_containing(&app.data_dir, old.as_bytes()).is_empty());
     let r = patch(&app, &id, "alice", &json!({"text": "my PIN changed"}), None).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -381,20 +395,7 @@ async fn the_sweep_deletes_expired_memories_for_good_and_only_the_owners() {
     // too (the engine's count, which reads no payload, says so).
     let start = Instant::now();
     loop {
-        let swept = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let expired = swept
-            .lines()
-            .find_map(|l| l.strip_prefix("cordon_memories_expired_total "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let expired = expired_total(&app).await;
         if expired == users.len() as u64 {
             break;
         }
@@ -742,20 +743,7 @@ async fn the_sweep_finds_each_later_expiry_of_a_user() {
     store(&app, "alice", json!({"text": "stays"})).await;
     let start = Instant::now();
     loop {
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let expired = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("cordon_memories_expired_total "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let expired = expired_total(&app).await;
         if expired == 2 {
             break;
         }
@@ -775,15 +763,12 @@ async fn the_sweep_finds_each_later_expiry_of_a_user() {
 async fn every_feature_takes_effect(configure: impl FnOnce(&mut cordon::settings::Settings)) {
     let app = spawn_app_with(configure).await;
     let t = token("acme", "alice");
-    let id = store(
+    let id = store_one(
         &app,
         "alice",
         json!({"text": "My locker code is 4410", "metadata": {"price": 5, "shop": "north"}}),
     )
-    .await["ids"][0]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    .await;
     let r = patch(
         &app,
         &id,
