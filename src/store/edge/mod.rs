@@ -690,9 +690,7 @@ impl EdgeEngine {
             }
         })?;
         if replaces && applied.is_some() {
-            let dead = slot.add_dead();
-            self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
-            self.check_due(&slot, dead);
+            self.purge_later(&slot);
         } else {
             self.check_due(&slot, slot.dead());
         }
@@ -703,6 +701,12 @@ impl EdgeEngine {
         // Deletes always carry the owner condition, drill or not.
         let filter = filter(vec![owner_condition(owner), has_id(id)]).expect("two conditions");
         let slot = self.slot(owner)?;
+        self.delete_where(&slot, filter)
+    }
+
+    /// Deletes the points of `slot`'s shard that `filter` matches, and
+    /// schedules the rewrite that takes their text out of its files.
+    fn delete_where(&self, slot: &Slot, filter: Filter) -> Result<(), StoreError> {
         let dir = slot.dir.clone();
         let deleted = slot.update(
             false,
@@ -712,11 +716,17 @@ impl EdgeEngine {
             || files::mark_purge_pending(&dir),
         )?;
         if deleted.is_some() {
-            let dead = slot.add_dead();
-            self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
-            self.check_due(&slot, dead);
+            self.purge_later(slot);
         }
         Ok(())
+    }
+
+    /// Counts a dead point in `slot`'s shard (deleted, or replaced by an
+    /// update) and schedules its purge.
+    fn purge_later(&self, slot: &Slot) {
+        let dead = slot.add_dead();
+        self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
+        self.check_due(slot, dead);
     }
 
     fn delete_expired_blocking(&self, owner: &OwnerHash, now: i64) -> Result<usize, StoreError> {
@@ -738,17 +748,7 @@ impl EdgeEngine {
         if n == 0 {
             return Ok(0);
         }
-        let dir = slot.dir.clone();
-        let deleted = slot.update(
-            false,
-            UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(expired)),
-            || files::mark_purge_pending(&dir),
-        )?;
-        if deleted.is_some() {
-            let dead = slot.add_dead();
-            self.schedule(&slot.name, Instant::now() + self.settings.purge_after);
-            self.check_due(&slot, dead);
-        }
+        self.delete_where(&slot, expired)?;
         Ok(n)
     }
 
