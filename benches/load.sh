@@ -59,6 +59,9 @@ server_env=(
   CORDON_TIER="$tier"
 )
 if $collision; then
+  # The drill measures what the guard drops; fail-closed would end each
+  # such request (and quarantine the collection) instead.
+  server_env+=(CORDON_BREACH_POLICY=drop)
   if [ "$tier" = shared ] && [ -z "${HEX_CHARS:-}" ]; then
     server_env+=(CORDON_COLLISION_DRILL=true)
   else

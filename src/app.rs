@@ -18,14 +18,19 @@ use crate::access::qdrant_log::QdrantLog;
 use crate::access::{Access, AccessError, AccessLog};
 use crate::api::{self, AdminKey, AppState, Quotas, Readiness};
 use crate::auth::{AuthState, KeyError, Verifier, VerifierConfig, load_keys};
+use crate::breach::Breaches;
 use crate::embed::{EmbedError, Embedder};
 use crate::guard::Guard;
 use crate::guarded::GuardedStore;
 use crate::limits::{UserLimitSettings, UserLimits};
 use crate::listener::{ConnectionLimits, Peer, StallListener};
 use crate::metrics::Metrics;
+use crate::receipt::Signer;
 use crate::settings::{Settings, StoreKind, TrustedProxies};
 use crate::store::StoreError;
+use crate::trail::file::FileTrail;
+use crate::trail::qdrant::QdrantTrail;
+use crate::trail::{Trail, TrailStore};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,9 @@ pub enum StartupError {
     /// The access rules could not be loaded.
     #[error("{0}")]
     Access(#[from] AccessError),
+    /// The receipt-signing key could not be loaded.
+    #[error("{0}")]
+    Signing(#[from] crate::receipt::ReceiptError),
     /// Encryption at rest could not be set up, or the data does not suit it.
     #[error("encryption at rest: {0}")]
     Seal(#[from] crate::seal::SealError),
@@ -137,7 +145,36 @@ impl Application {
         if settings.store.collision_drill {
             store = store.with_shared_census(metrics.clone());
         }
-        store = store.with_sealing(sealing);
+        let breaches = Arc::new(Breaches::new(
+            settings.checks.breach_policy,
+            access.clone(),
+            settings.server_secret.clone(),
+            metrics.clone(),
+        ));
+        store = store
+            .with_sealing(sealing.clone())
+            .with_breaches(breaches.clone());
+        let trail_store: Arc<dyn TrailStore> = match settings.store.kind {
+            StoreKind::Edge => Arc::new(FileTrail::open(
+                &settings.data_dir,
+                settings.server_secret.clone(),
+            )?),
+            StoreKind::Qdrant => Arc::new(QdrantTrail::new(
+                &settings.store.qdrant,
+                &settings.store.collection_prefix,
+            )?),
+        };
+        let trail = Trail::start(
+            trail_store,
+            sealing,
+            settings.checks.access_log_retention,
+            settings.checks.access_log,
+        );
+        let signer = Signer::load(
+            settings.checks.signing_key_file.as_deref(),
+            &settings.checks.signing_previous_keys,
+            &settings.server_secret,
+        )?;
         let quotas = Arc::new(Quotas::new(
             settings.limits.max_memories_per_user,
             settings.limits.max_bytes_per_user,
@@ -173,7 +210,14 @@ impl Application {
             expiry,
             updates: Arc::default(),
             keywords: Arc::default(),
+            trail,
+            signer: Arc::new(signer),
+            breaches,
+            canary: Arc::default(),
         };
+        if let Some(interval) = settings.checks.canary_interval {
+            crate::canary::Canary::new(&state).start(interval);
+        }
         let listener =
             TcpListener::bind(settings.bind)
                 .await

@@ -63,6 +63,31 @@ pub fn guard_dropped(owner: &OwnerHash, stored: &str, path: &str) {
     tracing::info!(target: TARGET, event = "guard_drop", owner = %owner.log_tag(), stored_owner = stored, path);
 }
 
+/// The guard met `foreign` points of other owners in a read of `owner`'s
+/// on `path`, from the collection tagged `place`, under the fail-closed
+/// policy: the request failed and the collection is quarantined.
+pub fn isolation_breach(owner: &OwnerHash, place: &str, path: &str, foreign: usize) {
+    tracing::error!(
+        target: TARGET,
+        event = "alert",
+        kind = "isolation_breach",
+        owner = %owner.log_tag(),
+        place,
+        path,
+        foreign,
+    );
+}
+
+/// A canary saw what it must not: `what` says which check failed.
+pub fn canary_breach(what: &str, place: &str) {
+    tracing::error!(target: TARGET, event = "alert", kind = "canary_breach", what, place);
+}
+
+/// A quarantine was cleared by an admin.
+pub fn quarantine_cleared(place: &str) {
+    tracing::warn!(target: TARGET, event = "quarantine_cleared", place);
+}
+
 /// A principal was locked out: `principal` is `owner` or `client`, `tag` its
 /// hashed tag.
 pub fn lockout_alert(principal: &'static str, tag: &str, cooldown_secs: u64) {

@@ -1,6 +1,8 @@
-//! The command line: `cordon serve`, `token`, `keys`, `tier`, `export`, `import` and `load`.
+//! The command line: `cordon serve`, `token`, `keys`, `signing-key`, `verify`,
+//! `tier`, `export`, `import` and `load`.
 
 mod keys;
+mod signing;
 mod tier;
 mod transfer;
 
@@ -32,6 +34,11 @@ enum Command {
     /// Manage the keys of encryption at rest.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage the key that signs erase receipts and scope statements.
+    #[command(subcommand)]
+    SigningKey(signing::SigningCommand),
+    /// Check an erase receipt or a scope statement offline, against saved public keys.
+    Verify(signing::VerifyArgs),
     /// Move memories between namespace tiers (per-user and shared collections).
     #[command(subcommand)]
     Tier(tier::TierCommand),
@@ -97,6 +104,8 @@ pub fn run() -> ExitCode {
         Command::Token(args) => token(args),
         Command::Serve(args) => serve(*args),
         Command::Keys(command) => keys::run(command),
+        Command::SigningKey(command) => signing::run(command),
+        Command::Verify(args) => signing::verify(args),
         Command::Tier(command) => tier::run(command),
         Command::Export(args) => transfer::export(args),
         Command::Import(args) => transfer::import(args),

@@ -118,6 +118,16 @@ pub enum ApiError {
     /// The embedding model cannot serve the request right now.
     #[error("embedder unavailable")]
     EmbedderUnavailable,
+    /// The guard met another user's memory in this read: the request failed
+    /// whole and the collection is quarantined.
+    #[error("isolation breach")]
+    IsolationBreach,
+    /// The caller's collection is quarantined until an admin clears it.
+    #[error("quarantined")]
+    Quarantined,
+    /// The live canary's latest round found a breach (readiness only).
+    #[error("canary breach")]
+    CanaryBreach,
     /// A bug or an unexpected failure; details are in the log only.
     #[error("internal error")]
     Internal,
@@ -253,6 +263,21 @@ impl ApiError {
                 "internal",
                 "internal error".into(),
             ),
+            Self::IsolationBreach => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "isolation_breach",
+                "the store returned a memory that is not yours; nothing of this read is returned, the operator is alerted and the collection is quarantined".into(),
+            ),
+            Self::CanaryBreach => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "canary_breach",
+                "the live canary saw a canary memory reach the wrong user; see the alert in the audit trail".into(),
+            ),
+            Self::Quarantined => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "quarantined",
+                "reads of your memories are paused while an operator checks the store; writes and erase still work".into(),
+            ),
         }
     }
 }
@@ -340,6 +365,9 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%reason, "store internal error");
                 Self::Internal
             }
+            // Alerted where it was found.
+            StoreError::IsolationBreach(_) => Self::IsolationBreach,
+            StoreError::Quarantined(_) => Self::Quarantined,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::breach::Breaches;
 use crate::guard::{Guard, Memory};
 use crate::metrics::Metrics;
 use crate::owner::OwnerHash;
@@ -30,6 +31,9 @@ pub struct GuardedStore {
     census: Option<Arc<Metrics>>,
     /// Whether memories are encrypted at rest (and with what).
     sealing: Arc<SealGate>,
+    /// The breach policy and quarantines (`None`: the guard drops and
+    /// counts, and the read goes on).
+    breaches: Option<Arc<Breaches>>,
 }
 
 /// Memories read per page by a keyword search.
@@ -98,6 +102,16 @@ impl From<SealError> for StoreError {
     }
 }
 
+/// What an erase removed.
+#[derive(Debug, Clone)]
+pub struct Erased {
+    /// Memories deleted.
+    pub deleted: usize,
+    /// The id of the data key destroyed (sealed deployments, when the
+    /// owner had one).
+    pub key: Option<String>,
+}
+
 /// One page of verified memories.
 #[derive(Debug)]
 pub struct Page {
@@ -115,6 +129,38 @@ impl GuardedStore {
             guard,
             census: None,
             sealing: Arc::new(SealGate::decided(None)),
+            breaches: None,
+        }
+    }
+
+    /// Applies `breaches`' policy to every guard drop, and its quarantines
+    /// to every read.
+    pub fn with_breaches(mut self, breaches: Arc<Breaches>) -> Self {
+        self.breaches = Some(breaches);
+        self
+    }
+
+    /// Refuses a read of `owner`'s when their collection is quarantined.
+    /// Costs a place lookup only while some collection is.
+    async fn refuse_quarantined(&self, owner: &OwnerHash) -> Result<(), StoreError> {
+        let Some(breaches) = &self.breaches else {
+            return Ok(());
+        };
+        if !breaches.any_quarantined() {
+            return Ok(());
+        }
+        let place = self.engine.place(owner).await?;
+        breaches.refuse_quarantined(&place)
+    }
+
+    /// Notes `filter` for a scope statement, if the request asked for one.
+    fn note_filter(&self, owner: &OwnerHash, filter: &Conditions) {
+        if crate::scope::wanted() {
+            crate::scope::note_filter(crate::scope::describe(
+                &owner.log_tag(),
+                filter,
+                self.census.is_none(),
+            ));
         }
     }
 
@@ -153,14 +199,26 @@ impl GuardedStore {
         path: &'static str,
         whole: bool,
     ) -> Result<Vec<Memory>, StoreError> {
-        let Some(sealer) = self.sealing.sealer()? else {
-            return Ok(self.guard.admit(owner, points, path));
-        };
         // Foreign points are the guard's to count; only the caller's own are
         // worth a key lookup.
+        let read = points.len();
         let own = self.guard.owned(owner, points, path);
-        let opened = sealer.open(owner, own, path, whole).await?;
-        Ok(self.guard.admit(owner, opened, path))
+        let foreign = read - own.len();
+        if crate::scope::wanted() {
+            let place = self.engine.place(owner).await?;
+            crate::scope::note_read(place, read, foreign);
+        }
+        if foreign > 0
+            && let Some(breaches) = &self.breaches
+        {
+            let place = self.engine.place(owner).await?;
+            breaches.breached(owner, &place, path, foreign).await?;
+        }
+        let own = match self.sealing.sealer()? {
+            Some(sealer) => sealer.open(owner, own, path, whole).await?,
+            None => own,
+        };
+        Ok(self.guard.admit(owner, own, path))
     }
 
     /// Also counts, in `metrics`, every call whose collection holds another
@@ -256,7 +314,9 @@ impl GuardedStore {
         mut query: SearchQuery,
     ) -> Result<Vec<Memory>, StoreError> {
         self.census(owner).await;
+        self.refuse_quarantined(owner).await?;
         query.filter.alive_at = Some(now_ms());
+        self.note_filter(owner, &query.filter);
         if self.sealing.sealer()?.is_none() {
             let points = self.engine.search(owner, query).await?;
             return self.admit(owner, points, "search", false).await;
@@ -331,6 +391,8 @@ impl GuardedStore {
     }
 
     async fn guarded_get(&self, owner: &OwnerHash, id: Uuid) -> Result<Option<Memory>, StoreError> {
+        self.refuse_quarantined(owner).await?;
+        self.note_filter(owner, &Conditions::default());
         let point = self.engine.get(owner, id).await?;
         Ok(self
             .admit(owner, point.into_iter().collect(), "get", false)
@@ -382,8 +444,10 @@ impl GuardedStore {
         whole: bool,
     ) -> Result<Page, StoreError> {
         self.census(owner).await;
+        self.refuse_quarantined(owner).await?;
         let mut filter = filter.clone();
         filter.alive_at = Some(now_ms());
+        self.note_filter(owner, &filter);
         // Sealed metadata meets range conditions only once opened (see
         // `search`): pages are read until one holds a match or none remain.
         let ranges = match self.sealing.sealer()? {
@@ -451,17 +515,34 @@ impl GuardedStore {
         }
     }
 
-    /// Deletes all of `owner`'s memories.
-    pub async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
+    /// Deletes all of `owner`'s memories (and their data key first, when
+    /// sealed).
+    pub async fn erase(&self, owner: &OwnerHash) -> Result<Erased, StoreError> {
         self.census(owner).await;
         let Some(sealer) = self.sealing.sealer()? else {
-            return self.engine.erase(owner).await;
+            return Ok(Erased {
+                deleted: self.engine.erase(owner).await?,
+                key: None,
+            });
         };
         // The key goes first: should the erase stop halfway, what is left
         // is already unreadable, and a retry removes it.
         let _exclusive = sealer.lock_of(owner).write_owned().await;
-        sealer.shred(owner).await?;
-        self.engine.erase(owner).await
+        let key = sealer.shred(owner).await?;
+        Ok(Erased {
+            deleted: self.engine.erase(owner).await?,
+            key,
+        })
+    }
+
+    /// Whether memories are sealed at rest.
+    pub fn sealed(&self) -> Result<bool, StoreError> {
+        Ok(self.sealing.sealer()?.is_some())
+    }
+
+    /// The gate that decides sealing (the access log seals under it too).
+    pub fn sealing(&self) -> &Arc<SealGate> {
+        &self.sealing
     }
 
     /// How many of `owner`'s live memories there are, and how many of them
@@ -549,6 +630,7 @@ impl GuardedStore {
         id: Uuid,
     ) -> Result<Option<Memory>, StoreError> {
         self.census(owner).await;
+        self.refuse_quarantined(owner).await?;
         let point = self.engine.get(owner, id).await?;
         Ok(self
             .admit_expired_too(owner, point.into_iter().collect(), "get", false)

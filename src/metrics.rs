@@ -31,6 +31,11 @@ pub struct Metrics {
     shared_collection_requests: AtomicU64,
     promotions: AtomicU64,
     promotions_stopped: AtomicU64,
+    isolation_breaches: AtomicU64,
+    quarantined_reads: AtomicU64,
+    canary_probes: AtomicU64,
+    canary_breaches: AtomicU64,
+    canary_failures: AtomicU64,
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
 }
@@ -175,6 +180,33 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one read failed closed on a guard drop.
+    pub fn isolation_breach(&self) {
+        self.isolation_breaches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one read refused for a quarantined collection.
+    pub fn quarantined_read(&self) {
+        self.quarantined_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one canary round: clean, breached (a canary seen by the wrong
+    /// user), or failed (a probe that could not run).
+    pub fn canary(&self, outcome: crate::canary::Outcome) {
+        use crate::canary::Outcome;
+        let counter = match outcome {
+            Outcome::Clean => &self.canary_probes,
+            Outcome::Breach => &self.canary_breaches,
+            Outcome::Failed => &self.canary_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Canary rounds that found a breach since start.
+    pub fn canary_breaches(&self) -> u64 {
+        self.canary_breaches.load(Ordering::Relaxed)
+    }
+
     /// Store calls on a shared collection since start.
     pub fn shared_collection_requests(&self) -> u64 {
         self.shared_collection_requests.load(Ordering::Relaxed)
@@ -310,6 +342,31 @@ impl Metrics {
                 "cordon_duplicates_skipped_total",
                 "Stored items that added nothing, being near-duplicates of the user's memories.",
                 &self.duplicates_skipped,
+            ),
+            (
+                "cordon_isolation_breaches_total",
+                "Reads failed closed because the guard met another user's point (each quarantines its collection).",
+                &self.isolation_breaches,
+            ),
+            (
+                "cordon_quarantined_reads_total",
+                "Reads refused because their collection is quarantined.",
+                &self.quarantined_reads,
+            ),
+            (
+                "cordon_canary_rounds_total",
+                "Canary rounds in which every canary was seen by its own user only.",
+                &self.canary_probes,
+            ),
+            (
+                "cordon_canary_breaches_total",
+                "Canary rounds in which a canary was seen by the wrong user, or a canary read failed closed.",
+                &self.canary_breaches,
+            ),
+            (
+                "cordon_canary_failures_total",
+                "Canary rounds that could not run (the store or the model failed).",
+                &self.canary_failures,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

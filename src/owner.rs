@@ -132,12 +132,25 @@ impl TenantHash {
 pub enum Domain {
     /// Tags of client addresses in the audit trail.
     ClientAddress,
+    /// Tags of collections (or shards) in quarantines, alerts and scope
+    /// statements: a name says which owners' hashes it shares a prefix with.
+    Place,
+    /// Tags of bearer tokens without a `jti`, in users' access logs.
+    Token,
+    /// The seed of the receipt-signing key when no key file is configured.
+    Signing,
+    /// Names of users' access-log files.
+    AccessLog,
 }
 
 impl Domain {
     fn label(self) -> &'static [u8] {
         match self {
             Domain::ClientAddress => b"client address",
+            Domain::Place => b"place",
+            Domain::Token => b"token",
+            Domain::Signing => b"receipt signing key",
+            Domain::AccessLog => b"access log file",
         }
     }
 }

@@ -270,6 +270,24 @@ pub struct ServeArgs {
     /// Cosine similarity at or above which a store is a near-duplicate of one of the user's memories and adds nothing; unset: no check (a request can set its own).
     #[arg(long, env = "CORDON_DUPLICATE_THRESHOLD")]
     pub duplicate_threshold: Option<f32>,
+    /// What a read does when the guard meets another user's memory: fail-closed (fail it, alert, quarantine the collection) or drop (drop it and answer with the rest).
+    #[arg(long, env = "CORDON_BREACH_POLICY", value_enum, default_value_t = crate::breach::BreachPolicy::FailClosed)]
+    pub breach_policy: crate::breach::BreachPolicy,
+    /// Keep a per-user access log of every read and change (`GET /v1/access-log`).
+    #[arg(long, env = "CORDON_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+    /// How long access-log entries are kept, seconds (default 90 days).
+    #[arg(long, env = "CORDON_ACCESS_LOG_RETENTION_SECS", default_value_t = 90 * 86_400)]
+    pub access_log_retention_secs: u64,
+    /// File holding the Ed25519 key that signs receipts and scope statements (64 hex digits or base64 of 32 bytes); unset: a key derived from the server secret.
+    #[arg(long, env = "CORDON_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Public keys of earlier signing keys, still served for verification (comma-separated, base64url or hex).
+    #[arg(long, env = "CORDON_SIGNING_PREVIOUS_KEYS", value_delimiter = ',')]
+    pub signing_previous_keys: Vec<String>,
+    /// Seconds between canary rounds, which check live that no user sees another's memories; 0: no canary.
+    #[arg(long, env = "CORDON_CANARY_INTERVAL_SECS", default_value_t = 0)]
+    pub canary_interval_secs: u64,
     /// Most requests one user may have in flight (default: an eighth of CORDON_MAX_IN_FLIGHT).
     #[arg(long, env = "CORDON_MAX_IN_FLIGHT_PER_USER")]
     pub max_in_flight_per_user: Option<usize>,
@@ -546,6 +564,26 @@ pub struct Settings {
     pub seal: Option<SealSettings>,
     /// Expiry and duplicate rules for stored memories.
     pub memory: MemoryPolicy,
+    /// Breach policy, access logs, signing and the canary.
+    pub checks: CheckSettings,
+}
+
+/// What lets users and operators check isolation: the breach policy, the
+/// access logs, the signing key and the canary.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    /// What a read does when the guard meets another user's memory.
+    pub breach_policy: crate::breach::BreachPolicy,
+    /// Whether accesses are noted in users' logs.
+    pub access_log: bool,
+    /// How long access-log entries are kept.
+    pub access_log_retention: Duration,
+    /// The signing key's file (`None`: derived from the server secret).
+    pub signing_key_file: Option<PathBuf>,
+    /// Earlier signing keys' public halves.
+    pub signing_previous_keys: Vec<String>,
+    /// Time between canary rounds (`None`: no canary).
+    pub canary_interval: Option<Duration>,
 }
 
 /// Expiry and duplicate rules for stored memories.
@@ -913,6 +951,23 @@ impl ServeArgs {
             qdrant_connect_timeout_ms,
         )?;
         positive("CORDON_EXPIRY_SWEEP_SECS", self.expiry_sweep_secs)?;
+        positive(
+            "CORDON_ACCESS_LOG_RETENTION_SECS",
+            self.access_log_retention_secs,
+        )?;
+        if self.access_log_retention_secs > 100 * 365 * 24 * 3600 {
+            return Err(SettingsError::Invalid(
+                "CORDON_ACCESS_LOG_RETENTION_SECS must be at most 100 years".into(),
+            ));
+        }
+        // A signing setup that does not load refuses the start, not the
+        // first erase.
+        crate::receipt::Signer::load(
+            self.signing_key_file.as_deref(),
+            &self.signing_previous_keys,
+            &Secret::new(vec![0; 32]),
+        )
+        .map_err(|e| SettingsError::Invalid(e.to_string()))?;
         // As far ahead as a store's own expiry may be.
         const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
         if self.default_ttl_secs > MAX_TTL_SECS {
@@ -1029,6 +1084,20 @@ impl ServeArgs {
                 sweep_every: Duration::from_secs(self.expiry_sweep_secs),
                 duplicate_threshold: self.duplicate_threshold,
                 search_mode: self.search_mode,
+            },
+            checks: CheckSettings {
+                breach_policy: self.breach_policy,
+                access_log: self.access_log,
+                access_log_retention: Duration::from_secs(self.access_log_retention_secs),
+                signing_key_file: self.signing_key_file,
+                signing_previous_keys: self
+                    .signing_previous_keys
+                    .into_iter()
+                    .map(|k| k.trim().to_owned())
+                    .filter(|k| !k.is_empty())
+                    .collect(),
+                canary_interval: (self.canary_interval_secs > 0)
+                    .then(|| Duration::from_secs(self.canary_interval_secs)),
             },
         })
     }

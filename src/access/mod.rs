@@ -214,6 +214,22 @@ impl Access {
         self.rules.read().tenant_enabled(tenant)
     }
 
+    /// Whether the collection tagged `place` is quarantined (memory only).
+    pub fn quarantined(&self, place: &str) -> bool {
+        let rules = self.rules.read();
+        rules.any_quarantined() && rules.quarantined(place)
+    }
+
+    /// Whether any collection is quarantined.
+    pub fn any_quarantined(&self) -> bool {
+        self.rules.read().any_quarantined()
+    }
+
+    /// The quarantined collections' place tags, with their breach times.
+    pub fn quarantines(&self) -> Vec<(String, u64)> {
+        self.rules.read().quarantines()
+    }
+
     /// The tenant hash of `tenant` under this deployment's secret.
     pub fn tenant_hash(&self, tenant: &str) -> TenantHash {
         TenantHash::derive(&self.secret, tenant)

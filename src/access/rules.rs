@@ -50,6 +50,17 @@ pub enum Rule {
         /// Whether its users may call.
         enabled: bool,
     },
+    /// A collection whose reads are refused (after the guard met another
+    /// owner's point in it), or no longer.
+    Quarantine {
+        /// The collection's place tag (see [`crate::guarded::place_tag`]).
+        place: String,
+        /// Whether reads of it are refused.
+        quarantined: bool,
+        /// Unix milliseconds of the breach that set it (0 when cleared).
+        #[serde(default)]
+        since_ms: u64,
+    },
 }
 
 /// Why a verified token is refused.
@@ -84,12 +95,28 @@ pub struct UserRule {
     pub min_version: u64,
 }
 
-/// A tenant's registry entry.
+/// A tenant's registry entry, or a collection's quarantine: the latest
+/// `(at_ms, id)` wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TenantEntry {
     enabled: bool,
     at_ms: u64,
     id: Uuid,
+    /// A quarantine's breach time (0 for a tenant).
+    since_ms: u64,
+}
+
+impl TenantEntry {
+    /// Puts `entry` under `key` unless the one held there is newer.
+    fn keep_latest<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Self>, key: K, entry: Self) {
+        let newer = |old: &Self| (entry.at_ms, entry.id) > (old.at_ms, old.id);
+        match map.get(&key) {
+            Some(old) if !newer(old) => {}
+            _ => {
+                map.insert(key, entry);
+            }
+        }
+    }
 }
 
 /// The fold of every change read so far.
@@ -97,6 +124,8 @@ struct TenantEntry {
 pub struct Rules {
     users: HashMap<OwnerHash, UserRule>,
     tenants: HashMap<TenantHash, TenantEntry>,
+    /// By place tag; `enabled` is "quarantined".
+    quarantines: HashMap<String, TenantEntry>,
 }
 
 impl Rules {
@@ -123,17 +152,47 @@ impl Rules {
                     enabled: *enabled,
                     at_ms: change.at_ms,
                     id: change.id,
+                    since_ms: 0,
                 };
-                let newer = |old: &TenantEntry| (entry.at_ms, entry.id) > (old.at_ms, old.id);
-                match self.tenants.get(&tenant) {
-                    Some(old) if !newer(old) => {}
-                    _ => {
-                        self.tenants.insert(tenant, entry);
-                    }
-                }
+                TenantEntry::keep_latest(&mut self.tenants, tenant, entry);
+            }
+            Rule::Quarantine {
+                place,
+                quarantined,
+                since_ms,
+            } => {
+                let entry = TenantEntry {
+                    enabled: *quarantined,
+                    at_ms: change.at_ms,
+                    id: change.id,
+                    since_ms: *since_ms,
+                };
+                TenantEntry::keep_latest(&mut self.quarantines, place.clone(), entry);
             }
         }
         true
+    }
+
+    /// Whether the collection tagged `place` is quarantined.
+    pub fn quarantined(&self, place: &str) -> bool {
+        self.quarantines.get(place).is_some_and(|e| e.enabled)
+    }
+
+    /// Whether any collection is quarantined (else no read need look up its place).
+    pub fn any_quarantined(&self) -> bool {
+        self.quarantines.values().any(|e| e.enabled)
+    }
+
+    /// The quarantined collections' place tags, with the time of their breach.
+    pub fn quarantines(&self) -> Vec<(String, u64)> {
+        let mut held: Vec<_> = self
+            .quarantines
+            .iter()
+            .filter(|(_, e)| e.enabled)
+            .map(|(place, e)| (place.clone(), e.since_ms))
+            .collect();
+        held.sort();
+        held
     }
 
     /// Refuses a verified token whose rules say no. `tenant` is the

@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(status))
         .routes(routes!(disable))
         .routes(routes!(enable))
+        .merge(super::admin_checks::router())
 }
 
 /// The admin key, when the admin API is on.
@@ -47,8 +48,27 @@ impl FromRef<AppState> for AdminKey {
     }
 }
 
-/// Proof that the request carries the admin key.
-pub struct Admin;
+/// Proof that the request carries the admin key, with the client's tag.
+pub struct Admin {
+    /// The keyed tag of the admin client's address.
+    pub client: String,
+}
+
+impl Admin {
+    /// Notes `action` in `owner`'s access log: a user sees every admin
+    /// action about them.
+    pub async fn noted(&self, state: &AppState, owner: &OwnerHash, action: &str) {
+        let entry = crate::trail::Entry {
+            at: 0,
+            action: action.to_owned(),
+            via: "admin".into(),
+            token: "admin".into(),
+            client: self.client.clone(),
+            memories: 0,
+        };
+        state.trail.note(owner, entry).await;
+    }
+}
 
 impl<S> FromRequestParts<S> for Admin
 where
@@ -64,11 +84,13 @@ where
             return Err(ApiError::NoRoute);
         };
         let presented = bearer(parts).ok();
+        let app = AppState::from_ref(state);
         if presented.is_some_and(|token| bool::from(token.as_bytes().ct_eq(key.expose()))) {
-            return Ok(Admin);
+            return Ok(Admin {
+                client: client_tag(parts, &app.auth),
+            });
         }
         // As with user tokens, only a failed attempt meets the lockout.
-        let app = AppState::from_ref(state);
         client_locked(parts, &app.auth)?;
         app.metrics.auth_failed("admin_key");
         audit::auth_failed("admin_key", &client_tag(parts, &app.auth));
@@ -80,13 +102,13 @@ where
 /// A user named by tenant and subject.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UserRef {
+pub(super) struct UserRef {
     /// The tenant claim of the user's tokens.
     #[schema(schema_with = super::openapi::identity_schema)]
-    tenant: String,
+    pub(super) tenant: String,
     /// The `sub` claim of the user's tokens.
     #[schema(schema_with = super::openapi::identity_schema)]
-    sub: String,
+    pub(super) sub: String,
 }
 
 /// A tenant by name.
@@ -176,7 +198,7 @@ fn identity(value: &str, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn owner_of(state: &AppState, user: &UserRef) -> Result<OwnerHash, ApiError> {
+pub(super) fn owner_of(state: &AppState, user: &UserRef) -> Result<OwnerHash, ApiError> {
     identity(&user.tenant, "tenant")?;
     identity(&user.sub, "sub")?;
     Ok(OwnerHash::derive(
@@ -201,7 +223,7 @@ fn answer(state: &AppState, owner: &OwnerHash) -> UserAnswer {
 }
 
 /// Audits the call's outcome and passes the result on.
-fn audited<T>(
+pub(super) fn audited<T>(
     action: &'static str,
     subject: &str,
     result: Result<T, ApiError>,
@@ -224,12 +246,14 @@ fn audited<T>(
     security(("admin_key" = [])),
 )]
 async fn revoke(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     JsonBody(user): JsonBody<UserRef>,
 ) -> Result<Json<UserAnswer>, ApiError> {
     let owner = owner_of(&state, &user)?;
-    record_user(&state, &owner, now_ms(), 0, "revoke", "revocation").await
+    let answer = record_user(&state, &owner, now_ms(), 0, "revoke", "revocation").await?;
+    admin.noted(&state, &owner, "admin:revoke").await;
+    Ok(answer)
 }
 
 /// Refuse a user's tokens below a version.
@@ -242,7 +266,7 @@ async fn revoke(
     security(("admin_key" = [])),
 )]
 async fn min_version(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<MinVersion>,
 ) -> Result<Json<UserAnswer>, ApiError> {
@@ -261,7 +285,7 @@ async fn min_version(
             Err(ApiError::MinVersionLower { held }),
         );
     }
-    record_user(
+    let answer = record_user(
         &state,
         &owner,
         0,
@@ -269,7 +293,9 @@ async fn min_version(
         "min_version",
         "min_version",
     )
-    .await
+    .await?;
+    admin.noted(&state, &owner, "admin:min_version").await;
+    Ok(answer)
 }
 
 /// Stores a user rule (a cut-off, a minimum version, or both), then counts,
@@ -311,7 +337,7 @@ async fn record_user(
     security(("admin_key" = [])),
 )]
 async fn status(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     JsonBody(user): JsonBody<UserRef>,
 ) -> Result<Json<StatusAnswer>, ApiError> {
@@ -341,6 +367,9 @@ async fn status(
         }))
     }
     .await;
+    if result.is_ok() {
+        admin.noted(&state, &owner, "admin:status").await;
+    }
     audited("status", &owner.log_tag(), result)
 }
 

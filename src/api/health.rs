@@ -87,10 +87,13 @@ impl Readiness {
     tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Status),
-        (status = 503, description = "Not ready (`store_unavailable`)", body = ErrorBody),
+        (status = 503, description = "Not ready (`store_unavailable`, or `canary_breach` when the canary's latest round saw a canary reach the wrong user)", body = ErrorBody),
     ),
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    if state.canary.breached() {
+        return Err(ApiError::CanaryBreach);
+    }
     let probe = || async {
         match state.store.ready().await {
             Err(e) => {

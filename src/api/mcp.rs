@@ -333,6 +333,7 @@ impl Memories {
         };
         let work = memories::store_memories(&self.state, &caller, None, vec![input]);
         let stored = run_tool("remember", &caller, &context, work).await?;
+        super::noted(&self.state, &caller, "remember", "mcp", stored.ids.len()).await;
         let id = stored.ids.first().ok_or("internal: no id was returned")?;
         let duplicate = stored.duplicate.and_then(|d| d.first().copied());
         Ok(Json(Remembered {
@@ -367,6 +368,7 @@ impl Memories {
         };
         let work = memories::search_memories(&self.state, &caller, request);
         let found = run_tool("recall", &caller, &context, work).await?;
+        super::noted(&self.state, &caller, "recall", "mcp", found.len()).await;
         Ok(Json(Recalled {
             memories: tool_memories(&found)?,
         }))
@@ -393,6 +395,7 @@ impl Memories {
         let if_match = args.version.map_or(IfMatch::Absent, IfMatch::Version);
         let work = update::update_memory(&self.state, &caller, id, if_match, request);
         let memory = run_tool("update_memory", &caller, &context, work).await?;
+        super::noted(&self.state, &caller, "update_memory", "mcp", 1).await;
         Ok(Json(tool_memory(&memory)?))
     }
 
@@ -407,6 +410,7 @@ impl Memories {
         let id = parse_id(&args.id)?;
         let work = memories::delete_memory(&self.state, &caller, id);
         run_tool("forget", &caller, &context, work).await?;
+        super::noted(&self.state, &caller, "forget", "mcp", 1).await;
         Ok(Json(Forgotten { id: id.to_string() }))
     }
 
@@ -426,6 +430,14 @@ impl Memories {
         };
         let work = memories::list_memories(&self.state, &caller, args.limit, cursor, narrowed);
         let page = run_tool("list_memories", &caller, &context, work).await?;
+        super::noted(
+            &self.state,
+            &caller,
+            "list_memories",
+            "mcp",
+            page.memories.len(),
+        )
+        .await;
         Ok(Json(Listed {
             memories: tool_memories(&page.memories)?,
             next_cursor: page.next_cursor.map(|c| c.to_string()),

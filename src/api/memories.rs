@@ -144,6 +144,7 @@ async fn store(
         StoreRequest::One(one) => vec![one],
     };
     let Stored { ids, duplicate } = store_memories(&state, &caller, key, inputs).await?;
+    super::noted(&state, &caller, "store", "http", ids.len()).await;
     let status = match &duplicate {
         Some(flags) if flags.iter().all(|d| *d) => StatusCode::OK,
         _ => StatusCode::CREATED,
@@ -607,6 +608,7 @@ async fn search(
     Json(request): Json<SearchRequest>,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
     let results = search_memories(&state, &caller, request).await?;
+    super::noted(&state, &caller, "search", "http", results.len()).await;
     Ok(axum::Json(SearchResponse { results }))
 }
 
@@ -660,7 +662,10 @@ async fn get_one(
     Path(id): Path<Uuid>,
 ) -> Result<(axum::http::HeaderMap, axum::Json<Memory>), ApiError> {
     match state.store.get(&caller.owner, id).await? {
-        Some(memory) => Ok((super::update::etag(memory.version()), axum::Json(memory))),
+        Some(memory) => {
+            super::noted(&state, &caller, "get", "http", 1).await;
+            Ok((super::update::etag(memory.version()), axum::Json(memory)))
+        }
         None => Err(not_found(&state, &caller)),
     }
 }
@@ -690,6 +695,7 @@ async fn delete_one(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     delete_memory(&state, &caller, id).await?;
+    super::noted(&state, &caller, "delete", "http", 1).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -780,6 +786,7 @@ async fn list(
         created_before: params.created_before,
     };
     let page = list_memories(&state, &caller, params.limit, params.cursor, narrowed).await?;
+    super::noted(&state, &caller, "list", "http", page.memories.len()).await;
     Ok(axum::Json(page))
 }
 
@@ -807,10 +814,15 @@ pub async fn list_memories(
     })
 }
 
-/// How many memories an erase removed.
+/// How many memories an erase removed, with the server's signed receipt.
 #[derive(Debug, Serialize, ToSchema)]
 struct EraseResponse {
+    /// Memories deleted.
     deleted: usize,
+    /// A compact JWS (EdDSA) of the erase: owner tag, time, memories
+    /// deleted, the destroyed data key's id when sealed. Verify it with the
+    /// keys at `/.well-known/cordon-signing-keys.json` or `cordon verify`.
+    receipt: String,
 }
 
 /// Erase all of the caller's memories (and, with encryption at rest, their data key first).
@@ -826,10 +838,53 @@ async fn erase(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<axum::Json<EraseResponse>, ApiError> {
-    let deleted = state.store.erase(&caller.owner).await?;
+    let receipt = erase_memories(&state, &caller, "http").await?;
+    Ok(axum::Json(EraseResponse {
+        deleted: receipt.deleted,
+        receipt: receipt.token,
+    }))
+}
+
+/// What an erase answers: how many memories it deleted, and its receipt.
+pub struct EraseReceipt {
+    /// Memories deleted.
+    pub deleted: usize,
+    /// The signed receipt.
+    pub token: String,
+}
+
+/// Erases every memory of the caller and their access log (all but the
+/// record of this erase), and signs a receipt of it.
+pub async fn erase_memories(
+    state: &AppState,
+    caller: &Caller,
+    via: &str,
+) -> Result<EraseReceipt, ApiError> {
+    let erased = state.store.erase(&caller.owner).await?;
     state.quotas.erased(&caller.owner);
-    tracing::info!(deleted, "erased all memories of the caller");
-    Ok(axum::Json(EraseResponse { deleted }))
+    let sealed = state.store.sealed()?;
+    state
+        .trail
+        .erase(&caller.owner, caller.entry("erase", via, erased.deleted))
+        .await?;
+    crate::scope::note_returned(caller.owner.log_tag(), 0);
+    tracing::info!(
+        deleted = erased.deleted,
+        "erased all memories of the caller"
+    );
+    let token = state.signer.sign(serde_json::json!({
+        "typ": "cordon.erase",
+        "owner": caller.owner.log_tag(),
+        "erased_at": crate::access::now_ms(),
+        "deleted": erased.deleted,
+        "sealed": sealed,
+        "key_destroyed": erased.key,
+        "access_log_erased": true,
+    }));
+    Ok(EraseReceipt {
+        deleted: erased.deleted,
+        token,
+    })
 }
 
 /// Every memory of the caller.
@@ -910,6 +965,8 @@ impl Export {
         let result = self.fill().await;
         if result.is_err() {
             self.done = true;
+            // What left before the cut is in the caller's log too.
+            super::noted(&self.state, &self.caller, "export", "http", self.written).await;
         }
         Some(result)
     }
@@ -944,6 +1001,7 @@ impl Export {
             let Some(cursor) = self.next.take() else {
                 out.extend_from_slice(b"]}");
                 self.done = true;
+                super::noted(&self.state, &self.caller, "export", "http", self.written).await;
                 return Ok(out.into());
             };
             if let Err(e) = self.state.auth.still_stands(&self.caller) {

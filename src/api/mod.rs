@@ -7,7 +7,9 @@
 //! `Retry-After`, never queued without bound), a per-request timeout, and a
 //! time limit on a streamed body, which holds its places until it ends.
 
+mod access_log;
 mod admin;
+mod admin_checks;
 mod budget;
 mod embeddings;
 mod extract;
@@ -19,6 +21,7 @@ mod memories;
 pub mod openapi;
 mod quota;
 pub mod recall;
+pub mod signed;
 pub mod update;
 mod validate;
 
@@ -33,6 +36,7 @@ use tokio::sync::Semaphore;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use access_log::noted;
 pub use admin::AdminKey;
 pub use health::Readiness;
 pub use quota::Quotas;
@@ -78,6 +82,14 @@ pub struct AppState {
     pub updates: Arc<crate::locks::KeyedLocks<crate::owner::OwnerHash>>,
     /// The keyword side of search.
     pub keywords: Arc<crate::keyword::Keywords>,
+    /// Every user's access log.
+    pub trail: Arc<crate::trail::Trail>,
+    /// Signs erase receipts and scope statements.
+    pub signer: Arc<crate::receipt::Signer>,
+    /// The breach policy and quarantines.
+    pub breaches: Arc<crate::breach::Breaches>,
+    /// The live canary's verdict (readiness fails on a breach).
+    pub canary: Arc<crate::canary::Verdict>,
 }
 
 impl FromRef<AppState> for AuthState {
@@ -90,6 +102,7 @@ impl FromRef<AppState> for AuthState {
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(memories::router())
+        .merge(access_log::router())
         .merge(embeddings::router())
         .merge(admin::router())
 }
@@ -99,6 +112,7 @@ fn open_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(health::router())
         .merge(openapi::router())
+        .merge(signed::router())
 }
 
 /// Every documented route (all but `/mcp`, a service documented by hand).
@@ -112,6 +126,10 @@ pub fn router(state: AppState) -> Router {
     let (api, _) = api_routes().split_for_parts();
     let api = api
         .merge(mcp::router(state.clone()))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            signed::scope_statement,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             budget::bounded,

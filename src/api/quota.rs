@@ -222,6 +222,9 @@ mod tests {
         async fn holds_other_owners(&self, o: &OwnerHash) -> Result<bool, StoreError> {
             self.inner.holds_other_owners(o).await
         }
+        async fn place(&self, o: &OwnerHash) -> Result<String, StoreError> {
+            self.inner.place(o).await
+        }
         async fn count(&self, o: &OwnerHash) -> Result<usize, StoreError> {
             self.inner.count(o).await
         }

@@ -151,6 +151,7 @@ pub async fn update_one(
     Json(request): Json<UpdateRequest>,
 ) -> Result<(HeaderMap, axum::Json<Memory>), ApiError> {
     let memory = update_memory(&state, &caller, id, if_match, request).await?;
+    super::noted(&state, &caller, "update", "http", 1).await;
     Ok((etag(memory.version()), axum::Json(memory)))
 }
 

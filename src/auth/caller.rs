@@ -30,6 +30,35 @@ pub struct Caller {
     /// The caller's slot among their requests in flight, held until the
     /// handler and the response body are done with the caller.
     _in_flight: Arc<InFlight>,
+    /// The token as the access log names it: its `jti`, or a keyed tag.
+    token: Arc<str>,
+    /// The client address tag.
+    client: Arc<str>,
+}
+
+impl Caller {
+    /// An access-log entry of this caller: `action` through `via`,
+    /// touching `memories` (its time is set when it is noted).
+    pub fn entry(&self, action: &str, via: &str, memories: usize) -> crate::trail::Entry {
+        crate::trail::Entry {
+            at: 0,
+            action: action.to_owned(),
+            via: via.to_owned(),
+            token: self.token.to_string(),
+            client: self.client.to_string(),
+            memories,
+        }
+    }
+}
+
+/// A caller that the process itself makes (the canary), put into a
+/// request's extensions in process: no client can set one.
+#[derive(Debug, Clone)]
+pub struct InternalCaller {
+    /// The caller's owner hash.
+    pub owner: OwnerHash,
+    /// What the access log names it by.
+    pub name: &'static str,
 }
 
 /// The claims behind a caller that the access rules and expiry look at.
@@ -83,6 +112,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let auth = AuthState::from_ref(state);
+        if let Some(internal) = parts.extensions.get::<InternalCaller>().cloned() {
+            return internal_caller(parts, &auth, internal).await;
+        }
         let principal = match bearer(parts).and_then(|token| auth.verifier.verify(token)) {
             Ok(principal) => principal,
             Err(reason) => {
@@ -141,6 +173,10 @@ where
         if let Some(held) = &held {
             held.keep(in_flight.clone());
         }
+        let token: Arc<str> = match &principal.jti {
+            Some(jti) => jti.as_str().into(),
+            None => token_tag(&auth.server_secret, bearer(parts).unwrap_or_default()).into(),
+        };
         Ok(Caller {
             owner,
             standing: Arc::new(Standing {
@@ -149,8 +185,48 @@ where
                 expires_at_ms: principal.expires_at_ms,
             }),
             _in_flight: in_flight,
+            token,
+            client: client_tag(parts, &auth).into(),
         })
     }
+}
+
+/// The caller of an in-process request: no token, no rules (an internal
+/// caller is no user an admin could revoke), but the per-user limits apply.
+async fn internal_caller(
+    parts: &Parts,
+    auth: &AuthState,
+    internal: InternalCaller,
+) -> Result<Caller, ApiError> {
+    let held = parts.extensions.get::<HeldSlots>().cloned();
+    let in_flight = Arc::new(
+        auth.limits
+            .admit(&internal.owner, held.as_ref())
+            .await
+            .map_err(ApiError::from)?,
+    );
+    if let Some(held) = &held {
+        held.keep(in_flight.clone());
+    }
+    Ok(Caller {
+        owner: internal.owner,
+        standing: Arc::new(Standing {
+            tenant: internal.name.to_owned(),
+            facts: TokenFacts::default(),
+            expires_at_ms: u64::MAX,
+        }),
+        _in_flight: in_flight,
+        token: internal.name.into(),
+        client: "internal".into(),
+    })
+}
+
+/// A keyed tag of a bearer token without a `jti`, as the access log shows
+/// it: the user can match it against their tokens' tags only through the
+/// server, and the log holds nothing a token could be rebuilt from.
+fn token_tag(secret: &Secret, token: &str) -> String {
+    let hash = crate::owner::keyed_in(secret, crate::owner::Domain::Token, &[token.as_bytes()]);
+    format!("tag:{}", hex::encode(&hash[..6]))
 }
 
 /// Refuses a request from a locked-out client address.

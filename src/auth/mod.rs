@@ -11,7 +11,8 @@ mod mint;
 mod verifier;
 
 pub use caller::{
-    AuthState, Caller, bearer, client_locked, client_rejected, client_tag, owner_rejected,
+    AuthState, Caller, InternalCaller, bearer, client_locked, client_rejected, client_tag,
+    owner_rejected,
 };
 pub use keys::{KeyError, load_keys};
 pub use mint::{Claims, MintError, Signer, mint_dev_token};

@@ -28,6 +28,8 @@ pub struct Principal {
     pub facts: TokenFacts,
     /// `exp`, Unix milliseconds.
     pub expires_at_ms: u64,
+    /// The `jti` claim, when it is a short printable string.
+    pub jti: Option<String>,
 }
 
 /// One key the server accepts tokens from.
@@ -131,11 +133,17 @@ impl Verifier {
             Some(secs) if secs.is_finite() && secs >= 0.0 => (secs * 1000.0) as u64,
             _ => return Err(AuthError::BadClaim("exp".into())),
         };
+        // Shown to the user in their access log, so only a plain one.
+        let jti = match claims.get("jti") {
+            Some(Value::String(s)) if is_identity(s) && s.len() <= 128 => Some(s.clone()),
+            _ => None,
+        };
         Ok(Principal {
             tenant,
             subject,
             facts,
             expires_at_ms: expires_at_ms.saturating_add(self.config.leeway_secs * 1000),
+            jti,
         })
     }
 }

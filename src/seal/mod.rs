@@ -357,16 +357,29 @@ impl Sealer {
     }
 
     /// Destroys the owner's key, so that every copy of their memories is
-    /// unreadable from now on.
-    pub async fn shred(&self, owner: &OwnerHash) -> Result<(), SealError> {
+    /// unreadable from now on; the id of the key destroyed, if there was
+    /// one (see [`key_id`]).
+    pub async fn shred(&self, owner: &OwnerHash) -> Result<Option<String>, SealError> {
         self.shreds[Self::stripe_of(owner)].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.cache.remove(owner);
+        let held = self.vault.get(owner).await?;
         self.vault.destroy(owner).await?;
         // A request that read the key before the destroy may have cached it
         // again meanwhile.
         self.cache.remove(owner);
-        Ok(())
+        Ok(held.map(|wrapped| key_id(&wrapped)))
     }
+}
+
+/// The id of a user's data key as an erase receipt names it: 16 hex digits
+/// of a hash of the key as wrapped (which says nothing of the key itself).
+pub fn key_id(wrapped: &WrappedDek) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"cordon dek id v1\0")
+        .chain_update(wrapped.wrapped.as_bytes())
+        .finalize();
+    hex::encode(&digest[..8])
 }
 
 fn seal_plain(keys: &RecordKeys, owner: &OwnerHash, id: uuid::Uuid, plain: &Plain) -> Sealed {

@@ -71,6 +71,14 @@ pub enum StoreError {
     /// A bug: a blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Internal(String),
+    /// The guard met another owner's point in this read (the collection,
+    /// by place tag, is quarantined now); nothing of the read is returned.
+    #[error("isolation breach in collection {0}")]
+    IsolationBreach(String),
+    /// The owner's collection (by place tag) is quarantined: reads are
+    /// refused until an admin clears it.
+    #[error("collection {0} is quarantined")]
+    Quarantined(String),
 }
 
 /// A memory to be written, already embedded.
@@ -651,6 +659,9 @@ pub trait Engine: Send + Sync {
     async fn holds_other_owners(&self, owner: &OwnerHash) -> Result<bool, StoreError>;
     /// How many memories the owner holds (exact).
     async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError>;
+    /// The name of the collection (or shard) that the owner's reads go to
+    /// now: what a quarantine names and a scope statement reports.
+    async fn place(&self, owner: &OwnerHash) -> Result<String, StoreError>;
     /// Whether any user's collection exists (a yes or no about the whole
     /// deployment, for the start-up check of encryption at rest).
     async fn holds_memories(&self) -> Result<bool, StoreError>;

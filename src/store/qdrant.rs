@@ -1324,6 +1324,10 @@ impl Engine for Arc<QdrantEngine> {
         self.bounded(|| self.get_op(owner, id)).await
     }
 
+    async fn place(&self, owner: &OwnerHash) -> Result<String, StoreError> {
+        Ok(self.name(owner))
+    }
+
     async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
         self.bounded(|| self.delete_op(owner, id)).await
     }

@@ -967,6 +967,10 @@ impl Engine for Arc<Tiered> {
             .await
     }
 
+    async fn place(&self, owner: &OwnerHash) -> Result<String, StoreError> {
+        self.read(owner, |engine| engine.place(owner)).await
+    }
+
     async fn count(&self, owner: &OwnerHash) -> Result<usize, StoreError> {
         self.read(owner, |engine| engine.count(owner)).await
     }

@@ -139,6 +139,14 @@ pub fn settings(data_dir: &Path) -> Settings {
             duplicate_threshold: None,
             search_mode: Default::default(),
         },
+        checks: cordon::settings::CheckSettings {
+            breach_policy: Default::default(),
+            access_log: true,
+            access_log_retention: Duration::from_secs(90 * 86_400),
+            signing_key_file: None,
+            signing_previous_keys: Vec::new(),
+            canary_interval: None,
+        },
     }
 }
 

@@ -192,6 +192,9 @@ async fn forced_collisions_are_caught_by_the_guard_and_never_leak() {
     let app = spawn_app_with(|s| {
         s.store.name_hex_chars = 1;
         s.store.collision_drill = true;
+        // What this measures is the guard's drop; the breach policy's
+        // fail-closed answer is tested in `checks.rs`.
+        s.checks.breach_policy = cordon::breach::BreachPolicy::Drop;
     })
     .await;
     assert_no_foreign_canaries(&app, "drill", 40).await;
@@ -208,6 +211,9 @@ async fn in_a_shared_shard_foreign_ids_are_404_and_erase_spares_the_neighbour() 
     let app = spawn_app_with(|s| {
         s.store.name_hex_chars = 1;
         s.store.collision_drill = true;
+        // What this measures is the guard's drop; the breach policy's
+        // fail-closed answer is tested in `checks.rs`.
+        s.checks.breach_policy = cordon::breach::BreachPolicy::Drop;
     })
     .await;
     // Find two users whose shard names collide (1 of 16 buckets).

@@ -4,6 +4,7 @@
 mod access;
 mod auth;
 mod batching;
+mod checks;
 mod curation;
 mod embeddings;
 mod encryption;

@@ -101,7 +101,7 @@ pub async fn reads_of_an_unknown_user(h: &Harness) {
         .await
         .expect("list");
     assert!(page.memories.is_empty() && page.next.is_none());
-    assert_eq!(h.store.erase(&nobody).await.expect("erase"), 0);
+    assert_eq!(h.store.erase(&nobody).await.expect("erase").deleted, 0);
     assert!(
         h.store
             .delete(&nobody, uuid::Uuid::now_v7())
@@ -265,7 +265,7 @@ pub async fn delete_and_erase(h: &Harness) {
     assert!(h.store.get(&alice, a_id).await.expect("get").is_none());
 
     assert_eq!(h.collections().await, 2);
-    assert_eq!(h.store.erase(&alice).await.expect("erase"), 1);
+    assert_eq!(h.store.erase(&alice).await.expect("erase").deleted, 1);
     assert_eq!(h.collections().await, 1, "erase left alice's collection");
     assert!(
         h.store
@@ -362,7 +362,7 @@ pub async fn shared_collection(h: &Harness, drill: bool) {
         assert!(h.store.delete(&first, *id).await.expect("delete").is_none());
     }
     // Erasing one user spares every neighbour.
-    assert_eq!(h.store.erase(&first).await.expect("erase"), 1);
+    assert_eq!(h.store.erase(&first).await.expect("erase").deleted, 1);
     for u in &users[1..] {
         let page = h
             .store
@@ -530,7 +530,7 @@ pub async fn replicas(h: &Harness) {
     assert_eq!(h.collections().await, 1);
     // One replica erases; the other, which saw the collection exist, writes
     // again and must not lose the write.
-    assert_eq!(a.erase(&alice).await.expect("erase"), 2);
+    assert_eq!(a.erase(&alice).await.expect("erase").deleted, 2);
     b.put(
         &alice,
         vec![memory("after erase", vector(3, 0.0), json!({}))],

@@ -95,7 +95,7 @@ pub async fn random_operations_match_the_model(h: &Harness, users: usize, seed: 
                 assert_eq!(listed, expected, "step {step}: list");
             }
             _ => {
-                let erased = h.store.erase(&owner).await.expect("erase");
+                let erased = h.store.erase(&owner).await.expect("erase").deleted;
                 assert_eq!(erased, mine.len(), "step {step}: erase");
                 mine.clear();
             }

@@ -988,6 +988,13 @@ impl Engine for Arc<EdgeEngine> {
         .await
     }
 
+    async fn place(&self, owner: &OwnerHash) -> Result<String, StoreError> {
+        Ok(owner.collection_name(
+            &self.settings.collection_prefix,
+            self.settings.name_hex_chars,
+        ))
+    }
+
     async fn delete(&self, owner: &OwnerHash, id: Uuid) -> Result<(), StoreError> {
         let (this, owner) = (self.clone(), owner.clone());
         EdgeEngine::blocking(move || this.delete_blocking(&owner, id)).await
