@@ -23,7 +23,7 @@ tokio::task_local! {
 pub struct Scope {
     /// The caller's owner tag (set once the handler noted its access).
     pub owner: Option<String>,
-    /// The collections (or shards) read, by name.
+    /// The collections (or shards) read, by name (signed as their tags).
     pub collections: Vec<String>,
     /// The filters asked of the engine, one per read.
     pub filters: Vec<Value>,

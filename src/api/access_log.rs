@@ -42,7 +42,7 @@ pub struct LogParams {
     /// Entries per page (1 to 100, default 50).
     pub(super) limit: Option<i64>,
     /// The `next` of the previous page: entries older than it.
-    pub(super) before: Option<String>,
+    pub(super) before: Option<u64>,
     /// Only entries at or after this time, Unix milliseconds.
     pub(super) since: Option<u64>,
     /// Only entries before this time, Unix milliseconds.
@@ -56,15 +56,8 @@ pub async fn log_page(
     params: LogParams,
 ) -> Result<LogPage, ApiError> {
     let limit = validate::page_limit(params.limit, DEFAULT_LIMIT, &state.limits)?;
-    let before =
-        match params.before.as_deref() {
-            None => None,
-            Some(text) => Some(text.parse::<u64>().map_err(|_| {
-                ApiError::validation("`before` must be the `next` of a previous page")
-            })?),
-        };
     let window = Window {
-        before,
+        before: params.before,
         since_ms: params.since,
         until_ms: params.until,
         limit,

@@ -38,7 +38,7 @@ struct LogRequest {
     /// Entries per page (1 to 100, default 50).
     limit: Option<i64>,
     /// The `next` of the previous page.
-    before: Option<String>,
+    before: Option<u64>,
     /// Only entries at or after this time, Unix milliseconds.
     since: Option<u64>,
     /// Only entries before this time, Unix milliseconds.

@@ -62,7 +62,9 @@ pub async fn scope_statement(
         "typ": "cordon.scope",
         "owner": owner,
         "route": route,
-        "collections": scope.collections,
+        // By tag, as quarantines and alerts name them: a name is a
+        // prefix of its users' owner hashes.
+        "collections": scope.collections.iter().map(|c| state.breaches.tag(c)).collect::<Vec<_>>(),
         "filters": scope.filters,
         "points_read": scope.points_read,
         "points_dropped": scope.points_dropped,

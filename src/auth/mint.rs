@@ -134,6 +134,8 @@ impl Signer {
         body.insert("iat".into(), json!(now));
         body.insert("nbf".into(), json!(now));
         body.insert("exp".into(), json!(now + claims.ttl.as_secs()));
+        // What the user's access log names the token by.
+        body.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
         if let Some(iss) = claims.issuer {
             body.insert("iss".into(), json!(iss));
         }

@@ -150,7 +150,7 @@ pub struct LogPage {
     pub entries: Vec<Entry>,
     /// Pass as `before` for the next, older page (absent on the last).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
+    pub next: Option<u64>,
 }
 
 impl Trail {
@@ -264,11 +264,7 @@ impl Trail {
         }
         Ok(LogPage {
             entries,
-            next: if more {
-                last_seq.map(|s| s.to_string())
-            } else {
-                None
-            },
+            next: if more { last_seq } else { None },
         })
     }
 

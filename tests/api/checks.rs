@@ -85,7 +85,7 @@ async fn access_log_is_per_user(configure: impl FnOnce(&mut Settings)) {
     // Paged newest first, and a time window.
     let first = log_of(&app, &alice, "?limit=3").await;
     assert_eq!(actions(&first), ["list", "get", "search"]);
-    let next = first["next"].as_str().expect("a next cursor");
+    let next = first["next"].as_u64().expect("a next cursor");
     let rest = log_of(&app, &alice, &format!("?limit=3&before={next}")).await;
     assert_eq!(actions(&rest), ["store"]);
     assert!(rest.get("next").is_none());
@@ -574,4 +574,77 @@ async fn the_canary_fails_readiness_when_a_drill_lets_it_meet_another_users_poin
     let r = app.get("/readyz", "").await;
     assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "canary_breach").await;
     app.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
+async fn on_qdrant_a_breach_quarantines_on_every_replica_and_each_replicas_canary_sees_it() {
+    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
+    // Two replicas of one deployment, in the shared tier, whose engine reads
+    // skip the owner condition: users share 16 collections.
+    let configure = |s: &mut Settings, prefix: &mut String| {
+        crate::qdrant::use_qdrant_at(s, url.clone());
+        if prefix.is_empty() {
+            *prefix = s.store.collection_prefix.clone();
+        }
+        s.store.collection_prefix = prefix.clone();
+        s.store.qdrant.timeout = Duration::from_secs(10);
+        s.store.tier = cordon::settings::Tier::Shared;
+        drill(s);
+        s.checks.canary_interval = Some(Duration::from_millis(500));
+    };
+    let mut prefix = String::new();
+    let a = spawn_app_with(|s| configure(s, &mut prefix)).await;
+    let b = spawn_app_with(|s| configure(s, &mut prefix)).await;
+    let (first, late) = colliding_pair();
+    a.store_texts(&token("t", &first), &["first's private note"])
+        .await;
+    a.store_texts(&token("t", &late), &["late's private note"])
+        .await;
+    let r = b
+        .post(
+            "/v1/memories/search",
+            &token("t", &late),
+            &json!({ "query": "private note" }),
+        )
+        .await;
+    assert_error(r, StatusCode::INTERNAL_SERVER_ERROR, "isolation_breach").await;
+    // The other replica refuses the collection too, once it has polled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = a.get("/v1/memories", &token("t", &first)).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "quarantined").await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica a never saw the quarantine"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A real user shares the canary's collection: every replica's canary
+    // meets that user's point and each replica stops being ready.
+    let secret = cordon::secret::Secret::new(b"test-server-secret-0123456789abcdef".to_vec());
+    let canary = cordon::canary::owner(&secret, 0).collection_name("", 1);
+    let neighbour = (0..400)
+        .map(|i| format!("n{i}"))
+        .find(|u| owner_of("t", u).collection_name("", 1) == canary)
+        .expect("a user in the canary's collection");
+    a.store_texts(&token("t", &neighbour), &["a neighbour's note"])
+        .await;
+    for app in [&a, &b] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while canary_rounds(app, "cordon_canary_breaches_total").await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a replica's canary saw no breach"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let r = app.get("/readyz", "").await;
+        assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "canary_breach").await;
+    }
+    a.stop().await;
+    b.stop().await;
 }

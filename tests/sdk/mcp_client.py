@@ -141,6 +141,20 @@ async def run(base_url: str, alice_token: str, bob_token: str) -> None:
         check(not failed and out["id"] == ids[0] and out.get("duplicate") is True,
               f"a near-duplicate is not stored again ({out})")
 
+    # Every tool call is in the caller's access log, through `mcp`, and in
+    # nobody else's.
+    async with httpx2.AsyncClient() as http:
+        r = await http.get(f"{base_url}/v1/access-log?limit=100", headers={"Authorization": f"Bearer {alice_token}"})
+        mine = r.json()["entries"]
+        tools = {e["action"] for e in mine if e["via"] == "mcp"}
+        check(r.status_code == 200 and {"remember", "recall", "update_memory", "list_memories"} <= tools,
+              f"alice's access log holds her tool calls ({sorted(tools)})")
+        check("peanuts" not in r.text, "the access log holds no memory text")
+        r = await http.get(f"{base_url}/v1/access-log?limit=100", headers={"Authorization": f"Bearer {bob_token}"})
+        theirs = r.json()["entries"]
+        check(all(e["token"] != mine[0]["token"] for e in theirs),
+              "bob's access log holds nothing of alice's token")
+
     # A wrong token never reaches the tools: the HTTP answer is the API's 401.
     async with httpx2.AsyncClient() as http:
         r = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
