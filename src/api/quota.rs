@@ -128,7 +128,7 @@ impl Quotas {
         let mut bytes = 0;
         let mut after = None;
         loop {
-            let page = store.list(owner, after, PAGE, &Default::default()).await?;
+            let page = store.tally_page(owner, after, PAGE).await?;
             bytes += page.memories.iter().map(|m| m.stored_bytes()).sum::<u64>();
             match page.next {
                 Some(next) => after = Some(next),

@@ -503,9 +503,24 @@ async fn a_quarantine_outlives_a_restart() {
     assert_error(r, StatusCode::INTERNAL_SERVER_ERROR, "isolation_breach").await;
     app.stop().await;
     // Back without the drill: the engine filter holds, yet the shard stays
-    // quarantined until an admin has looked.
-    let app = crate::helpers::spawn_app_on(dir.path(), |s| s.store.name_hex_chars = 1).await;
+    // quarantined until an admin has looked. Writes go on, the byte quota's
+    // count of a user's memories (a read that returns nothing) included.
+    let app = crate::helpers::spawn_app_on(dir.path(), |s| {
+        s.store.name_hex_chars = 1;
+        s.limits.max_bytes_per_user = 1 << 20;
+    })
+    .await;
     let r = app.get("/v1/memories", &token("t", &first)).await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "quarantined").await;
+    let r = app
+        .post(
+            "/v1/memories",
+            &token("t", &late),
+            &json!({ "text": "one more" }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app.get("/v1/memories", &token("t", &late)).await;
     assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "quarantined").await;
     app.stop().await;
 }
