@@ -164,11 +164,18 @@ impl Application {
                 &settings.store.collection_prefix,
             )?),
         };
+        // Made before any user's collection, which the collections-per-node
+        // bound counts it among; unreachable now, it is made at the first
+        // write instead.
+        if let Err(e) = trail_store.prepare().await {
+            tracing::warn!(error = %e, "access log storage not ready yet");
+        }
         let trail = Trail::start(
             trail_store,
             sealing,
             settings.checks.access_log_retention,
             settings.checks.access_log,
+            metrics.clone(),
         );
         let signer = Signer::load(
             settings.checks.signing_key_file.as_deref(),
@@ -255,6 +262,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let store = self.state.store.clone();
+        let trail = self.state.trail.clone();
         let router = api::router(self.state);
         let (begun, begun_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -282,6 +290,8 @@ impl Application {
                 Ok(())
             }
         };
+        // What was noted before the last responses went out is stored.
+        trail.flush().await;
         store.shutdown().await;
         tracing::info!("shutdown complete");
         result

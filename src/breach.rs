@@ -121,6 +121,9 @@ impl Breaches {
         };
         // The request fails either way; a quarantine that could not be
         // stored is logged, and the next breached read tries again.
+        if self.access.quarantined(&tag) {
+            return Err(StoreError::IsolationBreach(tag));
+        }
         if let Err(e) = self.access.record(rule).await {
             tracing::error!(error = %e, place = %tag, "could not store a quarantine");
         }

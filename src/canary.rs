@@ -8,9 +8,11 @@
 //! the process is its own caller. Every replica runs its own rounds against
 //! the same canary users, so each replica's view of the store is checked.
 //!
-//! A canary seen by the wrong user, or a canary read that failed closed or
-//! met a quarantine, is a breach: an `alert` event, `cordon_canary_breaches_total`,
-//! and `/readyz` answers 503 `canary_breach` until a round comes back clean.
+//! A canary seen by the wrong user, or a canary read that failed closed, is
+//! a breach: an `alert` event, `cordon_canary_breaches_total`, and `/readyz`
+//! answers 503 `canary_breach` until a round comes back clean (a round that
+//! meets the quarantine the breach set cannot: it fails, and the verdict
+//! stands until an admin has cleared it).
 //! Canary owners cannot be any token's (their tenant holds a NUL byte, which
 //! no token's may), they are placed like any user (so in the shared tier they
 //! share collections with real users), and their requests are counted in
@@ -179,12 +181,16 @@ impl Canary {
             .await
             .map_err(|_| Outcome::Failed)?;
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status.is_server_error() {
-            let code = json["error"]["code"].as_str().unwrap_or_default();
-            if matches!(code, "isolation_breach" | "quarantined") {
-                crate::audit::canary_breach(code, uri);
-                return Err(Outcome::Breach);
-            }
+        let code = json["error"]["code"].as_str().unwrap_or_default();
+        if code == "isolation_breach" {
+            // A canary read met another user's point: the engine's owner
+            // filter failed where a canary lives.
+            crate::audit::canary_breach(code, uri);
+            return Err(Outcome::Breach);
+        }
+        // Anything else but an answer or a 404 (a quarantine found earlier,
+        // a rate limit, a store down) proves nothing either way.
+        if !status.is_success() && status != StatusCode::NOT_FOUND {
             tracing::warn!(%status, code, "canary probe failed");
             return Err(Outcome::Failed);
         }

@@ -276,7 +276,7 @@ impl ApiError {
             Self::Quarantined => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "quarantined",
-                "reads of your memories are paused while an operator checks the store; writes and erase still work".into(),
+                "reads of your memories are paused while an operator checks the store; new memories and erase still work".into(),
             ),
         }
     }

@@ -36,6 +36,7 @@ pub struct Metrics {
     canary_probes: AtomicU64,
     canary_breaches: AtomicU64,
     canary_failures: AtomicU64,
+    access_log_dropped: AtomicU64,
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
 }
@@ -202,6 +203,11 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one access-log entry given up on a full queue.
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Canary rounds that found a breach since start.
     pub fn canary_breaches(&self) -> u64 {
         self.canary_breaches.load(Ordering::Relaxed)
@@ -362,6 +368,11 @@ impl Metrics {
                 "cordon_canary_breaches_total",
                 "Canary rounds in which a canary was seen by the wrong user, or a canary read failed closed.",
                 &self.canary_breaches,
+            ),
+            (
+                "cordon_access_log_dropped_total",
+                "Access-log entries given up because the writer's queue stayed full (the log's storage too slow).",
+                &self.access_log_dropped,
             ),
             (
                 "cordon_canary_failures_total",

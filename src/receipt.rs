@@ -225,15 +225,20 @@ pub fn verify(token: &str, keys: &[VerifyingKey]) -> Result<Value, ReceiptError>
     }
     let signature = Signature::from_slice(&decode(signature, "signature")?)
         .map_err(|_| ReceiptError::Malformed("the signature is not 64 bytes".into()))?;
-    let candidates: Vec<&VerifyingKey> = match header["kid"].as_str() {
-        Some(kid) => {
-            let named: Vec<_> = keys.iter().filter(|k| kid_of(k) == kid).collect();
+    let candidates: Vec<&VerifyingKey> = match &header["kid"] {
+        Value::Null => keys.iter().collect(),
+        Value::String(kid) => {
+            let named: Vec<_> = keys.iter().filter(|k| &kid_of(k) == kid).collect();
             if named.is_empty() {
                 return Err(ReceiptError::UnknownKey(kid.to_owned()));
             }
             named
         }
-        None => keys.iter().collect(),
+        _ => {
+            return Err(ReceiptError::Malformed(
+                "the header's kid is not a string".into(),
+            ));
+        }
     };
     let input = &token[..token.len() - token.rsplit('.').next().map_or(0, str::len) - 1];
     if !candidates

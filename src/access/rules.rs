@@ -433,4 +433,42 @@ mod tests {
         assert!(text.contains("\"kind\":\"user\""), "{text}");
         assert_eq!(serde_json::from_str::<Change>(&text).expect("parses"), c);
     }
+
+    fn quarantine(at_ms: u64, quarantined: bool) -> Change {
+        change(
+            at_ms,
+            Rule::Quarantine {
+                place: "abc".into(),
+                quarantined,
+                since_ms: at_ms,
+            },
+        )
+    }
+
+    #[test]
+    fn the_latest_quarantine_change_wins_in_any_order() {
+        let (set, cleared, set_again) = (
+            quarantine(1, true),
+            quarantine(2, false),
+            quarantine(3, true),
+        );
+        for order in [
+            [&set, &cleared, &set_again],
+            [&set_again, &cleared, &set],
+            [&cleared, &set_again, &set],
+        ] {
+            let mut rules = Rules::default();
+            for c in order {
+                rules.apply(c);
+            }
+            assert!(rules.quarantined("abc"));
+            assert_eq!(rules.quarantines(), vec![("abc".to_owned(), 3)]);
+        }
+        let mut rules = Rules::default();
+        for c in [&set, &cleared] {
+            rules.apply(c);
+        }
+        assert!(!rules.quarantined("abc"));
+        assert!(!rules.any_quarantined());
+    }
 }

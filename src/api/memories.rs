@@ -838,7 +838,14 @@ async fn erase(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<axum::Json<EraseResponse>, ApiError> {
-    let receipt = erase_memories(&state, &caller, "http").await?;
+    // In a task of its own: a client that hangs up (or the request's time
+    // limit) cannot stop it between the memories and the access log.
+    let receipt = tokio::spawn(async move { erase_memories(&state, &caller, "http").await })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the erase task failed");
+            ApiError::Internal
+        })??;
     Ok(axum::Json(EraseResponse {
         deleted: receipt.deleted,
         receipt: receipt.token,
@@ -956,6 +963,20 @@ struct Export {
     done: bool,
 }
 
+impl Drop for Export {
+    /// Notes the export in the caller's log however it ended: whole, cut
+    /// short, or dropped by a client that stopped reading.
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (state, caller, written) = (self.state.clone(), self.caller.clone(), self.written);
+        runtime.spawn(async move {
+            super::noted(&state, &caller, "export", "http", written).await;
+        });
+    }
+}
+
 impl Export {
     /// The next chunk of the body; `None` once the closing bracket is out.
     async fn chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
@@ -965,8 +986,6 @@ impl Export {
         let result = self.fill().await;
         if result.is_err() {
             self.done = true;
-            // What left before the cut is in the caller's log too.
-            super::noted(&self.state, &self.caller, "export", "http", self.written).await;
         }
         Some(result)
     }
@@ -1001,7 +1020,6 @@ impl Export {
             let Some(cursor) = self.next.take() else {
                 out.extend_from_slice(b"]}");
                 self.done = true;
-                super::noted(&self.state, &self.caller, "export", "http", self.written).await;
                 return Ok(out.into());
             };
             if let Err(e) = self.state.auth.still_stands(&self.caller) {

@@ -32,7 +32,11 @@ pub struct VerifyArgs {
     #[arg(default_value = "-")]
     input: String,
     /// A JWKS file, as saved from /.well-known/cordon-signing-keys.json or `cordon signing-key public`.
-    #[arg(long, required_unless_present = "public_key")]
+    #[arg(
+        long,
+        required_unless_present = "public_key",
+        conflicts_with = "public_key"
+    )]
     keys: Option<PathBuf>,
     /// A public key (base64url or 64 hex digits), instead of a JWKS file.
     #[arg(long)]
@@ -119,5 +123,15 @@ fn check(args: VerifyArgs) -> Result<Value, String> {
         }
         (None, None) => return Err("give --keys or --public-key".into()),
     };
-    receipt::verify(&token, &keys).map_err(|e| e.to_string())
+    let claims = receipt::verify(&token, &keys).map_err(|e| e.to_string())?;
+    if claims["iss"] != receipt::ISSUER {
+        return Err("signed, but not by a Cordon server (its `iss` is not `cordon`)".into());
+    }
+    if !claims["typ"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("cordon."))
+    {
+        return Err("signed, but neither a receipt nor a scope statement".into());
+    }
+    Ok(claims)
 }

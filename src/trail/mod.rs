@@ -45,6 +45,11 @@ const BATCH: usize = 512;
 /// Notes queued for the writer at most; a request waits for room beyond.
 const QUEUE: usize = 16_384;
 
+/// Longest a request waits for room in a full queue before its entry is
+/// given up (counted in `cordon_access_log_dropped_total`): a log store
+/// that stalls must not stall every request with it.
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
+
 /// One access to a user's memories, as the user reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
@@ -122,6 +127,11 @@ pub trait TrailStore: Send + Sync {
     async fn erase(&self, owner: &OwnerHash) -> Result<usize, StoreError>;
     /// Deletes every record with `seq` below `before`; how many.
     async fn prune(&self, before: u64) -> Result<usize, StoreError>;
+    /// Makes what the store needs before the first record (a system
+    /// collection), so that it exists before any user's does.
+    async fn prepare(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 enum Msg {
@@ -141,6 +151,7 @@ pub struct Trail {
     queue: Option<mpsc::Sender<Msg>>,
     retention: Duration,
     last_seq: AtomicU64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A page of a user's log, newest first.
@@ -155,13 +166,14 @@ pub struct LogPage {
 
 impl Trail {
     /// Access logs in `store`, sealed as `sealing` decides, kept for
-    /// `retention`; `enabled: false` notes nothing (reads still work).
-    /// Starts the writer and the retention sweep.
+    /// `retention`; `enabled: false` notes nothing (reads, erases and the
+    /// retention sweep still work). Starts the writer and the sweep.
     pub fn start(
         store: Arc<dyn TrailStore>,
         sealing: Arc<SealGate>,
         retention: Duration,
         enabled: bool,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         let (queue, rx) = match enabled {
             true => {
@@ -176,11 +188,12 @@ impl Trail {
             queue,
             retention,
             last_seq: AtomicU64::new(0),
+            metrics,
         });
         if let Some(rx) = rx {
             tokio::spawn(write_loop(Arc::downgrade(&trail), rx));
-            tokio::spawn(sweep_loop(Arc::downgrade(&trail)));
         }
+        tokio::spawn(sweep_loop(Arc::downgrade(&trail)));
         trail
     }
 
@@ -192,6 +205,7 @@ impl Trail {
             queue: None,
             retention: self.retention,
             last_seq: AtomicU64::new(0),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -228,8 +242,20 @@ impl Trail {
             entry,
             seal,
         };
-        if queue.send(msg).await.is_err() {
-            tracing::error!("the access-log writer has stopped; an entry was not stored");
+        let msg = match queue.try_send(msg) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the access-log writer has stopped; an entry was not stored");
+                return;
+            }
+        };
+        if !matches!(queue.send_timeout(msg, QUEUE_WAIT).await, Ok(())) {
+            self.metrics.access_log_dropped();
+            tracing::error!(
+                owner = %owner.log_tag(),
+                "the access log's queue stayed full; an entry was not stored"
+            );
         }
     }
 
@@ -385,8 +411,8 @@ async fn write_loop(trail: std::sync::Weak<Trail>, mut rx: mpsc::Receiver<Msg>) 
     }
 }
 
-/// Deletes entries past the retention, at start and then every tenth of
-/// the retention (at most hourly).
+/// Deletes entries past the retention, every tenth of the retention (at
+/// most hourly), the first time that long after the start.
 async fn sweep_loop(trail: std::sync::Weak<Trail>) {
     let every = match trail.upgrade() {
         Some(t) => (t.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600)),

@@ -183,4 +183,8 @@ impl TrailStore for QdrantTrail {
     async fn prune(&self, before: u64) -> Result<usize, StoreError> {
         self.delete(Filter::must([seq_in(0, before)])).await
     }
+
+    async fn prepare(&self) -> Result<(), StoreError> {
+        self.ensure().await
+    }
 }

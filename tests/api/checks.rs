@@ -155,6 +155,42 @@ async fn the_access_log_and_receipts_hold_on_qdrant_sealed_or_not() {
 }
 
 #[tokio::test]
+async fn an_export_is_noted_whole_and_when_its_client_hangs_up() {
+    let app = spawn_app_with(|_| {}).await;
+    let alice = token("acme", "alice");
+    let texts: Vec<String> = (0..60)
+        .map(|i| format!("note {i} {}", "x".repeat(1_500)))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for chunk in refs.chunks(10) {
+        app.store_texts(&alice, chunk).await;
+    }
+    let body = app.get_json("/v1/memories/export", &alice).await;
+    assert_eq!(body["memories"].as_array().expect("memories").len(), 60);
+    let page = log_of(&app, &alice, "?limit=1").await;
+    assert_eq!(actions(&page), ["export"]);
+    assert_eq!(page["entries"][0]["memories"], 60);
+    // Headers read, the body left: the export is still noted.
+    let r = app.get("/v1/memories/export", &alice).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(r);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while actions(&log_of(&app, &alice, "?limit=10").await)
+        .iter()
+        .filter(|a| *a == "export")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut-short export was not noted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn entries_past_the_retention_are_left_out() {
     let app = spawn_app_with(|s| s.checks.access_log_retention = Duration::from_secs(2)).await;
     let alice = token("acme", "alice");
@@ -406,25 +442,20 @@ fn apart_from(taken: &[&str]) -> String {
         .expect("a user in another shard")
 }
 
-fn drill(s: &mut Settings) {
-    s.store.name_hex_chars = 1;
-    s.store.collision_drill = true;
-}
-
-#[tokio::test]
-async fn in_a_collision_drill_a_read_that_meets_a_foreign_point_fails_closed_and_quarantines() {
-    let app = spawn_app_with(drill).await;
+/// Stores a note for each of a colliding pair through `writer`, then has
+/// the later one search through `reader`: the read meets the first one's
+/// point and must fail closed. The pair, first and late.
+async fn breach(writer: &TestApp, reader: &TestApp) -> (String, String) {
     let (first, late) = colliding_pair();
-    let apart = apart_from(&[&first]);
-    app.store_texts(&token("t", &first), &["first's private note"])
-        .await;
-    app.store_texts(&token("t", &apart), &["a note elsewhere"])
+    writer
+        .store_texts(&token("t", &first), &["first's private note"])
         .await;
     // The late user's shard already holds the first user's point, and the
     // drill reads without the owner condition.
-    app.store_texts(&token("t", &late), &["late's private note"])
+    writer
+        .store_texts(&token("t", &late), &["late's private note"])
         .await;
-    let r = app
+    let r = reader
         .post(
             "/v1/memories/search",
             &token("t", &late),
@@ -433,6 +464,21 @@ async fn in_a_collision_drill_a_read_that_meets_a_foreign_point_fails_closed_and
         .await;
     let message = assert_error(r, StatusCode::INTERNAL_SERVER_ERROR, "isolation_breach").await;
     assert!(!message.contains("first's"), "{message}");
+    (first, late)
+}
+
+fn drill(s: &mut Settings) {
+    s.store.name_hex_chars = 1;
+    s.store.collision_drill = true;
+}
+
+#[tokio::test]
+async fn in_a_collision_drill_a_read_that_meets_a_foreign_point_fails_closed_and_quarantines() {
+    let app = spawn_app_with(drill).await;
+    let apart = apart_from(&[&colliding_pair().0]);
+    app.store_texts(&token("t", &apart), &["a note elsewhere"])
+        .await;
+    let (first, late) = breach(&app, &app).await;
 
     // Quarantined: every read of that shard is refused, for both users and
     // every path; writes still go through; another shard is unaffected.
@@ -525,6 +571,17 @@ async fn a_quarantine_outlives_a_restart() {
     app.stop().await;
 }
 
+/// A user whose shard (under one hex character of name) is the first
+/// canary user's.
+fn canary_neighbour() -> String {
+    let secret = cordon::secret::Secret::new(b"test-server-secret-0123456789abcdef".to_vec());
+    let canary = cordon::canary::owner(&secret, 0).collection_name("", 1);
+    (0..400)
+        .map(|i| format!("n{i}"))
+        .find(|u| owner_of("t", u).collection_name("", 1) == canary)
+        .expect("a user in the canary's shard")
+}
+
 async fn canary_rounds(app: &TestApp, name: &str) -> u64 {
     let metrics = app.metrics().await;
     metrics
@@ -565,12 +622,7 @@ async fn the_canary_passes_on_a_sound_store_and_its_traffic_is_not_counted() {
 
 #[tokio::test]
 async fn the_canary_fails_readiness_when_a_drill_lets_it_meet_another_users_point() {
-    let secret = cordon::secret::Secret::new(b"test-server-secret-0123456789abcdef".to_vec());
-    let canary = cordon::canary::owner(&secret, 0).collection_name("", 1);
-    let neighbour = (0..400)
-        .map(|i| format!("n{i}"))
-        .find(|u| owner_of("t", u).collection_name("", 1) == canary)
-        .expect("a user in the canary's shard");
+    let neighbour = canary_neighbour();
     let app = spawn_app_with(|s| {
         drill(s);
         s.checks.canary_interval = Some(Duration::from_millis(500));
@@ -611,19 +663,7 @@ async fn on_qdrant_a_breach_quarantines_on_every_replica_and_each_replicas_canar
     let mut prefix = String::new();
     let a = spawn_app_with(|s| configure(s, &mut prefix)).await;
     let b = spawn_app_with(|s| configure(s, &mut prefix)).await;
-    let (first, late) = colliding_pair();
-    a.store_texts(&token("t", &first), &["first's private note"])
-        .await;
-    a.store_texts(&token("t", &late), &["late's private note"])
-        .await;
-    let r = b
-        .post(
-            "/v1/memories/search",
-            &token("t", &late),
-            &json!({ "query": "private note" }),
-        )
-        .await;
-    assert_error(r, StatusCode::INTERNAL_SERVER_ERROR, "isolation_breach").await;
+    let (first, _) = breach(&a, &b).await;
     // The other replica refuses the collection too, once it has polled.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -640,12 +680,7 @@ async fn on_qdrant_a_breach_quarantines_on_every_replica_and_each_replicas_canar
     }
     // A real user shares the canary's collection: every replica's canary
     // meets that user's point and each replica stops being ready.
-    let secret = cordon::secret::Secret::new(b"test-server-secret-0123456789abcdef".to_vec());
-    let canary = cordon::canary::owner(&secret, 0).collection_name("", 1);
-    let neighbour = (0..400)
-        .map(|i| format!("n{i}"))
-        .find(|u| owner_of("t", u).collection_name("", 1) == canary)
-        .expect("a user in the canary's collection");
+    let neighbour = canary_neighbour();
     a.store_texts(&token("t", &neighbour), &["a neighbour's note"])
         .await;
     for app in [&a, &b] {
