@@ -645,7 +645,7 @@ async fn the_canary_fails_readiness_when_a_drill_lets_it_meet_another_users_poin
 
 #[tokio::test]
 #[ignore = "needs a Qdrant 1.18+ server: QDRANT_URL=http://127.0.0.1:6334 scripts/test"]
-async fn on_qdrant_a_breach_quarantines_on_every_replica_and_each_replicas_canary_sees_it() {
+async fn on_qdrant_a_breach_quarantines_on_every_replica_where_each_replica_runs_its_canary() {
     let url = std::env::var("QDRANT_URL").expect("QDRANT_URL, the gRPC URL of a Qdrant 1.18+");
     // Two replicas of one deployment, in the shared tier, whose engine reads
     // skip the owner condition: users share 16 collections.
@@ -678,22 +678,49 @@ async fn on_qdrant_a_breach_quarantines_on_every_replica_and_each_replicas_canar
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A real user shares the canary's collection: every replica's canary
-    // meets that user's point and each replica stops being ready.
-    let neighbour = canary_neighbour();
-    a.store_texts(&token("t", &neighbour), &["a neighbour's note"])
-        .await;
+    // Each replica probes: both have had clean rounds.
     for app in [&a, &b] {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while canary_rounds(app, "cordon_canary_breaches_total").await == 0 {
+        while canary_rounds(app, "cordon_canary_rounds_total").await == 0 {
             assert!(
                 std::time::Instant::now() < deadline,
-                "a replica's canary saw no breach"
+                "a replica ran no canary round"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let r = app.get("/readyz", "").await;
-        assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "canary_breach").await;
+    }
+    // A real user shares the canary's collection: the first replica whose
+    // canary meets that user's point fails closed, quarantines it and stops
+    // being ready; the other's canary then meets the quarantine, which
+    // fails its rounds without calling them clean.
+    let neighbour = canary_neighbour();
+    a.store_texts(&token("t", &neighbour), &["a neighbour's note"])
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (found, other) = loop {
+        if canary_rounds(&a, "cordon_canary_breaches_total").await > 0 {
+            break (&a, &b);
+        }
+        if canary_rounds(&b, "cordon_canary_breaches_total").await > 0 {
+            break (&b, &a);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica's canary saw the breach"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let r = found.get("/readyz", "").await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "canary_breach").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while canary_rounds(other, "cordon_canary_breaches_total").await == 0
+        && canary_rounds(other, "cordon_canary_failures_total").await == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other replica's canary went on as clean"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     a.stop().await;
     b.stop().await;

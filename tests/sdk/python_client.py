@@ -239,8 +239,22 @@ def check_memory_api(base_url: str, alice: Cordon, bob: Cordon) -> None:
     check(alice.get(once) is None and alice.forget(once) is False, "then it is gone")
     expected.discard(once)
 
-    erased = alice.erase_all()
-    check(erased == len(expected), f"erase_all returns the count ({erased})")
+    log = alice.access_log(limit=5)
+    check(
+        len(log.entries) == 5 and log.next is not None and log.entries[0].action == "export"
+        and all(e.via == "http" for e in log.entries),
+        "access_log pages alice's own log, newest first",
+    )
+    older = alice.access_log(limit=5, before=log.next)
+    check(older.entries and older.entries[0].at <= log.entries[-1].at, "access_log's next pages back")
+    check(all(e.token != log.entries[0].token for e in bob.access_log(limit=100).entries),
+          "bob's access log holds nothing of alice's token")
+
+    erased = alice.erase_all_receipt()
+    check(erased.deleted == len(expected) and erased.receipt.count(".") == 2,
+          f"erase_all_receipt returns the count ({erased.deleted}) and a signed receipt")
+    check([e.action for e in alice.access_log().entries] == ["erase"],
+          "after the erase alice's access log holds the erase alone")
     check(
         alice.list().memories == [] and list(alice.iter_all()) == [] and alice.export() == [],
         "after erase_all, list, iter_all and export are empty",
@@ -335,6 +349,7 @@ async def check_async(base_url: str, token: str) -> None:
             check(False, "async: a blank text raises CordonError 422")
         except CordonError as e:
             check(e.status == 422 and e.code == "invalid_request", "async: a blank text raises CordonError 422")
+        check(len((await dave.access_log()).entries) > 0, "async: access_log")
         check(await dave.erase_all() == 2, "async: erase_all")
     async with AsyncCordon(base_url, "not-a-token") as stranger:
         try:

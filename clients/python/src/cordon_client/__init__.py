@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from .client import AsyncCordon, Cordon, Filter, MemoryInput, __version__
 from .errors import CordonError
-from .models import Memory, Page
+from .models import AccessEntry, AccessLog, Erased, Memory, Page
 
 __all__ = [
+    "AccessEntry",
+    "AccessLog",
     "AsyncCordon",
     "Cordon",
     "CordonError",
+    "Erased",
     "Filter",
     "Memory",
     "MemoryInput",

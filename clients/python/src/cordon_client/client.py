@@ -33,7 +33,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import CordonError
-from .models import Memory, Page
+from .models import AccessEntry, AccessLog, Erased, Memory, Page
 
 __all__ = ["AsyncCordon", "Cordon", "MemoryInput"]
 
@@ -286,6 +286,37 @@ def _erase_all() -> _Call[int]:
     return _Call("DELETE", "/v1/memories", _parse_deleted)
 
 
+def _parse_erased(response: httpx.Response) -> Erased:
+    receipt = _field(response, "receipt")
+    if not isinstance(receipt, str):
+        raise ValueError("`receipt` must be a string")
+    return Erased(deleted=_parse_deleted(response), receipt=receipt)
+
+
+def _erase_all_receipt() -> _Call[Erased]:
+    return _Call("DELETE", "/v1/memories", _parse_erased)
+
+
+def _parse_access_log(response: httpx.Response) -> AccessLog:
+    entries = _field(response, "entries")
+    if not isinstance(entries, list):
+        raise ValueError("`entries` must be a list")
+    next_ = _json(response).get("next")
+    if next_ is not None and not isinstance(next_, int):
+        raise ValueError("`next` must be an integer or absent")
+    return AccessLog(entries=[AccessEntry.from_json(e) for e in entries], next=next_)
+
+
+def _access_log(
+    limit: Optional[int], before: Optional[int], since: Optional[int], until: Optional[int]
+) -> _Call[AccessLog]:
+    params: _Params = {}
+    for name, value in (("limit", limit), ("before", before), ("since", since), ("until", until)):
+        if value is not None:
+            params[name] = value
+    return _Call("GET", "/v1/access-log", _parse_access_log, params=params)
+
+
 def _export() -> _Call[List[Memory]]:
     return _Call(
         "GET", "/v1/memories/export", lambda r: _memories(_field(r, "memories"))
@@ -512,6 +543,21 @@ class Cordon:
         """Deletes every memory of the user; how many there were."""
         return self._send(_erase_all())
 
+    def erase_all_receipt(self) -> Erased:
+        """Deletes every memory of the user; how many, and the server's signed receipt."""
+        return self._send(_erase_all_receipt())
+
+    def access_log(
+        self,
+        limit: Optional[int] = None,
+        before: Optional[int] = None,
+        since: Optional[int] = None,
+        until: Optional[int] = None,
+    ) -> AccessLog:
+        """A page of the user's own access log, newest first (``since`` and
+        ``until`` in milliseconds since the epoch; ``before`` is a page's ``next``)."""
+        return self._send(_access_log(limit, before, since, until))
+
     def export(self) -> List[Memory]:
         """Every memory of the user, in one request."""
         return self._send(_export())
@@ -663,6 +709,20 @@ class AsyncCordon:
     async def erase_all(self) -> int:
         """See :meth:`Cordon.erase_all`."""
         return await self._send(_erase_all())
+
+    async def erase_all_receipt(self) -> Erased:
+        """See :meth:`Cordon.erase_all_receipt`."""
+        return await self._send(_erase_all_receipt())
+
+    async def access_log(
+        self,
+        limit: Optional[int] = None,
+        before: Optional[int] = None,
+        since: Optional[int] = None,
+        until: Optional[int] = None,
+    ) -> AccessLog:
+        """See :meth:`Cordon.access_log`."""
+        return await self._send(_access_log(limit, before, since, until))
 
     async def export(self) -> List[Memory]:
         """See :meth:`Cordon.export`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-__all__ = ["Memory", "Page"]
+__all__ = ["AccessEntry", "AccessLog", "Erased", "Memory", "Page"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,56 @@ class Page:
 
     memories: List[Memory]
     next_cursor: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class AccessEntry:
+    """One access to the user's memories, from :meth:`Cordon.access_log`:
+    when (``at``, milliseconds since the epoch), what (``action``), through
+    what (``via``: ``http``, ``mcp`` or ``admin``), the token's ``jti`` or a
+    keyed tag of it, a keyed tag of the client address, and how many
+    memories it touched."""
+
+    at: int
+    action: str
+    via: str
+    token: str
+    client: str
+    memories: int
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AccessEntry:
+        """An entry from the server's JSON object; ``ValueError`` if it is not one."""
+        if not isinstance(obj, dict):
+            raise ValueError("an access-log entry must be a JSON object")
+        try:
+            entry = cls(**{name: obj[name] for name in ("at", "action", "via", "token", "client", "memories")})
+        except KeyError as e:
+            raise ValueError(f"an access-log entry needs `{e.args[0]}`") from e
+        for name in ("at", "memories"):
+            if not isinstance(getattr(entry, name), int):
+                raise ValueError(f"an access-log entry's `{name}` must be an integer")
+        for name in ("action", "via", "token", "client"):
+            if not isinstance(getattr(entry, name), str):
+                raise ValueError(f"an access-log entry's `{name}` must be a string")
+        return entry
+
+
+@dataclass(frozen=True)
+class AccessLog:
+    """One page of :meth:`Cordon.access_log`, newest first; pass ``next`` as
+    ``before`` for the next, older page (``None`` on the last one)."""
+
+    entries: List[AccessEntry]
+    next: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What :meth:`Cordon.erase_all_receipt` answers: how many memories were
+    deleted, and the server's signed receipt (a compact JWS, EdDSA) that
+    ``cordon verify`` or any JWT library checks against the keys at
+    ``/.well-known/cordon-signing-keys.json``."""
+
+    deleted: int
+    receipt: str
