@@ -936,6 +936,7 @@ async fn export(State(state): State<AppState>, caller: Caller) -> Result<Respons
         opened: false,
         written: 0,
         done: false,
+        noted: false,
     };
     let chunks = stream::unfold(export, |mut export| async move {
         let chunk = export.chunk().await?;
@@ -961,12 +962,17 @@ struct Export {
     opened: bool,
     written: usize,
     done: bool,
+    /// Whether it is in the caller's access log already.
+    noted: bool,
 }
 
 impl Drop for Export {
-    /// Notes the export in the caller's log however it ended: whole, cut
+    /// Notes an export that did not end whole in the caller's log: cut
     /// short, or dropped by a client that stopped reading.
     fn drop(&mut self) {
+        if self.noted {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -1020,6 +1026,10 @@ impl Export {
             let Some(cursor) = self.next.take() else {
                 out.extend_from_slice(b"]}");
                 self.done = true;
+                // Before the last chunk goes out, so that a client that
+                // reads its log next finds the export there.
+                super::noted(&self.state, &self.caller, "export", "http", self.written).await;
+                self.noted = true;
                 return Ok(out.into());
             };
             if let Err(e) = self.state.auth.still_stands(&self.caller) {
