@@ -283,6 +283,64 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// One error of each kind, with every code a [`ApiError::BadRequest`]
+    /// here carries: what `docs/troubleshooting.md` is checked against (by
+    /// `tests/binary/docs.rs`). A new kind fails to compile in the test
+    /// below until it is listed here too.
+    pub fn catalogue() -> Vec<ApiError> {
+        let bad = |code| Self::BadRequest {
+            code,
+            message: String::new(),
+        };
+        vec![
+            Self::Unauthorized,
+            Self::TokenRevoked,
+            Self::TenantUnknown,
+            Self::TenantDisabled,
+            Self::RateLimited {
+                limit: "user_requests_per_second",
+                retry_after_secs: 1,
+            },
+            Self::QuotaExceeded {
+                quota: "max_memories_per_user",
+            },
+            Self::LockedOut {
+                retry_after_secs: 1,
+            },
+            bad("invalid_json"),
+            Self::validation(""),
+            Self::PayloadTooLarge,
+            Self::UnsupportedMediaType,
+            Self::IdempotencyKeyReused,
+            Self::IdempotencyConflict,
+            Self::MinVersionLower { held: 1 },
+            Self::PreconditionFailed { current: 1 },
+            Self::UpdateConflict,
+            Self::NotFound,
+            Self::NoRoute,
+            Self::MethodNotAllowed,
+            Self::Overloaded,
+            Self::Timeout,
+            Self::StoreUnavailable,
+            Self::InsufficientStorage,
+            Self::CollectionLimit,
+            Self::EmbedderUnavailable,
+            Self::IsolationBreach,
+            Self::Quarantined,
+            Self::CanaryBreach,
+            Self::Internal,
+            bad("invalid_body"),
+            bad("invalid_path"),
+            bad("invalid_query"),
+        ]
+    }
+
+    /// The HTTP status and the code a client gets.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        let (status, code, _) = self.parts();
+        (status.as_u16(), code)
+    }
+
     /// `code: message`, as a client reads it (for MCP tool results, which
     /// carry text rather than a status).
     pub fn client_text(&self) -> String {
@@ -472,5 +530,55 @@ impl From<AccessError> for ApiError {
     fn from(err: AccessError) -> Self {
         tracing::error!(error = %err, "access log unavailable");
         Self::StoreUnavailable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where each kind stands in [`ApiError::catalogue`]: no wildcard, so a
+    /// new kind does not compile until it has a place.
+    fn place(e: &ApiError) -> usize {
+        match e {
+            ApiError::Unauthorized => 0,
+            ApiError::TokenRevoked => 1,
+            ApiError::TenantUnknown => 2,
+            ApiError::TenantDisabled => 3,
+            ApiError::RateLimited { .. } => 4,
+            ApiError::QuotaExceeded { .. } => 5,
+            ApiError::LockedOut { .. } => 6,
+            ApiError::BadRequest { .. } => 7,
+            ApiError::Validation(_) => 8,
+            ApiError::PayloadTooLarge => 9,
+            ApiError::UnsupportedMediaType => 10,
+            ApiError::IdempotencyKeyReused => 11,
+            ApiError::IdempotencyConflict => 12,
+            ApiError::MinVersionLower { .. } => 13,
+            ApiError::PreconditionFailed { .. } => 14,
+            ApiError::UpdateConflict => 15,
+            ApiError::NotFound => 16,
+            ApiError::NoRoute => 17,
+            ApiError::MethodNotAllowed => 18,
+            ApiError::Overloaded => 19,
+            ApiError::Timeout => 20,
+            ApiError::StoreUnavailable => 21,
+            ApiError::InsufficientStorage => 22,
+            ApiError::CollectionLimit => 23,
+            ApiError::EmbedderUnavailable => 24,
+            ApiError::IsolationBreach => 25,
+            ApiError::Quarantined => 26,
+            ApiError::CanaryBreach => 27,
+            ApiError::Internal => 28,
+        }
+    }
+
+    #[test]
+    fn the_catalogue_holds_every_kind_of_error() {
+        let catalogue = ApiError::catalogue();
+        for (i, e) in catalogue.iter().take(29).enumerate() {
+            assert_eq!(place(e), i, "{e:?} is out of place in the catalogue");
+        }
+        assert!(catalogue[29..].iter().all(|e| place(e) == 7));
     }
 }

@@ -3,6 +3,7 @@
 
 mod access;
 mod cluster;
+mod docs;
 mod faults;
 mod keys;
 mod load;
