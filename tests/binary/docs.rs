@@ -319,7 +319,11 @@ fn named_settings(text: &str) -> BTreeSet<String> {
         let end = tail
             .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
             .unwrap_or(tail.len());
-        names.insert(tail[..end].trim_end_matches('_').to_owned());
+        // `CORDON_` alone is the prefix, not a setting.
+        let name = tail[..end].trim_end_matches('_');
+        if name.len() > "CORDON".len() {
+            names.insert(name.to_owned());
+        }
         rest = &tail[end..];
     }
     names
