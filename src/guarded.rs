@@ -207,15 +207,14 @@ impl GuardedStore {
         let read = points.len();
         let own = self.guard.owned(owner, points, path);
         let foreign = read - own.len();
-        if crate::scope::wanted() {
+        let breached = foreign > 0 && self.breaches.is_some();
+        // Looked up once, and only when a statement or a breach needs it.
+        if crate::scope::wanted() || breached {
             let place = self.engine.place(owner).await?;
+            if let (true, Some(breaches)) = (breached, &self.breaches) {
+                breaches.breached(owner, &place, path, foreign).await?;
+            }
             crate::scope::note_read(place, read, foreign);
-        }
-        if foreign > 0
-            && let Some(breaches) = &self.breaches
-        {
-            let place = self.engine.place(owner).await?;
-            breaches.breached(owner, &place, path, foreign).await?;
         }
         let own = match self.sealing.sealer()? {
             Some(sealer) => sealer.open(owner, own, path, whole).await?,

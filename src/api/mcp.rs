@@ -291,18 +291,23 @@ fn parse_id(id: &str) -> Result<Uuid, String> {
 }
 
 /// Runs one tool's work in a span with the caller's tag (never the text),
-/// and stops it when rmcp cancels the request.
+/// stops it when rmcp cancels the request, and notes a success in the
+/// caller's access log, touching `touched` of what it answers memories.
 async fn run_tool<T>(
+    state: &AppState,
     tool: &'static str,
     caller: &Caller,
     context: &RequestContext<RoleServer>,
     work: impl Future<Output = Result<T, ApiError>>,
+    touched: impl FnOnce(&T) -> usize,
 ) -> Result<T, String> {
     let span = tracing::info_span!("mcp_tool", tool, owner = %caller.owner.log_tag());
-    tokio::select! {
+    let done = tokio::select! {
         result = work.instrument(span) => result.map_err(|e| e.client_text()),
         () = context.ct.cancelled() => Err("cancelled: the request ended before the tool finished".into()),
-    }
+    }?;
+    super::noted(state, caller, tool, "mcp", touched(&done)).await;
+    Ok(done)
 }
 
 #[tool_router]
@@ -332,8 +337,10 @@ impl Memories {
             duplicate_threshold: args.duplicate_threshold,
         };
         let work = memories::store_memories(&self.state, &caller, None, vec![input]);
-        let stored = run_tool("remember", &caller, &context, work).await?;
-        super::noted(&self.state, &caller, "remember", "mcp", stored.ids.len()).await;
+        let stored = run_tool(&self.state, "remember", &caller, &context, work, |s| {
+            s.ids.len()
+        })
+        .await?;
         let id = stored.ids.first().ok_or("internal: no id was returned")?;
         let duplicate = stored.duplicate.and_then(|d| d.first().copied());
         Ok(Json(Remembered {
@@ -367,8 +374,7 @@ impl Memories {
                 .map_err(|e| format!("invalid_request: {e}"))?,
         };
         let work = memories::search_memories(&self.state, &caller, request);
-        let found = run_tool("recall", &caller, &context, work).await?;
-        super::noted(&self.state, &caller, "recall", "mcp", found.len()).await;
+        let found = run_tool(&self.state, "recall", &caller, &context, work, Vec::len).await?;
         Ok(Json(Recalled {
             memories: tool_memories(&found)?,
         }))
@@ -394,8 +400,7 @@ impl Memories {
         };
         let if_match = args.version.map_or(IfMatch::Absent, IfMatch::Version);
         let work = update::update_memory(&self.state, &caller, id, if_match, request);
-        let memory = run_tool("update_memory", &caller, &context, work).await?;
-        super::noted(&self.state, &caller, "update_memory", "mcp", 1).await;
+        let memory = run_tool(&self.state, "update_memory", &caller, &context, work, |_| 1).await?;
         Ok(Json(tool_memory(&memory)?))
     }
 
@@ -409,8 +414,7 @@ impl Memories {
     ) -> Result<Json<Forgotten>, String> {
         let id = parse_id(&args.id)?;
         let work = memories::delete_memory(&self.state, &caller, id);
-        run_tool("forget", &caller, &context, work).await?;
-        super::noted(&self.state, &caller, "forget", "mcp", 1).await;
+        run_tool(&self.state, "forget", &caller, &context, work, |_| 1).await?;
         Ok(Json(Forgotten { id: id.to_string() }))
     }
 
@@ -429,15 +433,10 @@ impl Memories {
             created_before: args.created_before,
         };
         let work = memories::list_memories(&self.state, &caller, args.limit, cursor, narrowed);
-        let page = run_tool("list_memories", &caller, &context, work).await?;
-        super::noted(
-            &self.state,
-            &caller,
-            "list_memories",
-            "mcp",
-            page.memories.len(),
-        )
-        .await;
+        let page = run_tool(&self.state, "list_memories", &caller, &context, work, |p| {
+            p.memories.len()
+        })
+        .await?;
         Ok(Json(Listed {
             memories: tool_memories(&page.memories)?,
             next_cursor: page.next_cursor.map(|c| c.to_string()),
